@@ -1,0 +1,1045 @@
+//! The task model: what a user asks Cube to run, the states it goes through, and the input
+//! formats Cube accepts for it.
+//!
+//! This module is pure (no I/O) and owns three contracts (DESIGN §3 and §4):
+//! - [`Task`] and its snake_case JSON, the one shape the manager, the worker, the store and the
+//!   CLI all use;
+//! - [`State`] and [`check_transition`], the whole transition table in one function;
+//! - [`parse_submission`], which turns a request body (a TaskEvent or a bare task, in Cube's own
+//!   snake_case or in the PascalCase of task files written for the Go Cube) into a validated
+//!   [`TaskEvent`], with errors that name the field and say what is expected.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Restarts allowed when a task says nothing (what the Go Cube did).
+pub const DEFAULT_MAX_RESTARTS: u32 = 3;
+/// Seconds between SIGTERM and SIGKILL when a task is stopped and says nothing.
+pub const DEFAULT_STOP_TIMEOUT_S: u64 = 5;
+/// Longest stop timeout a task may ask for; longer would make a stop look like a hang.
+pub const MAX_STOP_TIMEOUT_S: u64 = 3600;
+
+/// Where a task is in its life. Serialized as its name; the Go Cube's integers 0..4 are accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum State {
+    /// Accepted and durable, not yet placed on a worker (or waiting for room).
+    Pending,
+    /// Placed on a worker, which is starting its container.
+    Scheduled,
+    /// Its container runs.
+    Running,
+    /// Ended with exit code 0 or stopped by a user: final.
+    Completed,
+    /// Ended otherwise (non-zero exit, OOM kill, could not start); the restart policy may retry.
+    Failed,
+}
+
+impl State {
+    /// Every state, in the Go Cube's integer order.
+    pub const ALL: [State; 5] = [
+        State::Pending,
+        State::Scheduled,
+        State::Running,
+        State::Completed,
+        State::Failed,
+    ];
+
+    /// The state's name as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "Pending",
+            State::Scheduled => "Scheduled",
+            State::Running => "Running",
+            State::Completed => "Completed",
+            State::Failed => "Failed",
+        }
+    }
+
+    /// Completed or Failed: the container, if any, has ended.
+    pub fn is_finished(self) -> bool {
+        matches!(self, State::Completed | State::Failed)
+    }
+
+    /// Scheduled or Running: a container exists or is being made for the current attempt.
+    pub fn is_active(self) -> bool {
+        matches!(self, State::Scheduled | State::Running)
+    }
+
+    /// Parse a state name, ignoring case (`running`, `Running`).
+    pub fn parse(s: &str) -> Option<State> {
+        State::ALL
+            .into_iter()
+            .find(|st| st.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for State {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<State, D::Error> {
+        struct StateVisitor;
+        impl Visitor<'_> for StateVisitor {
+            type Value = State;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a state: Pending, Scheduled, Running, Completed, Failed, or 0..4")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<State, E> {
+                State::parse(v).ok_or_else(|| E::invalid_value(de::Unexpected::Str(v), &self))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<State, E> {
+                usize::try_from(v)
+                    .ok()
+                    .and_then(|i| State::ALL.get(i).copied())
+                    .ok_or_else(|| E::invalid_value(de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<State, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+                    .and_then(|v| self.visit_u64(v))
+            }
+        }
+        d.deserialize_any(StateVisitor)
+    }
+}
+
+/// A move the transition table does not allow.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a task cannot go from {from} to {to}")]
+pub struct TransitionError {
+    pub from: State,
+    pub to: State,
+}
+
+/// The whole transition table of DESIGN §4. Staying in the same state is not a transition.
+pub fn check_transition(from: State, to: State) -> Result<(), TransitionError> {
+    use State::*;
+    let allowed = match from {
+        Pending => matches!(to, Scheduled | Completed | Failed),
+        Scheduled => matches!(to, Running | Failed | Pending | Completed),
+        Running => matches!(to, Completed | Failed | Scheduled),
+        Failed => matches!(to, Scheduled | Completed),
+        Completed => false,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(TransitionError { from, to })
+    }
+}
+
+/// What to do when a task's container ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RestartPolicy {
+    /// Never restart.
+    Never,
+    /// Restart after a failure (non-zero exit, OOM kill, failed health checks), up to `max_restarts`.
+    #[default]
+    OnFailure,
+    /// Restart whenever the container ends, up to `max_restarts`, until a user stops the task.
+    Always,
+}
+
+impl RestartPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestartPolicy::Never => "never",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Always => "always",
+        }
+    }
+
+    /// Parse Cube's names and Docker's (`no`, `unless-stopped`, `on-failure:N`); `""` is the
+    /// default. Returns the policy and the restart limit when the text carries one.
+    pub fn parse(s: &str) -> Option<(RestartPolicy, Option<u32>)> {
+        let s = s.trim().to_ascii_lowercase();
+        if let Some(n) = s.strip_prefix("on-failure:") {
+            return n.parse().ok().map(|n| (RestartPolicy::OnFailure, Some(n)));
+        }
+        let policy = match s.as_str() {
+            "" | "on-failure" | "on_failure" | "onfailure" => RestartPolicy::OnFailure,
+            "never" | "no" | "none" => RestartPolicy::Never,
+            "always" | "unless-stopped" => RestartPolicy::Always,
+            _ => return None,
+        };
+        Some((policy, None))
+    }
+}
+
+impl Serialize for RestartPolicy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for RestartPolicy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RestartPolicy, D::Error> {
+        let s = String::deserialize(d)?;
+        RestartPolicy::parse(&s).map(|(p, _)| p).ok_or_else(|| {
+            de::Error::custom(format!(
+                "unknown restart policy {s:?}; expected never, on-failure or always"
+            ))
+        })
+    }
+}
+
+/// One task: the user's spec plus what Cube knows of its current attempt. This is the JSON of
+/// DESIGN §3, used unchanged by the HTTP APIs, the store and the CLI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: Uuid,
+    pub name: String,
+    pub state: State,
+    /// Placement number: every placement (start, restart, move) gets the next one. Containers
+    /// carry it as a label so reports about an older attempt can be recognised and ignored.
+    #[serde(default)]
+    pub attempt: u32,
+    pub image: String,
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Cores reserved; 0 means no reservation.
+    #[serde(default)]
+    pub cpu: f64,
+    /// Bytes of memory reserved (and the container's limit); 0 means none.
+    #[serde(default)]
+    pub memory: u64,
+    /// Bytes of disk reserved; 0 means none.
+    #[serde(default)]
+    pub disk: u64,
+    /// Container ports, `"8080/tcp"`.
+    #[serde(default)]
+    pub exposed_ports: Vec<String>,
+    /// Container port → the host port asked for.
+    #[serde(default)]
+    pub port_bindings: BTreeMap<String, String>,
+    /// Container port → the host port actually bound, while it runs.
+    #[serde(default)]
+    pub host_ports: BTreeMap<String, String>,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    /// Restarts made under the restart policy (moves after a node loss do not count).
+    #[serde(default)]
+    pub restart_count: u32,
+    /// HTTP path checked on the first exposed port.
+    #[serde(default)]
+    pub health_check: Option<String>,
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout_s: u64,
+    /// Name of the worker the current attempt is placed on.
+    #[serde(default)]
+    pub worker: Option<String>,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    /// Why the task is not running as asked: a failed start, an exit, no room anywhere.
+    #[serde(default)]
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub start_time: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub finish_time: Option<DateTime<Utc>>,
+}
+
+fn default_max_restarts() -> u32 {
+    DEFAULT_MAX_RESTARTS
+}
+
+fn default_stop_timeout() -> u64 {
+    DEFAULT_STOP_TIMEOUT_S
+}
+
+impl Task {
+    /// A new Pending task for `image` with every other field at its default.
+    pub fn new(image: impl Into<String>) -> Task {
+        let id = Uuid::new_v4();
+        let image = image.into();
+        Task {
+            id,
+            name: default_name(&image, id),
+            state: State::Pending,
+            attempt: 0,
+            image,
+            cmd: Vec::new(),
+            env: Vec::new(),
+            cpu: 0.0,
+            memory: 0,
+            disk: 0,
+            exposed_ports: Vec::new(),
+            port_bindings: BTreeMap::new(),
+            host_ports: BTreeMap::new(),
+            restart_policy: RestartPolicy::default(),
+            max_restarts: DEFAULT_MAX_RESTARTS,
+            restart_count: 0,
+            health_check: None,
+            stop_timeout_s: DEFAULT_STOP_TIMEOUT_S,
+            worker: None,
+            container_id: None,
+            exit_code: None,
+            error: None,
+            created_at: Utc::now(),
+            start_time: None,
+            finish_time: None,
+        }
+    }
+
+    /// Move to `to` if the table allows it, stamping the start or finish time. Staying in the
+    /// same state is allowed and changes nothing.
+    pub fn transition(&mut self, to: State) -> Result<(), TransitionError> {
+        if self.state == to {
+            return Ok(());
+        }
+        check_transition(self.state, to)?;
+        self.state = to;
+        match to {
+            State::Running => {
+                self.start_time = Some(Utc::now());
+                self.finish_time = None;
+            }
+            State::Completed | State::Failed => self.finish_time = Some(Utc::now()),
+            State::Pending | State::Scheduled => {}
+        }
+        Ok(())
+    }
+
+    /// True when both ask for the same thing: everything a user specifies, nothing Cube fills in.
+    /// A repeated submission with the same id is idempotent only when this holds.
+    pub fn same_spec(&self, other: &Task) -> bool {
+        self.id == other.id
+            && self.name == other.name
+            && self.image == other.image
+            && self.cmd == other.cmd
+            && self.env == other.env
+            && self.cpu == other.cpu
+            && self.memory == other.memory
+            && self.disk == other.disk
+            && self.exposed_ports == other.exposed_ports
+            && self.port_bindings == other.port_bindings
+            && self.restart_policy == other.restart_policy
+            && self.max_restarts == other.max_restarts
+            && self.health_check == other.health_check
+            && self.stop_timeout_s == other.stop_timeout_s
+    }
+
+    /// The container port the health check is made on: the first exposed port.
+    pub fn health_port(&self) -> Option<&str> {
+        self.exposed_ports.first().map(String::as_str)
+    }
+}
+
+/// A generated name: the image's last path segment without tag, and the id's first group.
+fn default_name(image: &str, id: Uuid) -> String {
+    let base = image.rsplit('/').next().unwrap_or(image);
+    let base = base.split([':', '@']).next().unwrap_or(base);
+    let short = id.simple().to_string();
+    format!(
+        "{}-{}",
+        if base.is_empty() { "task" } else { base },
+        &short[..8]
+    )
+}
+
+/// What a submission asks for: run the task, or stop it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Desired {
+    Running,
+    Completed,
+}
+
+/// A request to change a task: DESIGN §3's TaskEvent, after validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    pub id: Uuid,
+    /// Running (run it, the default) or Completed (stop it, as DELETE does).
+    pub state: Desired,
+    pub timestamp: DateTime<Utc>,
+    pub task: Task,
+}
+
+/// Input that cannot be accepted; the message names the field and says what is expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InputError(pub String);
+
+impl InputError {
+    fn at(field: &str, msg: impl fmt::Display) -> InputError {
+        InputError(format!("{field}: {msg}"))
+    }
+}
+
+/// Example shown when a body does not have the expected shape.
+const EXPECTED_BODY: &str = r#"expected a TaskEvent like {"task": {"image": "cube-demo/busybox:latest", "cmd": ["sleep", "60"]}} or a bare task like {"image": "cube-demo/busybox:latest"}"#;
+
+/// Parse a task id from a URL or a file.
+pub fn parse_task_id(s: &str) -> Result<Uuid, InputError> {
+    Uuid::parse_str(s.trim()).map_err(|_| {
+        InputError(format!(
+            "{s:?} is not a task id; expected a UUID like 1f0c3d6e-8a4b-4e0f-9a7c-2b5d8e1f4a6c"
+        ))
+    })
+}
+
+/// Parse a POST /tasks body: a TaskEvent (`{"task": {…}}`) or a bare task (`{"image": …}`), in
+/// snake_case or the Go Cube's PascalCase. The task's own `state` is ignored: the event says what
+/// to do. `attempt` is kept as given (the manager sets its own; a worker runs the one it is sent).
+pub fn parse_submission(body: &[u8]) -> Result<TaskEvent, InputError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| InputError(format!("the body is not valid JSON ({e}); {EXPECTED_BODY}")))?;
+    let Value::Object(map) = &value else {
+        return Err(InputError(format!(
+            "the body is a JSON {}; {EXPECTED_BODY}",
+            json_kind(&value)
+        )));
+    };
+    let task_key = ["task", "Task"].into_iter().find(|k| map.contains_key(*k));
+    match task_key {
+        Some(key) => {
+            let task_value = &map[key];
+            if !task_value.is_object() {
+                return Err(InputError(format!(
+                    "{key}: is a JSON {}, but it must be the task object; {EXPECTED_BODY}",
+                    json_kind(task_value)
+                )));
+            }
+            let input: EventInput = from_value(value)?;
+            input.into_event()
+        }
+        None if map.contains_key("image") || map.contains_key("Image") => {
+            let input: TaskInput = from_value(value)?;
+            let task = input.into_task("")?;
+            Ok(TaskEvent {
+                id: Uuid::new_v4(),
+                state: Desired::Running,
+                timestamp: Utc::now(),
+                task,
+            })
+        }
+        None => Err(InputError(format!(
+            "the body has neither \"task\" nor \"image\"; {EXPECTED_BODY}"
+        ))),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// Deserialize with the path of the offending field in the error (`task.cpu: invalid type …`).
+fn from_value<T: de::DeserializeOwned>(value: Value) -> Result<T, InputError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." {
+            InputError(inner.to_string())
+        } else {
+            InputError::at(&path, inner)
+        }
+    })
+}
+
+/// The TaskEvent as it may arrive: every field optional, both spellings accepted.
+#[derive(Deserialize)]
+struct EventInput {
+    #[serde(default, alias = "ID")]
+    id: Option<String>,
+    #[serde(default, alias = "State")]
+    state: Option<State>,
+    #[serde(default, alias = "Timestamp")]
+    #[allow(dead_code)] // accepted for compatibility; Cube stamps its own time
+    timestamp: Option<Value>,
+    #[serde(alias = "Task")]
+    task: TaskInput,
+}
+
+impl EventInput {
+    fn into_event(self) -> Result<TaskEvent, InputError> {
+        let id = match optional_uuid(self.id.as_deref(), "id")? {
+            Some(id) => id,
+            None => Uuid::new_v4(),
+        };
+        // Pending and Scheduled come from Go-Cube files that meant "run it".
+        let state = match self.state {
+            None | Some(State::Pending | State::Scheduled | State::Running) => Desired::Running,
+            Some(State::Completed) => Desired::Completed,
+            Some(State::Failed) => {
+                return Err(InputError::at(
+                    "state",
+                    "Failed cannot be asked for; expected Running (run the task) or Completed (stop it)",
+                ));
+            }
+        };
+        let task = self.task.into_task("task.")?;
+        Ok(TaskEvent {
+            id,
+            state,
+            timestamp: Utc::now(),
+            task,
+        })
+    }
+}
+
+/// A task as it may arrive: every field optional, both spellings, Go's shapes for ports, maps
+/// that may be `null`. Fields Cube fills in itself (state, times, container, host ports) are
+/// accepted and ignored.
+#[derive(Deserialize)]
+struct TaskInput {
+    #[serde(default, alias = "ID")]
+    id: Option<String>,
+    #[serde(default, alias = "Name")]
+    name: Option<String>,
+    #[serde(default, alias = "Image")]
+    image: Option<String>,
+    #[serde(default, alias = "Cmd")]
+    cmd: Option<Vec<String>>,
+    #[serde(default, alias = "Env")]
+    env: Option<Vec<String>>,
+    #[serde(default, alias = "Cpu", alias = "CPU")]
+    cpu: Option<f64>,
+    #[serde(default, alias = "Memory")]
+    memory: Option<u64>,
+    #[serde(default, alias = "Disk")]
+    disk: Option<u64>,
+    #[serde(default, alias = "ExposedPorts")]
+    exposed_ports: Option<PortList>,
+    #[serde(default, alias = "PortBindings")]
+    port_bindings: Option<BTreeMap<String, Option<HostPort>>>,
+    #[serde(default, alias = "RestartPolicy")]
+    restart_policy: Option<String>,
+    #[serde(default, alias = "MaxRestarts")]
+    max_restarts: Option<u32>,
+    #[serde(default, alias = "HealthCheck")]
+    health_check: Option<String>,
+    #[serde(default, alias = "StopTimeout")]
+    stop_timeout_s: Option<u64>,
+    #[serde(default, alias = "Attempt")]
+    attempt: Option<u32>,
+}
+
+/// Exposed ports: Cube's list `["8080/tcp"]` or Go's set `{"8080/tcp": {}}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PortList {
+    List(Vec<String>),
+    Set(BTreeMap<String, Value>),
+}
+
+/// A host port given as a string (`"18080"`) or a number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum HostPort {
+    Text(String),
+    Number(u64),
+}
+
+impl TaskInput {
+    /// Validate and build a Pending task; `prefix` is the field path of the task in the body.
+    fn into_task(self, prefix: &str) -> Result<Task, InputError> {
+        let field = |name: &str| format!("{prefix}{name}");
+        let image = match self.image.map(|s| s.trim().to_string()) {
+            Some(image) if !image.is_empty() => image,
+            _ => {
+                return Err(InputError::at(
+                    &field("image"),
+                    "is missing; expected the image to run, e.g. \"cube-demo/busybox:latest\"",
+                ));
+            }
+        };
+        if image.chars().any(char::is_whitespace) {
+            return Err(InputError::at(
+                &field("image"),
+                format!(
+                    "{image:?} contains white space; expected an image reference like \"cube-demo/busybox:latest\""
+                ),
+            ));
+        }
+        let mut task = Task::new(image);
+        if let Some(id) = optional_uuid(self.id.as_deref(), &field("id"))? {
+            task.id = id;
+            task.name = default_name(&task.image, id);
+        }
+        if let Some(name) = self.name.map(|n| n.trim().to_string())
+            && !name.is_empty()
+        {
+            task.name = name;
+        }
+        task.cmd = self.cmd.unwrap_or_default();
+        task.env = self.env.unwrap_or_default();
+        if let Some(bad) = task.env.iter().find(|e| e.is_empty() || e.starts_with('=')) {
+            return Err(InputError::at(
+                &field("env"),
+                format!("{bad:?} is not a variable; expected \"KEY=VALUE\""),
+            ));
+        }
+        if let Some(cpu) = self.cpu {
+            if !cpu.is_finite() || cpu < 0.0 {
+                return Err(InputError::at(
+                    &field("cpu"),
+                    format!(
+                        "{cpu} is not a CPU reservation; expected a number of cores >= 0, e.g. 0.5"
+                    ),
+                ));
+            }
+            task.cpu = cpu;
+        }
+        task.memory = self.memory.unwrap_or(0);
+        task.disk = self.disk.unwrap_or(0);
+
+        let mut exposed = Vec::new();
+        let listed: Vec<String> = match self.exposed_ports {
+            None => Vec::new(),
+            Some(PortList::List(l)) => l,
+            Some(PortList::Set(s)) => s.into_keys().collect(),
+        };
+        for p in listed {
+            let p = normalize_port(&p).map_err(|m| InputError::at(&field("exposed_ports"), m))?;
+            if !exposed.contains(&p) {
+                exposed.push(p);
+            }
+        }
+        for (port, host) in self.port_bindings.unwrap_or_default() {
+            let port =
+                normalize_port(&port).map_err(|m| InputError::at(&field("port_bindings"), m))?;
+            let host = match host {
+                None => String::new(),
+                Some(HostPort::Number(n)) => n.to_string(),
+                Some(HostPort::Text(t)) => t.trim().to_string(),
+            };
+            if !host.is_empty() && !matches!(host.parse::<u16>(), Ok(1..)) {
+                return Err(InputError::at(
+                    &field("port_bindings"),
+                    format!(
+                        "host port {host:?} for {port} is not a port; expected a number from 1 to 65535, or \"\" to let Docker choose"
+                    ),
+                ));
+            }
+            // A binding implies the port is exposed, as with `docker run -p`.
+            if !exposed.contains(&port) {
+                exposed.push(port.clone());
+            }
+            if !host.is_empty() {
+                task.port_bindings.insert(port, host);
+            }
+        }
+        task.exposed_ports = exposed;
+
+        if let Some(text) = self.restart_policy {
+            let (policy, max) = RestartPolicy::parse(&text).ok_or_else(|| {
+                InputError::at(
+                    &field("restart_policy"),
+                    format!(
+                        "{text:?} is not a restart policy; expected never, on-failure or always"
+                    ),
+                )
+            })?;
+            task.restart_policy = policy;
+            if let Some(max) = max {
+                task.max_restarts = max;
+            }
+        }
+        if let Some(max) = self.max_restarts {
+            task.max_restarts = max;
+        }
+        if let Some(path) = self.health_check.map(|p| p.trim().to_string())
+            && !path.is_empty()
+        {
+            if task.exposed_ports.is_empty() {
+                return Err(InputError::at(
+                    &field("health_check"),
+                    "needs a port to check; expected exposed_ports with at least one port, e.g. [\"8080/tcp\"]",
+                ));
+            }
+            task.health_check = Some(if path.starts_with('/') {
+                path
+            } else {
+                format!("/{path}")
+            });
+        }
+        if let Some(t) = self.stop_timeout_s {
+            if t > MAX_STOP_TIMEOUT_S {
+                return Err(InputError::at(
+                    &field("stop_timeout_s"),
+                    format!("{t} is too long; expected seconds from 0 to {MAX_STOP_TIMEOUT_S}"),
+                ));
+            }
+            task.stop_timeout_s = t;
+        }
+        task.attempt = self.attempt.unwrap_or(0);
+        Ok(task)
+    }
+}
+
+/// An optional UUID field; the Go zero UUID and `""` count as absent.
+fn optional_uuid(s: Option<&str>, field: &str) -> Result<Option<Uuid>, InputError> {
+    match s.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(s) => match Uuid::parse_str(s) {
+            Ok(id) if id.is_nil() => Ok(None),
+            Ok(id) => Ok(Some(id)),
+            Err(_) => Err(InputError::at(
+                field,
+                format!(
+                    "{s:?} is not a UUID; expected one like 1f0c3d6e-8a4b-4e0f-9a7c-2b5d8e1f4a6c, or no id to have one generated"
+                ),
+            )),
+        },
+    }
+}
+
+/// `"8080"` → `"8080/tcp"`; checks the number and the protocol.
+pub fn normalize_port(p: &str) -> Result<String, String> {
+    let p = p.trim();
+    let (num, proto) = match p.split_once('/') {
+        Some((n, proto)) => (n, proto.to_ascii_lowercase()),
+        None => (p, "tcp".to_string()),
+    };
+    let ok_num = matches!(num.parse::<u16>(), Ok(1..));
+    if !ok_num || !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
+        return Err(format!(
+            "{p:?} is not a container port; expected \"PORT/tcp\" or \"PORT/udp\" with PORT from 1 to 65535"
+        ));
+    }
+    Ok(format!("{num}/{proto}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<TaskEvent, InputError> {
+        parse_submission(s.as_bytes())
+    }
+
+    #[test]
+    fn transition_table_allows_exactly_the_documented_moves() {
+        use State::*;
+        let allowed = [
+            (Pending, Scheduled),
+            (Pending, Completed),
+            (Pending, Failed),
+            (Scheduled, Running),
+            (Scheduled, Failed),
+            (Scheduled, Pending),
+            (Scheduled, Completed),
+            (Running, Completed),
+            (Running, Failed),
+            (Running, Scheduled),
+            (Failed, Scheduled),
+            (Failed, Completed),
+        ];
+        for from in State::ALL {
+            for to in State::ALL {
+                if from == to {
+                    continue;
+                }
+                let expected = allowed.contains(&(from, to));
+                assert_eq!(
+                    check_transition(from, to).is_ok(),
+                    expected,
+                    "{from} -> {to}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn completed_is_final() {
+        let mut t = Task::new("img");
+        t.transition(State::Completed).unwrap();
+        for to in [
+            State::Pending,
+            State::Scheduled,
+            State::Running,
+            State::Failed,
+        ] {
+            assert!(t.transition(to).is_err());
+        }
+        assert_eq!(t.state, State::Completed);
+    }
+
+    #[test]
+    fn refused_transition_leaves_the_task_unchanged() {
+        let mut t = Task::new("img");
+        let before = t.clone();
+        let err = t.transition(State::Running).unwrap_err();
+        assert_eq!(err.to_string(), "a task cannot go from Pending to Running");
+        assert_eq!(t, before);
+    }
+
+    #[test]
+    fn transition_stamps_start_and_finish_times() {
+        let mut t = Task::new("img");
+        t.transition(State::Scheduled).unwrap();
+        assert!(t.start_time.is_none());
+        t.transition(State::Running).unwrap();
+        assert!(t.start_time.is_some() && t.finish_time.is_none());
+        t.transition(State::Failed).unwrap();
+        assert!(t.finish_time.is_some());
+    }
+
+    #[test]
+    fn state_accepts_names_and_go_integers() {
+        for (i, st) in State::ALL.into_iter().enumerate() {
+            let from_int: State = serde_json::from_str(&i.to_string()).unwrap();
+            assert_eq!(from_int, st);
+            let from_name: State = serde_json::from_str(&format!("\"{st}\"")).unwrap();
+            assert_eq!(from_name, st);
+        }
+        assert!(serde_json::from_str::<State>("5").is_err());
+        assert!(serde_json::from_str::<State>("\"Sleeping\"").is_err());
+        assert_eq!(
+            serde_json::to_string(&State::Running).unwrap(),
+            "\"Running\""
+        );
+    }
+
+    #[test]
+    fn bare_task_needs_only_an_image() {
+        let ev = parse(r#"{"image": "cube-demo/busybox:latest"}"#).unwrap();
+        let t = ev.task;
+        assert_eq!(ev.state, Desired::Running);
+        assert_eq!(t.image, "cube-demo/busybox:latest");
+        assert_eq!(t.state, State::Pending);
+        assert_eq!(t.restart_policy, RestartPolicy::OnFailure);
+        assert_eq!(t.max_restarts, 3);
+        assert_eq!(t.stop_timeout_s, 5);
+        assert!(t.name.starts_with("busybox-"), "{}", t.name);
+    }
+
+    #[test]
+    fn task_json_round_trips_in_snake_case() {
+        let ev = parse(
+            r#"{"task": {"name": "web", "image": "img", "cmd": ["httpd", "-f"], "env": ["K=V"],
+                "cpu": 0.5, "memory": 67108864, "exposed_ports": ["8080/tcp"],
+                "port_bindings": {"8080/tcp": "18080"}, "restart_policy": "always",
+                "max_restarts": 7, "health_check": "/health", "stop_timeout_s": 2}}"#,
+        )
+        .unwrap();
+        let json = serde_json::to_value(&ev.task).unwrap();
+        for key in [
+            "id",
+            "name",
+            "state",
+            "attempt",
+            "image",
+            "cmd",
+            "env",
+            "cpu",
+            "memory",
+            "disk",
+            "exposed_ports",
+            "port_bindings",
+            "host_ports",
+            "restart_policy",
+            "max_restarts",
+            "restart_count",
+            "health_check",
+            "stop_timeout_s",
+            "worker",
+            "container_id",
+            "exit_code",
+            "error",
+            "created_at",
+            "start_time",
+            "finish_time",
+        ] {
+            assert!(json.get(key).is_some(), "missing {key} in {json}");
+        }
+        assert_eq!(json["restart_policy"], "always");
+        assert_eq!(json["state"], "Pending");
+        let back: Task = serde_json::from_value(json).unwrap();
+        assert_eq!(back, ev.task);
+    }
+
+    #[test]
+    fn go_cube_task_file_is_accepted_unchanged() {
+        let body = r#"{
+            "ID": "6be4bb6f-a3f5-4c2e-9b1c-0d5a1b2c3d4e",
+            "State": 2,
+            "Timestamp": "0001-01-01T00:00:00Z",
+            "Task": {
+                "ID": "21b23589-5d2d-4731-b5c9-a97e9832d021",
+                "ContainerID": "",
+                "Name": "test-chapter-9.1",
+                "State": 1,
+                "Image": "timboring/echo-server:latest",
+                "Cpu": 0.1,
+                "Memory": 0,
+                "Disk": 0,
+                "ExposedPorts": {"7777/tcp": {}},
+                "HostPorts": null,
+                "PortBindings": {"7777/tcp": "7777"},
+                "RestartPolicy": "",
+                "StartTime": "0001-01-01T00:00:00Z",
+                "FinishTime": "0001-01-01T00:00:00Z",
+                "HealthCheck": "/health",
+                "RestartCount": 0
+            }
+        }"#;
+        let ev = parse(body).unwrap();
+        assert_eq!(ev.id.to_string(), "6be4bb6f-a3f5-4c2e-9b1c-0d5a1b2c3d4e");
+        assert_eq!(ev.state, Desired::Running);
+        let t = ev.task;
+        assert_eq!(t.id.to_string(), "21b23589-5d2d-4731-b5c9-a97e9832d021");
+        assert_eq!(t.name, "test-chapter-9.1");
+        assert_eq!(
+            t.state,
+            State::Pending,
+            "a submission's own state is ignored"
+        );
+        assert_eq!(t.image, "timboring/echo-server:latest");
+        assert_eq!(t.cpu, 0.1);
+        assert_eq!(t.exposed_ports, vec!["7777/tcp"]);
+        assert_eq!(
+            t.port_bindings.get("7777/tcp").map(String::as_str),
+            Some("7777")
+        );
+        assert_eq!(t.restart_policy, RestartPolicy::OnFailure);
+        assert_eq!(t.health_check.as_deref(), Some("/health"));
+        assert!(t.start_time.is_none());
+    }
+
+    #[test]
+    fn go_restart_policies_map_to_cube_ones() {
+        let policy = |p: &str| {
+            parse(&format!(r#"{{"Image": "i", "RestartPolicy": "{p}"}}"#))
+                .unwrap()
+                .task
+        };
+        assert_eq!(policy("no").restart_policy, RestartPolicy::Never);
+        assert_eq!(
+            policy("unless-stopped").restart_policy,
+            RestartPolicy::Always
+        );
+        assert_eq!(policy("always").restart_policy, RestartPolicy::Always);
+        let t = policy("on-failure:5");
+        assert_eq!(
+            (t.restart_policy, t.max_restarts),
+            (RestartPolicy::OnFailure, 5)
+        );
+    }
+
+    #[test]
+    fn completed_event_asks_for_a_stop() {
+        let ev = parse(r#"{"state": "Completed", "task": {"image": "i"}}"#).unwrap();
+        assert_eq!(ev.state, Desired::Completed);
+        let ev = parse(r#"{"State": 3, "Task": {"Image": "i"}}"#).unwrap();
+        assert_eq!(ev.state, Desired::Completed);
+        let err = parse(r#"{"state": "Failed", "task": {"image": "i"}}"#).unwrap_err();
+        assert!(err.0.starts_with("state:"), "{err}");
+    }
+
+    #[test]
+    fn string_form_task_is_refused_with_the_expected_shape() {
+        let err = parse(r#"{"task": "example"}"#).unwrap_err();
+        assert!(err.0.contains("task:"), "{err}");
+        assert!(err.0.contains(r#"{"task": {"image""#), "{err}");
+    }
+
+    #[test]
+    fn bad_input_names_the_field_and_what_is_expected() {
+        let cases = [
+            (r#"{"task": {"cmd": ["sleep"]}}"#, "task.image: is missing"),
+            (r#"{"task": {"image": ""}}"#, "task.image: is missing"),
+            (r#"{"task": {"image": "i", "cpu": "lots"}}"#, "task.cpu"),
+            (r#"{"task": {"image": "i", "cpu": -1}}"#, "task.cpu"),
+            (r#"{"task": {"image": "i", "memory": -5}}"#, "task.memory"),
+            (
+                r#"{"task": {"image": "i", "id": "abc"}}"#,
+                "task.id: \"abc\" is not a UUID",
+            ),
+            (
+                r#"{"id": "abc", "task": {"image": "i"}}"#,
+                "id: \"abc\" is not a UUID",
+            ),
+            (
+                r#"{"task": {"image": "i", "exposed_ports": ["http"]}}"#,
+                "task.exposed_ports",
+            ),
+            (
+                r#"{"task": {"image": "i", "port_bindings": {"80/tcp": "x"}}}"#,
+                "task.port_bindings",
+            ),
+            (
+                r#"{"task": {"image": "i", "restart_policy": "sometimes"}}"#,
+                "task.restart_policy",
+            ),
+            (
+                r#"{"task": {"image": "i", "health_check": "/h"}}"#,
+                "task.health_check",
+            ),
+            (r#"{"task": {"image": "i", "env": ["=x"]}}"#, "task.env"),
+            (r#"{"task": {"image": "i", "cmd": "sleep 1"}}"#, "task.cmd"),
+            (r#"{"name": "x"}"#, "neither \"task\" nor \"image\""),
+            (r#"[1, 2]"#, "the body is a JSON array"),
+            (r#"{"task": {"image": "i""#, "not valid JSON"),
+        ];
+        for (body, expected) in cases {
+            let err = parse(body).unwrap_err();
+            assert!(
+                err.0.contains(expected),
+                "body {body}: got {err:?}, wanted {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ports_are_normalized_and_bindings_imply_exposure() {
+        let t = parse(r#"{"image": "i", "exposed_ports": ["8080", "53/UDP"], "port_bindings": {"9090": 19090}}"#)
+            .unwrap()
+            .task;
+        assert_eq!(t.exposed_ports, vec!["8080/tcp", "53/udp", "9090/tcp"]);
+        assert_eq!(
+            t.port_bindings.get("9090/tcp").map(String::as_str),
+            Some("19090")
+        );
+    }
+
+    #[test]
+    fn same_spec_ignores_what_cube_fills_in() {
+        let a = parse(r#"{"image": "i", "id": "21b23589-5d2d-4731-b5c9-a97e9832d021"}"#)
+            .unwrap()
+            .task;
+        let mut b = a.clone();
+        b.state = State::Running;
+        b.worker = Some("w1".into());
+        b.created_at = Utc::now();
+        assert!(a.same_spec(&b));
+        b.cmd = vec!["true".into()];
+        assert!(!a.same_spec(&b));
+    }
+
+    #[test]
+    fn nil_uuid_from_go_means_generate_one() {
+        let ev = parse(r#"{"ID": "00000000-0000-0000-0000-000000000000", "Task": {"ID": "00000000-0000-0000-0000-000000000000", "Image": "i"}}"#).unwrap();
+        assert!(!ev.id.is_nil());
+        assert!(!ev.task.id.is_nil());
+    }
+
+    #[test]
+    fn task_ids_parse_or_explain() {
+        assert!(parse_task_id("21b23589-5d2d-4731-b5c9-a97e9832d021").is_ok());
+        let err = parse_task_id("nope").unwrap_err();
+        assert!(err.0.contains("expected a UUID"));
+    }
+}
