@@ -1,0 +1,167 @@
+//! Container runtimes: the one thing a worker does to the outside world.
+//!
+//! A [`Runtime`] creates, starts, stops, inspects and lists containers and reports their exits
+//! as a stream of [`RuntimeEvent`]s. Two implementations exist: [`docker::DockerRuntime`]
+//! (bollard, real containers) and [`fake::FakeRuntime`] (in memory, for simulation at scale and
+//! scheduling tests). The worker never talks to Docker except through this trait, so both run the
+//! same worker code.
+//!
+//! A runtime only ever lists, reports or touches containers labelled with its own worker name
+//! (`cube.worker=<name>`).
+
+pub mod docker;
+pub mod fake;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use uuid::Uuid;
+
+/// Label naming the task a container belongs to.
+pub const LABEL_TASK_ID: &str = "cube.task.id";
+/// Label carrying the placement attempt the container was started for.
+pub const LABEL_ATTEMPT: &str = "cube.attempt";
+/// Label naming the worker that owns the container.
+pub const LABEL_WORKER: &str = "cube.worker";
+
+/// What can go wrong in a runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The image is not present locally and could not be pulled.
+    #[error("image {image} is not available: {reason}")]
+    ImageUnavailable { image: String, reason: String },
+    /// The container does not exist (any more).
+    #[error("container {0} does not exist")]
+    NoSuchContainer(String),
+    /// A container with this name exists already (the same task and attempt was started before).
+    #[error("a container named {0} exists already")]
+    NameConflict(String),
+    /// Docker (or the fake) refused the request.
+    #[error("container runtime error: {0}")]
+    Backend(String),
+}
+
+/// Everything needed to create and start one container for one attempt of a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerSpec {
+    /// Container name, `cube-<task id>-<attempt>`: unique, so a repeated start cannot make a copy.
+    pub name: String,
+    pub task_id: Uuid,
+    pub attempt: u32,
+    /// Name of the worker; becomes the `cube.worker` label.
+    pub worker: String,
+    pub image: String,
+    /// Command; empty means the image's default.
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` pairs.
+    pub env: Vec<String>,
+    /// CPU limit in cores; 0 means none.
+    pub cpu: f64,
+    /// Memory limit in bytes; 0 means none.
+    pub memory: u64,
+    /// Container port (`"8080/tcp"`) → requested host port; `None` lets the runtime choose one.
+    pub ports: BTreeMap<String, Option<String>>,
+}
+
+impl ContainerSpec {
+    /// The container name for an attempt of a task.
+    pub fn container_name(task_id: Uuid, attempt: u32) -> String {
+        format!("cube-{task_id}-{attempt}")
+    }
+}
+
+/// A container port in Docker's `<port>/<protocol>` form: a bare `"8080"` means `"8080/tcp"`,
+/// so specs written either way name the same port in [`ContainerStatus::host_ports`].
+pub fn normalize_port(port: &str) -> String {
+    if port.contains('/') {
+        port.to_string()
+    } else {
+        format!("{port}/tcp")
+    }
+}
+
+/// What a runtime knows about one container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerStatus {
+    pub container_id: String,
+    /// From the `cube.task.id` label.
+    pub task_id: Uuid,
+    /// From the `cube.attempt` label.
+    pub attempt: u32,
+    pub image: String,
+    pub running: bool,
+    /// Exit code once the container has ended.
+    pub exit_code: Option<i64>,
+    /// The kernel killed the container for exceeding its memory limit.
+    pub oom_killed: bool,
+    /// Why the runtime could not run it, when it says.
+    pub error: Option<String>,
+    /// Container port → host port, while it runs.
+    pub host_ports: BTreeMap<String, String>,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A change the runtime observed on its own; the worker inspects the container for the details.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuntimeEvent {
+    /// A container of this worker ended (exited, was killed or OOM-killed).
+    Exited { container_id: String },
+    /// The event stream was interrupted and resumed: anything may have happened meanwhile, so
+    /// the worker must reconcile with [`Runtime::list`].
+    Resync,
+}
+
+/// A container runtime. Every method returns a `'static` future so the worker can run many
+/// starts and stops concurrently without holding its own state across an `.await`.
+pub trait Runtime: Send + Sync + 'static {
+    /// `"docker"` or `"fake"`.
+    fn kind(&self) -> &'static str;
+
+    /// Make sure the image is present (pulling it only when missing), create the container with
+    /// the spec's name, labels, limits and ports, start it, and return its status (with the host
+    /// ports actually bound). Docker's own restart policy stays off: Cube restarts tasks itself.
+    fn start(
+        &self,
+        spec: ContainerSpec,
+    ) -> BoxFuture<'static, Result<ContainerStatus, RuntimeError>>;
+
+    /// Stop (SIGTERM, then SIGKILL after `timeout`) and remove the container. A container that is
+    /// already gone is not an error.
+    fn stop(
+        &self,
+        container_id: String,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Result<(), RuntimeError>>;
+
+    /// Remove an ended container (kept until now for its logs). Gone already is not an error.
+    fn remove(&self, container_id: String) -> BoxFuture<'static, Result<(), RuntimeError>>;
+
+    /// The container's current status; `Ok(None)` when it does not exist.
+    fn inspect(
+        &self,
+        container_id: String,
+    ) -> BoxFuture<'static, Result<Option<ContainerStatus>, RuntimeError>>;
+
+    /// Every container, running or ended, that carries `cube.worker=<worker>`.
+    fn list(
+        &self,
+        worker: String,
+    ) -> BoxFuture<'static, Result<Vec<ContainerStatus>, RuntimeError>>;
+
+    /// The container's output (stdout and stderr interleaved), the last `tail` lines when given,
+    /// and on until the container ends when `follow`.
+    fn logs(
+        &self,
+        container_id: String,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> BoxStream<'static, Result<Bytes, RuntimeError>>;
+
+    /// Exits of containers carrying `cube.worker=<worker>`, as they happen. The stream never ends
+    /// on its own: after an interruption it reconnects and yields [`RuntimeEvent::Resync`].
+    fn events(&self, worker: String) -> BoxStream<'static, RuntimeEvent>;
+}
