@@ -1,0 +1,368 @@
+//! Starting Cube's processes as library calls: [`start_worker`] (and, in `manager`, the
+//! manager). `main`, the tests and the examples all start them the same way; tests bind port 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_web::{App, HttpServer, web};
+use log::info;
+
+use crate::actors::client::WorkerLink;
+use crate::actors::manager::{AddProxy, Manager, ManagerError, ManagerSetup};
+use crate::actors::policy::PolicyKind;
+use crate::actors::scheduler::Scheduler;
+use crate::actors::worker::{DEFAULT_RETENTION, Worker, WorkerError, WorkerSetup};
+use crate::actors::worker_proxy::WorkerProxy;
+use crate::db::{Store, StoreError};
+use crate::http::manager::ManagerApi;
+use crate::http::worker::WorkerApi;
+use crate::node::{Capacity, StatsSampler};
+use crate::runtime::fake::FakeRuntime;
+use crate::runtime::{Runtime, RuntimeError};
+
+/// Threads serving a worker's HTTP API; its handlers only forward to the actor.
+const WORKER_HTTP_THREADS: usize = 2;
+
+/// What failed while starting a process.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot reach Docker: {0}; is the Docker daemon running and is its socket readable?")]
+    Docker(RuntimeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+}
+
+/// Which runtime a worker runs containers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// Real containers through the Docker Engine API.
+    Docker,
+    /// In-memory containers, for simulation and scheduling tests.
+    Fake,
+}
+
+/// How to start a worker process.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub host: String,
+    /// 0 picks a free port.
+    pub port: u16,
+    /// Stable across restarts: it labels the worker's containers and names its store.
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub runtime: RuntimeKind,
+    /// How long the container of a finished task is kept for its logs.
+    pub retention: Duration,
+    /// Capacity a fake worker reports.
+    pub fake_capacity: Capacity,
+    /// How long a fake container takes to start.
+    pub fake_start_delay: Duration,
+}
+
+impl WorkerConfig {
+    pub fn new(name: impl Into<String>, data_dir: impl Into<PathBuf>) -> WorkerConfig {
+        WorkerConfig {
+            host: "127.0.0.1".into(),
+            port: crate::DEFAULT_WORKER_PORT,
+            name: name.into(),
+            data_dir: data_dir.into(),
+            runtime: RuntimeKind::Docker,
+            retention: DEFAULT_RETENTION,
+            fake_capacity: DEFAULT_FAKE_CAPACITY,
+            fake_start_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// What a simulated node offers: 4 cores, 8 GiB of memory, 100 GiB of disk.
+pub const DEFAULT_FAKE_CAPACITY: Capacity = Capacity {
+    cpus: 4.0,
+    memory: 8 << 30,
+    disk: 100 << 30,
+};
+
+/// A running worker process.
+pub struct WorkerHandle {
+    /// Where its API listens.
+    pub addr: SocketAddr,
+    pub name: String,
+    pub worker: Addr<Worker>,
+    server: actix_web::dev::Server,
+}
+
+impl WorkerHandle {
+    /// Serve until the server stops (SIGINT or SIGTERM stop it gracefully).
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.server.await
+    }
+
+    /// Stop serving.
+    pub async fn stop(&self) {
+        self.server.handle().stop(true).await;
+    }
+}
+
+/// Open the runtime a worker was asked for.
+pub async fn open_runtime(
+    kind: RuntimeKind,
+    fake_start_delay: Duration,
+) -> Result<Arc<dyn Runtime>, ServeError> {
+    Ok(match kind {
+        RuntimeKind::Docker => Arc::new(
+            crate::runtime::docker::connect()
+                .await
+                .map_err(ServeError::Docker)?,
+        ),
+        RuntimeKind::Fake => Arc::new(FakeRuntime::new(fake_start_delay)),
+    })
+}
+
+/// Start a worker: open its store, connect its runtime, start the actor (which reconciles with
+/// the runtime) and serve its API. Must run inside an actix system.
+pub async fn start_worker(config: WorkerConfig) -> Result<WorkerHandle, ServeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let store = Store::open(&config.data_dir, &[crate::actors::worker::TASKS_TABLE])?;
+    let runtime = open_runtime(config.runtime, config.fake_start_delay).await?;
+    let sampler = match config.runtime {
+        RuntimeKind::Docker => {
+            let dir = config.data_dir.clone();
+            Some(SyncArbiter::start(1, move || StatsSampler::new(&dir)))
+        }
+        RuntimeKind::Fake => None,
+    };
+    let worker = Worker::new(WorkerSetup {
+        name: config.name.clone(),
+        runtime: runtime.clone(),
+        store: Some(store),
+        sampler,
+        capacity: config.fake_capacity,
+        retention: config.retention,
+    })?
+    .start();
+
+    crate::http::warn_if_exposed("worker", &config.host);
+    let api = WorkerApi {
+        name: config.name.clone(),
+        worker: worker.clone(),
+    };
+    let bind_addr = format!("{}:{}", config.host, config.port);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(api.clone()))
+            .configure(crate::http::worker::configure)
+            .default_service(web::to(crate::http::no_route))
+    })
+    .workers(WORKER_HTTP_THREADS)
+    .bind(&bind_addr)
+    .map_err(|source| ServeError::Bind {
+        addr: bind_addr.clone(),
+        source,
+    })?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| ServeError::Bind {
+            addr: bind_addr.clone(),
+            source: std::io::Error::other("no address bound"),
+        })?;
+    let server = server.run();
+    info!(
+        "worker {} listening on http://{addr} (runtime {:?}, data in {})",
+        config.name,
+        config.runtime,
+        config.data_dir.display()
+    );
+    Ok(WorkerHandle {
+        addr,
+        name: config.name,
+        worker,
+        server,
+    })
+}
+
+/// Threads serving the manager's HTTP API.
+const MANAGER_HTTP_THREADS: usize = 2;
+/// Default seconds between health checks of a task.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
+/// Default silence after which a worker is Down.
+pub const DEFAULT_NODE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How to start a manager.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub host: String,
+    /// 0 picks a free port.
+    pub port: u16,
+    /// Worker addresses, `host:port`.
+    pub workers: Vec<String>,
+    pub scheduler: PolicyKind,
+    pub data_dir: PathBuf,
+    pub health_interval: Duration,
+    pub node_timeout: Duration,
+}
+
+impl ManagerConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> ManagerConfig {
+        ManagerConfig {
+            host: "127.0.0.1".into(),
+            port: crate::DEFAULT_MANAGER_PORT,
+            workers: Vec::new(),
+            scheduler: PolicyKind::default(),
+            data_dir: data_dir.into(),
+            health_interval: DEFAULT_HEALTH_INTERVAL,
+            node_timeout: DEFAULT_NODE_TIMEOUT,
+        }
+    }
+}
+
+/// The actors of a manager, without HTTP: what an embedding program or a simulation drives
+/// through messages.
+#[derive(Clone)]
+pub struct ManagerActors {
+    pub manager: Addr<Manager>,
+    pub scheduler: Addr<Scheduler>,
+    pub node_timeout: Duration,
+}
+
+impl ManagerActors {
+    /// Open the store, recover every task from it, and start the Manager and the Scheduler.
+    pub fn start(config: &ManagerConfig) -> Result<ManagerActors, ServeError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let store = Store::open(&config.data_dir, crate::actors::manager::TABLES)?;
+        let scheduler = Scheduler::new(config.scheduler).start();
+        let manager = Manager::new(ManagerSetup {
+            store,
+            scheduler: scheduler.clone(),
+        })?
+        .start();
+        Ok(ManagerActors {
+            manager,
+            scheduler,
+            node_timeout: config.node_timeout,
+        })
+    }
+
+    /// Connect a worker: a WorkerProxy that learns its name and registers it.
+    pub fn add_worker(&self, link: WorkerLink) -> Addr<WorkerProxy> {
+        let proxy = WorkerProxy::new(
+            link,
+            self.manager.clone(),
+            self.scheduler.clone(),
+            self.node_timeout,
+        )
+        .start();
+        self.manager.do_send(AddProxy(proxy.clone()));
+        proxy
+    }
+}
+
+/// A running manager.
+pub struct ManagerHandle {
+    pub addr: SocketAddr,
+    pub actors: ManagerActors,
+    server: actix_web::dev::Server,
+}
+
+impl ManagerHandle {
+    /// Serve until the server stops (SIGINT or SIGTERM stop it gracefully).
+    pub async fn wait(self) -> std::io::Result<()> {
+        self.server.await
+    }
+
+    /// Stop serving.
+    pub async fn stop(&self) {
+        self.server.handle().stop(true).await;
+    }
+}
+
+/// Start a manager: recover from its store, connect to the configured workers and serve its
+/// API. Must run inside an actix system.
+pub async fn start_manager(config: ManagerConfig) -> Result<ManagerHandle, ServeError> {
+    let actors = ManagerActors::start(&config)?;
+    for address in &config.workers {
+        let url = if address.starts_with("http://") {
+            address.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{address}")
+        };
+        actors.add_worker(WorkerLink::Http(url));
+    }
+    crate::http::warn_if_exposed("manager", &config.host);
+    let api = ManagerApi {
+        manager: actors.manager.clone(),
+    };
+    let bind_addr = format!("{}:{}", config.host, config.port);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(api.clone()))
+            .configure(crate::http::manager::configure)
+            .default_service(web::to(crate::http::no_route))
+    })
+    .workers(MANAGER_HTTP_THREADS)
+    .bind(&bind_addr)
+    .map_err(|source| ServeError::Bind {
+        addr: bind_addr.clone(),
+        source,
+    })?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| ServeError::Bind {
+            addr: bind_addr.clone(),
+            source: std::io::Error::other("no address bound"),
+        })?;
+    let server = server.run();
+    info!(
+        "manager listening on http://{addr} (scheduler {}, {} worker(s), data in {})",
+        config.scheduler,
+        config.workers.len(),
+        config.data_dir.display()
+    );
+    Ok(ManagerHandle {
+        addr,
+        actors,
+        server,
+    })
+}
+
+/// Start an in-process worker (no HTTP, no store of its own): the simulation's building block.
+pub fn start_local_worker(
+    name: &str,
+    runtime: Arc<dyn Runtime>,
+    capacity: Capacity,
+) -> Result<Addr<Worker>, WorkerError> {
+    let worker = Worker::new(WorkerSetup {
+        name: name.to_string(),
+        runtime,
+        store: None,
+        sampler: None,
+        capacity,
+        retention: DEFAULT_RETENTION,
+    })?;
+    Ok(worker.start())
+}

@@ -1,0 +1,290 @@
+//! The worker as a user (or the manager) sees it: a real `cube worker` process, real Docker,
+//! real LMDB.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+struct Setup {
+    worker: CubeProcess,
+    name: String,
+    dir: tempfile::TempDir,
+    _containers: Containers,
+    http: Http,
+}
+
+fn worker() -> Setup {
+    test_image();
+    let name = unique("wt");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let containers = Containers::of(&[&name]);
+    let worker = start_worker(&name, dir.path(), 0);
+    Setup {
+        worker,
+        name,
+        dir,
+        _containers: containers,
+        http: Http::new(),
+    }
+}
+
+fn start_worker(name: &str, dir: &std::path::Path, port: u16) -> CubeProcess {
+    let data = dir.join("data");
+    let port = port.to_string();
+    CubeProcess::start(
+        &[
+            "worker",
+            "--port",
+            &port,
+            "--name",
+            name,
+            "--data-dir",
+            data.to_str().expect("utf-8 path"),
+        ],
+        dir,
+        "worker",
+    )
+}
+
+fn submit(s: &Setup, task: Value) -> Value {
+    let r = s.http.post(
+        &format!("{}/tasks", s.worker.url()),
+        json!({ "task": task }).to_string(),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    r.json()
+}
+
+fn task_url(s: &Setup, id: &Value) -> String {
+    format!("{}/tasks/{}", s.worker.url(), id.as_str().expect("an id"))
+}
+
+#[test]
+fn task_reaches_running_in_a_container_with_both_labels() {
+    let s = worker();
+    let t = submit(
+        &s,
+        json!({"image": IMAGE, "cmd": ["httpd", "-f", "-p", "8080"], "exposed_ports": ["8080/tcp"]}),
+    );
+    assert_eq!(t["state"], "Scheduled");
+    assert_eq!(t["attempt"], 1);
+    let t = wait_state(&s.http, &task_url(&s, &t["id"]), "Running");
+    let cid = t["container_id"].as_str().expect("a container id");
+    let c = inspect(cid).expect("the container exists");
+    let labels = &c["Config"]["Labels"];
+    assert_eq!(labels["cube.task.id"], t["id"]);
+    assert_eq!(labels["cube.worker"], s.name.as_str());
+    assert_eq!(labels["cube.attempt"], "1");
+    assert_eq!(c["State"]["Running"], true);
+    assert_eq!(c["HostConfig"]["RestartPolicy"]["Name"], "no");
+    // The host port was assigned by Docker and is reported.
+    let host_port = t["host_ports"]["8080/tcp"].as_str().expect("a host port");
+    assert!(host_port.parse::<u16>().is_ok(), "{host_port}");
+    assert_eq!(
+        c["Name"],
+        format!("/cube-{}-1", t["id"].as_str().unwrap_or_default())
+    );
+}
+
+#[test]
+fn nonzero_exit_ends_failed_with_its_exit_code() {
+    let s = worker();
+    let t = submit(&s, json!({"image": IMAGE, "cmd": ["sh", "-c", "exit 3"]}));
+    let t = wait_state(&s.http, &task_url(&s, &t["id"]), "Failed");
+    assert_eq!(t["exit_code"], 3);
+    assert!(
+        t["error"].as_str().unwrap_or_default().contains("code 3"),
+        "{t}"
+    );
+}
+
+#[test]
+fn zero_exit_ends_completed() {
+    let s = worker();
+    let t = submit(&s, json!({"image": IMAGE, "cmd": ["true"]}));
+    let t = wait_state(&s.http, &task_url(&s, &t["id"]), "Completed");
+    assert_eq!(t["exit_code"], 0);
+    assert!(
+        t["start_time"].is_string() && t["finish_time"].is_string(),
+        "{t}"
+    );
+}
+
+#[test]
+fn missing_image_ends_failed_with_a_reason() {
+    let s = worker();
+    let t = submit(&s, json!({"image": "cube-test/no-such-image:1"}));
+    let t = wait_state(&s.http, &task_url(&s, &t["id"]), "Failed");
+    let error = t["error"].as_str().unwrap_or_default();
+    assert!(error.contains("cube-test/no-such-image:1"), "{error}");
+}
+
+#[test]
+fn delete_stops_and_removes_the_container_then_completes() {
+    let s = worker();
+    let t = submit(
+        &s,
+        json!({"image": IMAGE, "cmd": ["sleep", "600"], "stop_timeout_s": 1}),
+    );
+    let url = task_url(&s, &t["id"]);
+    let t = wait_state(&s.http, &url, "Running");
+    let cid = t["container_id"].as_str().expect("a container").to_string();
+    let r = s.http.delete(&url);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let t = wait_state(&s.http, &url, "Completed");
+    assert!(t["container_id"].is_null(), "{t}");
+    assert!(inspect(&cid).is_none(), "the container is gone");
+}
+
+#[test]
+fn the_same_attempt_twice_never_starts_a_second_container() {
+    let s = worker();
+    let id = uuid::Uuid::new_v4().to_string();
+    let body = json!({"task": {"id": id, "image": IMAGE, "cmd": ["sleep", "600"], "attempt": 1}})
+        .to_string();
+    let url = format!("{}/tasks", s.worker.url());
+    let first = s.http.post(&url, &body);
+    assert_eq!(first.status, 201, "{}", first.body);
+    let again = s.http.post(&url, &body);
+    assert_eq!(again.status, 200, "{}", again.body);
+    wait_state(&s.http, &format!("{url}/{id}"), "Running");
+    let third = s.http.post(&url, &body);
+    assert_eq!(third.status, 200);
+    assert_eq!(containers(&s.name, true).len(), 1);
+    // A newer attempt replaces the container; an older one is then refused.
+    let older = json!({"task": {"id": id, "image": IMAGE, "attempt": 1}}).to_string();
+    let newer = json!({"task": {"id": id, "image": IMAGE, "cmd": ["sleep", "600"], "attempt": 2}})
+        .to_string();
+    let r = s.http.post(&url, &newer);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let t = wait_state(&s.http, &format!("{url}/{id}"), "Running");
+    assert_eq!(t["attempt"], 2);
+    let r = s.http.post(&url, &older);
+    assert_eq!(r.status, 409, "{}", r.body);
+    eventually("the first attempt's container to be gone", || {
+        (containers(&s.name, true).len() == 1).then_some(())
+    });
+}
+
+#[test]
+fn change_feed_answers_as_soon_as_a_task_changes() {
+    let s = worker();
+    let feed: Value = s
+        .http
+        .get(&format!("{}/tasks?since=0", s.worker.url()))
+        .json();
+    let seq = feed["seq"].as_u64().expect("a seq");
+    let instance = feed["instance"].as_str().expect("an instance").to_string();
+    let url = s.worker.url();
+    let http = Http::new();
+    let waiter = std::thread::spawn(move || {
+        http.get(&format!(
+            "{url}/tasks?since={seq}&instance={instance}&wait=30"
+        ))
+        .json()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let t = submit(&s, json!({"image": IMAGE, "cmd": ["sleep", "600"]}));
+    let changes = waiter.join().expect("the long-poll answers");
+    assert!(changes["seq"].as_u64().unwrap_or(0) > seq);
+    let ids: Vec<&Value> = changes["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| &t["id"])
+        .collect();
+    assert!(ids.contains(&&t["id"]), "{changes}");
+}
+
+#[test]
+fn worker_killed_and_restarted_adopts_its_running_container() {
+    let mut s = worker();
+    let t = submit(&s, json!({"image": IMAGE, "cmd": ["sleep", "600"]}));
+    let url = task_url(&s, &t["id"]);
+    let before = wait_state(&s.http, &url, "Running");
+    let finishing = submit(
+        &s,
+        json!({"image": IMAGE, "cmd": ["sh", "-c", "sleep 2; exit 4"]}),
+    );
+    wait_state(&s.http, &task_url(&s, &finishing["id"]), "Running");
+    let port = s.worker.port();
+    s.worker.kill();
+    // The second task ends while the worker is down.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    s.worker = start_worker(&s.name, s.dir.path(), port);
+    let after = wait_state(&s.http, &url, "Running");
+    assert_eq!(after["container_id"], before["container_id"]);
+    let running = containers(&s.name, false);
+    assert_eq!(running.len(), 1, "exactly one running copy: {running:?}");
+    let ended = wait_state(&s.http, &task_url(&s, &finishing["id"]), "Failed");
+    assert_eq!(ended["exit_code"], 4);
+}
+
+#[test]
+fn bad_input_gets_a_clear_4xx_and_the_worker_keeps_serving() {
+    let s = worker();
+    let url = format!("{}/tasks", s.worker.url());
+    let cases: [(&str, u16, &str); 6] = [
+        ("{not json", 400, "not valid JSON"),
+        (r#"{"task": {"cmd": ["true"]}}"#, 400, "task.image"),
+        (r#"{"task": {"image": "i", "cpu": "two"}}"#, 400, "task.cpu"),
+        (r#"{"task": "example"}"#, 400, "expected a TaskEvent"),
+        (r#"{"task": {"image": "i", "id": "nope"}}"#, 400, "task.id"),
+        (r#"[]"#, 400, "array"),
+    ];
+    for (body, status, needle) in cases {
+        let r = s.http.post(&url, body);
+        assert_eq!(r.status, status, "{body}: {}", r.body);
+        let error = r.json()["error"].as_str().unwrap_or_default().to_string();
+        assert!(error.contains(needle), "{body}: {error}");
+    }
+    let r = s.http.get(&format!("{url}/not-a-uuid"));
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"].is_string());
+    let r = s.http.get(&format!("{url}/{}", uuid::Uuid::new_v4()));
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].is_string());
+    let r = s.http.delete(&format!("{url}/{}", uuid::Uuid::new_v4()));
+    assert_eq!(r.status, 404);
+    let huge = format!(
+        r#"{{"task": {{"image": "i", "env": ["X={}"]}}}}"#,
+        "x".repeat(2 << 20)
+    );
+    let r = s.http.post(&url, huge);
+    assert_eq!(r.status, 413);
+    assert!(r.json()["error"].is_string());
+    let r = s.http.get(&format!("{}/nope", s.worker.url()));
+    assert_eq!(r.status, 404);
+    assert!(r.json()["error"].is_string());
+    // Still serving.
+    let r = s.http.get(&format!("{}/health", s.worker.url()));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["name"], s.name.as_str());
+}
+
+#[test]
+fn stats_report_the_machine() {
+    let s = worker();
+    let stats = s.http.get(&format!("{}/stats", s.worker.url())).json();
+    assert!(stats["cpus"].as_f64().unwrap_or(0.0) >= 1.0, "{stats}");
+    assert!(stats["memory_total"].as_u64().unwrap_or(0) > 0, "{stats}");
+    assert!(stats["disk_total"].as_u64().unwrap_or(0) > 0, "{stats}");
+    assert!(stats["load"].as_array().is_some_and(|l| l.len() == 3));
+    assert_eq!(stats["name"], s.name.as_str());
+    assert_eq!(stats["tasks"], 0);
+}
+
+#[test]
+fn logs_of_a_task_are_served() {
+    let s = worker();
+    let t = submit(
+        &s,
+        json!({"image": IMAGE, "cmd": ["sh", "-c", "echo hello from cube"]}),
+    );
+    let url = task_url(&s, &t["id"]);
+    wait_state(&s.http, &url, "Completed");
+    let r = s.http.get(&format!("{url}/logs"));
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("hello from cube"), "{:?}", r.body);
+}
