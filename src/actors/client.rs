@@ -1,0 +1,304 @@
+//! How a WorkerProxy (or a manager handler) reaches a worker: over HTTP for worker processes,
+//! or straight to the actor for in-process workers. Both speak the same operations, so the
+//! proxy has one code path whatever the transport.
+
+use std::time::Duration;
+
+use actix::Addr;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::LocalBoxStream;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::worker::{
+    Changes, GetStats, Identify, Logs, StartTask, StopTask, WatchTasks, Worker, WorkerError,
+};
+use crate::node::NodeStats;
+use crate::task::Task;
+
+/// Time allowed for a call to a worker, beyond any wait the call asks for.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a worker is.
+#[derive(Clone)]
+pub enum WorkerLink {
+    /// A worker process: its base URL, `http://host:port`.
+    Http(String),
+    /// A worker actor in this process.
+    Local(Addr<Worker>),
+}
+
+impl WorkerLink {
+    /// The address shown in `/nodes`.
+    pub fn address(&self) -> String {
+        match self {
+            WorkerLink::Http(url) => url.trim_start_matches("http://").to_string(),
+            WorkerLink::Local(_) => "in-process".to_string(),
+        }
+    }
+}
+
+/// A failed call to a worker.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// Not reachable, timed out, or answered garbage: worth retrying.
+    #[error("{0}")]
+    Transport(String),
+    /// The worker answered with an error status.
+    #[error("the worker answered {status}: {message}")]
+    Status { status: u16, message: String },
+}
+
+impl CallError {
+    /// Worth trying again: the worker may answer next time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CallError::Transport(_) => true,
+            CallError::Status { status, .. } => *status >= 500,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            CallError::Status { status, .. } => Some(*status),
+            CallError::Transport(_) => None,
+        }
+    }
+}
+
+impl From<WorkerError> for CallError {
+    fn from(e: WorkerError) -> CallError {
+        let status = match &e {
+            WorkerError::NotFound(_) | WorkerError::NoContainer(_) => 404,
+            WorkerError::StaleAttempt { .. } => 409,
+            WorkerError::Gone => 503,
+            WorkerError::Store(_) | WorkerError::Runtime(_) => 500,
+        };
+        CallError::Status {
+            status,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn mailbox(e: actix::MailboxError) -> CallError {
+    CallError::Transport(format!("the worker actor is gone: {e}"))
+}
+
+/// What a worker's `/health` says.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Health {
+    pub name: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+/// A connection to one worker.
+#[derive(Clone)]
+pub struct WorkerClient {
+    link: WorkerLink,
+    http: awc::Client,
+}
+
+impl WorkerClient {
+    pub fn new(link: WorkerLink) -> WorkerClient {
+        let http = awc::Client::builder()
+            .timeout(CALL_TIMEOUT)
+            .disable_redirects()
+            .finish();
+        WorkerClient { link, http }
+    }
+
+    pub fn link(&self) -> &WorkerLink {
+        &self.link
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        base: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T, CallError> {
+        let mut res = self
+            .http
+            .get(format!("{base}{path}"))
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| CallError::Transport(format!("GET {base}{path}: {e}")))?;
+        read_json(&mut res, base, path).await
+    }
+
+    /// The worker's name.
+    pub async fn health(&self) -> Result<Health, CallError> {
+        match &self.link {
+            WorkerLink::Http(base) => self.get_json(base, "/health", CALL_TIMEOUT).await,
+            WorkerLink::Local(addr) => {
+                let (name, _) = addr.send(Identify).await.map_err(mailbox)?;
+                Ok(Health { name })
+            }
+        }
+    }
+
+    /// The change feed: everything changed after `since`, waiting up to `wait` for a change.
+    pub async fn watch(
+        &self,
+        since: u64,
+        instance: Option<Uuid>,
+        wait: Duration,
+    ) -> Result<Changes, CallError> {
+        match &self.link {
+            WorkerLink::Http(base) => {
+                let mut path = format!("/tasks?since={since}&wait={}", wait.as_secs_f64());
+                if let Some(i) = instance {
+                    path.push_str(&format!("&instance={i}"));
+                }
+                self.get_json(base, &path, wait + CALL_TIMEOUT).await
+            }
+            WorkerLink::Local(addr) => addr
+                .send(WatchTasks {
+                    since,
+                    instance,
+                    wait,
+                })
+                .await
+                .map_err(mailbox),
+        }
+    }
+
+    /// The worker's machine.
+    pub async fn stats(&self) -> Result<NodeStats, CallError> {
+        match &self.link {
+            WorkerLink::Http(base) => self.get_json(base, "/stats", CALL_TIMEOUT).await,
+            WorkerLink::Local(addr) => Ok(addr.send(GetStats).await.map_err(mailbox)??),
+        }
+    }
+
+    /// Start this attempt of the task (idempotent on the worker).
+    pub async fn start(&self, task: &Task) -> Result<Task, CallError> {
+        match &self.link {
+            WorkerLink::Http(base) => {
+                let body = serde_json::json!({ "task": task });
+                let mut res = self
+                    .http
+                    .post(format!("{base}/tasks"))
+                    .send_json(&body)
+                    .await
+                    .map_err(|e| CallError::Transport(format!("POST {base}/tasks: {e}")))?;
+                read_json(&mut res, base, "/tasks").await
+            }
+            WorkerLink::Local(addr) => {
+                let started = addr
+                    .send(StartTask { task: task.clone() })
+                    .await
+                    .map_err(mailbox)??;
+                Ok(started.task)
+            }
+        }
+    }
+
+    /// Stop the task, only if `attempt` is (still) the one the worker runs.
+    pub async fn stop(&self, id: Uuid, attempt: Option<u32>) -> Result<Task, CallError> {
+        match &self.link {
+            WorkerLink::Http(base) => {
+                let path = match attempt {
+                    Some(a) => format!("/tasks/{id}?attempt={a}"),
+                    None => format!("/tasks/{id}"),
+                };
+                let mut res = self
+                    .http
+                    .delete(format!("{base}{path}"))
+                    .send()
+                    .await
+                    .map_err(|e| CallError::Transport(format!("DELETE {base}{path}: {e}")))?;
+                read_json(&mut res, base, &path).await
+            }
+            WorkerLink::Local(addr) => Ok(addr
+                .send(StopTask { id, attempt })
+                .await
+                .map_err(mailbox)??),
+        }
+    }
+
+    /// The container's output as a stream of chunks.
+    pub async fn logs(
+        &self,
+        id: Uuid,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> Result<LocalBoxStream<'static, Result<Bytes, CallError>>, CallError> {
+        match &self.link {
+            WorkerLink::Http(base) => {
+                let mut path = format!("/tasks/{id}/logs?follow={follow}");
+                if let Some(t) = tail {
+                    path.push_str(&format!("&tail={t}"));
+                }
+                let req = self.http.get(format!("{base}{path}"));
+                // A followed log may stay open as long as the container runs.
+                let req = if follow {
+                    req.timeout(Duration::from_secs(24 * 3600))
+                } else {
+                    req
+                };
+                let mut res = req
+                    .send()
+                    .await
+                    .map_err(|e| CallError::Transport(format!("GET {base}{path}: {e}")))?;
+                if !res.status().is_success() {
+                    return Err(error_from(&mut res).await);
+                }
+                Ok(res
+                    .map(|chunk| chunk.map_err(|e| CallError::Transport(e.to_string())))
+                    .boxed_local())
+            }
+            WorkerLink::Local(addr) => {
+                let stream = addr
+                    .send(Logs { id, tail, follow })
+                    .await
+                    .map_err(mailbox)??;
+                Ok(stream
+                    .map(|chunk| chunk.map_err(|e| CallError::Transport(e.to_string())))
+                    .boxed_local())
+            }
+        }
+    }
+}
+
+async fn error_from<S>(res: &mut awc::ClientResponse<S>) -> CallError
+where
+    S: futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
+{
+    let status = res.status().as_u16();
+    let message = match res.body().limit(64 * 1024).await {
+        Ok(body) => serde_json::from_slice::<ErrorBody>(&body)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned()),
+        Err(e) => e.to_string(),
+    };
+    CallError::Status { status, message }
+}
+
+async fn read_json<S, T>(
+    res: &mut awc::ClientResponse<S>,
+    base: &str,
+    path: &str,
+) -> Result<T, CallError>
+where
+    S: futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
+    T: serde::de::DeserializeOwned,
+{
+    if !res.status().is_success() {
+        return Err(error_from(res).await);
+    }
+    let body = res
+        .body()
+        .limit(256 << 20)
+        .await
+        .map_err(|e| CallError::Transport(format!("{base}{path}: {e}")))?;
+    serde_json::from_slice(&body)
+        .map_err(|e| CallError::Transport(format!("{base}{path} answered unexpected JSON: {e}")))
+}

@@ -1,0 +1,600 @@
+//! The `cube` command: clap definitions and what each subcommand does.
+//!
+//! Server commands (`manager`, `worker`, `up`) start the library's servers; client commands
+//! (`run`, `status`, `stop`, `node`, `logs`) talk to a manager over HTTP. Every failure is one
+//! clear line on stderr and a non-zero exit.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use comfy_table::{Table, presets::NOTHING};
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use crate::actors::manager::NodeReport;
+use crate::actors::policy::PolicyKind;
+use crate::server::{ManagerConfig, RuntimeKind, WorkerConfig, start_manager, start_worker};
+use crate::task::{State, Task};
+
+mod up;
+
+/// Cube: a small container orchestrator.
+#[derive(Debug, Parser)]
+#[command(name = "cube", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The manager's URL, for the client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "CUBE_MANAGER",
+        default_value = "http://127.0.0.1:5555"
+    )]
+    pub manager: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the manager: the API users talk to, the scheduler, and the store of every task.
+    Manager(ManagerArgs),
+    /// Run a worker: it runs the tasks placed on this node as containers.
+    Worker(WorkerArgs),
+    /// Run a manager and several workers as one process tree, for a local cluster.
+    Up(up::UpArgs),
+    /// Submit a task from a JSON file (a POST /tasks body) and print its id.
+    Run(RunArgs),
+    /// Show tasks, or one task.
+    Status(StatusArgs),
+    /// Stop a task: its container is stopped and removed, then it is Completed.
+    Stop(IdArgs),
+    /// Show the workers.
+    Node(OutputArgs),
+    /// Print a task's container output.
+    Logs(LogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManagerArgs {
+    /// Address to listen on; anything but loopback exposes an API without authentication.
+    #[arg(long)]
+    pub host: Option<String>,
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Worker addresses, host:port, separated by commas.
+    #[arg(long, env = "CUBE_WORKERS", value_delimiter = ',')]
+    pub workers: Option<Vec<String>>,
+    /// A TOML file with any of: host, port, workers, scheduler, data_dir, health_interval,
+    /// node_timeout. Flags and environment win over it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Placement policy: epvm, roundrobin (round-robin), binpack (bin-pack) or spread.
+    #[arg(long, env = "CUBE_SCHEDULER")]
+    pub scheduler: Option<PolicyKind>,
+    /// Where the manager keeps its store [default: ./cube-data/manager].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds between health checks of a task.
+    #[arg(long)]
+    pub health_interval: Option<f64>,
+    /// Seconds a worker may be silent before it is Down and its tasks move.
+    #[arg(long)]
+    pub node_timeout: Option<f64>,
+}
+
+/// The manager's TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManagerFile {
+    host: Option<String>,
+    port: Option<u16>,
+    workers: Option<Vec<String>>,
+    scheduler: Option<String>,
+    data_dir: Option<PathBuf>,
+    health_interval: Option<f64>,
+    node_timeout: Option<f64>,
+}
+
+impl ManagerArgs {
+    /// Flags (and environment) over the config file over the defaults.
+    pub fn config(&self) -> Result<ManagerConfig, String> {
+        let file = match &self.config {
+            None => ManagerFile::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+        };
+        let scheduler = match (&self.scheduler, &file.scheduler) {
+            (Some(s), _) => *s,
+            (None, Some(s)) => s.parse()?,
+            (None, None) => PolicyKind::default(),
+        };
+        let data_dir = self
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("cube-data").join("manager"));
+        let mut config = ManagerConfig::new(data_dir);
+        config.host = self.host.clone().or(file.host).unwrap_or(config.host);
+        config.port = self.port.or(file.port).unwrap_or(config.port);
+        config.workers = self
+            .workers
+            .clone()
+            .or(file.workers)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|w| w.trim().to_string())
+            .filter(|w| !w.is_empty())
+            .collect();
+        config.scheduler = scheduler;
+        if let Some(s) = self.health_interval.or(file.health_interval) {
+            config.health_interval = seconds("health interval", s)?;
+        }
+        if let Some(s) = self.node_timeout.or(file.node_timeout) {
+            config.node_timeout = seconds("node timeout", s)?;
+        }
+        Ok(config)
+    }
+}
+
+fn seconds(what: &str, s: f64) -> Result<Duration, String> {
+    if s.is_finite() && s > 0.0 {
+        Ok(Duration::from_secs_f64(s))
+    } else {
+        Err(format!(
+            "the {what} must be a number of seconds > 0, not {s}"
+        ))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Address to listen on; anything but loopback exposes an API without authentication.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = crate::DEFAULT_WORKER_PORT)]
+    pub port: u16,
+    /// The worker's name, stable across restarts [default: <hostname>-<port>].
+    #[arg(long, env = "CUBE_WORKER_NAME")]
+    pub name: Option<String>,
+    /// Where the worker keeps its store [default: ./cube-data/worker-<name>].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// How containers are run.
+    #[arg(long, value_enum, default_value = "docker")]
+    pub runtime: RuntimeKind,
+    /// Seconds the container of a finished task is kept for its logs.
+    #[arg(long, default_value_t = 3600)]
+    pub retention: u64,
+    /// Exit when standard input closes (set by `cube up`, so workers end with their parent).
+    #[arg(long, hide = true)]
+    pub exit_with_stdin: bool,
+}
+
+impl WorkerArgs {
+    /// The worker configuration these flags describe.
+    pub fn config(&self) -> WorkerConfig {
+        let name = self
+            .name
+            .clone()
+            .unwrap_or_else(|| default_worker_name(self.port));
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("cube-data").join(format!("worker-{name}")));
+        let mut config = WorkerConfig::new(name, data_dir);
+        config.host = self.host.clone();
+        config.port = self.port;
+        config.runtime = self.runtime;
+        config.retention = Duration::from_secs(self.retention);
+        config
+    }
+}
+
+/// `<hostname>-<port>`: the same on every restart, different for workers side by side.
+pub fn default_worker_name(port: u16) -> String {
+    let host = sysinfo::System::host_name().unwrap_or_else(|| "worker".into());
+    format!("{host}-{port}")
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The task file: a TaskEvent ({"task": {...}}) or a bare task ({"image": ...}).
+    #[arg(short, long)]
+    pub file: PathBuf,
+    /// Show progress until the task is Running, or has ended.
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A task id; all tasks when absent.
+    pub id: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// The task id.
+    pub id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The task id.
+    pub id: String,
+    /// Keep printing while the container runs.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(long)]
+    pub tail: Option<usize>,
+}
+
+/// Parse the command line, run the command, and turn any error into one line and an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let server = matches!(
+        cli.command,
+        Command::Manager(_) | Command::Worker(_) | Command::Up(_)
+    );
+    // Servers log at info by default; client commands stay quiet unless RUST_LOG says otherwise.
+    let default_level = if server { "info" } else { "warn" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .init();
+    let result = actix_web::rt::System::new().block_on(run(cli));
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("cube: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    let client = Client::new(&cli.manager);
+    match cli.command {
+        Command::Manager(args) => {
+            let handle = start_manager(args.config()?)
+                .await
+                .map_err(|e| e.to_string())?;
+            handle.wait().await.map_err(|e| e.to_string())?;
+        }
+        Command::Worker(args) => {
+            let handle = start_worker(args.config())
+                .await
+                .map_err(|e| e.to_string())?;
+            if args.exit_with_stdin {
+                exit_when_stdin_closes();
+            }
+            handle.wait().await.map_err(|e| e.to_string())?;
+        }
+        Command::Up(args) => return up::run(args).await,
+        Command::Run(args) => run_task(&client, args).await?,
+        Command::Status(args) => status(&client, args).await?,
+        Command::Stop(args) => {
+            let id = task_id(&args.id)?;
+            let task: Task = client.delete(&format!("/tasks/{id}")).await?;
+            println!("{} stopping (state {})", task.id, task.state);
+        }
+        Command::Node(args) => nodes(&client, args).await?,
+        Command::Logs(args) => logs(&client, args).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Stop the process when stdin reaches its end: the parent that holds the other end is gone.
+fn exit_when_stdin_closes() {
+    let system = actix::System::current();
+    std::thread::spawn(move || {
+        let mut sink = [0u8; 64];
+        let mut stdin = std::io::stdin();
+        while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
+        log::info!("standard input closed: the parent is gone, stopping");
+        system.stop();
+    });
+}
+
+fn task_id(s: &str) -> Result<uuid::Uuid, String> {
+    crate::task::parse_task_id(s).map_err(|e| e.0)
+}
+
+/// A small HTTP client for the manager API, with errors fit for one line.
+pub struct Client {
+    base: String,
+    http: awc::Client,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        let base = base.trim_end_matches('/');
+        let base = if base.contains("://") {
+            base.to_string()
+        } else {
+            format!("http://{base}")
+        };
+        Client {
+            base,
+            http: awc::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .finish(),
+        }
+    }
+
+    fn unreachable(&self, e: impl std::fmt::Display) -> String {
+        format!(
+            "cannot reach the manager at {} ({e}); is `cube manager` or `cube up` running? (set --manager or CUBE_MANAGER)",
+            self.base
+        )
+    }
+
+    async fn send(
+        &self,
+        req: awc::ClientRequest,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, web_bytes::Bytes), String> {
+        let sent = match body {
+            Some(b) => {
+                req.insert_header(("Content-Type", "application/json"))
+                    .send_body(b)
+                    .await
+            }
+            None => req.send().await,
+        };
+        let mut res = sent.map_err(|e| self.unreachable(e))?;
+        let status = res.status().as_u16();
+        let body = res
+            .body()
+            .limit(1 << 30)
+            .await
+            .map_err(|e| format!("the manager's answer could not be read: {e}"))?;
+        if status >= 400 {
+            let msg = serde_json::from_slice::<ErrorBody>(&body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            return Err(msg);
+        }
+        Ok((status, body))
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        req: awc::ClientRequest,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, String> {
+        let (_, body) = self.send(req, body).await?;
+        serde_json::from_slice(&body)
+            .map_err(|e| format!("unexpected answer from the manager: {e}"))
+    }
+
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+        self.json(self.http.get(format!("{}{path}", self.base)), None)
+            .await
+    }
+
+    pub async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<T, String> {
+        self.json(self.http.post(format!("{}{path}", self.base)), Some(body))
+            .await
+    }
+
+    pub async fn delete<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+        self.json(self.http.delete(format!("{}{path}", self.base)), None)
+            .await
+    }
+}
+
+use actix_web::web as web_bytes;
+
+async fn run_task(client: &Client, args: RunArgs) -> Result<(), String> {
+    let body = std::fs::read(&args.file)
+        .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+    let task: Task = client.post("/tasks", body).await?;
+    println!("{}", task.id);
+    if !args.wait {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(args.timeout);
+    let mut last: Option<State> = None;
+    loop {
+        let t: Task = client.get(&format!("/tasks/{}", task.id)).await?;
+        if last != Some(t.state) {
+            let place = t
+                .worker
+                .as_deref()
+                .map(|w| format!(" on {w}"))
+                .unwrap_or_default();
+            let why = t
+                .error
+                .as_deref()
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default();
+            eprintln!("{}{place}{why}", t.state);
+            last = Some(t.state);
+        }
+        match t.state {
+            State::Running | State::Completed => return Ok(()),
+            State::Failed => {
+                return Err(format!(
+                    "task {} failed: {}",
+                    t.id,
+                    t.error.unwrap_or_else(|| "no reason given".into())
+                ));
+            }
+            State::Pending | State::Scheduled => {}
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!(
+                "task {} is still {} after {} s",
+                t.id, t.state, args.timeout
+            ));
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn status(client: &Client, args: StatusArgs) -> Result<(), String> {
+    let tasks: Vec<Task> = match &args.id {
+        Some(id) => vec![client.get(&format!("/tasks/{}", task_id(id)?)).await?],
+        None => client.get("/tasks").await?,
+    };
+    if args.output.output == Output::Json {
+        let json = if args.id.is_some() {
+            serde_json::to_string_pretty(&tasks[0])
+        } else {
+            serde_json::to_string_pretty(&tasks)
+        };
+        println!("{}", json.map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.load_preset(NOTHING);
+    table.set_header(["ID", "NAME", "STATE", "WORKER", "IMAGE", "AGE"]);
+    let now = chrono::Utc::now();
+    for t in &tasks {
+        table.add_row([
+            t.id.to_string(),
+            t.name.clone(),
+            t.state.to_string(),
+            t.worker.clone().unwrap_or_else(|| "-".into()),
+            t.image.clone(),
+            age(now - t.created_at),
+        ]);
+    }
+    println!("{table}");
+    if let [t] = tasks.as_slice()
+        && let Some(e) = &t.error
+    {
+        println!("\nerror: {e}");
+    }
+    Ok(())
+}
+
+/// `42s`, `5m`, `3h`, `2d`.
+fn age(d: chrono::TimeDelta) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// `512M`, `7.6G`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if v >= 10.0 || unit == 0 {
+        format!("{v:.0}{}", UNITS[unit])
+    } else {
+        format!("{v:.1}{}", UNITS[unit])
+    }
+}
+
+async fn nodes(client: &Client, args: OutputArgs) -> Result<(), String> {
+    let nodes: Vec<NodeReport> = client.get("/nodes").await?;
+    if args.output == Output::Json {
+        let json = serde_json::to_string_pretty(&nodes).map_err(|e| e.to_string())?;
+        println!("{json}");
+        return Ok(());
+    }
+    let mut table = Table::new();
+    table.load_preset(NOTHING);
+    table.set_header([
+        "NAME", "ADDRESS", "STATUS", "CPUS", "MEMORY", "DISK", "TASKS",
+    ]);
+    for n in &nodes {
+        table.add_row([
+            if n.name.is_empty() {
+                "?".into()
+            } else {
+                n.name.clone()
+            },
+            n.address.clone(),
+            n.status.clone(),
+            format!("{:.1}/{:.0}", n.cpu_allocated, n.cpus),
+            format!("{}/{}", bytes(n.memory_allocated), bytes(n.memory)),
+            format!("{}/{}", bytes(n.disk_allocated), bytes(n.disk)),
+            n.tasks.to_string(),
+        ]);
+    }
+    println!("{table}");
+    let reasons: BTreeMap<&str, &str> = nodes
+        .iter()
+        .filter(|n| n.status != "Ready")
+        .filter_map(|n| n.reason.as_deref().map(|r| (n.address.as_str(), r)))
+        .collect();
+    for (address, reason) in reasons {
+        println!("{address}: {reason}");
+    }
+    Ok(())
+}
+
+async fn logs(client: &Client, args: LogsArgs) -> Result<(), String> {
+    let id = task_id(&args.id)?;
+    let mut path = format!("/tasks/{id}/logs?follow={}", args.follow);
+    if let Some(t) = args.tail {
+        path.push_str(&format!("&tail={t}"));
+    }
+    let req = client.http.get(format!("{}{path}", client.base));
+    let req = if args.follow {
+        req.timeout(Duration::from_secs(365 * 24 * 3600))
+    } else {
+        req
+    };
+    let mut res = req.send().await.map_err(|e| client.unreachable(e))?;
+    if !res.status().is_success() {
+        let body = res.body().await.map_err(|e| e.to_string())?;
+        let msg = serde_json::from_slice::<ErrorBody>(&body)
+            .map(|b| b.error)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+        return Err(msg);
+    }
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = res.next().await {
+        let chunk = chunk.map_err(|e| format!("the log stream broke: {e}"))?;
+        out.write_all(&chunk).map_err(|e| e.to_string())?;
+        out.flush().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

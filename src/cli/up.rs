@@ -1,0 +1,220 @@
+//! `cube up`: a manager and N workers as one process tree, for a local cluster.
+//!
+//! Docker workers run as child processes on their own ports (each its own node, as in
+//! production); fake workers run in-process. The children hold a pipe to this process on their
+//! standard input and exit when it closes, so they never outlive `cube up`, not even after a
+//! SIGKILL of it. Containers are left running on exit, to be adopted by the next `cube up` on
+//! the same data directory, as after any crash.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use clap::Args;
+use log::{info, warn};
+use tokio::process::{Child, Command};
+
+use crate::actors::client::WorkerLink;
+use crate::actors::policy::PolicyKind;
+use crate::runtime::fake::FakeRuntime;
+use crate::server::{
+    DEFAULT_FAKE_CAPACITY, ManagerConfig, RuntimeKind, start_local_worker, start_manager,
+};
+
+/// The image the README's first example runs; built here from Debian's static busybox, since a
+/// fresh machine may have no registry to pull from.
+pub const DEMO_IMAGE: &str = "cube-demo/busybox:latest";
+/// Where Debian's busybox-static puts the binary.
+pub const BUSYBOX: &str = "/bin/busybox";
+/// How long children get to exit after their pipe closes.
+const CHILD_EXIT_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// How many workers.
+    #[arg(long, default_value_t = 3)]
+    pub workers: usize,
+    /// How the workers run containers.
+    #[arg(long, value_enum, default_value = "docker")]
+    pub runtime: RuntimeKind,
+    /// Where the manager and the workers keep their stores.
+    #[arg(long, default_value = "cube-data/up")]
+    pub data_dir: PathBuf,
+    /// Address the manager and workers listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// The manager's port; workers take the ports after it.
+    #[arg(long, default_value_t = crate::DEFAULT_MANAGER_PORT)]
+    pub port: u16,
+    /// Placement policy: epvm, roundrobin, binpack or spread.
+    #[arg(long, env = "CUBE_SCHEDULER", default_value = "epvm")]
+    pub scheduler: PolicyKind,
+    /// Seconds between health checks of a task.
+    #[arg(long, default_value_t = 10.0)]
+    pub health_interval: f64,
+    /// Seconds a worker may be silent before it is Down.
+    #[arg(long, default_value_t = 5.0)]
+    pub node_timeout: f64,
+}
+
+pub async fn run(args: UpArgs) -> Result<ExitCode, String> {
+    if args.workers == 0 {
+        return Err("--workers must be at least 1".into());
+    }
+    let mut config = ManagerConfig::new(args.data_dir.join("manager"));
+    config.host = args.host.clone();
+    config.port = args.port;
+    config.scheduler = args.scheduler;
+    config.health_interval = super::seconds("health interval", args.health_interval)?;
+    config.node_timeout = super::seconds("node timeout", args.node_timeout)?;
+
+    let mut children = Vec::new();
+    let mut worker_lines = Vec::new();
+    match args.runtime {
+        RuntimeKind::Docker => {
+            ensure_demo_image().await?;
+            let exe = std::env::current_exe()
+                .map_err(|e| format!("cannot find the cube binary to start workers: {e}"))?;
+            for i in 1..=args.workers {
+                let port = args
+                    .port
+                    .checked_add(i as u16)
+                    .ok_or("the manager's port leaves no room for worker ports")?;
+                let name = format!("w{i}");
+                let child = spawn_worker(&exe, &args, &name, port)?;
+                children.push(child);
+                let address = format!("{}:{port}", args.host);
+                worker_lines.push(format!("  worker   {name}  http://{address}"));
+                config.workers.push(address);
+            }
+        }
+        RuntimeKind::Fake => {}
+    }
+    let handle = start_manager(config).await.map_err(|e| e.to_string())?;
+    if args.runtime == RuntimeKind::Fake {
+        let runtime = std::sync::Arc::new(FakeRuntime::new(Duration::ZERO));
+        for i in 1..=args.workers {
+            let name = format!("w{i}");
+            let worker = start_local_worker(&name, runtime.clone(), DEFAULT_FAKE_CAPACITY)
+                .map_err(|e| e.to_string())?;
+            handle.actors.add_worker(WorkerLink::Local(worker));
+            worker_lines.push(format!("  worker   {name}  (in-process, fake runtime)"));
+        }
+    }
+    print_banner(&args, &handle.addr.to_string(), &worker_lines);
+
+    let served = handle.wait().await;
+    info!("stopping the workers; their containers keep running");
+    stop_children(children).await;
+    served.map_err(|e| e.to_string())?;
+    eprintln!(
+        "cube up stopped. Containers are left running; `cube up` on the same --data-dir adopts them."
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spawn_worker(exe: &Path, args: &UpArgs, name: &str, port: u16) -> Result<Child, String> {
+    let data_dir = args.data_dir.join(name);
+    Command::new(exe)
+        .arg("worker")
+        .args(["--host", &args.host])
+        .args(["--port", &port.to_string()])
+        .args(["--name", name])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .arg("--exit-with-stdin")
+        .stdin(Stdio::piped())
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(|e| format!("cannot start worker {name}: {e}"))
+}
+
+async fn stop_children(children: Vec<Child>) {
+    for mut child in children {
+        // Closing the pipe asks the worker to stop; it leaves its containers running.
+        drop(child.stdin.take());
+        match tokio::time::timeout(CHILD_EXIT_GRACE, child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                warn!("a worker did not stop within {CHILD_EXIT_GRACE:?}; killing it");
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// Build the demo image from the static busybox when it is missing.
+async fn ensure_demo_image() -> Result<(), String> {
+    let docker = crate::runtime::docker::connect().await.map_err(|e| {
+        format!(
+            "cannot reach Docker ({e}); start the Docker daemon, or try `cube up --runtime fake`"
+        )
+    })?;
+    if docker
+        .image_exists(DEMO_IMAGE)
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        return Ok(());
+    }
+    let busybox = Path::new(BUSYBOX);
+    if !busybox.exists() {
+        warn!(
+            "the demo image {DEMO_IMAGE} is missing and {BUSYBOX} is not there to build it; install Debian's busybox-static (apt-get install busybox-static) to use the examples"
+        );
+        return Ok(());
+    }
+    eprintln!("building the demo image {DEMO_IMAGE} from {BUSYBOX} …");
+    docker
+        .build_busybox_image(DEMO_IMAGE, busybox)
+        .await
+        .map_err(|e| format!("cannot build the demo image {DEMO_IMAGE}: {e}"))
+}
+
+fn print_banner(args: &UpArgs, manager: &str, workers: &[String]) {
+    let exe = std::env::current_exe()
+        .ok()
+        .map(|p| shorten(&p))
+        .unwrap_or_else(|| "cube".into());
+    let example = Path::new("examples/tasks/web.json");
+    let try_run = if example.exists() {
+        format!("{exe} run -f {} --wait", example.display())
+    } else {
+        format!(
+            "curl -s -XPOST http://{manager}/tasks -d '{{\"task\": {{\"image\": \"{DEMO_IMAGE}\", \"cmd\": [\"httpd\", \"-f\", \"-p\", \"8080\"], \"exposed_ports\": [\"8080/tcp\"]}}}}'"
+        )
+    };
+    let mut lines = vec![
+        String::new(),
+        format!(
+            "Cube is up ({} runtime, {} scheduler).",
+            match args.runtime {
+                RuntimeKind::Docker => "docker",
+                RuntimeKind::Fake => "fake",
+            },
+            args.scheduler
+        ),
+        format!("  manager  http://{manager}"),
+    ];
+    lines.extend(workers.iter().cloned());
+    lines.push(String::new());
+    lines.push("Try:".into());
+    lines.push(format!("  {try_run}"));
+    lines.push(format!("  {exe} status"));
+    lines.push(format!("  {exe} node"));
+    lines.push("Ctrl-C stops Cube; containers keep running and are adopted next time.".into());
+    lines.push(String::new());
+    eprintln!("{}", lines.join("\n"));
+}
+
+/// The binary as the user can type it: relative to the current directory when inside it.
+fn shorten(p: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| {
+            p.strip_prefix(cwd)
+                .ok()
+                .map(|r| format!("./{}", r.display()))
+        })
+        .unwrap_or_else(|| p.display().to_string())
+}

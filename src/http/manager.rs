@@ -1,0 +1,197 @@
+//! The manager API (DESIGN §5): handlers that forward each request to the [`Manager`] actor
+//! and map its errors to the JSON error shape.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `POST /tasks` | 201 + `Location` once committed; same id and spec: 200; other spec: 409 |
+//! | `GET /tasks` | tasks ordered by id; `?state=`, `?worker=`, `?limit=N&after=ID` |
+//! | `GET /tasks/{id}` | one task |
+//! | `DELETE /tasks/{id}` | 202; stopped and removed, then Completed |
+//! | `GET /tasks/{id}/logs` | the container's output (`?tail=N`, `?follow=true`) |
+//! | `GET /nodes` | every worker with capacity, allocation and status |
+//! | `GET /health` | 200 once recovery is complete, 503 before |
+
+use actix::Addr;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+use super::worker::LogsQuery;
+use super::{ApiError, method_not_allowed, read_body};
+use crate::actors::client::WorkerClient;
+use crate::actors::manager::{
+    GetTask, ListNodes, ListTasks, LogsOf, Manager, ManagerError, Ready, StopTask, Submit,
+};
+use crate::task::{State, parse_submission, parse_task_id};
+
+/// What the handlers reach.
+#[derive(Clone)]
+pub struct ManagerApi {
+    pub manager: Addr<Manager>,
+}
+
+impl From<ManagerError> for ApiError {
+    fn from(e: ManagerError) -> ApiError {
+        let status = match &e {
+            ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
+            ManagerError::Conflict(_) => StatusCode::CONFLICT,
+            ManagerError::NotPlaced(_) => StatusCode::CONFLICT,
+            ManagerError::WorkerGone(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ManagerError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+/// Mount the manager API on an actix-web app.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(super::query_config())
+        .service(
+            web::resource("/tasks")
+                .route(web::get().to(list_tasks))
+                .route(web::post().to(submit))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/tasks/{id}")
+                .route(web::get().to(get_task))
+                .route(web::delete().to(stop_task))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/tasks/{id}/logs")
+                .route(web::get().to(task_logs))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/nodes")
+                .route(web::get().to(nodes))
+                .default_service(web::to(method_not_allowed)),
+        )
+        .service(
+            web::resource("/health")
+                .route(web::get().to(health))
+                .default_service(web::to(method_not_allowed)),
+        );
+}
+
+async fn submit(
+    api: web::Data<ManagerApi>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload).await?;
+    let event = parse_submission(&body)?;
+    let stop = event.state == crate::task::Desired::Completed;
+    let submitted = api.manager.send(Submit(event)).await??;
+    let status = if stop {
+        StatusCode::ACCEPTED
+    } else if submitted.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status)
+        .insert_header(("Location", format!("/tasks/{}", submitted.task.id)))
+        .json(submitted.task))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    worker: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+async fn list_tasks(
+    api: web::Data<ManagerApi>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let state = match query.state.as_deref() {
+        None => None,
+        Some(s) => Some(State::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "state={s:?} is not a state; expected Pending, Scheduled, Running, Completed or Failed"
+            ))
+        })?),
+    };
+    let after = match query.after.as_deref() {
+        None => None,
+        Some(a) => {
+            Some(parse_task_id(a).map_err(|e| ApiError::bad_request(format!("after: {e}")))?)
+        }
+    };
+    let tasks = api
+        .manager
+        .send(ListTasks {
+            state,
+            worker: query.worker,
+            after,
+            limit: query.limit,
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(tasks))
+}
+
+async fn get_task(
+    api: web::Data<ManagerApi>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_task_id(&id)?;
+    let task = api
+        .manager
+        .send(GetTask(id))
+        .await?
+        .ok_or(ManagerError::NotFound(id))?;
+    Ok(HttpResponse::Ok().json(task))
+}
+
+async fn stop_task(
+    api: web::Data<ManagerApi>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_task_id(&id)?;
+    let task = api.manager.send(StopTask(id)).await??;
+    Ok(HttpResponse::Accepted().json(task))
+}
+
+async fn task_logs(
+    api: web::Data<ManagerApi>,
+    id: web::Path<String>,
+    query: web::Query<LogsQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_task_id(&id)?;
+    let link = api.manager.send(LogsOf(id)).await??;
+    let client = WorkerClient::new(link);
+    let stream = client
+        .logs(id, query.tail, query.follow)
+        .await
+        .map_err(|e| match e.status() {
+            Some(404) => ApiError::not_found(format!(
+                "task {id} has no container to read logs from (it never started, or its container was removed)"
+            )),
+            _ => ApiError::unavailable(format!("cannot read the logs of task {id}: {e}")),
+        })?;
+    let stream = stream.map(|chunk| chunk.map_err(|e| ApiError::unavailable(e.to_string())));
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .streaming(stream))
+}
+
+async fn nodes(api: web::Data<ManagerApi>) -> Result<HttpResponse, ApiError> {
+    let nodes = api.manager.send(ListNodes).await?;
+    Ok(HttpResponse::Ok().json(nodes))
+}
+
+async fn health(api: web::Data<ManagerApi>) -> Result<HttpResponse, ApiError> {
+    if api.manager.send(Ready).await? {
+        Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok"})))
+    } else {
+        Err(ApiError::unavailable(
+            "recovering from the store; try again shortly",
+        ))
+    }
+}
