@@ -257,6 +257,7 @@ impl ManagerActors {
         let manager = Manager::new(ManagerSetup {
             store,
             scheduler: scheduler.clone(),
+            health_interval: config.health_interval,
         })?
         .start();
         Ok(ManagerActors {

@@ -8,132 +8,13 @@ use std::process::Command;
 use common::*;
 use serde_json::{Value, json};
 
-struct Cluster {
-    manager: CubeProcess,
-    workers: Vec<CubeProcess>,
-    names: Vec<String>,
-    dir: tempfile::TempDir,
-    scheduler: String,
-    _containers: Containers,
-    http: Http,
-}
-
-impl Cluster {
-    fn start(scheduler: &str) -> Cluster {
-        test_image();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let names = vec![unique("m1"), unique("m2")];
-        let containers = Containers::of(&[&names[0], &names[1]]);
-        let workers: Vec<CubeProcess> = names
-            .iter()
-            .map(|name| {
-                let data = dir.path().join(name);
-                CubeProcess::start(
-                    &[
-                        "worker",
-                        "--port",
-                        "0",
-                        "--name",
-                        name,
-                        "--data-dir",
-                        data.to_str().expect("utf-8"),
-                    ],
-                    dir.path(),
-                    name,
-                )
-            })
-            .collect();
-        let mut cluster = Cluster {
-            manager: start_manager(dir.path(), &workers, scheduler, 0),
-            workers,
-            names,
-            dir,
-            scheduler: scheduler.to_string(),
-            _containers: containers,
-            http: Http::new(),
-        };
-        cluster.wait_ready();
-        cluster
-    }
-
-    fn wait_ready(&mut self) {
-        let url = format!("{}/nodes", self.manager.url());
-        let http = &self.http;
-        eventually("both workers Ready in /nodes", || {
-            let nodes = http.get(&url).json();
-            let ready = nodes
-                .as_array()?
-                .iter()
-                .filter(|n| n["status"] == "Ready" && n["cpus"].as_f64().unwrap_or(0.0) > 0.0)
-                .count();
-            (ready == 2).then_some(())
-        });
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.manager.url())
-    }
-
-    fn submit(&self, task: Value) -> Value {
-        let r = self
-            .http
-            .post(&self.url("/tasks"), json!({ "task": task }).to_string());
-        assert_eq!(r.status, 201, "{}", r.body);
-        let t = r.json();
-        assert_eq!(
-            r.location,
-            Some(format!("/tasks/{}", t["id"].as_str().unwrap_or("")))
-        );
-        t
-    }
-
-    fn task_url(&self, t: &Value) -> String {
-        self.url(&format!("/tasks/{}", t["id"].as_str().expect("an id")))
-    }
-
-    /// Run the CLI against this manager.
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_cube"))
-            .args(args)
-            .env("CUBE_MANAGER", self.manager.url())
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("run cube")
-    }
-}
-
-fn start_manager(
-    dir: &std::path::Path,
-    workers: &[CubeProcess],
-    scheduler: &str,
-    port: u16,
-) -> CubeProcess {
-    let addrs: Vec<String> = workers.iter().map(|w| w.addr.clone()).collect();
-    let data = dir.join("manager");
-    CubeProcess::start(
-        &[
-            "manager",
-            "--port",
-            &port.to_string(),
-            "--workers",
-            &addrs.join(","),
-            "--scheduler",
-            scheduler,
-            "--data-dir",
-            data.to_str().expect("utf-8"),
-        ],
-        dir,
-        "manager",
-    )
-}
-
 fn sleeper() -> Value {
     json!({"image": IMAGE, "cmd": ["sleep", "600"], "stop_timeout_s": 1})
 }
 
 #[test]
 fn submission_reaches_running_in_a_labelled_container_on_a_named_worker() {
-    let c = Cluster::start("epvm");
+    let c = Cluster::start(2, &["--scheduler", "epvm"]);
     // curl-style: a raw body, as a user would type it.
     let r = c.http.post(
         &c.url("/tasks"),
@@ -154,7 +35,7 @@ fn submission_reaches_running_in_a_labelled_container_on_a_named_worker() {
 
 #[test]
 fn round_robin_spreads_five_tasks_over_both_workers() {
-    let c = Cluster::start("round-robin");
+    let c = Cluster::start(2, &["--scheduler", "round-robin"]);
     let tasks: Vec<Value> = (0..5).map(|_| c.submit(sleeper())).collect();
     let mut per_worker = std::collections::HashMap::new();
     for t in &tasks {
@@ -184,11 +65,11 @@ fn round_robin_spreads_five_tasks_over_both_workers() {
 
 #[test]
 fn nodes_lists_both_workers_with_capacity() {
-    let c = Cluster::start("epvm");
+    let c = Cluster::start(2, &["--scheduler", "epvm"]);
     let nodes: Value = c.http.get(&c.url("/nodes")).json();
     let nodes = nodes.as_array().expect("an array");
     assert_eq!(nodes.len(), 2);
-    for (n, w) in nodes.iter().zip(&c.workers) {
+    for (n, w) in nodes.iter().zip(c.workers.iter().flatten()) {
         assert!(c.names.iter().any(|name| n["name"] == name.as_str()), "{n}");
         assert_eq!(n["status"], "Ready");
         assert!(n["memory"].as_u64().unwrap_or(0) > 0);
@@ -199,7 +80,7 @@ fn nodes_lists_both_workers_with_capacity() {
 
 #[test]
 fn delete_stops_and_removes_the_container_then_completes() {
-    let c = Cluster::start("epvm");
+    let c = Cluster::start(2, &["--scheduler", "epvm"]);
     let t = c.submit(sleeper());
     let url = c.task_url(&t);
     let t = wait_state(&c.http, &url, "Running");
@@ -223,7 +104,7 @@ fn delete_stops_and_removes_the_container_then_completes() {
 
 #[test]
 fn bad_bodies_get_400_with_the_expected_shape() {
-    let c = Cluster::start("epvm");
+    let c = Cluster::start(2, &["--scheduler", "epvm"]);
     let r = c.http.post(&c.url("/tasks"), r#"{"task": "example"}"#);
     assert_eq!(r.status, 400);
     let error = r.json()["error"].as_str().unwrap_or_default().to_string();
@@ -261,7 +142,7 @@ fn bad_bodies_get_400_with_the_expected_shape() {
 
 #[test]
 fn a_client_chosen_id_makes_submission_idempotent() {
-    let c = Cluster::start("epvm");
+    let c = Cluster::start(2, &["--scheduler", "epvm"]);
     let id = uuid::Uuid::new_v4().to_string();
     let body = json!({"task": {"id": id, "image": IMAGE, "cmd": ["sleep", "600"]}}).to_string();
     let first = c.http.post(&c.url("/tasks"), &body);
@@ -279,7 +160,7 @@ fn a_client_chosen_id_makes_submission_idempotent() {
 
 #[test]
 fn a_go_cube_task_file_runs_unchanged() {
-    let c = Cluster::start("epvm");
+    let c = Cluster::start(2, &["--scheduler", "epvm"]);
     let task_id = uuid::Uuid::new_v4();
     let body = format!(
         r#"{{
@@ -317,16 +198,14 @@ fn a_go_cube_task_file_runs_unchanged() {
 
 #[test]
 fn tasks_survive_a_manager_sigkill_and_can_still_be_stopped() {
-    let mut c = Cluster::start("epvm");
+    let mut c = Cluster::start(2, &["--scheduler", "epvm"]);
     let tasks: Vec<Value> = (0..4).map(|_| c.submit(sleeper())).collect();
     for t in &tasks {
         wait_state(&c.http, &c.task_url(t), "Running");
     }
     // Accepted just before the crash: must be there afterwards too.
     let late = c.submit(sleeper());
-    let port = c.manager.port();
-    c.manager.kill();
-    c.manager = start_manager(c.dir.path(), &c.workers, &c.scheduler, port);
+    c.restart_manager();
     assert_eq!(c.http.get(&c.url("/health")).status, 200);
     let all: Value = c.http.get(&c.url("/tasks")).json();
     assert_eq!(all.as_array().map(Vec::len), Some(5), "{all}");
@@ -374,7 +253,7 @@ fn tasks_survive_a_manager_sigkill_and_can_still_be_stopped() {
 
 #[test]
 fn every_cli_command_works_against_a_manager() {
-    let c = Cluster::start("epvm");
+    let c = Cluster::start(2, &["--scheduler", "epvm"]);
     let file = c.dir.path().join("task.json");
     std::fs::write(
         &file,

@@ -28,6 +28,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::client::WorkerLink;
+use super::health::{HealthChecker, Unhealthy, Unwatch, Watch};
 use super::policy::Resources;
 use super::scheduler::{CapacityAvailable, NodeReady, Nodes, Place, Release, Restore, Scheduler};
 use super::worker_proxy::{Info, Link, NodeStatus, Start, Stop, WorkerProxy};
@@ -72,6 +73,8 @@ pub enum ManagerError {
 pub struct ManagerSetup {
     pub store: Store,
     pub scheduler: Addr<Scheduler>,
+    /// Time between health checks of a task.
+    pub health_interval: Duration,
 }
 
 /// One worker as the Manager knows it.
@@ -101,6 +104,8 @@ pub struct Manager {
     prefer: HashMap<Uuid, String>,
     placing: bool,
     restart_timers: HashMap<Uuid, SpawnHandle>,
+    health_interval: Duration,
+    health: Option<Addr<HealthChecker>>,
 }
 
 impl Manager {
@@ -146,6 +151,8 @@ impl Manager {
             prefer: HashMap::new(),
             placing: false,
             restart_timers: HashMap::new(),
+            health_interval: setup.health_interval,
+            health: None,
         })
     }
 
@@ -401,6 +408,11 @@ impl Manager {
         if task.state == State::Completed {
             return;
         }
+        if task.state == State::Failed && !self.stop_intents.contains(&id) {
+            // The attempt failed already (as reported, or by its health checks, after which we
+            // stopped it); its container being stopped changes nothing.
+            return;
+        }
         // An `always` task that ended waits for its restart in Running; reports of the ended
         // attempt change nothing more.
         if task.state == seen.state
@@ -409,6 +421,9 @@ impl Manager {
             && task.error == seen.error
             && task.host_ports == seen.host_ports
         {
+            // Nothing new (a full report after a restart of either side); the health checker
+            // may still need to hear of it.
+            self.watch_health(id);
             return;
         }
         let restarting_always = task.restart_policy == RestartPolicy::Always
@@ -444,6 +459,7 @@ impl Manager {
             self.run_intents.remove(&id);
         }
         changed.push(id);
+        self.watch_health(id);
         if state.is_finished() {
             self.after_finish(id, ctx);
         }
@@ -467,6 +483,34 @@ impl Manager {
                 // Idempotent on the worker: a start it has seen returns the existing task.
                 slot.proxy.do_send(Start(task.clone()));
             }
+        }
+    }
+
+    /// Keep the health checker in line with the task: checked while Running, not otherwise.
+    fn watch_health(&self, id: Uuid) {
+        let (Some(health), Some(task)) = (&self.health, self.tasks.get(&id)) else {
+            return;
+        };
+        let Some(path) = &task.health_check else {
+            return;
+        };
+        let url = (task.state == State::Running)
+            .then(|| {
+                let port = task.health_port()?;
+                let host_port = task.host_ports.get(port)?;
+                let address = &self.workers.get(task.worker.as_deref()?)?.address;
+                // In-process workers have no network address to check.
+                let (host, _) = address.rsplit_once(':')?;
+                Some(format!("http://{host}:{host_port}{path}"))
+            })
+            .flatten();
+        match url {
+            Some(url) => health.do_send(Watch {
+                id,
+                attempt: task.attempt,
+                url,
+            }),
+            None => health.do_send(Unwatch(id)),
         }
     }
 
@@ -511,6 +555,8 @@ impl Actor for Manager {
         ctx.set_mailbox_capacity(super::MAILBOX_CAPACITY);
         self.scheduler
             .do_send(super::scheduler::SetListener(ctx.address().recipient()));
+        self.health =
+            Some(HealthChecker::new(self.health_interval, ctx.address().recipient()).start());
         // Carry on with what the store says was accepted and not yet done.
         let mut changed = Vec::new();
         let ids: Vec<Uuid> = self.tasks.keys().copied().collect();
@@ -1118,5 +1164,36 @@ impl Handler<Ready> for Manager {
 
     fn handle(&mut self, _: Ready, _: &mut Context<Self>) -> bool {
         true
+    }
+}
+
+impl Handler<Unhealthy> for Manager {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unhealthy, ctx: &mut Context<Self>) {
+        let id = msg.id;
+        let Some(task) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        if task.attempt != msg.attempt
+            || task.state != State::Running
+            || self.stop_intents.contains(&id)
+        {
+            return;
+        }
+        if task.transition(State::Failed).is_err() {
+            return;
+        }
+        warn!("task {id} attempt {}: {}", msg.attempt, msg.reason);
+        task.error = Some(msg.reason);
+        task.exit_code = None;
+        if let Some(slot) = task.worker.as_ref().and_then(|w| self.workers.get(w)) {
+            slot.proxy.do_send(Stop {
+                id,
+                attempt: Some(msg.attempt),
+            });
+        }
+        self.after_finish(id, ctx);
+        self.persist_detached(&[id]);
     }
 }

@@ -8,6 +8,7 @@
 //! (LMDB commits, /proc reads) runs on threads of its own.
 
 pub mod client;
+pub mod health;
 pub mod manager;
 pub mod policy;
 pub mod scheduler;

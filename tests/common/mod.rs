@@ -267,6 +267,17 @@ impl Http {
         Http::reply(self.agent.delete(url).call())
     }
 
+    /// POST that tolerates a server that is not (or no longer) there.
+    pub fn try_post(&self, url: &str, body: impl AsRef<[u8]>) -> Option<Reply> {
+        let res = self
+            .agent
+            .post(url)
+            .header("Content-Type", "application/json")
+            .send(body.as_ref())
+            .ok()?;
+        Some(Http::reply(Ok(res)))
+    }
+
     pub fn post(&self, url: &str, body: impl AsRef<[u8]>) -> Reply {
         Http::reply(
             self.agent
@@ -307,5 +318,179 @@ pub fn wait_state(http: &Http, url: &str, state: &str) -> Value {
             panic!("{url} never became {state}; last seen: {last}");
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A manager and its worker processes, each on a free port, with data in a temp dir. Workers
+/// can be killed and restarted on the same port and data; everything is cleaned up on drop.
+pub struct Cluster {
+    pub manager: CubeProcess,
+    pub workers: Vec<Option<CubeProcess>>,
+    pub names: Vec<String>,
+    pub dir: tempfile::TempDir,
+    worker_ports: Vec<u16>,
+    manager_args: Vec<String>,
+    _containers: Containers,
+    pub http: Http,
+}
+
+impl Cluster {
+    /// `n` Docker workers and a manager started with `manager_args` (e.g. `--scheduler`).
+    pub fn start(n: usize, manager_args: &[&str]) -> Cluster {
+        test_image();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let names: Vec<String> = (1..=n).map(|i| unique(&format!("c{i}"))).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let containers = Containers::of(&refs);
+        let workers: Vec<Option<CubeProcess>> = names
+            .iter()
+            .map(|name| Some(Cluster::worker_process(dir.path(), name, 0)))
+            .collect();
+        let worker_ports = workers.iter().flatten().map(CubeProcess::port).collect();
+        let manager_args: Vec<String> = manager_args.iter().map(|a| a.to_string()).collect();
+        let manager = Cluster::manager_process(dir.path(), &workers, &manager_args, 0);
+        let cluster = Cluster {
+            manager,
+            workers,
+            names,
+            dir,
+            worker_ports,
+            manager_args,
+            _containers: containers,
+            http: Http::new(),
+        };
+        cluster.wait_ready(n);
+        cluster
+    }
+
+    fn worker_process(dir: &Path, name: &str, port: u16) -> CubeProcess {
+        let data = dir.join(name);
+        CubeProcess::start(
+            &[
+                "worker",
+                "--port",
+                &port.to_string(),
+                "--name",
+                name,
+                "--data-dir",
+                data.to_str().expect("utf-8"),
+            ],
+            dir,
+            name,
+        )
+    }
+
+    fn manager_process(
+        dir: &Path,
+        workers: &[Option<CubeProcess>],
+        extra: &[String],
+        port: u16,
+    ) -> CubeProcess {
+        let addrs: Vec<String> = workers.iter().flatten().map(|w| w.addr.clone()).collect();
+        let data = dir.join("manager");
+        let mut args: Vec<String> = vec![
+            "manager".into(),
+            "--port".into(),
+            port.to_string(),
+            "--workers".into(),
+            addrs.join(","),
+            "--data-dir".into(),
+            data.to_str().expect("utf-8").into(),
+        ];
+        args.extend(extra.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        CubeProcess::start(&args, dir, "manager")
+    }
+
+    /// Wait until `n` workers are Ready with a known capacity.
+    pub fn wait_ready(&self, n: usize) {
+        let url = self.url("/nodes");
+        eventually(&format!("{n} workers Ready in /nodes"), || {
+            let nodes = self.http.get(&url).json();
+            let ready = nodes
+                .as_array()?
+                .iter()
+                .filter(|n| n["status"] == "Ready" && n["cpus"].as_f64().unwrap_or(0.0) > 0.0)
+                .count();
+            (ready == n).then_some(())
+        });
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.manager.url())
+    }
+
+    pub fn submit(&self, task: Value) -> Value {
+        let r = self.http.post(
+            &self.url("/tasks"),
+            serde_json::json!({ "task": task }).to_string(),
+        );
+        assert_eq!(r.status, 201, "{}", r.body);
+        let t = r.json();
+        assert_eq!(
+            r.location,
+            Some(format!("/tasks/{}", t["id"].as_str().unwrap_or("")))
+        );
+        t
+    }
+
+    pub fn task_url(&self, t: &Value) -> String {
+        self.url(&format!("/tasks/{}", t["id"].as_str().expect("an id")))
+    }
+
+    pub fn task(&self, t: &Value) -> Value {
+        self.http.get(&self.task_url(t)).json()
+    }
+
+    /// SIGKILL the manager and start it again on the same port and store.
+    pub fn restart_manager(&mut self) {
+        let port = self.manager.port();
+        self.manager.kill();
+        self.manager =
+            Cluster::manager_process(self.dir.path(), &self.workers, &self.manager_args, port);
+    }
+
+    /// SIGKILL worker `i` (its containers keep running, as on a crashed node).
+    pub fn kill_worker(&mut self, i: usize) {
+        if let Some(mut w) = self.workers[i].take() {
+            w.kill();
+        }
+    }
+
+    /// Start worker `i` again with its name, port and store.
+    pub fn restart_worker(&mut self, i: usize) {
+        self.kill_worker(i);
+        self.workers[i] = Some(Cluster::worker_process(
+            self.dir.path(),
+            &self.names[i],
+            self.worker_ports[i],
+        ));
+    }
+
+    /// Index of the worker called `name`.
+    pub fn worker_index(&self, name: &str) -> usize {
+        self.names
+            .iter()
+            .position(|n| n == name)
+            .unwrap_or_else(|| panic!("no worker {name}"))
+    }
+
+    /// Running containers of task `id` across every worker of the cluster.
+    pub fn running_copies(&self, id: &str) -> usize {
+        self.names
+            .iter()
+            .flat_map(|n| containers(n, false))
+            .filter(|c| inspect(c).is_some_and(|i| i["Config"]["Labels"]["cube.task.id"] == id))
+            .count()
+    }
+
+    /// Run the CLI against this manager.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_cube"))
+            .args(args)
+            .env("CUBE_MANAGER", self.manager.url())
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run cube")
     }
 }

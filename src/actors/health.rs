@@ -1,0 +1,159 @@
+//! The HealthChecker actor: HTTP health checks of running tasks.
+//!
+//! The Manager tells it which attempt of which task to [`Watch`], at which URL (the task's
+//! `health_check` path on the host port of its first exposed port, at its worker's address).
+//! Checks begin one interval after the start; a check fails on a non-2xx answer, a refused
+//! connection or a timeout. After [`FAILURES_TO_RESTART`] failures in a row it reports the
+//! attempt [`Unhealthy`] to the Manager, which restarts it under its restart policy, and stops
+//! watching it. It never changes a task itself.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix::prelude::*;
+use log::{debug, info};
+use uuid::Uuid;
+
+/// Consecutive failed checks that make a task unhealthy.
+pub const FAILURES_TO_RESTART: u32 = 3;
+/// Longest a single check may take, whatever the interval.
+const MAX_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An attempt failed its health checks.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Unhealthy {
+    pub id: Uuid,
+    pub attempt: u32,
+    pub reason: String,
+}
+
+struct Watched {
+    attempt: u32,
+    url: String,
+    failures: u32,
+    timer: SpawnHandle,
+}
+
+pub struct HealthChecker {
+    interval: Duration,
+    manager: Recipient<Unhealthy>,
+    http: awc::Client,
+    watched: HashMap<Uuid, Watched>,
+}
+
+impl HealthChecker {
+    pub fn new(interval: Duration, manager: Recipient<Unhealthy>) -> HealthChecker {
+        let timeout = interval.min(MAX_CHECK_TIMEOUT);
+        HealthChecker {
+            interval,
+            manager,
+            http: awc::Client::builder()
+                .timeout(timeout)
+                .disable_redirects()
+                .finish(),
+            watched: HashMap::new(),
+        }
+    }
+
+    fn schedule(&mut self, id: Uuid, attempt: u32, ctx: &mut Context<Self>) -> SpawnHandle {
+        ctx.run_later(self.interval, move |act, ctx| act.check(id, attempt, ctx))
+    }
+
+    fn check(&mut self, id: Uuid, attempt: u32, ctx: &mut Context<Self>) {
+        let Some(w) = self.watched.get(&id).filter(|w| w.attempt == attempt) else {
+            return;
+        };
+        let request = self.http.get(&w.url).send();
+        let url = w.url.clone();
+        ctx.spawn(async move { request.await.map(|res| res.status()) }.into_actor(self).map(
+            move |res, act, ctx| {
+                let outcome = match res {
+                    Ok(status) if status.is_success() => Ok(()),
+                    Ok(status) => Err(format!("{url} answered {status}")),
+                    Err(e) => Err(format!("{url}: {e}")),
+                };
+                let Some(w) = act.watched.get_mut(&id).filter(|w| w.attempt == attempt) else {
+                    return;
+                };
+                match outcome {
+                    Ok(()) => w.failures = 0,
+                    Err(reason) => {
+                        w.failures += 1;
+                        debug!("task {id}: health check {} failed: {reason}", w.failures);
+                        if w.failures >= FAILURES_TO_RESTART {
+                            info!("task {id} attempt {attempt} is unhealthy: {reason}");
+                            act.watched.remove(&id);
+                            act.manager.do_send(Unhealthy {
+                                id,
+                                attempt,
+                                reason: format!(
+                                    "health check failed {FAILURES_TO_RESTART} times in a row: {reason}"
+                                ),
+                            });
+                            return;
+                        }
+                    }
+                }
+                let timer = act.schedule(id, attempt, ctx);
+                if let Some(w) = act.watched.get_mut(&id) {
+                    w.timer = timer;
+                }
+            },
+        ));
+    }
+}
+
+impl Actor for HealthChecker {
+    type Context = Context<Self>;
+}
+
+/// Check this attempt of a task at `url`, one interval from now and every interval after.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Watch {
+    pub id: Uuid,
+    pub attempt: u32,
+    pub url: String,
+}
+
+impl Handler<Watch> for HealthChecker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Watch, ctx: &mut Context<Self>) {
+        if let Some(w) = self.watched.get(&msg.id)
+            && w.attempt == msg.attempt
+            && w.url == msg.url
+        {
+            return;
+        }
+        if let Some(old) = self.watched.remove(&msg.id) {
+            ctx.cancel_future(old.timer);
+        }
+        let timer = self.schedule(msg.id, msg.attempt, ctx);
+        self.watched.insert(
+            msg.id,
+            Watched {
+                attempt: msg.attempt,
+                url: msg.url,
+                failures: 0,
+                timer,
+            },
+        );
+    }
+}
+
+/// Stop checking a task.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unwatch(pub Uuid);
+
+impl Handler<Unwatch> for HealthChecker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unwatch, ctx: &mut Context<Self>) {
+        if let Some(old) = self.watched.remove(&msg.0) {
+            ctx.cancel_future(old.timer);
+        }
+    }
+}
