@@ -27,6 +27,7 @@
 //! - [`actors`]: the actors and their messages.
 //! - [`http`]: the HTTP APIs, thin handlers over the actors.
 //! - [`server`]: starting a worker or a manager as a library call.
+//! - [`sim`]: simulation of many in-process workers behind the real actors.
 //! - [`cli`]: the `cube` command.
 
 pub mod actors;
@@ -36,6 +37,7 @@ pub mod http;
 pub mod node;
 pub mod runtime;
 pub mod server;
+pub mod sim;
 pub mod task;
 
 /// Where a manager listens unless told otherwise.
