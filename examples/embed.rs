@@ -6,16 +6,16 @@
 //! cargo run --example embed -- --docker       # real containers (needs cube-demo/busybox:latest)
 //! ```
 //!
-//! The same `ManagerActors` back `cube manager`; here nothing listens on a port. Add
+//! The same `ManagerActors` back `cube manager`; here nothing listens on a port. Workers can
+//! also be processes elsewhere: `actors.add_worker(WorkerLink::Http("http://host:5556".into()))`. Add
 //! `cube::http::manager::configure` to your own actix-web `App` to serve the API as well.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cube::actors::client::WorkerLink;
 use cube::actors::manager::{GetTask, ListNodes, StopTask, Submit};
 use cube::runtime::Runtime;
-use cube::server::{DEFAULT_FAKE_CAPACITY, ManagerActors, ManagerConfig, start_local_worker};
+use cube::server::{DEFAULT_FAKE_CAPACITY, ManagerActors, ManagerConfig};
 use cube::task::{Desired, State, Task, TaskEvent};
 
 #[actix_web::main]
@@ -35,12 +35,11 @@ async fn main() -> anyhow::Result<()> {
         ))
     };
     for i in 1..=3 {
-        let worker = start_local_worker(
+        actors.add_local_worker(
             &format!("embedded-{i}"),
             runtime.clone(),
             DEFAULT_FAKE_CAPACITY,
         )?;
-        actors.add_worker(WorkerLink::Local(worker));
     }
 
     // Submit three tasks through the Manager's message API: each answer means "committed".

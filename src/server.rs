@@ -243,6 +243,9 @@ pub struct ManagerActors {
     pub manager: Addr<Manager>,
     pub scheduler: Addr<Scheduler>,
     pub node_timeout: Duration,
+    /// The thread the WorkerProxies (and in-process workers) run on, beside the Manager's, so
+    /// talking to thousands of workers never queues behind the Manager's own work.
+    pub workers_arbiter: actix::dev::ArbiterHandle,
 }
 
 impl ManagerActors {
@@ -264,20 +267,43 @@ impl ManagerActors {
             manager,
             scheduler,
             node_timeout: config.node_timeout,
+            workers_arbiter: Arbiter::new().handle(),
         })
     }
 
     /// Connect a worker: a WorkerProxy that learns its name and registers it.
     pub fn add_worker(&self, link: WorkerLink) -> Addr<WorkerProxy> {
-        let proxy = WorkerProxy::new(
-            link,
+        let (manager, scheduler, timeout) = (
             self.manager.clone(),
             self.scheduler.clone(),
             self.node_timeout,
-        )
-        .start();
+        );
+        let proxy = WorkerProxy::start_in_arbiter(&self.workers_arbiter, move |_| {
+            WorkerProxy::new(link, manager, scheduler, timeout)
+        });
         self.manager.do_send(AddProxy(proxy.clone()));
         proxy
+    }
+
+    /// Start an in-process worker (no HTTP, no store of its own) on the workers' thread and
+    /// connect it: the simulation's building block.
+    pub fn add_local_worker(
+        &self,
+        name: &str,
+        runtime: Arc<dyn Runtime>,
+        capacity: Capacity,
+    ) -> Result<Addr<Worker>, WorkerError> {
+        let worker = Worker::new(WorkerSetup {
+            name: name.to_string(),
+            runtime,
+            store: None,
+            sampler: None,
+            capacity,
+            retention: DEFAULT_RETENTION,
+        })?;
+        let addr = Worker::start_in_arbiter(&self.workers_arbiter, move |_| worker);
+        self.add_worker(WorkerLink::Local(addr.clone()));
+        Ok(addr)
     }
 }
 
@@ -349,21 +375,4 @@ pub async fn start_manager(config: ManagerConfig) -> Result<ManagerHandle, Serve
         actors,
         server,
     })
-}
-
-/// Start an in-process worker (no HTTP, no store of its own): the simulation's building block.
-pub fn start_local_worker(
-    name: &str,
-    runtime: Arc<dyn Runtime>,
-    capacity: Capacity,
-) -> Result<Addr<Worker>, WorkerError> {
-    let worker = Worker::new(WorkerSetup {
-        name: name.to_string(),
-        runtime,
-        store: None,
-        sampler: None,
-        capacity,
-        retention: DEFAULT_RETENTION,
-    })?;
-    Ok(worker.start())
 }

@@ -16,12 +16,11 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use serde::Serialize;
 
-use crate::actors::client::WorkerLink;
 use crate::actors::manager::{CountTasks, ListNodes, NodeReport, Submit};
 use crate::actors::policy::PolicyKind;
 use crate::node::Capacity;
 use crate::runtime::fake::FakeRuntime;
-use crate::server::{ManagerActors, ManagerConfig, ServeError, start_local_worker};
+use crate::server::{ManagerActors, ManagerConfig, ServeError};
 use crate::task::{Desired, State, Task, TaskEvent};
 
 /// Submissions waiting for their commit at once; enough to fill every group commit.
@@ -92,9 +91,7 @@ impl SimCluster {
         let actors = ManagerActors::start(&manager)?;
         let runtime = Arc::new(FakeRuntime::new(Duration::ZERO));
         for i in 0..config.workers {
-            let worker =
-                start_local_worker(&format!("sim-{i:05}"), runtime.clone(), config.capacity)?;
-            actors.add_worker(WorkerLink::Local(worker));
+            actors.add_local_worker(&format!("sim-{i:05}"), runtime.clone(), config.capacity)?;
         }
         let cluster = SimCluster { actors, runtime };
         let deadline = Instant::now() + config.timeout;

@@ -6,12 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cube::actors::client::WorkerLink;
 use cube::actors::manager::{CountTasks, ListTasks, Submit};
 use cube::actors::policy::PolicyKind;
 use cube::node::Capacity;
 use cube::runtime::fake::FakeRuntime;
-use cube::server::{ManagerActors, ManagerConfig, start_local_worker};
+use cube::server::{ManagerActors, ManagerConfig};
 use cube::task::{Desired, State, Task, TaskEvent};
 
 const GIB: u64 = 1 << 30;
@@ -24,9 +23,9 @@ fn cluster(policy: PolicyKind, capacities: &[Capacity]) -> (ManagerActors, tempf
     let actors = ManagerActors::start(&config).expect("manager starts");
     let runtime = Arc::new(FakeRuntime::new(Duration::ZERO));
     for (i, cap) in capacities.iter().enumerate() {
-        let worker = start_local_worker(&format!("n{}", i + 1), runtime.clone(), *cap)
+        actors
+            .add_local_worker(&format!("n{}", i + 1), runtime.clone(), *cap)
             .expect("worker starts");
-        actors.add_worker(WorkerLink::Local(worker));
     }
     (actors, dir)
 }

@@ -59,6 +59,16 @@ pub struct NodeView {
 }
 
 impl NodeView {
+    /// Whether `task` fits in what is left; [`NodeView::fits`] says why not.
+    pub fn can_take(&self, task: &Resources) -> bool {
+        let Some(cap) = self.capacity.filter(|_| self.ready) else {
+            return false;
+        };
+        (task.cpu <= 0.0 || self.allocated.cpu + task.cpu <= cap.cpus + TIE_EPSILON)
+            && (task.memory == 0 || self.allocated.memory.saturating_add(task.memory) <= cap.memory)
+            && (task.disk == 0 || self.allocated.disk.saturating_add(task.disk) <= cap.disk)
+    }
+
     /// Whether `task` fits in what is left, with the reason when it does not.
     pub fn fits(&self, task: &Resources) -> Result<(), String> {
         if !self.ready {
@@ -115,16 +125,21 @@ impl NodeView {
     }
 }
 
+/// Up to this many nodes, every node is scored for every task: placements are exact.
+pub const EXACT_LIMIT: usize = 64;
+/// In a larger cluster, this many fitting nodes are drawn at random and scored, plus the node
+/// of the previous pick. Scoring a sample instead of every node keeps a placement O(1) in the
+/// cluster's size; "power of d choices" keeps spread-like policies within a task or two of
+/// perfectly even, and keeping the previous pick lets bin-pack fill one node before the next.
+pub const SAMPLE_SIZE: usize = 16;
+
 /// A placement policy.
 pub trait Policy: Send {
     fn kind(&self) -> PolicyKind;
 
-    /// Indices of the nodes that can take the task.
-    fn candidates(&self, task: &Resources, nodes: &[NodeView]) -> Vec<usize> {
-        (0..nodes.len())
-            .filter(|&i| nodes[i].fits(task).is_ok())
-            .collect()
-    }
+    /// Indices of the nodes worth scoring for the task: every node that can take it in a small
+    /// cluster, a sample of them in a large one. Empty only when no node can take it.
+    fn candidates(&mut self, task: &Resources, nodes: &[NodeView]) -> Vec<usize>;
 
     /// How good a home `node` is for `task`; lower is better.
     fn score(&self, task: &Resources, node: &NodeView) -> f64;
@@ -188,7 +203,61 @@ impl FromStr for PolicyKind {
     }
 }
 
-/// Where the last pick was, so ties (and round-robin) go on in turn.
+/// Every node that can take the task.
+pub fn all_fitting(task: &Resources, nodes: &[NodeView]) -> Vec<usize> {
+    (0..nodes.len())
+        .filter(|&i| nodes[i].can_take(task))
+        .collect()
+}
+
+/// Draws the candidates of a large cluster.
+#[derive(Debug)]
+struct Sampler {
+    rng: fastrand::Rng,
+    /// Index of the previous pick.
+    last: Option<usize>,
+}
+
+impl Default for Sampler {
+    fn default() -> Sampler {
+        // A fixed seed keeps a simulation's placements repeatable run to run.
+        Sampler {
+            rng: fastrand::Rng::with_seed(0x0C0B_E5C4_ED01),
+            last: None,
+        }
+    }
+}
+
+impl Sampler {
+    fn candidates(&mut self, task: &Resources, nodes: &[NodeView]) -> Vec<usize> {
+        if nodes.len() <= EXACT_LIMIT {
+            return all_fitting(task, nodes);
+        }
+        let mut picked = Vec::with_capacity(SAMPLE_SIZE + 1);
+        if let Some(last) = self
+            .last
+            .filter(|&i| i < nodes.len() && nodes[i].can_take(task))
+        {
+            picked.push(last);
+        }
+        for _ in 0..SAMPLE_SIZE * 4 {
+            let i = self.rng.usize(..nodes.len());
+            if nodes[i].can_take(task) && !picked.contains(&i) {
+                picked.push(i);
+                if picked.len() > SAMPLE_SIZE {
+                    break;
+                }
+            }
+        }
+        if picked.is_empty() {
+            // Hardly anything fits: look at every node rather than miss the few that do.
+            return all_fitting(task, nodes);
+        }
+        picked
+    }
+}
+
+/// Where the last pick was, so ties go on in turn.
 #[derive(Debug, Default)]
 struct Turn {
     last: Option<String>,
@@ -215,10 +284,12 @@ impl Turn {
     }
 }
 
-/// Round-robin: every candidate in turn, whatever its load.
+/// Round-robin: every node in turn (in the order they joined), skipping those the task does not
+/// fit, whatever their load. O(1) per placement while most nodes have room.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
-    turn: Turn,
+    /// Index of the previous pick.
+    last: Option<usize>,
 }
 
 impl Policy for RoundRobin {
@@ -226,13 +297,24 @@ impl Policy for RoundRobin {
         PolicyKind::RoundRobin
     }
 
+    fn candidates(&mut self, task: &Resources, nodes: &[NodeView]) -> Vec<usize> {
+        let n = nodes.len();
+        let start = self.last.map_or(0, |l| l + 1);
+        (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&i| nodes[i].can_take(task))
+            .into_iter()
+            .collect()
+    }
+
     fn score(&self, _: &Resources, _: &NodeView) -> f64 {
         0.0
     }
 
-    fn pick(&mut self, scored: &[(usize, f64)], nodes: &[NodeView]) -> Option<usize> {
-        let all: Vec<usize> = scored.iter().map(|&(i, _)| i).collect();
-        self.turn.next(&all, nodes)
+    fn pick(&mut self, scored: &[(usize, f64)], _: &[NodeView]) -> Option<usize> {
+        let pick = scored.first().map(|&(i, _)| i)?;
+        self.last = Some(pick);
+        Some(pick)
     }
 }
 
@@ -241,6 +323,7 @@ impl Policy for RoundRobin {
 pub struct Scored {
     kind: PolicyKind,
     turn: Turn,
+    sampler: Sampler,
 }
 
 impl Scored {
@@ -248,6 +331,7 @@ impl Scored {
         Scored {
             kind,
             turn: Turn::default(),
+            sampler: Sampler::default(),
         }
     }
 }
@@ -279,6 +363,10 @@ impl Policy for Scored {
         self.kind
     }
 
+    fn candidates(&mut self, task: &Resources, nodes: &[NodeView]) -> Vec<usize> {
+        self.sampler.candidates(task, nodes)
+    }
+
     fn score(&self, task: &Resources, node: &NodeView) -> f64 {
         match self.kind {
             PolicyKind::Epvm => epvm_cost(task, node),
@@ -302,7 +390,9 @@ impl Policy for Scored {
             .into_iter()
             .filter(|&i| nodes[i].tasks == fewest)
             .collect();
-        self.turn.next(&tied, nodes)
+        let pick = self.turn.next(&tied, nodes)?;
+        self.sampler.last = Some(pick);
+        Some(pick)
     }
 }
 
@@ -495,5 +585,37 @@ mod tests {
             assert_eq!(s.parse::<PolicyKind>(), Ok(k));
         }
         assert!("best".parse::<PolicyKind>().is_err());
+    }
+
+    /// Tasks per node after placing `tasks` tasks of `task` on `nodes` fresh nodes.
+    fn spread_of(kind: PolicyKind, nodes: usize, tasks: usize, task: Resources) -> Vec<usize> {
+        let mut view: Vec<NodeView> = (0..nodes)
+            .map(|i| node(&format!("n{i:04}"), 4.0, 8))
+            .collect();
+        run(kind, &mut view, task, tasks);
+        view.iter().map(|n| n.tasks).collect()
+    }
+
+    #[test]
+    fn sampled_placement_in_a_large_cluster_keeps_its_quality() {
+        let nodes = 500;
+        assert!(nodes > EXACT_LIMIT, "this test is about sampling");
+        // Spread-like policies: within a couple of tasks of perfectly even (exact: 0 apart).
+        for kind in [PolicyKind::Spread, PolicyKind::Epvm] {
+            let counts = spread_of(kind, nodes, 3000, res(0.5, 0));
+            let (min, max) = (counts.iter().min().copied(), counts.iter().max().copied());
+            assert_eq!(counts.iter().sum::<usize>(), 3000);
+            assert!(
+                max.zip(min).is_some_and(|(max, min)| max - min <= 2),
+                "{kind}: {min:?}..{max:?}"
+            );
+        }
+        // Round-robin stays exact.
+        let counts = spread_of(PolicyKind::RoundRobin, nodes, 3000, res(0.5, 0));
+        assert!(counts.iter().all(|&c| c == 6));
+        // Bin-pack: 1,000 one-core tasks need 250 four-core nodes; sampling uses no more.
+        let counts = spread_of(PolicyKind::BinPack, nodes, 1000, res(1.0, 0));
+        let used = counts.iter().filter(|&&c| c > 0).count();
+        assert_eq!(used, 250, "bin-pack used {used} nodes");
     }
 }

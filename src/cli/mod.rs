@@ -266,6 +266,7 @@ pub fn main() -> ExitCode {
     // Servers log at info by default; client commands stay quiet unless RUST_LOG says otherwise.
     let default_level = if server { "info" } else { "warn" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
+        .format_timestamp_millis()
         .init();
     let result = actix_web::rt::System::new().block_on(run(cli));
     match result {

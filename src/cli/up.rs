@@ -14,12 +14,9 @@ use clap::Args;
 use log::{info, warn};
 use tokio::process::{Child, Command};
 
-use crate::actors::client::WorkerLink;
 use crate::actors::policy::PolicyKind;
 use crate::runtime::fake::FakeRuntime;
-use crate::server::{
-    DEFAULT_FAKE_CAPACITY, ManagerConfig, RuntimeKind, start_local_worker, start_manager,
-};
+use crate::server::{DEFAULT_FAKE_CAPACITY, ManagerConfig, RuntimeKind, start_manager};
 
 /// The image the README's first example runs; built here from Debian's static busybox, since a
 /// fresh machine may have no registry to pull from.
@@ -95,9 +92,10 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, String> {
         let runtime = std::sync::Arc::new(FakeRuntime::new(Duration::ZERO));
         for i in 1..=args.workers {
             let name = format!("w{i}");
-            let worker = start_local_worker(&name, runtime.clone(), DEFAULT_FAKE_CAPACITY)
+            handle
+                .actors
+                .add_local_worker(&name, runtime.clone(), DEFAULT_FAKE_CAPACITY)
                 .map_err(|e| e.to_string())?;
-            handle.actors.add_worker(WorkerLink::Local(worker));
             worker_lines.push(format!("  worker   {name}  (in-process, fake runtime)"));
         }
     }
