@@ -198,33 +198,16 @@ impl DockerRuntime {
     }
 
     async fn start_container(&self, spec: ContainerSpec) -> Result<ContainerStatus, RuntimeError> {
-        self.ensure_image(&spec.image).await?;
-
-        let name = spec.name.clone();
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        let created = match self
-            .docker
-            .create_container(Some(options), create_body(&spec))
-            .await
-        {
-            Ok(created) => created,
-            Err(e) => {
-                return Err(match status_code(&e) {
-                    Some(409) => RuntimeError::NameConflict(name),
-                    // The image vanished between the check and the create.
-                    Some(404) => RuntimeError::ImageUnavailable {
-                        image: spec.image,
-                        reason: docker_message(&e),
-                    },
-                    _ => backend(&format!("create container {name}"), &e),
-                });
+        // Create first and pull only when Docker says the image is missing: the common case
+        // costs no image inspection (every API call counts when the engine is the bottleneck).
+        let id = match self.create(&spec).await {
+            Err(RuntimeError::ImageUnavailable { .. }) => {
+                self.ensure_image(&spec.image).await?;
+                self.create(&spec).await?
             }
+            other => other?,
         };
-        for warning in &created.warnings {
-            warn!("creating container {name}: {warning}");
-        }
-        let id = created.id;
-
+        let name = &spec.name;
         if let Err(e) = self.docker.start_container(&id, None).await {
             warn!("cannot start container {name} ({id}): {}", describe(&e));
             // Leave nothing behind: a created but never started container would block the name
@@ -235,10 +218,52 @@ impl DockerRuntime {
             return Err(backend(&format!("start container {name}"), &e));
         }
         debug!("started container {name} ({id})");
-
+        if spec.ports.is_empty() {
+            // Nothing to learn from an inspection: no ports were bound. An immediate exit still
+            // arrives on the event stream.
+            return Ok(ContainerStatus {
+                container_id: id,
+                task_id: spec.task_id,
+                attempt: spec.attempt,
+                image: spec.image,
+                running: true,
+                exit_code: None,
+                oom_killed: false,
+                error: None,
+                host_ports: Default::default(),
+                started_at: Some(chrono::Utc::now()),
+                finished_at: None,
+            });
+        }
         self.inspect_container(&id)
             .await?
             .ok_or(RuntimeError::NoSuchContainer(id))
+    }
+
+    /// Create the container; a missing image is `ImageUnavailable`, a taken name `NameConflict`.
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let name = spec.name.clone();
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        match self
+            .docker
+            .create_container(Some(options), create_body(spec))
+            .await
+        {
+            Ok(created) => {
+                for warning in &created.warnings {
+                    warn!("creating container {name}: {warning}");
+                }
+                Ok(created.id)
+            }
+            Err(e) => Err(match status_code(&e) {
+                Some(409) => RuntimeError::NameConflict(name),
+                Some(404) => RuntimeError::ImageUnavailable {
+                    image: spec.image.clone(),
+                    reason: docker_message(&e),
+                },
+                _ => backend(&format!("create container {name}"), &e),
+            }),
+        }
     }
 
     async fn stop_container(&self, id: &str, timeout: Duration) -> Result<(), RuntimeError> {
