@@ -67,6 +67,9 @@ pub enum ManagerError {
     /// The store refused the write; nothing was acknowledged.
     #[error("the store failed: {0}")]
     Store(#[from] StoreError),
+    /// The manager is shutting down.
+    #[error("the manager is shutting down")]
+    Gone,
 }
 
 /// What the events table keeps of an accepted TaskEvent until the task record reflects it: the
@@ -647,41 +650,47 @@ pub struct Submitted {
 }
 
 impl Handler<Submit> for Manager {
-    type Result = ResponseActFuture<Self, Result<Submitted, ManagerError>>;
+    // The wait for the commit runs outside the actor's context: thousands of submissions wait
+    // at once, and an actor polls every future spawned in its context on each wake-up.
+    type Result = ResponseFuture<Result<Submitted, ManagerError>>;
 
     fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
         let event = msg.0;
         let id = event.task.id;
+        let me = ctx.address();
         if event.state == Desired::Completed {
-            let stop = self.handle(StopTask(id), ctx);
-            return Box::pin(stop.map(|res, _, _| {
-                res.map(|task| Submitted {
+            return Box::pin(async move {
+                let task = me
+                    .send(StopTask(id))
+                    .await
+                    .map_err(|_| ManagerError::Gone)??;
+                Ok(Submitted {
                     task,
                     created: false,
                 })
-            }));
+            });
         }
         if let Some(existing) = self.tasks.get(&id) {
             if !existing.same_spec(&event.task) {
-                return Box::pin(fut::ready(Err(ManagerError::Conflict(id))));
+                return Box::pin(async move { Err(ManagerError::Conflict(id)) });
             }
             // The first submission may still be committing: answer after a commit that comes
             // later in the writer's order.
             let barrier = self.store.commit(Batch::new());
-            return Box::pin(barrier.into_actor(self).map(move |res, act, _| {
-                res?;
-                let task = act
-                    .tasks
-                    .get(&id)
-                    .cloned()
+            return Box::pin(async move {
+                barrier.await?;
+                let task = me
+                    .send(GetTask(id))
+                    .await
+                    .map_err(|_| ManagerError::Gone)?
                     .ok_or(ManagerError::NotFound(id))?;
                 Ok(Submitted {
                     task,
                     created: false,
                 })
-            }));
+            });
         }
-        let mut task = event.task.clone();
+        let mut task = event.task;
         task.state = State::Pending;
         task.attempt = 0;
         task.worker = None;
@@ -697,32 +706,52 @@ impl Handler<Submit> for Manager {
             .put_json(TASKS_TABLE, store_key(key), &task)
             .and_then(|_| batch.put_json(EVENTS_TABLE, store_key(key), &intent));
         if let Err(e) = encoded {
-            return Box::pin(fut::ready(Err(e.into())));
+            return Box::pin(async move { Err(e.into()) });
         }
         self.next_key += 1;
         self.keys.insert(id, key);
-        self.tasks.insert(id, task);
+        self.tasks.insert(id, task.clone());
         self.run_intents.insert(id);
         let commit = self.store.commit(batch);
-        Box::pin(commit.into_actor(self).map(move |res, act, ctx| {
-            if let Err(e) = res {
-                act.tasks.remove(&id);
-                act.keys.remove(&id);
-                act.run_intents.remove(&id);
-                return Err(e.into());
+        Box::pin(async move {
+            match commit.await {
+                Ok(()) => {
+                    me.do_send(Accepted { id, ok: true });
+                    Ok(Submitted {
+                        task,
+                        created: true,
+                    })
+                }
+                Err(e) => {
+                    me.do_send(Accepted { id, ok: false });
+                    Err(e.into())
+                }
             }
+        })
+    }
+}
+
+/// A submission's commit finished: place the task, or forget it when the commit failed.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Accepted {
+    id: Uuid,
+    ok: bool,
+}
+
+impl Handler<Accepted> for Manager {
+    type Result = ();
+
+    fn handle(&mut self, msg: Accepted, ctx: &mut Context<Self>) {
+        let id = msg.id;
+        if msg.ok {
             debug!("task {id} accepted");
-            act.enqueue(id, ctx);
-            let task = act
-                .tasks
-                .get(&id)
-                .cloned()
-                .ok_or(ManagerError::NotFound(id))?;
-            Ok(Submitted {
-                task,
-                created: true,
-            })
-        }))
+            self.enqueue(id, ctx);
+        } else {
+            self.tasks.remove(&id);
+            self.keys.remove(&id);
+            self.run_intents.remove(&id);
+        }
     }
 }
 

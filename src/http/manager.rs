@@ -39,6 +39,7 @@ impl From<ManagerError> for ApiError {
             ManagerError::NotPlaced(_) => StatusCode::CONFLICT,
             ManagerError::WorkerGone(_) => StatusCode::SERVICE_UNAVAILABLE,
             ManagerError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ManagerError::Gone => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.to_string())
     }

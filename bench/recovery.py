@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Recovery times, with real processes: manager restart with N tasks in its store, and node-loss
+detection and rescheduling.
+
+    cargo build --release && python3 bench/recovery.py [--tasks 10000] [--node-timeout 5]
+
+Workers are `cube worker --runtime fake` processes (the manager and its store are real; what is
+measured is Cube's own recovery, not Docker's start time).
+1. Submits --tasks tasks, waits until all run, SIGKILLs the manager and restarts it: time until
+   /health answers 200 and until GET /tasks lists every task.
+2. Kills (SIGKILL) the worker holding a task: time until /nodes shows it Down, and until every
+   task of it runs on another worker.
+"""
+import argparse, concurrent.futures, json, os, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUBE = os.environ.get("CUBE_BIN", os.path.join(ROOT, "target", "release", "cube"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method, url, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return r.status, json.loads(r.read())
+
+
+def wait(pred, timeout=120, step=0.005):
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        try:
+            if pred():
+                return time.perf_counter() - t0
+        except Exception:
+            pass
+        time.sleep(step)
+    sys.exit("timed out")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", type=int, default=10000)
+    ap.add_argument("--node-timeout", type=float, default=5)
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp()
+    procs = {}
+    try:
+        wports = [free_port() for _ in range(3)]
+        for i, p in enumerate(wports):
+            procs[f"w{i}"] = subprocess.Popen([CUBE, "worker", "--runtime", "fake", "--port", str(p), "--name", f"rw{i}",
+                                               "--data-dir", f"{tmp}/w{i}"], stderr=subprocess.DEVNULL)
+        mport = free_port()
+        mcmd = [CUBE, "manager", "--port", str(mport), "--data-dir", f"{tmp}/m", "--node-timeout", str(args.node_timeout),
+                "--workers", ",".join(f"127.0.0.1:{p}" for p in wports)]
+        procs["m"] = subprocess.Popen(mcmd, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{mport}"
+        wait(lambda: len([n for n in http("GET", url + "/nodes")[1] if n["status"] == "Ready" and n["cpus"] > 0]) == 3)
+        body = {"task": {"image": "cube-sim/task:latest", "cmd": ["sleep", "3600"]}}
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda _: http("POST", url + "/tasks", body), range(args.tasks)))
+        wait(lambda: len(http("GET", url + "/tasks?state=Running")[1]) == args.tasks, timeout=300, step=0.2)
+
+        procs["m"].send_signal(signal.SIGKILL)
+        procs["m"].wait()
+        t0 = time.perf_counter()
+        procs["m"] = subprocess.Popen(mcmd, stderr=subprocess.DEVNULL)
+        wait(lambda: http("GET", url + "/health")[0] == 200, step=0.001)
+        health_s = time.perf_counter() - t0
+        wait(lambda: len(http("GET", url + "/tasks")[1]) == args.tasks, step=0.001)
+        listed_s = time.perf_counter() - t0
+        wait(lambda: len(http("GET", url + "/tasks?state=Running")[1]) == args.tasks, step=0.01)
+        running_s = time.perf_counter() - t0
+
+        tasks = http("GET", url + "/tasks?state=Running")[1]
+        victim = tasks[0]["worker"]
+        lost = {t["id"] for t in tasks if t["worker"] == victim}
+        idx = int(victim[2:])
+        procs[f"w{idx}"].send_signal(signal.SIGKILL)
+        t0 = time.perf_counter()
+        wait(lambda: any(n["name"] == victim and n["status"] == "Down" for n in http("GET", url + "/nodes")[1]), step=0.01)
+        down_s = time.perf_counter() - t0
+
+        def moved():
+            now = {t["id"]: t for t in http("GET", url + "/tasks?state=Running")[1]}
+            return all(i in now and now[i]["worker"] != victim for i in lost)
+        wait(moved, step=0.05)
+        moved_s = time.perf_counter() - t0
+        print(json.dumps({"tasks": args.tasks, "manager_restart_health_s": round(health_s, 3),
+                          "manager_restart_all_listed_s": round(listed_s, 3),
+                          "manager_restart_all_running_s": round(running_s, 3),
+                          "node_timeout_s": args.node_timeout, "node_down_detected_s": round(down_s, 2),
+                          "lost_tasks": len(lost), "lost_tasks_running_elsewhere_s": round(moved_s, 2)}))
+    finally:
+        for p in procs.values():
+            p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
