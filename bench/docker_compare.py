@@ -9,44 +9,20 @@ Each way starts from no containers and ends when all N run; the median over --ro
 reported. Everything made is removed: containers by label, the service, and swarm mode is left
 again if this script turned it on.
 """
-import argparse, concurrent.futures, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time, urllib.request, uuid
+import argparse, concurrent.futures, json, shutil, statistics, subprocess, sys, tempfile, time, uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CUBE = os.environ.get("CUBE_BIN", os.path.join(ROOT, "target", "release", "cube"))
-IMAGE = "cube-demo/busybox:latest"
+from benchlib import CUBE, IMAGE, ensure_image, free_port, http, remove_by_label, sh
 
 
-def sh(*cmd, check=True):
-    return subprocess.run(cmd, capture_output=True, text=True, check=check)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def http(method, url, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read())
 
 
-def remove_by_label(label):
-    ids = sh("docker", "ps", "-aq", "--filter", f"label={label}").stdout.split()
-    if ids:
-        sh("docker", "rm", "-f", *ids, check=False)
 
 
-def ensure_image():
-    if sh("docker", "image", "inspect", IMAGE, check=False).returncode == 0:
-        return
-    d = tempfile.mkdtemp()
-    shutil.copy("/bin/busybox", d)
-    with open(os.path.join(d, "Dockerfile"), "w") as f:
-        f.write('FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\n')
-    subprocess.run(["docker", "build", "-q", "-t", IMAGE, d], check=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+
 
 
 def cube_round(n):

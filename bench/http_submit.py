@@ -10,22 +10,14 @@ every acknowledged submission survives a SIGKILL of the manager.
 2. Runs wrk again and SIGKILLs the manager in the middle of it, restarts it on the same data
    directory, and checks that every id wrk saw acknowledged (2xx) is there.
 """
-import argparse, json, os, re, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, shutil, signal, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CUBE = os.environ.get("CUBE_BIN", os.path.join(ROOT, "target", "release", "cube"))
+from benchlib import CUBE, ROOT, free_port, http
+
 LUA = os.path.join(ROOT, "bench", "submit.lua")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def get(url):
-    with urllib.request.urlopen(url, timeout=120) as r:
-        return json.loads(r.read())
 
 
 def start(port, data):
@@ -33,7 +25,7 @@ def start(port, data):
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
     for _ in range(400):
         try:
-            if len([n for n in get(f"http://127.0.0.1:{port}/nodes") if n["status"] == "Ready"]) == 8:
+            if len([n for n in http("GET", f"http://127.0.0.1:{port}/nodes") if n["status"] == "Ready"]) == 8:
                 return p
         except Exception:
             pass
@@ -89,7 +81,7 @@ def main():
         load.communicate()
         acked = acked_ids(d2)
         cube = start(port, d2)
-        stored = {t["id"] for t in get(f"http://127.0.0.1:{port}/tasks")}
+        stored = {t["id"] for t in http("GET", f"http://127.0.0.1:{port}/tasks")}
         cube.kill()
         cube.wait()
         lost = acked - stored

@@ -11,23 +11,14 @@ measured is Cube's own recovery, not Docker's start time).
 2. Kills (SIGKILL) the worker holding a task: time until /nodes shows it Down, and until every
    task of it runs on another worker.
 """
-import argparse, concurrent.futures, json, os, shutil, signal, socket, subprocess, sys, tempfile, time, urllib.request
+import argparse, concurrent.futures, json, shutil, signal, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CUBE = os.environ.get("CUBE_BIN", os.path.join(ROOT, "target", "release", "cube"))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from benchlib import CUBE, free_port, http, http_status
 
 
-def http(method, url, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=120) as r:
-        return r.status, json.loads(r.read())
+
+
+
 
 
 def wait(pred, timeout=120, step=0.005):
@@ -59,34 +50,34 @@ def main():
                 "--workers", ",".join(f"127.0.0.1:{p}" for p in wports)]
         procs["m"] = subprocess.Popen(mcmd, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{mport}"
-        wait(lambda: len([n for n in http("GET", url + "/nodes")[1] if n["status"] == "Ready" and n["cpus"] > 0]) == 3)
+        wait(lambda: len([n for n in http("GET", url + "/nodes") if n["status"] == "Ready" and n["cpus"] > 0]) == 3)
         body = {"task": {"image": "cube-sim/task:latest", "cmd": ["sleep", "3600"]}}
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda _: http("POST", url + "/tasks", body), range(args.tasks)))
-        wait(lambda: len(http("GET", url + "/tasks?state=Running")[1]) == args.tasks, timeout=300, step=0.2)
+        wait(lambda: len(http("GET", url + "/tasks?state=Running")) == args.tasks, timeout=300, step=0.2)
 
         procs["m"].send_signal(signal.SIGKILL)
         procs["m"].wait()
         t0 = time.perf_counter()
         procs["m"] = subprocess.Popen(mcmd, stderr=subprocess.DEVNULL)
-        wait(lambda: http("GET", url + "/health")[0] == 200, step=0.001)
+        wait(lambda: http_status("GET", url + "/health")[0] == 200, step=0.001)
         health_s = time.perf_counter() - t0
-        wait(lambda: len(http("GET", url + "/tasks")[1]) == args.tasks, step=0.001)
+        wait(lambda: len(http("GET", url + "/tasks")) == args.tasks, step=0.001)
         listed_s = time.perf_counter() - t0
-        wait(lambda: len(http("GET", url + "/tasks?state=Running")[1]) == args.tasks, step=0.01)
+        wait(lambda: len(http("GET", url + "/tasks?state=Running")) == args.tasks, step=0.01)
         running_s = time.perf_counter() - t0
 
-        tasks = http("GET", url + "/tasks?state=Running")[1]
+        tasks = http("GET", url + "/tasks?state=Running")
         victim = tasks[0]["worker"]
         lost = {t["id"] for t in tasks if t["worker"] == victim}
         idx = int(victim[2:])
         procs[f"w{idx}"].send_signal(signal.SIGKILL)
         t0 = time.perf_counter()
-        wait(lambda: any(n["name"] == victim and n["status"] == "Down" for n in http("GET", url + "/nodes")[1]), step=0.01)
+        wait(lambda: any(n["name"] == victim and n["status"] == "Down" for n in http("GET", url + "/nodes")), step=0.01)
         down_s = time.perf_counter() - t0
 
         def moved():
-            now = {t["id"]: t for t in http("GET", url + "/tasks?state=Running")[1]}
+            now = {t["id"]: t for t in http("GET", url + "/tasks?state=Running")}
             return all(i in now and now[i]["worker"] != victim for i in lost)
         wait(moved, step=0.05)
         moved_s = time.perf_counter() - t0

@@ -9,24 +9,14 @@ temporary directory, and removes every container it made. Through the worker, "R
 on the worker's change feed (a long-poll that answers on the change); through the manager, by
 polling GET /tasks/{id} every 2 ms.
 """
-import argparse, json, os, shutil, socket, statistics, subprocess, sys, tempfile, time, urllib.request, uuid
+import argparse, json, shutil, statistics, subprocess, sys, tempfile, time, uuid
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CUBE = os.environ.get("CUBE_BIN", os.path.join(ROOT, "target", "release", "cube"))
-IMAGE = "cube-demo/busybox:latest"
+from benchlib import CUBE, IMAGE, ensure_image, free_port, http
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def http(method, url, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=60) as r:
-        return json.loads(r.read() or b"null")
+
 
 
 def wait_up(url):
@@ -39,14 +29,6 @@ def wait_up(url):
     sys.exit(f"{url} did not come up")
 
 
-def ensure_image():
-    if subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True).returncode == 0:
-        return
-    d = tempfile.mkdtemp()
-    shutil.copy("/bin/busybox", d)
-    with open(os.path.join(d, "Dockerfile"), "w") as f:
-        f.write('FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\n')
-    subprocess.run(["docker", "build", "-q", "-t", IMAGE, d], check=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
 
 
 def main():

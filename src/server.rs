@@ -119,6 +119,40 @@ impl WorkerHandle {
     }
 }
 
+/// Bind an API on `host:port` and start serving it: `configure` mounts the routes, anything
+/// else gets the JSON 404. Returns the address bound (port 0 picks a free one).
+fn serve<F>(
+    host: &str,
+    port: u16,
+    threads: usize,
+    configure: F,
+) -> Result<(SocketAddr, actix_web::dev::Server), ServeError>
+where
+    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+{
+    let bind_addr = format!("{host}:{port}");
+    let server = HttpServer::new(move || {
+        App::new()
+            .configure(configure.clone())
+            .default_service(web::to(crate::http::no_route))
+    })
+    .workers(threads)
+    .bind(&bind_addr)
+    .map_err(|source| ServeError::Bind {
+        addr: bind_addr.clone(),
+        source,
+    })?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| ServeError::Bind {
+            addr: bind_addr.clone(),
+            source: std::io::Error::other("no address bound"),
+        })?;
+    Ok((addr, server.run()))
+}
+
 /// Open the runtime a worker was asked for.
 pub async fn open_runtime(
     kind: RuntimeKind,
@@ -165,28 +199,15 @@ pub async fn start_worker(config: WorkerConfig) -> Result<WorkerHandle, ServeErr
         name: config.name.clone(),
         worker: worker.clone(),
     };
-    let bind_addr = format!("{}:{}", config.host, config.port);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(web::Data::new(api.clone()))
-            .configure(crate::http::worker::configure)
-            .default_service(web::to(crate::http::no_route))
-    })
-    .workers(WORKER_HTTP_THREADS)
-    .bind(&bind_addr)
-    .map_err(|source| ServeError::Bind {
-        addr: bind_addr.clone(),
-        source,
-    })?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| ServeError::Bind {
-            addr: bind_addr.clone(),
-            source: std::io::Error::other("no address bound"),
-        })?;
-    let server = server.run();
+    let (addr, server) = serve(
+        &config.host,
+        config.port,
+        WORKER_HTTP_THREADS,
+        move |cfg: &mut web::ServiceConfig| {
+            cfg.app_data(web::Data::new(api.clone()))
+                .configure(crate::http::worker::configure);
+        },
+    )?;
     info!(
         "worker {} listening on http://{addr} (runtime {:?}, data in {})",
         config.name,
@@ -342,28 +363,15 @@ pub async fn start_manager(config: ManagerConfig) -> Result<ManagerHandle, Serve
     let api = ManagerApi {
         manager: actors.manager.clone(),
     };
-    let bind_addr = format!("{}:{}", config.host, config.port);
-    let server = HttpServer::new(move || {
-        App::new()
-            .app_data(web::Data::new(api.clone()))
-            .configure(crate::http::manager::configure)
-            .default_service(web::to(crate::http::no_route))
-    })
-    .workers(MANAGER_HTTP_THREADS)
-    .bind(&bind_addr)
-    .map_err(|source| ServeError::Bind {
-        addr: bind_addr.clone(),
-        source,
-    })?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| ServeError::Bind {
-            addr: bind_addr.clone(),
-            source: std::io::Error::other("no address bound"),
-        })?;
-    let server = server.run();
+    let (addr, server) = serve(
+        &config.host,
+        config.port,
+        MANAGER_HTTP_THREADS,
+        move |cfg: &mut web::ServiceConfig| {
+            cfg.app_data(web::Data::new(api.clone()))
+                .configure(crate::http::manager::configure);
+        },
+    )?;
     info!(
         "manager listening on http://{addr} (scheduler {}, {} worker(s), data in {})",
         config.scheduler,

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::worker::LogsQuery;
-use super::{ApiError, method_not_allowed, read_body};
+use super::{ApiError, endpoint, read_body};
 use crate::actors::client::WorkerClient;
 use crate::actors::manager::{
     GetTask, ListNodes, ListTasks, LogsOf, Manager, ManagerError, Ready, StopTask, Submit,
@@ -49,32 +49,18 @@ impl From<ManagerError> for ApiError {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(super::query_config())
         .service(
-            web::resource("/tasks")
+            endpoint("/tasks")
                 .route(web::get().to(list_tasks))
-                .route(web::post().to(submit))
-                .default_service(web::to(method_not_allowed)),
+                .route(web::post().to(submit)),
         )
         .service(
-            web::resource("/tasks/{id}")
+            endpoint("/tasks/{id}")
                 .route(web::get().to(get_task))
-                .route(web::delete().to(stop_task))
-                .default_service(web::to(method_not_allowed)),
+                .route(web::delete().to(stop_task)),
         )
-        .service(
-            web::resource("/tasks/{id}/logs")
-                .route(web::get().to(task_logs))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/nodes")
-                .route(web::get().to(nodes))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/health")
-                .route(web::get().to(health))
-                .default_service(web::to(method_not_allowed)),
-        );
+        .service(endpoint("/tasks/{id}/logs").route(web::get().to(task_logs)))
+        .service(endpoint("/nodes").route(web::get().to(nodes)))
+        .service(endpoint("/health").route(web::get().to(health)));
 }
 
 async fn submit(

@@ -61,6 +61,11 @@ pub async fn no_route(req: HttpRequest) -> HttpResponse {
     )))
 }
 
+/// A resource at `path` that answers 405 in the JSON shape for methods it has no route for.
+pub fn endpoint(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
 /// 405 for a known path with a method it does not serve.
 pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
     actix_web::ResponseError::error_response(&ApiError::new(

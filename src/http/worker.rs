@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{ApiError, method_not_allowed, read_body};
+use super::{ApiError, endpoint, read_body};
 use crate::actors::worker::{
     GetStats, GetTask, ListTasks, Logs, StartTask, StopTask, WatchTasks, Worker, WorkerError,
 };
@@ -49,32 +49,18 @@ impl From<WorkerError> for ApiError {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(super::query_config())
         .service(
-            web::resource("/tasks")
+            endpoint("/tasks")
                 .route(web::get().to(list_tasks))
-                .route(web::post().to(start_task))
-                .default_service(web::to(method_not_allowed)),
+                .route(web::post().to(start_task)),
         )
         .service(
-            web::resource("/tasks/{id}")
+            endpoint("/tasks/{id}")
                 .route(web::get().to(get_task))
-                .route(web::delete().to(stop_task))
-                .default_service(web::to(method_not_allowed)),
+                .route(web::delete().to(stop_task)),
         )
-        .service(
-            web::resource("/tasks/{id}/logs")
-                .route(web::get().to(task_logs))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/stats")
-                .route(web::get().to(stats))
-                .default_service(web::to(method_not_allowed)),
-        )
-        .service(
-            web::resource("/health")
-                .route(web::get().to(health))
-                .default_service(web::to(method_not_allowed)),
-        );
+        .service(endpoint("/tasks/{id}/logs").route(web::get().to(task_logs)))
+        .service(endpoint("/stats").route(web::get().to(stats)))
+        .service(endpoint("/health").route(web::get().to(health)));
 }
 
 async fn start_task(

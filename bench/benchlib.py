@@ -1,0 +1,46 @@
+"""What the benchmark scripts share: where the binary is, free ports, a JSON HTTP client and
+the demo image (built from Debian's static busybox when missing: there is no registry)."""
+import json, os, shutil, socket, subprocess, tempfile, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CUBE = os.environ.get("CUBE_BIN", os.path.join(ROOT, "target", "release", "cube"))
+IMAGE = "cube-demo/busybox:latest"
+
+
+def sh(*cmd, check=True):
+    return subprocess.run(cmd, capture_output=True, text=True, check=check)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_status(method, url, body=None, timeout=120):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, json.loads(r.read() or b"null")
+
+
+def http(method, url, body=None, timeout=120):
+    return http_status(method, url, body, timeout)[1]
+
+
+def remove_by_label(label):
+    ids = sh("docker", "ps", "-aq", "--filter", f"label={label}").stdout.split()
+    if ids:
+        sh("docker", "rm", "-f", *ids, check=False)
+
+
+def ensure_image():
+    if sh("docker", "image", "inspect", IMAGE, check=False).returncode == 0:
+        return
+    d = tempfile.mkdtemp()
+    shutil.copy("/bin/busybox", d)
+    with open(os.path.join(d, "Dockerfile"), "w") as f:
+        f.write('FROM scratch\nCOPY busybox /bin/busybox\nRUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
+                'CMD ["httpd", "-f", "-p", "8080"]\n')
+    subprocess.run(["docker", "build", "-q", "-t", IMAGE, d], check=True, env={**os.environ, "DOCKER_BUILDKIT": "0"})
+    shutil.rmtree(d, ignore_errors=True)
