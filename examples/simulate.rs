@@ -17,6 +17,12 @@ use cube::actors::policy::PolicyKind;
 use cube::node::Capacity;
 use cube::sim::{SimConfig, run};
 
+/// mimalloc: with a million tasks and ten thousand in-process workers, allocation is the largest
+/// cost, and mimalloc halves it (BENCHMARKS.md). The `cube` binary keeps the system allocator
+/// for its HTTP tail latency.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(about = "Simulate a Cube cluster with in-process fake workers")]
 struct Args {

@@ -277,13 +277,17 @@ impl ManagerActors {
             source,
         })?;
         let store = Store::open(&config.data_dir, crate::actors::manager::TABLES)?;
-        let scheduler = Scheduler::new(config.scheduler).start();
+        // The Manager and the Scheduler share a thread of their own, so that neither the caller
+        // (an HTTP accept loop, a simulation's submitter) nor the workers' side slows them.
+        let arbiter = Arbiter::new().handle();
+        let policy = config.scheduler;
+        let scheduler = Scheduler::start_in_arbiter(&arbiter, move |_| Scheduler::new(policy));
         let manager = Manager::new(ManagerSetup {
             store,
             scheduler: scheduler.clone(),
             health_interval: config.health_interval,
-        })?
-        .start();
+        })?;
+        let manager = Manager::start_in_arbiter(&arbiter, move |_| manager);
         Ok(ManagerActors {
             manager,
             scheduler,

@@ -195,10 +195,14 @@ impl WorkerProxy {
             |res, act, ctx| match res {
                 Ok(stats) => {
                     act.seen(ctx);
-                    if let Some(name) = &act.name {
+                    // The Scheduler hears only of changes: with thousands of workers, a report
+                    // per heartbeat would keep its thread busy for nothing.
+                    let capacity = stats.capacity();
+                    let changed = act.stats.as_ref().is_none_or(|s| s.capacity() != capacity);
+                    if let Some(name) = act.name.as_ref().filter(|_| changed) {
                         act.scheduler.do_send(NodeCapacity {
                             name: name.clone(),
-                            capacity: stats.capacity(),
+                            capacity,
                         });
                     }
                     act.stats = Some(stats);
