@@ -356,3 +356,77 @@ fn an_unreachable_manager_is_one_clear_line_and_a_failure() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_second_worker_with_a_taken_name_is_refused_and_shown() {
+    test_image();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let name = unique("dup");
+    let _containers = Containers::of(&[&name]);
+    let start = |sub: &str| {
+        let data = dir.path().join(sub);
+        CubeProcess::start(
+            &[
+                "worker",
+                "--port",
+                "0",
+                "--name",
+                &name,
+                "--data-dir",
+                data.to_str().expect("utf-8"),
+            ],
+            dir.path(),
+            sub,
+        )
+    };
+    let (first, second) = (start("a"), start("b"));
+    let data = dir.path().join("manager");
+    let workers = format!("{},{}", first.addr, second.addr);
+    let manager = CubeProcess::start(
+        &[
+            "manager",
+            "--port",
+            "0",
+            "--workers",
+            &workers,
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+        ],
+        dir.path(),
+        "manager",
+    );
+    let http = Http::new();
+    let nodes = eventually("one worker Ready and one Refused", || {
+        let nodes = http.get(&format!("{}/nodes", manager.url())).json();
+        let statuses: Vec<&str> = nodes
+            .as_array()?
+            .iter()
+            .filter_map(|n| n["status"].as_str())
+            .collect();
+        (statuses.contains(&"Ready") && statuses.contains(&"Refused")).then_some(nodes)
+    });
+    let refused = nodes
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["status"] == "Refused"))
+        .expect("a refused node")
+        .clone();
+    assert_eq!(refused["name"], name.as_str());
+    let reason = refused["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("is taken by the worker at"), "{reason}");
+    // Tasks only go to the worker that holds the name.
+    let r = http.post(
+        &format!("{}/tasks", manager.url()),
+        json!({"task": {"image": IMAGE, "cmd": ["sleep", "600"], "stop_timeout_s": 1}}).to_string(),
+    );
+    assert_eq!(r.status, 201);
+    let t = wait_state(
+        &http,
+        &format!(
+            "{}/tasks/{}",
+            manager.url(),
+            r.json()["id"].as_str().unwrap_or("")
+        ),
+        "Running",
+    );
+    assert_eq!(t["worker"], name.as_str());
+}

@@ -72,6 +72,8 @@ pub struct WorkerProxy {
     last_seen_at: Option<DateTime<Utc>>,
     stats: Option<NodeStats>,
     watch_backoff: Duration,
+    /// The pending check that declares the worker Down when its silence reaches the timeout.
+    down_check: Option<SpawnHandle>,
     /// Set when the worker answers again after being Down: the next feed read starts at 0, so
     /// the Manager sees every task the worker still has (and stops copies that moved away).
     resync: bool,
@@ -99,6 +101,7 @@ impl WorkerProxy {
             stats: None,
             watch_backoff: MIN_BACKOFF,
             resync: false,
+            down_check: None,
         }
     }
 
@@ -109,6 +112,9 @@ impl WorkerProxy {
     fn seen(&mut self, ctx: &mut Context<Self>) {
         self.last_seen = Some(Instant::now());
         self.last_seen_at = Some(Utc::now());
+        if let Some(check) = self.down_check.take() {
+            ctx.cancel_future(check);
+        }
         if self.status == NodeStatus::Down {
             self.status = NodeStatus::Ready;
             self.reason = None;
@@ -123,9 +129,23 @@ impl WorkerProxy {
         }
     }
 
-    fn failed(&mut self, err: &CallError) {
+    /// A call failed: Down once the worker has been silent for the node timeout. Until then a
+    /// check is set for the moment the timeout runs out (unless the worker answers first), so
+    /// loss is noticed on time rather than at the next heartbeat after it.
+    fn failed(&mut self, err: &CallError, ctx: &mut Context<Self>) {
         let silent_for = self.last_seen.map_or(Duration::MAX, |t| t.elapsed());
-        if self.status == NodeStatus::Ready && silent_for >= self.node_timeout {
+        if self.status == NodeStatus::Ready && silent_for < self.node_timeout {
+            if self.down_check.is_none() {
+                let reason = err.clone();
+                let wait = self.node_timeout - silent_for;
+                self.down_check = Some(ctx.run_later(wait, move |act, ctx| {
+                    act.down_check = None;
+                    act.failed(&reason, ctx);
+                }));
+            }
+            return;
+        }
+        if self.status == NodeStatus::Ready {
             self.status = NodeStatus::Down;
             self.reason = Some(err.to_string());
             if let Some(name) = &self.name {
@@ -209,7 +229,7 @@ impl WorkerProxy {
                 }
                 Err(e) => {
                     debug!("heartbeat of {} failed: {e}", act.address());
-                    act.failed(&e);
+                    act.failed(&e, ctx);
                 }
             },
         ));
@@ -244,7 +264,7 @@ impl WorkerProxy {
                         act.watch(ctx);
                     }
                     Err(e) => {
-                        act.failed(&e);
+                        act.failed(&e, ctx);
                         let backoff = act.watch_backoff;
                         act.watch_backoff = (backoff * 2).min(MAX_BACKOFF);
                         ctx.run_later(backoff, |act, ctx| act.watch(ctx));
@@ -262,7 +282,7 @@ impl WorkerProxy {
                 // The worker runs a newer attempt already: nothing to do.
                 Err(e) if e.status() == Some(409) => {}
                 Err(e) if e.is_transient() => {
-                    act.failed(&e);
+                    act.failed(&e, ctx);
                     if act.status == NodeStatus::Down {
                         // The Manager moves the worker's tasks elsewhere.
                         return;
@@ -304,7 +324,7 @@ impl WorkerProxy {
                         }
                     }
                     Err(e) => {
-                        act.failed(&e);
+                        act.failed(&e, ctx);
                         // Stops are retried even while the worker is Down: whatever it still runs
                         // must end when it comes back.
                         let next = (backoff * 2).min(MAX_BACKOFF);

@@ -599,3 +599,61 @@ async fn logs(client: &Client, args: LogsArgs) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manager_flags_win_over_the_config_file_which_wins_over_defaults() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("cube.toml");
+        std::fs::write(
+            &file,
+            "port = 6000\nworkers = [\"10.0.0.1:5556\", \"10.0.0.2:5556\"]\nscheduler = \"bin-pack\"\nnode_timeout = 3\n",
+        )
+        .expect("write");
+        let cli = Cli::parse_from([
+            "cube",
+            "manager",
+            "--config",
+            file.to_str().expect("utf-8"),
+            "--port",
+            "7000",
+        ]);
+        let Command::Manager(args) = cli.command else {
+            panic!("not the manager command");
+        };
+        let config = args.config().expect("valid");
+        assert_eq!(config.port, 7000, "the flag wins");
+        assert_eq!(config.workers, ["10.0.0.1:5556", "10.0.0.2:5556"]);
+        assert_eq!(config.scheduler, PolicyKind::BinPack);
+        assert_eq!(config.node_timeout, Duration::from_secs(3));
+        assert_eq!(
+            config.health_interval,
+            crate::server::DEFAULT_HEALTH_INTERVAL
+        );
+        assert_eq!(config.host, "127.0.0.1");
+    }
+
+    #[test]
+    fn a_bad_config_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("cube.toml");
+        std::fs::write(&file, "prot = 6000\n").expect("write");
+        let cli = Cli::parse_from(["cube", "manager", "--config", file.to_str().expect("utf-8")]);
+        let Command::Manager(args) = cli.command else {
+            panic!("not the manager command");
+        };
+        let err = args.config().expect_err("unknown key");
+        assert!(err.contains("prot"), "{err}");
+    }
+
+    #[test]
+    fn the_manager_url_is_global_before_or_after_the_subcommand() {
+        let before = Cli::parse_from(["cube", "--manager", "http://h:1", "status"]);
+        let after = Cli::parse_from(["cube", "status", "--manager", "http://h:1"]);
+        assert_eq!(before.manager, "http://h:1");
+        assert_eq!(after.manager, "http://h:1");
+    }
+}
