@@ -497,10 +497,13 @@ async fn status(client: &Client, args: StatusArgs) -> Result<(), String> {
         ]);
     }
     println!("{table}");
-    if let [t] = tasks.as_slice()
-        && let Some(e) = &t.error
-    {
-        println!("\nerror: {e}");
+    if let (Some(_), [t]) = (&args.id, tasks.as_slice()) {
+        for (port, host) in &t.host_ports {
+            println!("\nport {port} is published on the worker's host port {host}");
+        }
+        if let Some(e) = &t.error {
+            println!("\nerror: {e}");
+        }
     }
     Ok(())
 }
