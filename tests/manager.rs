@@ -319,13 +319,18 @@ fn every_cli_command_works_against_a_manager() {
         "{table}"
     );
 
-    let out = c.cli(&["logs", &id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("hi from cube"));
+    // Running means started; the shell may not have printed yet.
+    eventually("the task's output in cube logs", || {
+        let out = c.cli(&["logs", &id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .contains("hi from cube")
+            .then_some(())
+    });
 
     let out = c.cli(&["stop", &id]);
     assert!(
