@@ -50,6 +50,15 @@ async fn submit(actors: &ManagerActors, cpu: f64, memory: u64) -> uuid::Uuid {
         .id
 }
 
+async fn get_task(actors: &ManagerActors, id: uuid::Uuid) -> Task {
+    actors
+        .manager
+        .send(cube::actors::manager::GetTask(id))
+        .await
+        .expect("the manager answers")
+        .expect("the task exists")
+}
+
 /// Wait until `n` tasks run; returns how many landed on each node.
 async fn placements(actors: &ManagerActors, n: usize) -> HashMap<String, usize> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -161,12 +170,7 @@ async fn a_task_that_fits_nowhere_waits_pending_and_runs_when_room_appears() {
     // The second cannot fit while the first holds both cores.
     let deadline = Instant::now() + Duration::from_secs(10);
     let waiting = loop {
-        let t = actors
-            .manager
-            .send(cube::actors::manager::GetTask(second))
-            .await
-            .expect("answer")
-            .expect("exists");
+        let t = get_task(&actors, second).await;
         if t.error.is_some() {
             break t;
         }
@@ -191,12 +195,7 @@ async fn a_task_that_fits_nowhere_waits_pending_and_runs_when_room_appears() {
         .expect("stopped");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let t = actors
-            .manager
-            .send(cube::actors::manager::GetTask(second))
-            .await
-            .expect("answer")
-            .expect("exists");
+        let t = get_task(&actors, second).await;
         if t.state == State::Running {
             break;
         }

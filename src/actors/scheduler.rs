@@ -242,16 +242,3 @@ impl Handler<Nodes> for Scheduler {
         MessageResult(self.nodes.clone())
     }
 }
-
-/// The policy in use.
-#[derive(Message)]
-#[rtype(result = "PolicyKind")]
-pub struct CurrentPolicy;
-
-impl Handler<CurrentPolicy> for Scheduler {
-    type Result = MessageResult<CurrentPolicy>;
-
-    fn handle(&mut self, _: CurrentPolicy, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.policy.kind())
-    }
-}

@@ -456,13 +456,18 @@ impl Worker {
             return;
         }
         entry.task.container_id = None;
+        self.remove_detached(container);
+        self.changed_detached(id, ctx);
+    }
+
+    /// Remove an ended container in the background; a failure is logged.
+    fn remove_detached(&self, container: String) {
         let runtime = self.runtime.clone();
         actix::spawn(async move {
             if let Err(e) = runtime.remove(container.clone()).await {
                 warn!("could not remove the ended container {container}: {e}");
             }
         });
-        self.changed_detached(id, ctx);
     }
 
     /// Stop and remove the entry's container, then mark the task Completed.
@@ -818,36 +823,23 @@ impl Handler<StopTask> for Worker {
         match entry.task.state {
             State::Completed => {
                 if let Some(container) = entry.task.container_id.take() {
-                    let runtime = self.runtime.clone();
-                    actix::spawn(async move {
-                        let _ = runtime.remove(container).await;
-                    });
+                    self.remove_detached(container);
                     self.changed_detached(id, ctx);
                 }
             }
-            State::Failed => self.complete_stopped_removing(id, ctx),
+            State::Failed => {
+                // Its container ended already: remove it (kept until now for its logs).
+                if let Some(container) = entry.task.container_id.clone() {
+                    self.remove_detached(container);
+                }
+                self.complete_stopped(id, ctx);
+            }
             _ => self.stop_container(id, ctx),
         }
         self.tasks
             .get(&id)
             .map(|e| e.task.clone())
             .ok_or(WorkerError::NotFound(id))
-    }
-}
-
-impl Worker {
-    fn complete_stopped_removing(&mut self, id: Uuid, ctx: &mut Context<Self>) {
-        if let Some(container) = self
-            .tasks
-            .get(&id)
-            .and_then(|e| e.task.container_id.clone())
-        {
-            let runtime = self.runtime.clone();
-            actix::spawn(async move {
-                let _ = runtime.remove(container).await;
-            });
-        }
-        self.complete_stopped(id, ctx);
     }
 }
 

@@ -337,6 +337,13 @@ struct ErrorBody {
     error: String,
 }
 
+/// The `error` of an error answer, or the body itself when it is not the JSON error shape.
+fn error_message(body: &[u8]) -> String {
+    serde_json::from_slice::<ErrorBody>(body)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(body).into_owned())
+}
+
 impl Client {
     pub fn new(base: &str) -> Client {
         let base = base.trim_end_matches('/');
@@ -364,7 +371,7 @@ impl Client {
         &self,
         req: awc::ClientRequest,
         body: Option<Vec<u8>>,
-    ) -> Result<(u16, web_bytes::Bytes), String> {
+    ) -> Result<(u16, bytes::Bytes), String> {
         let sent = match body {
             Some(b) => {
                 req.insert_header(("Content-Type", "application/json"))
@@ -381,10 +388,7 @@ impl Client {
             .await
             .map_err(|e| format!("the manager's answer could not be read: {e}"))?;
         if status >= 400 {
-            let msg = serde_json::from_slice::<ErrorBody>(&body)
-                .map(|b| b.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-            return Err(msg);
+            return Err(error_message(&body));
         }
         Ok((status, body))
     }
@@ -418,8 +422,6 @@ impl Client {
             .await
     }
 }
-
-use actix_web::web as web_bytes;
 
 async fn run_task(client: &Client, args: RunArgs) -> Result<(), String> {
     let body = std::fs::read(&args.file)
@@ -589,10 +591,7 @@ async fn logs(client: &Client, args: LogsArgs) -> Result<(), String> {
     let mut res = req.send().await.map_err(|e| client.unreachable(e))?;
     if !res.status().is_success() {
         let body = res.body().await.map_err(|e| e.to_string())?;
-        let msg = serde_json::from_slice::<ErrorBody>(&body)
-            .map(|b| b.error)
-            .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
-        return Err(msg);
+        return Err(error_message(&body));
     }
     let mut out = std::io::stdout().lock();
     while let Some(chunk) = res.next().await {
