@@ -83,7 +83,11 @@ async fn main() -> anyhow::Result<()> {
     for node in actors.manager.send(ListNodes).await? {
         println!(
             "node {:<12} {:<6} tasks {} cpu {:.1}/{:.0}",
-            node.name, node.status, node.tasks, node.cpu_allocated, node.cpus
+            node.name,
+            format!("{:?}", node.status),
+            node.tasks,
+            node.cpu_allocated,
+            node.cpus
         );
     }
     for id in ids {

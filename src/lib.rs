@@ -32,6 +32,7 @@
 
 pub mod actors;
 pub mod cli;
+pub mod clock;
 pub mod db;
 pub mod http;
 pub mod node;

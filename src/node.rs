@@ -1,10 +1,13 @@
-//! What a worker reports about its machine, and how it is measured.
+//! Nodes: what a worker reports about its machine, how it is measured, and the rule that says
+//! whether a node is alive.
 //!
 //! [`NodeStats`] is the body of a worker's `GET /stats` and what the manager's scheduler learns a
 //! node's capacity from. [`StatsSampler`] measures it through sysinfo on a thread of its own, so
-//! that reading /proc never blocks an actor.
+//! that reading /proc never blocks an actor. [`Liveness`] is the pure rule of node loss: a node
+//! silent for the node timeout is Down, counted from the moment the manager started watching it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -130,5 +133,126 @@ impl Handler<Sample> for StatsSampler {
 
     fn handle(&mut self, _: Sample, _: &mut Self::Context) -> Self::Result {
         MessageResult(self.sample())
+    }
+}
+
+/// Where a worker stands, as `GET /nodes` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NodeStatus {
+    /// Not heard from yet since the manager started watching it.
+    Connecting,
+    /// Answers, and takes placements.
+    Ready,
+    /// Silent for the node timeout: its tasks run elsewhere.
+    Down,
+    /// Its name is bound to another address that still answers.
+    Refused,
+}
+
+/// A change of a node's liveness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LivenessChange {
+    /// It answers (for the first time, or again after being Down).
+    Up,
+    /// It has been silent for this long, which reached the node timeout.
+    Down { silent_for: Duration },
+}
+
+/// The rule of node loss, pure: a node heard from is Ready; a node silent for `timeout` is Down,
+/// and the silence of a node never heard from counts from when watching began, so a worker dead
+/// when the manager starts becomes Down like any other. Time is passed in (monotonic).
+#[derive(Debug, Clone)]
+pub struct Liveness {
+    timeout: Duration,
+    status: NodeStatus,
+    heard_at: Duration,
+}
+
+impl Liveness {
+    /// Start watching at `now`: Connecting until heard from, Down at `now + timeout` otherwise.
+    pub fn new(now: Duration, timeout: Duration) -> Liveness {
+        Liveness {
+            timeout,
+            status: NodeStatus::Connecting,
+            heard_at: now,
+        }
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        self.status
+    }
+
+    /// The node answered at `now`.
+    pub fn heard(&mut self, now: Duration) -> Option<LivenessChange> {
+        self.heard_at = self.heard_at.max(now);
+        if self.status == NodeStatus::Ready {
+            return None;
+        }
+        self.status = NodeStatus::Ready;
+        Some(LivenessChange::Up)
+    }
+
+    /// Whether the silence reached the timeout by `now`.
+    pub fn check(&mut self, now: Duration) -> Option<LivenessChange> {
+        let silent_for = now.saturating_sub(self.heard_at);
+        if self.status == NodeStatus::Down || silent_for < self.timeout {
+            return None;
+        }
+        self.status = NodeStatus::Down;
+        Some(LivenessChange::Down { silent_for })
+    }
+
+    /// When [`Liveness::check`] may next find the node Down; `None` while it is Down.
+    pub fn deadline(&self) -> Option<Duration> {
+        (self.status != NodeStatus::Down).then(|| self.heard_at + self.timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn a_node_never_heard_from_is_down_one_timeout_after_watching_began() {
+        let mut l = Liveness::new(secs(10.0), TIMEOUT);
+        assert_eq!(l.status(), NodeStatus::Connecting);
+        assert_eq!(l.deadline(), Some(secs(15.0)));
+        assert_eq!(l.check(secs(14.9)), None);
+        assert_eq!(
+            l.check(secs(15.0)),
+            Some(LivenessChange::Down {
+                silent_for: TIMEOUT
+            })
+        );
+        assert_eq!(l.check(secs(20.0)), None, "Down once");
+        assert_eq!(l.deadline(), None);
+    }
+
+    #[test]
+    fn each_answer_pushes_the_deadline_and_a_return_is_up_again() {
+        let mut l = Liveness::new(secs(0.0), TIMEOUT);
+        assert_eq!(l.heard(secs(1.0)), Some(LivenessChange::Up));
+        assert_eq!(l.heard(secs(4.0)), None);
+        assert_eq!(l.check(secs(8.9)), None);
+        assert!(matches!(
+            l.check(secs(9.0)),
+            Some(LivenessChange::Down { .. })
+        ));
+        assert_eq!(l.heard(secs(30.0)), Some(LivenessChange::Up));
+        assert_eq!(l.status(), NodeStatus::Ready);
+    }
+
+    #[test]
+    fn an_answer_reported_late_never_moves_the_clock_back() {
+        let mut l = Liveness::new(secs(0.0), TIMEOUT);
+        l.heard(secs(6.0));
+        l.heard(secs(2.0));
+        assert_eq!(l.deadline(), Some(secs(11.0)));
     }
 }

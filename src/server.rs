@@ -11,11 +11,10 @@ use actix_web::{App, HttpServer, web};
 use log::info;
 
 use crate::actors::client::WorkerLink;
-use crate::actors::manager::{AddProxy, Manager, ManagerError, ManagerSetup};
+use crate::actors::manager::{Connect, Manager, ManagerError, ManagerSetup};
 use crate::actors::policy::PolicyKind;
 use crate::actors::scheduler::Scheduler;
 use crate::actors::worker::{DEFAULT_RETENTION, Worker, WorkerError, WorkerSetup};
-use crate::actors::worker_proxy::WorkerProxy;
 use crate::db::{Store, StoreError};
 use crate::http::manager::ManagerApi;
 use crate::http::worker::WorkerApi;
@@ -175,7 +174,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<WorkerHandle, ServeErr
         path: config.data_dir.clone(),
         source,
     })?;
-    let store = Store::open(&config.data_dir, &[crate::actors::worker::TASKS_TABLE])?;
+    let store = Store::open(&config.data_dir, crate::actors::worker::TABLES)?;
     let runtime = open_runtime(config.runtime, config.fake_start_delay).await?;
     let sampler = match config.runtime {
         RuntimeKind::Docker => {
@@ -280,34 +279,28 @@ impl ManagerActors {
         // The Manager and the Scheduler share a thread of their own, so that neither the caller
         // (an HTTP accept loop, a simulation's submitter) nor the workers' side slows them.
         let arbiter = Arbiter::new().handle();
+        let workers_arbiter = Arbiter::new().handle();
         let policy = config.scheduler;
         let scheduler = Scheduler::start_in_arbiter(&arbiter, move |_| Scheduler::new(policy));
         let manager = Manager::new(ManagerSetup {
             store,
             scheduler: scheduler.clone(),
             health_interval: config.health_interval,
+            node_timeout: config.node_timeout,
+            workers_arbiter: workers_arbiter.clone(),
         })?;
         let manager = Manager::start_in_arbiter(&arbiter, move |_| manager);
         Ok(ManagerActors {
             manager,
             scheduler,
             node_timeout: config.node_timeout,
-            workers_arbiter: Arbiter::new().handle(),
+            workers_arbiter,
         })
     }
 
     /// Connect a worker: a WorkerProxy that learns its name and registers it.
-    pub fn add_worker(&self, link: WorkerLink) -> Addr<WorkerProxy> {
-        let (manager, scheduler, timeout) = (
-            self.manager.clone(),
-            self.scheduler.clone(),
-            self.node_timeout,
-        );
-        let proxy = WorkerProxy::start_in_arbiter(&self.workers_arbiter, move |_| {
-            WorkerProxy::new(link, manager, scheduler, timeout)
-        });
-        self.manager.do_send(AddProxy(proxy.clone()));
-        proxy
+    pub fn add_worker(&self, link: WorkerLink) {
+        self.manager.do_send(Connect(link));
     }
 
     /// Start an in-process worker (no HTTP, no store of its own) on the workers' thread and
@@ -327,7 +320,7 @@ impl ManagerActors {
             retention: DEFAULT_RETENTION,
         })?;
         let addr = Worker::start_in_arbiter(&self.workers_arbiter, move |_| worker);
-        self.add_worker(WorkerLink::Local(addr.clone()));
+        self.add_worker(WorkerLink::Local(addr.clone(), name.to_string()));
         Ok(addr)
     }
 }

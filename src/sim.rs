@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::actors::manager::{CountTasks, ListNodes, NodeReport, Submit};
 use crate::actors::policy::PolicyKind;
-use crate::node::Capacity;
+use crate::node::{Capacity, NodeStatus};
 use crate::runtime::fake::FakeRuntime;
 use crate::server::{ManagerActors, ManagerConfig, ServeError};
 use crate::task::{Desired, State, Task, TaskEvent};
@@ -101,7 +101,7 @@ impl SimCluster {
             let nodes = cluster.nodes().await?;
             let ready = nodes
                 .iter()
-                .filter(|n| n.status == "Ready" && n.cpus > 0.0)
+                .filter(|n| n.status == NodeStatus::Ready && n.cpus > 0.0)
                 .count();
             if ready == config.workers {
                 break;

@@ -238,6 +238,10 @@ pub struct Task {
     pub health_check: Option<String>,
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout_s: u64,
+    /// What the user wants: `running` until a stop is asked for, then `stopped`. A task whose
+    /// stop is not carried out yet is still `Running` with `desired: "stopped"`.
+    #[serde(default)]
+    pub desired: Goal,
     /// Name of the worker the current attempt is placed on.
     #[serde(default)]
     pub worker: Option<String>,
@@ -287,6 +291,7 @@ impl Task {
             restart_count: 0,
             health_check: None,
             stop_timeout_s: DEFAULT_STOP_TIMEOUT_S,
+            desired: Goal::Running,
             worker: None,
             container_id: None,
             exit_code: None,
@@ -297,9 +302,10 @@ impl Task {
         }
     }
 
-    /// Move to `to` if the table allows it, stamping the start or finish time. Staying in the
-    /// same state is allowed and changes nothing.
-    pub fn transition(&mut self, to: State) -> Result<(), TransitionError> {
+    /// Move to `to` if the table allows it, stamping the start or finish time with `at` (the
+    /// caller's clock: the decision cores never read one). Staying in the same state is allowed
+    /// and changes nothing.
+    pub fn transition(&mut self, to: State, at: DateTime<Utc>) -> Result<(), TransitionError> {
         if self.state == to {
             return Ok(());
         }
@@ -307,10 +313,10 @@ impl Task {
         self.state = to;
         match to {
             State::Running => {
-                self.start_time = Some(Utc::now());
+                self.start_time = Some(at);
                 self.finish_time = None;
             }
-            State::Completed | State::Failed => self.finish_time = Some(Utc::now()),
+            State::Completed | State::Failed => self.finish_time = Some(at),
             State::Pending | State::Scheduled => {}
         }
         Ok(())
@@ -351,6 +357,17 @@ fn default_name(image: &str, id: Uuid) -> String {
         if base.is_empty() { "task" } else { base },
         &short[..8]
     )
+}
+
+/// What the user wants of a task, as its `desired` field shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Goal {
+    /// Keep it running, under its restart policy.
+    #[default]
+    Running,
+    /// A stop was asked for: no copy may run, whatever happens.
+    Stopped,
 }
 
 /// What a submission asks for: run the task, or stop it.
@@ -765,14 +782,14 @@ mod tests {
     #[test]
     fn completed_is_final() {
         let mut t = Task::new("img");
-        t.transition(State::Completed).unwrap();
+        t.transition(State::Completed, Utc::now()).unwrap();
         for to in [
             State::Pending,
             State::Scheduled,
             State::Running,
             State::Failed,
         ] {
-            assert!(t.transition(to).is_err());
+            assert!(t.transition(to, Utc::now()).is_err());
         }
         assert_eq!(t.state, State::Completed);
     }
@@ -781,7 +798,7 @@ mod tests {
     fn refused_transition_leaves_the_task_unchanged() {
         let mut t = Task::new("img");
         let before = t.clone();
-        let err = t.transition(State::Running).unwrap_err();
+        let err = t.transition(State::Running, Utc::now()).unwrap_err();
         assert_eq!(err.to_string(), "a task cannot go from Pending to Running");
         assert_eq!(t, before);
     }
@@ -789,11 +806,11 @@ mod tests {
     #[test]
     fn transition_stamps_start_and_finish_times() {
         let mut t = Task::new("img");
-        t.transition(State::Scheduled).unwrap();
+        t.transition(State::Scheduled, Utc::now()).unwrap();
         assert!(t.start_time.is_none());
-        t.transition(State::Running).unwrap();
+        t.transition(State::Running, Utc::now()).unwrap();
         assert!(t.start_time.is_some() && t.finish_time.is_none());
-        t.transition(State::Failed).unwrap();
+        t.transition(State::Failed, Utc::now()).unwrap();
         assert!(t.finish_time.is_some());
     }
 

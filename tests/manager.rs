@@ -417,7 +417,7 @@ fn a_second_worker_with_a_taken_name_is_refused_and_shown() {
         .clone();
     assert_eq!(refused["name"], name.as_str());
     let reason = refused["reason"].as_str().unwrap_or_default();
-    assert!(reason.contains("is taken by the worker at"), "{reason}");
+    assert!(reason.contains("is bound to the worker at"), "{reason}");
     // Tasks only go to the worker that holds the name.
     let r = http.post(
         &format!("{}/tasks", manager.url()),

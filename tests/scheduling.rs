@@ -94,7 +94,7 @@ async fn wait_nodes_ready(actors: &ManagerActors, n: usize) {
             .expect("nodes");
         if nodes
             .iter()
-            .filter(|n| n.status == "Ready" && n.cpus > 0.0)
+            .filter(|n| n.status == cube::node::NodeStatus::Ready && n.cpus > 0.0)
             .count()
             == n
         {

@@ -12,7 +12,8 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::worker::{
-    Changes, GetStats, Identify, Logs, StartTask, StopTask, WatchTasks, Worker, WorkerError,
+    Changes, GetStats, Identify, ReadLogs, StartAttempt, StopAttempt, WatchChanges, Worker,
+    WorkerError,
 };
 use crate::node::NodeStats;
 use crate::task::Task;
@@ -25,59 +26,62 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum WorkerLink {
     /// A worker process: its base URL, `http://host:port`.
     Http(String),
-    /// A worker actor in this process.
-    Local(Addr<Worker>),
+    /// A worker actor in this process, and its name.
+    Local(Addr<Worker>, String),
 }
 
 impl WorkerLink {
-    /// The address shown in `/nodes`.
+    /// The address shown in `/nodes`: `host:port`, or `in-process/<name>` for a worker actor in
+    /// this process (no colon: there is nothing to reach over the network).
     pub fn address(&self) -> String {
         match self {
             WorkerLink::Http(url) => url.trim_start_matches("http://").to_string(),
-            WorkerLink::Local(_) => "in-process".to_string(),
+            WorkerLink::Local(_, name) => format!("in-process/{name}"),
         }
     }
 }
 
-/// A failed call to a worker.
-#[derive(Debug, Clone, thiserror::Error)]
+/// A failed call to a worker, by what the caller can do about it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
-    /// Not reachable, timed out, or answered garbage: worth retrying.
+    /// Not reachable, timed out, a 5xx, or an answer that is not what was expected: the worker
+    /// may answer next time.
     #[error("{0}")]
     Transport(String),
-    /// The worker answered with an error status.
+    /// 404: the worker does not know the task (or it has no container).
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the attempt is fenced on the worker: stopped there, or older than the one it runs.
+    #[error("{0}")]
+    Stale(String),
+    /// Another 4xx: the worker refuses the request as it is.
     #[error("the worker answered {status}: {message}")]
-    Status { status: u16, message: String },
+    Rejected { status: u16, message: String },
 }
 
 impl CallError {
-    /// Worth trying again: the worker may answer next time.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            CallError::Transport(_) => true,
-            CallError::Status { status, .. } => *status >= 500,
-        }
-    }
-
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            CallError::Status { status, .. } => Some(*status),
-            CallError::Transport(_) => None,
+    /// The error for an HTTP status and the worker's message.
+    pub fn from_status(status: u16, message: String) -> CallError {
+        match status {
+            404 => CallError::NotFound(message),
+            409 => CallError::Stale(message),
+            400..=499 => CallError::Rejected { status, message },
+            _ => CallError::Transport(format!("the worker answered {status}: {message}")),
         }
     }
 }
 
 impl From<WorkerError> for CallError {
     fn from(e: WorkerError) -> CallError {
-        let status = match &e {
-            WorkerError::NotFound(_) | WorkerError::NoContainer(_) => 404,
-            WorkerError::StaleAttempt { .. } => 409,
-            WorkerError::Gone => 503,
-            WorkerError::Store(_) | WorkerError::Runtime(_) => 500,
-        };
-        CallError::Status {
-            status,
-            message: e.to_string(),
+        let message = e.to_string();
+        match e {
+            WorkerError::NotFound(_) | WorkerError::NoContainer(_) => CallError::NotFound(message),
+            WorkerError::StaleAttempt { .. } | WorkerError::Stopped { .. } => {
+                CallError::Stale(message)
+            }
+            WorkerError::Gone | WorkerError::Store(_) | WorkerError::Runtime(_) => {
+                CallError::Transport(message)
+            }
         }
     }
 }
@@ -137,7 +141,7 @@ impl WorkerClient {
     pub async fn health(&self) -> Result<Health, CallError> {
         match &self.link {
             WorkerLink::Http(base) => self.get_json(base, "/health", CALL_TIMEOUT).await,
-            WorkerLink::Local(addr) => {
+            WorkerLink::Local(addr, _) => {
                 let (name, _) = addr.send(Identify).await.map_err(mailbox)?;
                 Ok(Health { name })
             }
@@ -159,8 +163,8 @@ impl WorkerClient {
                 }
                 self.get_json(base, &path, wait + CALL_TIMEOUT).await
             }
-            WorkerLink::Local(addr) => addr
-                .send(WatchTasks {
+            WorkerLink::Local(addr, _) => addr
+                .send(WatchChanges {
                     since,
                     instance,
                     wait,
@@ -174,7 +178,7 @@ impl WorkerClient {
     pub async fn stats(&self) -> Result<NodeStats, CallError> {
         match &self.link {
             WorkerLink::Http(base) => self.get_json(base, "/stats", CALL_TIMEOUT).await,
-            WorkerLink::Local(addr) => Ok(addr.send(GetStats).await.map_err(mailbox)??),
+            WorkerLink::Local(addr, _) => Ok(addr.send(GetStats).await.map_err(mailbox)??),
         }
     }
 
@@ -191,9 +195,9 @@ impl WorkerClient {
                     .map_err(|e| CallError::Transport(format!("POST {base}/tasks: {e}")))?;
                 read_json(&mut res, base, "/tasks").await
             }
-            WorkerLink::Local(addr) => {
+            WorkerLink::Local(addr, _) => {
                 let started = addr
-                    .send(StartTask { task: task.clone() })
+                    .send(StartAttempt(task.clone()))
                     .await
                     .map_err(mailbox)??;
                 Ok(started.task)
@@ -217,8 +221,8 @@ impl WorkerClient {
                     .map_err(|e| CallError::Transport(format!("DELETE {base}{path}: {e}")))?;
                 read_json(&mut res, base, &path).await
             }
-            WorkerLink::Local(addr) => Ok(addr
-                .send(StopTask { id, attempt })
+            WorkerLink::Local(addr, _) => Ok(addr
+                .send(StopAttempt { id, attempt })
                 .await
                 .map_err(mailbox)??),
         }
@@ -255,9 +259,9 @@ impl WorkerClient {
                     .map(|chunk| chunk.map_err(|e| CallError::Transport(e.to_string())))
                     .boxed_local())
             }
-            WorkerLink::Local(addr) => {
+            WorkerLink::Local(addr, _) => {
                 let stream = addr
-                    .send(Logs { id, tail, follow })
+                    .send(ReadLogs { id, tail, follow })
                     .await
                     .map_err(mailbox)??;
                 Ok(stream
@@ -279,7 +283,7 @@ where
             .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned()),
         Err(e) => e.to_string(),
     };
-    CallError::Status { status, message }
+    CallError::from_status(status, message)
 }
 
 async fn read_json<S, T>(

@@ -1,49 +1,45 @@
-//! The HealthChecker actor: HTTP health checks of running tasks.
+//! The HealthChecker actor: HTTP health checks of running tasks, and nothing else.
 //!
 //! The Manager tells it which attempt of which task to [`Watch`], at which URL (the task's
 //! `health_check` path on the host port of its first exposed port, at its worker's address).
 //! Checks begin one interval after the start; a check fails on a non-2xx answer, a refused
-//! connection or a timeout. After [`FAILURES_TO_RESTART`] failures in a row it reports the
-//! attempt [`Unhealthy`] to the Manager, which restarts it under its restart policy, and stops
-//! watching it. It never changes a task itself.
+//! connection or a timeout. Every result goes back to the Manager as [`HealthChecked`]: how many
+//! failures make an attempt Failed is a rule of the task's life, so it lives in the Manager's
+//! core. The checker never changes a task itself.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::prelude::*;
-use log::{debug, info};
 use uuid::Uuid;
 
-/// Consecutive failed checks that make a task unhealthy.
-pub const FAILURES_TO_RESTART: u32 = 3;
 /// Longest a single check may take, whatever the interval.
 const MAX_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// An attempt failed its health checks.
+/// The result of one check of an attempt: `Err` says what failed.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
-pub struct Unhealthy {
+pub struct HealthChecked {
     pub id: Uuid,
     pub attempt: u32,
-    pub reason: String,
+    pub result: Result<(), String>,
 }
 
 struct Watched {
     attempt: u32,
     url: String,
-    failures: u32,
     timer: SpawnHandle,
 }
 
 pub struct HealthChecker {
     interval: Duration,
-    manager: Recipient<Unhealthy>,
+    manager: Recipient<HealthChecked>,
     http: awc::Client,
     watched: HashMap<Uuid, Watched>,
 }
 
 impl HealthChecker {
-    pub fn new(interval: Duration, manager: Recipient<Unhealthy>) -> HealthChecker {
+    pub fn new(interval: Duration, manager: Recipient<HealthChecked>) -> HealthChecker {
         let timeout = interval.min(MAX_CHECK_TIMEOUT);
         HealthChecker {
             interval,
@@ -66,41 +62,29 @@ impl HealthChecker {
         };
         let request = self.http.get(&w.url).send();
         let url = w.url.clone();
-        ctx.spawn(async move { request.await.map(|res| res.status()) }.into_actor(self).map(
-            move |res, act, ctx| {
-                let outcome = match res {
-                    Ok(status) if status.is_success() => Ok(()),
-                    Ok(status) => Err(format!("{url} answered {status}")),
-                    Err(e) => Err(format!("{url}: {e}")),
-                };
-                let Some(w) = act.watched.get_mut(&id).filter(|w| w.attempt == attempt) else {
-                    return;
-                };
-                match outcome {
-                    Ok(()) => w.failures = 0,
-                    Err(reason) => {
-                        w.failures += 1;
-                        debug!("task {id}: health check {} failed: {reason}", w.failures);
-                        if w.failures >= FAILURES_TO_RESTART {
-                            info!("task {id} attempt {attempt} is unhealthy: {reason}");
-                            act.watched.remove(&id);
-                            act.manager.do_send(Unhealthy {
-                                id,
-                                attempt,
-                                reason: format!(
-                                    "health check failed {FAILURES_TO_RESTART} times in a row: {reason}"
-                                ),
-                            });
-                            return;
-                        }
+        ctx.spawn(
+            async move { request.await.map(|res| res.status()) }
+                .into_actor(self)
+                .map(move |res, act, ctx| {
+                    if act.watched.get(&id).is_none_or(|w| w.attempt != attempt) {
+                        return;
                     }
-                }
-                let timer = act.schedule(id, attempt, ctx);
-                if let Some(w) = act.watched.get_mut(&id) {
-                    w.timer = timer;
-                }
-            },
-        ));
+                    let result = match res {
+                        Ok(status) if status.is_success() => Ok(()),
+                        Ok(status) => Err(format!("{url} answered {status}")),
+                        Err(e) => Err(format!("{url}: {e}")),
+                    };
+                    act.manager.do_send(HealthChecked {
+                        id,
+                        attempt,
+                        result,
+                    });
+                    let timer = act.schedule(id, attempt, ctx);
+                    if let Some(w) = act.watched.get_mut(&id) {
+                        w.timer = timer;
+                    }
+                }),
+        );
     }
 }
 
@@ -136,7 +120,6 @@ impl Handler<Watch> for HealthChecker {
             Watched {
                 attempt: msg.attempt,
                 url: msg.url,
-                failures: 0,
                 timer,
             },
         );

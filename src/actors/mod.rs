@@ -1,8 +1,14 @@
-//! The actors of Cube and the messages between them.
+//! The actors of Cube and the messages between them. Each actor is a shell: the rules live in
+//! pure cores beside it (`manager::core`, `worker::core`, `scheduler::book`, `policy`,
+//! `crate::node::Liveness`), and the actor feeds them inputs and carries out their effects.
 //!
 //! | actor | owns | receives |
 //! |---|---|---|
-//! | [`worker::Worker`] | the tasks placed on one node, their containers, the change feed | StartTask, StopTask, GetTask, ListTasks, WatchTasks, ContainerOf, GetStats |
+//! | [`manager::Manager`] | every task record and its lifecycle; the node table | Submit, StopTask, GetTask, ListTasks, CountTasks, ListNodes, LogsOf, Connect; NodeUp, NodeDown, Report, StartDone, StopDone (proxies); CapacityAvailable (scheduler); HealthChecked |
+//! | [`scheduler::Scheduler`] | the book of capacity and reservations; the placement policy | Place, Release, Restore, NodeReady, NodeCapacity, ListBook |
+//! | [`worker_proxy::WorkerProxy`] | the connection to one worker endpoint; its liveness | CallStart, CallStop, Resync, Registration, Info, Link |
+//! | [`health::HealthChecker`] | HTTP health probes of running tasks | Watch, Unwatch |
+//! | [`worker::Worker`] | the tasks placed on one node, their containers, the change feed | StartAttempt, StopAttempt, ReadTask, ReadTasks, WatchChanges, GetStats, Identify, ReadLogs |
 //!
 //! Actors own their state and are reached only through `Addr`/`Recipient`; blocking work
 //! (LMDB commits, /proc reads) runs on threads of its own.

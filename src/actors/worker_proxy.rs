@@ -1,107 +1,104 @@
-//! The WorkerProxy actor: the manager's side of one worker. It owns the connection to it.
+//! The WorkerProxy actor: the manager's side of one worker endpoint, a shell around the
+//! transport. It decides nothing about tasks; it moves requests and answers, and applies the
+//! pure [`Liveness`] rule to what it hears.
 //!
-//! - learns the worker's name from `/health` and registers it with the Manager (which refuses a
-//!   second address answering with a name already taken);
-//! - long-polls the worker's change feed and forwards every changed task to the Manager, so the
-//!   Manager hears of a state change within milliseconds;
-//! - heartbeats the worker's `/stats` and reports capacity to the Scheduler; a worker silent for
-//!   the node timeout is reported Down, and Up again when it answers;
-//! - carries out the Manager's starts and stops, retrying with backoff while the worker is
-//!   unreachable. Every call has a timeout.
+//! - heartbeats the worker's `/stats` every [`HEARTBEAT_INTERVAL`]; each answer (and each feed
+//!   answer) is "heard": the first one, and the first after the worker was Down, is a
+//!   [`NodeUp`] to the Manager, which registers the name the worker gives (or refuses it);
+//! - a worker silent for the node timeout, counted from the proxy's start when it never
+//!   answered, is a [`NodeDown`]: the Manager moves its tasks;
+//! - long-polls the worker's change feed and forwards every answer as a [`Report`] (full when
+//!   the worker sent everything); on the Manager's [`Resync`] the next poll starts over at 0;
+//! - carries out the Manager's starts and stops, one try each with a timeout, and sends back
+//!   the outcome ([`StartDone`], [`StopDone`]): retries are the Manager's decision;
+//! - once registered, reports the worker's capacity to the Scheduler when it changes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
 use log::{debug, info, warn};
-use serde::Serialize;
 use uuid::Uuid;
 
 use super::client::{CallError, WorkerClient, WorkerLink};
-use super::manager::{
-    Manager, Observed, Register, StartRefused, StopUnknown, WorkerDown, WorkerUp,
-};
+use super::manager::core::EndpointId;
+use super::manager::{Manager, NodeDown, NodeUp, Report, StartDone, StopDone};
 use super::scheduler::{NodeCapacity, Scheduler};
-use crate::node::NodeStats;
+use crate::clock::Clock;
+use crate::node::{Capacity, Liveness, LivenessChange, NodeStats, NodeStatus};
 use crate::task::Task;
 
 /// How often the worker's stats are fetched: the heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one long-poll of the change feed waits on the worker.
 pub const WATCH_WAIT: Duration = Duration::from_secs(20);
-/// First pause after a failed call; doubles up to [`MAX_BACKOFF`].
+/// First pause after a failed feed read; doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
-/// Where a worker stands, as `/nodes` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum NodeStatus {
-    /// Not reached yet.
-    Connecting,
-    /// Answers and takes placements.
-    Ready,
-    /// Silent for longer than the node timeout.
-    Down,
-    /// Its name is taken by another address.
-    Refused,
-}
-
 /// What a proxy knows of its worker, for `/nodes`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct ProxyInfo {
     pub name: Option<String>,
-    pub address: String,
     pub status: NodeStatus,
     pub last_seen: Option<DateTime<Utc>>,
     pub stats: Option<NodeStats>,
-    /// Why the worker is refused or unreachable.
-    pub reason: Option<String>,
+    /// The last failure to reach it, while it does not answer.
+    pub error: Option<String>,
 }
 
 pub struct WorkerProxy {
+    endpoint: EndpointId,
     client: WorkerClient,
     manager: Addr<Manager>,
     scheduler: Addr<Scheduler>,
-    node_timeout: Duration,
+    clock: Clock,
+    liveness: Liveness,
+    /// The name the worker last gave.
     name: Option<String>,
-    status: NodeStatus,
-    reason: Option<String>,
+    /// The Manager accepted the name: capacity may go to the Scheduler.
+    registered: bool,
+    capacity_sent: Option<Capacity>,
     instance: Option<Uuid>,
     since: u64,
-    last_seen: Option<Instant>,
-    last_seen_at: Option<DateTime<Utc>>,
-    stats: Option<NodeStats>,
-    watch_backoff: Duration,
-    /// The pending check that declares the worker Down when its silence reaches the timeout.
-    down_check: Option<SpawnHandle>,
-    /// Set when the worker answers again after being Down: the next feed read starts at 0, so
-    /// the Manager sees every task the worker still has (and stops copies that moved away).
+    /// The next feed read starts over at 0.
     resync: bool,
+    watching: Option<SpawnHandle>,
+    watch_backoff: Duration,
+    down_check: Option<SpawnHandle>,
+    last_seen: Option<DateTime<Utc>>,
+    stats: Option<NodeStats>,
+    error: Option<String>,
 }
 
 impl WorkerProxy {
     pub fn new(
+        endpoint: EndpointId,
         link: WorkerLink,
         manager: Addr<Manager>,
         scheduler: Addr<Scheduler>,
         node_timeout: Duration,
     ) -> WorkerProxy {
+        let clock = Clock::new();
         WorkerProxy {
+            endpoint,
             client: WorkerClient::new(link),
             manager,
             scheduler,
-            node_timeout,
+            liveness: Liveness::new(clock.now().mono, node_timeout),
+            clock,
             name: None,
-            status: NodeStatus::Connecting,
-            reason: None,
+            registered: false,
+            capacity_sent: None,
             instance: None,
             since: 0,
-            last_seen: None,
-            last_seen_at: None,
-            stats: None,
+            resync: true,
+            watching: None,
             watch_backoff: MIN_BACKOFF,
-            resync: false,
             down_check: None,
+            last_seen: None,
+            stats: None,
+            error: None,
         }
     }
 
@@ -109,104 +106,68 @@ impl WorkerProxy {
         self.client.link().address()
     }
 
-    fn seen(&mut self, ctx: &mut Context<Self>) {
-        self.last_seen = Some(Instant::now());
-        self.last_seen_at = Some(Utc::now());
+    /// The worker answered, as `name`.
+    fn heard(&mut self, name: &str, ctx: &mut Context<Self>) {
+        let now = self.clock.now();
+        self.last_seen = Some(now.wall);
+        self.error = None;
+        let renamed = !name.is_empty() && self.name.as_deref() != Some(name);
+        if renamed {
+            self.name = Some(name.to_string());
+            self.registered = false;
+        }
+        let up = self.liveness.heard(now.mono) == Some(LivenessChange::Up);
+        if (up || renamed)
+            && let Some(name) = &self.name
+        {
+            if up {
+                info!("worker {name} at {} answers", self.address());
+            }
+            self.manager.do_send(NodeUp {
+                endpoint: self.endpoint,
+                name: name.clone(),
+            });
+        }
+        self.arm_down_check(ctx);
+    }
+
+    /// Check the silence when it could reach the node timeout.
+    fn arm_down_check(&mut self, ctx: &mut Context<Self>) {
         if let Some(check) = self.down_check.take() {
             ctx.cancel_future(check);
         }
-        if self.status == NodeStatus::Down {
-            self.status = NodeStatus::Ready;
-            self.reason = None;
-            self.resync = true;
-            if let Some(name) = &self.name {
-                info!("worker {name} at {} answers again", self.address());
-                self.manager.do_send(WorkerUp {
-                    name: name.clone(),
-                    proxy: ctx.address(),
-                });
-            }
-        }
-    }
-
-    /// A call failed: Down once the worker has been silent for the node timeout. Until then a
-    /// check is set for the moment the timeout runs out (unless the worker answers first), so
-    /// loss is noticed on time rather than at the next heartbeat after it.
-    fn failed(&mut self, err: &CallError, ctx: &mut Context<Self>) {
-        let silent_for = self.last_seen.map_or(Duration::MAX, |t| t.elapsed());
-        if self.status == NodeStatus::Ready && silent_for < self.node_timeout {
-            if self.down_check.is_none() {
-                let reason = err.clone();
-                let wait = self.node_timeout - silent_for;
-                self.down_check = Some(ctx.run_later(wait, move |act, ctx| {
-                    act.down_check = None;
-                    act.failed(&reason, ctx);
-                }));
-            }
+        let Some(deadline) = self.liveness.deadline() else {
             return;
-        }
-        if self.status == NodeStatus::Ready {
-            self.status = NodeStatus::Down;
-            self.reason = Some(err.to_string());
-            if let Some(name) = &self.name {
-                warn!(
-                    "worker {name} at {} is Down: silent for {:.1} s ({err})",
-                    self.address(),
-                    silent_for.as_secs_f64()
-                );
-                self.manager.do_send(WorkerDown { name: name.clone() });
+        };
+        self.down_check = Some(ctx.run_later(self.clock.until(deadline), |act, ctx| {
+            act.down_check = None;
+            let now = act.clock.now();
+            match act.liveness.check(now.mono) {
+                Some(LivenessChange::Down { silent_for }) => {
+                    warn!(
+                        "worker {} at {} is Down: silent for {:.1} s{}",
+                        act.name.as_deref().unwrap_or("(never answered)"),
+                        act.address(),
+                        silent_for.as_secs_f64(),
+                        act.error
+                            .as_deref()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default()
+                    );
+                    act.manager.do_send(NodeDown {
+                        endpoint: act.endpoint,
+                    });
+                }
+                _ => act.arm_down_check(ctx),
             }
-        }
+        }));
     }
 
-    /// Reach the worker's /health until it answers, then register with the Manager.
-    fn connect(&mut self, ctx: &mut Context<Self>, backoff: Duration) {
-        let client = self.client.clone();
-        ctx.spawn(async move { client.health().await }.into_actor(self).map(
-            move |res, act, ctx| match res {
-                Ok(health) => {
-                    let manager = act.manager.clone();
-                    let register = Register {
-                        name: health.name.clone(),
-                        address: act.address(),
-                        proxy: ctx.address(),
-                    };
-                    ctx.spawn(
-                        async move { manager.send(register).await }
-                            .into_actor(act)
-                            .map(move |res, act, ctx| match res {
-                                Ok(Ok(())) => {
-                                    info!("worker {} at {} registered", health.name, act.address());
-                                    act.name = Some(health.name);
-                                    act.status = NodeStatus::Ready;
-                                    act.reason = None;
-                                    act.seen(ctx);
-                                    act.heartbeat(ctx);
-                                    ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| {
-                                        act.heartbeat(ctx)
-                                    });
-                                    act.watch(ctx);
-                                }
-                                Ok(Err(reason)) => {
-                                    warn!("worker at {} refused: {reason}", act.address());
-                                    act.name = Some(health.name);
-                                    act.status = NodeStatus::Refused;
-                                    act.reason = Some(reason);
-                                }
-                                Err(_) => ctx.stop(),
-                            }),
-                    );
-                }
-                Err(e) => {
-                    if act.reason.is_none() {
-                        warn!("worker at {} not reachable yet: {e}", act.address());
-                    }
-                    act.reason = Some(e.to_string());
-                    let next = (backoff * 2).min(MAX_BACKOFF);
-                    ctx.run_later(backoff, move |act, ctx| act.connect(ctx, next));
-                }
-            },
-        ));
+    fn failed(&mut self, err: &CallError) {
+        if self.error.is_none() {
+            debug!("worker at {} does not answer: {err}", self.address());
+        }
+        self.error = Some(err.to_string());
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
@@ -214,126 +175,77 @@ impl WorkerProxy {
         ctx.spawn(async move { client.stats().await }.into_actor(self).map(
             |res, act, ctx| match res {
                 Ok(stats) => {
-                    act.seen(ctx);
-                    // The Scheduler hears only of changes: with thousands of workers, a report
-                    // per heartbeat would keep its thread busy for nothing.
-                    let capacity = stats.capacity();
-                    let changed = act.stats.as_ref().is_none_or(|s| s.capacity() != capacity);
-                    if let Some(name) = act.name.as_ref().filter(|_| changed) {
-                        act.scheduler.do_send(NodeCapacity {
-                            name: name.clone(),
-                            capacity,
-                        });
-                    }
+                    act.heard(&stats.name.clone(), ctx);
                     act.stats = Some(stats);
+                    act.send_capacity();
                 }
-                Err(e) => {
-                    debug!("heartbeat of {} failed: {e}", act.address());
-                    act.failed(&e, ctx);
-                }
+                Err(e) => act.failed(&e),
             },
         ));
+    }
+
+    /// The Scheduler hears of a registered worker's capacity when it changes: with thousands
+    /// of workers, a report per heartbeat would keep its thread busy for nothing.
+    fn send_capacity(&mut self) {
+        let (Some(stats), Some(name)) = (&self.stats, &self.name) else {
+            return;
+        };
+        let capacity = stats.capacity();
+        if self.registered && self.capacity_sent != Some(capacity) {
+            self.capacity_sent = Some(capacity);
+            self.scheduler.do_send(NodeCapacity {
+                name: name.clone(),
+                capacity,
+            });
+        }
     }
 
     /// One long-poll of the change feed; it calls itself again when answered.
     fn watch(&mut self, ctx: &mut Context<Self>) {
         let client = self.client.clone();
+        if std::mem::take(&mut self.resync) {
+            self.since = 0;
+        }
         let (since, instance) = (self.since, self.instance);
-        ctx.spawn(
+        let handle = ctx.spawn(
             async move { client.watch(since, instance, WATCH_WAIT).await }
                 .into_actor(self)
-                .map(|res, act, ctx| match res {
-                    Ok(changes) => {
-                        act.seen(ctx);
-                        act.watch_backoff = MIN_BACKOFF;
-                        let restarted = act.instance.is_some_and(|i| i != changes.instance);
-                        act.instance = Some(changes.instance);
-                        act.since = if std::mem::take(&mut act.resync) {
-                            0
-                        } else {
-                            changes.seq
-                        };
-                        if let Some(name) = &act.name
-                            && (!changes.tasks.is_empty() || restarted)
-                        {
-                            act.manager.do_send(Observed {
-                                worker: name.clone(),
-                                tasks: changes.tasks,
-                            });
+                .map(|res, act, ctx| {
+                    act.watching = None;
+                    match res {
+                        Ok(changes) => {
+                            let name = if changes.name.is_empty() {
+                                act.name.clone().unwrap_or_default()
+                            } else {
+                                changes.name.clone()
+                            };
+                            act.heard(&name, ctx);
+                            act.watch_backoff = MIN_BACKOFF;
+                            act.instance = Some(changes.instance);
+                            act.since = changes.seq;
+                            if changes.full || !changes.tasks.is_empty() {
+                                act.manager.do_send(Report {
+                                    endpoint: act.endpoint,
+                                    full: changes.full,
+                                    tasks: changes.tasks,
+                                });
+                            }
+                            act.watch(ctx);
                         }
-                        act.watch(ctx);
-                    }
-                    Err(e) => {
-                        act.failed(&e, ctx);
-                        let backoff = act.watch_backoff;
-                        act.watch_backoff = (backoff * 2).min(MAX_BACKOFF);
-                        ctx.run_later(backoff, |act, ctx| act.watch(ctx));
-                    }
-                }),
-        );
-    }
-
-    fn start_with_retry(&mut self, task: Task, backoff: Duration, ctx: &mut Context<Self>) {
-        let client = self.client.clone();
-        let t = task.clone();
-        ctx.spawn(async move { client.start(&t).await }.into_actor(self).map(
-            move |res, act, ctx| match res {
-                Ok(_) => act.seen(ctx),
-                // The worker runs a newer attempt already: nothing to do.
-                Err(e) if e.status() == Some(409) => {}
-                Err(e) if e.is_transient() => {
-                    act.failed(&e, ctx);
-                    if act.status == NodeStatus::Down {
-                        // The Manager moves the worker's tasks elsewhere.
-                        return;
-                    }
-                    let next = (backoff * 2).min(MAX_BACKOFF);
-                    ctx.run_later(backoff, move |act, ctx| {
-                        act.start_with_retry(task, next, ctx)
-                    });
-                }
-                Err(e) => act.manager.do_send(StartRefused {
-                    id: task.id,
-                    attempt: task.attempt,
-                    error: e.to_string(),
-                }),
-            },
-        ));
-    }
-
-    fn stop_with_retry(
-        &mut self,
-        id: Uuid,
-        attempt: Option<u32>,
-        backoff: Duration,
-        ctx: &mut Context<Self>,
-    ) {
-        let client = self.client.clone();
-        ctx.spawn(
-            async move { client.stop(id, attempt).await }
-                .into_actor(self)
-                .map(move |res, act, ctx| match res {
-                    Ok(_) => act.seen(ctx),
-                    Err(e) if e.status() == Some(409) => {}
-                    Err(e) if e.status() == Some(404) => {
-                        if let Some(name) = &act.name {
-                            act.manager.do_send(StopUnknown {
-                                id,
-                                worker: name.clone(),
+                        Err(e) => {
+                            act.failed(&e);
+                            let backoff = act.watch_backoff;
+                            act.watch_backoff = (backoff * 2).min(MAX_BACKOFF);
+                            ctx.run_later(backoff, |act, ctx| {
+                                if act.watching.is_none() {
+                                    act.watch(ctx)
+                                }
                             });
                         }
                     }
-                    Err(e) => {
-                        act.failed(&e, ctx);
-                        // Stops are retried even while the worker is Down: whatever it still runs
-                        // must end when it comes back.
-                        let next = (backoff * 2).min(MAX_BACKOFF);
-                        ctx.run_later(backoff, move |act, ctx| {
-                            act.stop_with_retry(id, attempt, next, ctx)
-                        });
-                    }
                 }),
         );
+        self.watching = Some(handle);
     }
 }
 
@@ -342,36 +254,122 @@ impl Actor for WorkerProxy {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(super::MAILBOX_CAPACITY);
-        self.connect(ctx, MIN_BACKOFF);
+        self.arm_down_check(ctx);
+        self.heartbeat(ctx);
+        ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| act.heartbeat(ctx));
+        self.watch(ctx);
     }
 }
 
-/// Start this attempt of a task on the worker.
+/// The Manager's word on the name the worker gave: registered (`Ok`) or refused (the reason).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Start(pub Task);
+pub struct Registration(pub Result<String, String>);
 
-impl Handler<Start> for WorkerProxy {
+impl Handler<Registration> for WorkerProxy {
     type Result = ();
 
-    fn handle(&mut self, msg: Start, ctx: &mut Context<Self>) {
-        self.start_with_retry(msg.0, MIN_BACKOFF, ctx);
+    fn handle(&mut self, msg: Registration, _: &mut Context<Self>) {
+        match msg.0 {
+            Ok(name) => {
+                if self.name.as_deref() == Some(name.as_str()) && !self.registered {
+                    info!("worker {name} at {} registered", self.address());
+                    self.registered = true;
+                    self.capacity_sent = None;
+                    self.send_capacity();
+                }
+            }
+            Err(reason) => {
+                self.registered = false;
+                self.error = Some(reason);
+            }
+        }
     }
 }
 
-/// Stop a task on the worker (only `attempt`, when given).
+/// The next feed read must be a full report: start it now.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Stop {
+pub struct Resync;
+
+impl Handler<Resync> for WorkerProxy {
+    type Result = ();
+
+    fn handle(&mut self, _: Resync, ctx: &mut Context<Self>) {
+        self.resync = true;
+        // Cut a long-poll that is waiting, so the full report comes now, not in up to
+        // WATCH_WAIT; a read that failed retries on its own schedule.
+        if let Some(handle) = self.watching.take() {
+            ctx.cancel_future(handle);
+            self.watch(ctx);
+        }
+    }
+}
+
+/// Start this attempt of a task on the worker; the outcome goes back to the Manager.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CallStart {
+    pub node: String,
+    pub task: Task,
+}
+
+impl Handler<CallStart> for WorkerProxy {
+    type Result = ();
+
+    fn handle(&mut self, msg: CallStart, ctx: &mut Context<Self>) {
+        let client = self.client.clone();
+        let (id, attempt) = (msg.task.id, msg.task.attempt);
+        let task = msg.task;
+        ctx.spawn(
+            async move { client.start(&task).await }
+                .into_actor(self)
+                .map(move |outcome, act, ctx| {
+                    match &outcome {
+                        Ok(t) => act.heard(&t.worker.clone().unwrap_or_default(), ctx),
+                        Err(e) => act.failed(e),
+                    }
+                    act.manager.do_send(StartDone {
+                        node: msg.node,
+                        id,
+                        attempt,
+                        outcome,
+                    });
+                }),
+        );
+    }
+}
+
+/// Stop this attempt (and any older one) of a task on the worker; the outcome goes back.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CallStop {
+    pub node: String,
     pub id: Uuid,
-    pub attempt: Option<u32>,
+    pub attempt: u32,
 }
 
-impl Handler<Stop> for WorkerProxy {
+impl Handler<CallStop> for WorkerProxy {
     type Result = ();
 
-    fn handle(&mut self, msg: Stop, ctx: &mut Context<Self>) {
-        self.stop_with_retry(msg.id, msg.attempt, MIN_BACKOFF, ctx);
+    fn handle(&mut self, msg: CallStop, ctx: &mut Context<Self>) {
+        let client = self.client.clone();
+        let (id, attempt) = (msg.id, msg.attempt);
+        ctx.spawn(
+            async move { client.stop(id, Some(attempt)).await }
+                .into_actor(self)
+                .map(move |outcome, act, _| {
+                    if let Err(e @ CallError::Transport(_)) = &outcome {
+                        act.failed(e);
+                    }
+                    act.manager.do_send(StopDone {
+                        node: msg.node,
+                        id,
+                        attempt,
+                        outcome,
+                    });
+                }),
+        );
     }
 }
 
@@ -386,11 +384,10 @@ impl Handler<Info> for WorkerProxy {
     fn handle(&mut self, _: Info, _: &mut Context<Self>) -> Self::Result {
         MessageResult(ProxyInfo {
             name: self.name.clone(),
-            address: self.address(),
-            status: self.status,
-            last_seen: self.last_seen_at,
+            status: self.liveness.status(),
+            last_seen: self.last_seen,
             stats: self.stats.clone(),
-            reason: self.reason.clone(),
+            error: self.error.clone(),
         })
     }
 }

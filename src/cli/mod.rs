@@ -557,7 +557,7 @@ async fn nodes(client: &Client, args: OutputArgs) -> Result<(), String> {
                 n.name.clone()
             },
             n.address.clone(),
-            n.status.clone(),
+            format!("{:?}", n.status),
             format!("{:.1}/{:.0}", n.cpu_allocated, n.cpus),
             format!("{}/{}", bytes(n.memory_allocated), bytes(n.memory)),
             format!("{}/{}", bytes(n.disk_allocated), bytes(n.disk)),
@@ -567,7 +567,7 @@ async fn nodes(client: &Client, args: OutputArgs) -> Result<(), String> {
     println!("{table}");
     let reasons: BTreeMap<&str, &str> = nodes
         .iter()
-        .filter(|n| n.status != "Ready")
+        .filter(|n| n.status != crate::node::NodeStatus::Ready)
         .filter_map(|n| n.reason.as_deref().map(|r| (n.address.as_str(), r)))
         .collect();
     for (address, reason) in reasons {

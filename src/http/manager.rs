@@ -19,9 +19,10 @@ use serde::Deserialize;
 
 use super::worker::LogsQuery;
 use super::{ApiError, endpoint, read_body};
+use crate::actors::client::CallError;
 use crate::actors::client::WorkerClient;
 use crate::actors::manager::{
-    GetTask, ListNodes, ListTasks, LogsOf, Manager, ManagerError, Ready, StopTask, Submit,
+    CountTasks, GetTask, ListNodes, ListTasks, LogsOf, Manager, ManagerError, StopTask, Submit,
 };
 use crate::task::{State, parse_submission, parse_task_id};
 
@@ -156,8 +157,8 @@ async fn task_logs(
     let stream = client
         .logs(id, query.tail, query.follow)
         .await
-        .map_err(|e| match e.status() {
-            Some(404) => ApiError::not_found(format!(
+        .map_err(|e| match e {
+            CallError::NotFound(_) => ApiError::not_found(format!(
                 "task {id} has no container to read logs from (it never started, or its container was removed)"
             )),
             _ => ApiError::unavailable(format!("cannot read the logs of task {id}: {e}")),
@@ -173,12 +174,10 @@ async fn nodes(api: web::Data<ManagerApi>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(nodes))
 }
 
+/// 200 once the Manager answers: it recovers everything from its store before its actor
+/// starts, so an answer means recovery is complete.
 async fn health(api: web::Data<ManagerApi>) -> Result<HttpResponse, ApiError> {
-    if api.manager.send(Ready).await? {
-        Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok"})))
-    } else {
-        Err(ApiError::unavailable(
-            "recovering from the store; try again shortly",
-        ))
-    }
+    let counts = api.manager.send(CountTasks).await?;
+    let tasks: usize = counts.values().sum();
+    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok", "tasks": tasks})))
 }

@@ -21,7 +21,8 @@ use uuid::Uuid;
 
 use super::{ApiError, endpoint, read_body};
 use crate::actors::worker::{
-    GetStats, GetTask, ListTasks, Logs, StartTask, StopTask, WatchTasks, Worker, WorkerError,
+    GetStats, ReadLogs, ReadTask, ReadTasks, StartAttempt, StopAttempt, WatchChanges, Worker,
+    WorkerError,
 };
 use crate::task::{Desired, parse_submission, parse_task_id};
 
@@ -36,7 +37,7 @@ impl From<WorkerError> for ApiError {
     fn from(e: WorkerError) -> ApiError {
         let status = match &e {
             WorkerError::NotFound(_) => StatusCode::NOT_FOUND,
-            WorkerError::StaleAttempt { .. } => StatusCode::CONFLICT,
+            WorkerError::StaleAttempt { .. } | WorkerError::Stopped { .. } => StatusCode::CONFLICT,
             WorkerError::NoContainer(_) => StatusCode::NOT_FOUND,
             WorkerError::Gone => StatusCode::SERVICE_UNAVAILABLE,
             WorkerError::Store(_) | WorkerError::Runtime(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -73,14 +74,14 @@ async fn start_task(
     if event.state == Desired::Completed {
         let task = api
             .worker
-            .send(StopTask {
+            .send(StopAttempt {
                 id: event.task.id,
                 attempt: None,
             })
             .await??;
         return Ok(HttpResponse::Accepted().json(task));
     }
-    let started = api.worker.send(StartTask { task: event.task }).await??;
+    let started = api.worker.send(StartAttempt(event.task)).await??;
     let status = if started.created {
         StatusCode::CREATED
     } else {
@@ -104,7 +105,7 @@ async fn list_tasks(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let Some(since) = query.since else {
-        let tasks = api.worker.send(ListTasks).await?;
+        let tasks = api.worker.send(ReadTasks).await?;
         return Ok(HttpResponse::Ok().json(tasks));
     };
     let wait = match query.wait {
@@ -118,7 +119,7 @@ async fn list_tasks(
     };
     let changes = api
         .worker
-        .send(WatchTasks {
+        .send(WatchChanges {
             since,
             instance: query.instance,
             wait,
@@ -134,7 +135,7 @@ async fn get_task(
     let id = parse_task_id(&id)?;
     let task = api
         .worker
-        .send(GetTask(id))
+        .send(ReadTask(id))
         .await?
         .ok_or(WorkerError::NotFound(id))?;
     Ok(HttpResponse::Ok().json(task))
@@ -153,7 +154,7 @@ async fn stop_task(
     let id = parse_task_id(&id)?;
     let task = api
         .worker
-        .send(StopTask {
+        .send(StopAttempt {
             id,
             attempt: query.attempt,
         })
@@ -176,7 +177,7 @@ async fn task_logs(
     let id = parse_task_id(&id)?;
     let stream = api
         .worker
-        .send(Logs {
+        .send(ReadLogs {
             id,
             tail: query.tail,
             follow: query.follow,

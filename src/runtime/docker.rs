@@ -235,9 +235,20 @@ impl DockerRuntime {
                 finished_at: None,
             });
         }
-        self.inspect_container(&id)
-            .await?
-            .ok_or(RuntimeError::NoSuchContainer(id))
+        match self.inspect_container(&id).await {
+            Ok(Some(status)) => Ok(status),
+            // Gone already: it ended and someone removed it; nothing runs.
+            Ok(None) => Err(RuntimeError::NoSuchContainer(id)),
+            Err(e) => {
+                // A container we cannot account for must not run: without its host ports the
+                // task could not be reached or health-checked, and nobody would stop it.
+                warn!("cannot inspect container {name} ({id}) after its start, removing it: {e}");
+                if let Err(remove_err) = self.remove_container(&id).await {
+                    warn!("cannot remove container {name} ({id}): {remove_err}");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Create the container; a missing image is `ImageUnavailable`, a taken name `NameConflict`.

@@ -188,13 +188,22 @@ impl FakeRuntime {
         Ok(status)
     }
 
-    /// Forget a container; announce its end if it was still running, as Docker's `die` would.
+    /// Forget a container (by id, or by name as Docker also accepts); announce its end if it
+    /// was still running, as Docker's `die` would.
     fn discard(&self, container_id: &str) {
-        let Ok(id) = Uuid::parse_str(container_id) else {
-            return;
-        };
         let mut guard = self.shared.lock();
         let state = &mut *guard;
+        let id = match Uuid::parse_str(container_id) {
+            Ok(id) => id,
+            Err(_) => match state
+                .workers
+                .values()
+                .find_map(|w| w.names.get(container_id).copied())
+            {
+                Some(id) => id,
+                None => return,
+            },
+        };
         let Some(container) = state.containers.remove(&id) else {
             return;
         };
@@ -210,9 +219,16 @@ impl FakeRuntime {
         debug!("fake: removed {} ({id})", container.name);
     }
 
+    /// A container's status, by id or by name.
     fn status_of(&self, container_id: &str) -> Option<ContainerStatus> {
-        let id = Uuid::parse_str(container_id).ok()?;
-        self.shared.lock().containers.get(&id).map(|c| c.status(id))
+        let state = self.shared.lock();
+        let id = Uuid::parse_str(container_id).ok().or_else(|| {
+            state
+                .workers
+                .values()
+                .find_map(|w| w.names.get(container_id).copied())
+        })?;
+        state.containers.get(&id).map(|c| c.status(id))
     }
 
     fn statuses_of(&self, worker: &str) -> Vec<ContainerStatus> {

@@ -1,0 +1,791 @@
+//! Every rule of the manager's core, one test each: inputs in, effects and records out, with a
+//! clock the test moves by hand.
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use uuid::Uuid;
+
+use super::*;
+use crate::task::Desired;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A core and a hand-moved clock.
+struct Harness {
+    core: Core,
+    mono: Duration,
+    /// Effects taken out so far and not yet looked at.
+    effects: Vec<Effect>,
+}
+
+fn task(cmd: &str) -> Task {
+    let mut t = Task::new("img");
+    t.cmd = vec![cmd.to_string()];
+    t
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::recover(Vec::new(), Vec::new())
+    }
+
+    fn recover(records: Vec<(u64, Task)>, nodes: Vec<(String, String)>) -> Harness {
+        let mut h = Harness {
+            core: Core::recover(
+                Config::new(TIMEOUT),
+                Now {
+                    mono: Duration::ZERO,
+                    wall: Utc.timestamp_opt(1_800_000_000, 0).unwrap(),
+                },
+                records,
+                nodes,
+            ),
+            mono: Duration::ZERO,
+            effects: Vec::new(),
+        };
+        h.drain();
+        h
+    }
+
+    fn now(&self) -> Now {
+        Now {
+            mono: self.mono,
+            wall: Utc.timestamp_opt(1_800_000_000, 0).unwrap()
+                + chrono::Duration::from_std(self.mono).unwrap(),
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.mono += d;
+        let now = self.now();
+        self.core.tick(now);
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        let _ = self.core.take_writes();
+        self.effects.extend(self.core.take_effects());
+    }
+
+    fn take(&mut self) -> Vec<Effect> {
+        self.drain();
+        std::mem::take(&mut self.effects)
+    }
+
+    /// A worker at `address` that answers as `name`.
+    fn worker(&mut self, address: &str, name: &str) -> EndpointId {
+        let ep = self.core.add_endpoint(address);
+        let now = self.now();
+        self.core.node_up(now, ep, name);
+        self.drain();
+        ep
+    }
+
+    fn submit(&mut self, t: Task) -> Uuid {
+        let id = t.id;
+        let now = self.now();
+        let event = TaskEvent {
+            id: Uuid::new_v4(),
+            state: Desired::Running,
+            timestamp: now.wall,
+            task: t,
+        };
+        assert!(matches!(
+            self.core.submit(now, event),
+            Ok(Submitted::Created(_))
+        ));
+        self.core.submit_committed(&[id], true);
+        self.drain();
+        id
+    }
+
+    /// Answer the scheduler's pending request: every task goes to `node`.
+    fn place_on(&mut self, node: &str) -> Vec<Uuid> {
+        let effects = self.take();
+        let mut placed = Vec::new();
+        let mut rest = Vec::new();
+        for e in effects {
+            match e {
+                Effect::Place(batch) => placed.extend(batch.into_iter().map(|r| r.id)),
+                other => rest.push(other),
+            }
+        }
+        self.effects = rest;
+        let now = self.now();
+        self.core.placed(
+            now,
+            placed
+                .iter()
+                .map(|id| (*id, Ok(node.to_string())))
+                .collect(),
+        );
+        self.drain();
+        placed
+    }
+
+    fn report(&mut self, ep: EndpointId, full: bool, tasks: Vec<Task>) {
+        let now = self.now();
+        self.core.report(now, ep, full, tasks);
+        self.drain();
+    }
+
+    fn state(&self, id: Uuid) -> State {
+        self.core.task(id).unwrap().state
+    }
+
+    fn task(&self, id: Uuid) -> Task {
+        self.core.task(id).unwrap().clone()
+    }
+
+    /// The starts among the effects taken now: (node, id, attempt).
+    fn starts(&mut self) -> Vec<(String, Uuid, u32)> {
+        self.take()
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Start { node, task, .. } => Some((node, task.id, task.attempt)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The stops among the effects taken now: (node, id, attempt).
+    fn stops(&mut self) -> Vec<(String, Uuid, u32)> {
+        self.take()
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Stop {
+                    node, id, attempt, ..
+                } => Some((node, id, attempt)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn start_ok(&mut self, node: &str, id: Uuid, attempt: u32) {
+        let mut t = self.task(id);
+        t.attempt = attempt;
+        t.state = State::Scheduled;
+        let now = self.now();
+        self.core.start_done(now, node, id, attempt, Ok(t));
+        self.drain();
+    }
+
+    fn stop_result(&mut self, node: &str, id: Uuid, attempt: u32, r: Result<Task, CallError>) {
+        let now = self.now();
+        self.core.stop_done(now, node, id, attempt, r);
+        self.drain();
+    }
+
+    /// A running task on `node`, started and reported Running.
+    fn running_on(&mut self, ep: EndpointId, node: &str, t: Task) -> Uuid {
+        let id = self.submit(t);
+        self.place_on(node);
+        let starts = self.starts();
+        assert_eq!(starts, vec![(node.to_string(), id, 1)]);
+        self.start_ok(node, id, 1);
+        self.report(ep, false, vec![seen(&self.task(id), 1, State::Running)]);
+        assert_eq!(self.state(id), State::Running);
+        id
+    }
+}
+
+/// A worker's record of attempt `attempt` of `t` in `state`.
+fn seen(t: &Task, attempt: u32, state: State) -> Task {
+    let mut r = t.clone();
+    r.attempt = attempt;
+    r.state = state;
+    r.container_id = Some(format!("c-{}-{attempt}", t.id.simple()));
+    r
+}
+
+#[test]
+fn a_submission_is_placed_once_committed_then_started_where_it_was_placed() {
+    let mut h = Harness::new();
+    h.worker("10.0.0.1:5556", "w1");
+    let t = task("sleep");
+    let id = t.id;
+    let now = h.now();
+    let event = TaskEvent {
+        id: Uuid::new_v4(),
+        state: Desired::Running,
+        timestamp: now.wall,
+        task: t,
+    };
+    h.core.submit(now, event).unwrap();
+    assert!(
+        !h.take().iter().any(|e| matches!(e, Effect::Place(_))),
+        "nothing is placed before the submission is durable"
+    );
+    h.core.submit_committed(&[id], true);
+    assert_eq!(h.place_on("w1"), vec![id]);
+    let t = h.task(id);
+    assert_eq!(
+        (t.state, t.attempt, t.worker.as_deref()),
+        (State::Scheduled, 1, Some("w1"))
+    );
+    assert_eq!(h.starts(), vec![("w1".into(), id, 1)]);
+    assert_eq!(h.core.reservation(id), Some("w1"));
+}
+
+#[test]
+fn a_failed_commit_forgets_the_submission() {
+    let mut h = Harness::new();
+    let t = task("sleep");
+    let id = t.id;
+    let now = h.now();
+    let event = TaskEvent {
+        id: Uuid::new_v4(),
+        state: Desired::Running,
+        timestamp: now.wall,
+        task: t,
+    };
+    h.core.submit(now, event).unwrap();
+    h.core.submit_committed(&[id], false);
+    assert!(h.core.task(id).is_none());
+}
+
+#[test]
+fn the_same_id_is_idempotent_with_the_same_spec_and_a_conflict_otherwise() {
+    let mut h = Harness::new();
+    let t = task("sleep");
+    h.submit(t.clone());
+    let now = h.now();
+    let again = TaskEvent {
+        id: Uuid::new_v4(),
+        state: Desired::Running,
+        timestamp: now.wall,
+        task: t.clone(),
+    };
+    assert!(matches!(
+        h.core.submit(now, again),
+        Ok(Submitted::Existing(_))
+    ));
+    let mut other = t.clone();
+    other.image = "other".into();
+    let conflict = TaskEvent {
+        id: Uuid::new_v4(),
+        state: Desired::Running,
+        timestamp: now.wall,
+        task: other,
+    };
+    assert_eq!(h.core.submit(now, conflict), Err(Refusal::Conflict(t.id)));
+}
+
+#[test]
+fn a_stop_while_the_scheduler_chooses_gives_the_booking_back_and_starts_nothing() {
+    let mut h = Harness::new();
+    h.worker("10.0.0.1:5556", "w1");
+    let id = h.submit(task("sleep"));
+    // The Place request is out; the user stops the task before the answer.
+    let effects = h.take();
+    assert!(effects.iter().any(|e| matches!(e, Effect::Place(_))));
+    let now = h.now();
+    h.core.stop(now, id).unwrap();
+    assert_eq!(h.state(id), State::Completed);
+    h.core.placed(now, vec![(id, Ok("w1".into()))]);
+    let effects = h.take();
+    assert!(effects.contains(&Effect::Release(vec![id])), "{effects:?}");
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Start { .. })));
+    assert_eq!(h.core.reservation(id), None);
+}
+
+#[test]
+fn a_stop_of_a_task_being_started_is_sent_and_done_only_when_the_worker_reports_it_gone() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let id = h.submit(task("sleep"));
+    h.place_on("w1");
+    assert_eq!(h.starts().len(), 1);
+    let now = h.now();
+    let t = h.core.stop(now, id).unwrap();
+    assert_eq!(t.desired, Goal::Stopped);
+    assert_eq!(
+        t.state,
+        State::Scheduled,
+        "not done until the worker says so"
+    );
+    assert_eq!(h.stops(), vec![("w1".into(), id, 1)]);
+    // The start reaches the worker after the stop: refused (tombstone); the feed says Completed.
+    let now = h.now();
+    h.core
+        .start_done(now, "w1", id, 1, Err(CallError::Stale("stopped".into())));
+    h.stop_result("w1", id, 1, Err(CallError::NotFound("unknown".into())));
+    assert_eq!(h.state(id), State::Completed);
+    assert_eq!(h.core.reservation(id), None);
+    let _ = ep;
+}
+
+#[test]
+fn a_stop_is_repeated_until_the_copy_is_reported_gone() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let id = h.running_on(ep, "w1", task("sleep"));
+    let now = h.now();
+    h.core.stop(now, id).unwrap();
+    assert_eq!(h.stops(), vec![("w1".into(), id, 1)]);
+    // The call fails in transport: sent again after the retry delay, not before.
+    h.stop_result("w1", id, 1, Err(CallError::Transport("refused".into())));
+    assert!(h.stops().is_empty());
+    h.advance(DEFAULT_CALL_RETRY);
+    assert_eq!(h.stops(), vec![("w1".into(), id, 1)]);
+    // Taken; the worker still reports it Running while its container stops.
+    let mut running = seen(&h.task(id), 1, State::Running);
+    h.stop_result("w1", id, 1, Ok(running.clone()));
+    h.report(ep, false, vec![running.clone()]);
+    assert!(h.stops().is_empty(), "a taken stop is not repeated");
+    assert_eq!(h.state(id), State::Running);
+    // A full report that still shows it running asks again (the worker may have lost it).
+    h.report(ep, true, vec![running.clone()]);
+    assert_eq!(h.stops(), vec![("w1".into(), id, 1)]);
+    running.state = State::Completed;
+    h.report(ep, false, vec![running]);
+    assert_eq!(h.state(id), State::Completed);
+}
+
+#[test]
+fn a_stop_while_the_worker_is_away_is_carried_out_when_it_returns() {
+    // The manager restarted; the task's worker has not answered yet.
+    let mut t = task("sleep");
+    t.state = State::Running;
+    t.attempt = 1;
+    t.worker = Some("w1".into());
+    let id = t.id;
+    let mut h = Harness::recover(vec![(0, t)], vec![("w1".into(), "10.0.0.1:5556".into())]);
+    let ep = h.core.add_endpoint("10.0.0.1:5556");
+    let now = h.now();
+    let t = h.core.stop(now, id).unwrap();
+    assert_eq!((t.state, t.desired), (State::Running, Goal::Stopped));
+    assert!(h.stops().is_empty(), "nobody to send it to yet");
+    let now = h.now();
+    h.core.node_up(now, ep, "w1");
+    assert_eq!(h.stops(), vec![("w1".into(), id, 1)]);
+    h.report(ep, true, vec![seen(&h.task(id), 1, State::Running)]);
+    let mut gone = seen(&h.task(id), 1, State::Completed);
+    gone.container_id = None;
+    h.report(ep, false, vec![gone]);
+    assert_eq!(h.state(id), State::Completed);
+}
+
+#[test]
+fn a_stop_on_a_down_worker_completes_and_its_copy_is_stopped_when_it_returns() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let id = h.running_on(ep, "w1", task("sleep"));
+    let now = h.now();
+    h.core.node_down(now, ep);
+    // Moved: Pending, no worker.
+    assert_eq!(h.state(id), State::Pending);
+    let now = h.now();
+    h.core.stop(now, id).unwrap();
+    assert_eq!(h.state(id), State::Completed);
+    h.take();
+    let now = h.now();
+    h.core.node_up(now, ep, "w1");
+    h.report(ep, true, vec![seen(&h.task(id), 1, State::Running)]);
+    assert_eq!(h.stops(), vec![("w1".into(), id, 1)]);
+}
+
+#[test]
+fn a_lost_worker_s_tasks_move_as_new_attempts_without_counting_a_restart() {
+    let mut h = Harness::new();
+    let ep1 = h.worker("10.0.0.1:5556", "w1");
+    h.worker("10.0.0.2:5556", "w2");
+    let id = h.running_on(ep1, "w1", task("sleep"));
+    let now = h.now();
+    h.core.node_down(now, ep1);
+    let effects = h.take();
+    assert!(effects.contains(&Effect::NodeReady {
+        name: "w1".into(),
+        ready: false
+    }));
+    assert!(effects.contains(&Effect::Release(vec![id])));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Place(b) if b[0].id == id))
+    );
+    let t = h.task(id);
+    assert_eq!((t.state, t.worker), (State::Pending, None));
+    let now = h.now();
+    h.core.placed(now, vec![(id, Ok("w2".into()))]);
+    let t = h.task(id);
+    assert_eq!((t.attempt, t.restart_count), (2, 0));
+    assert_eq!(h.starts(), vec![("w2".into(), id, 2)]);
+}
+
+#[test]
+fn a_placement_on_a_worker_that_just_went_down_is_placed_again() {
+    let mut h = Harness::new();
+    let ep1 = h.worker("10.0.0.1:5556", "w1");
+    let id = h.submit(task("sleep"));
+    h.take(); // the Place request is out
+    let now = h.now();
+    h.core.node_down(now, ep1);
+    h.core.placed(now, vec![(id, Ok("w1".into()))]);
+    let effects = h.take();
+    assert!(effects.contains(&Effect::Release(vec![id])));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Place(b) if b[0].id == id))
+    );
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Start { .. })));
+    assert_eq!(h.state(id), State::Pending);
+}
+
+#[test]
+fn a_returning_worker_s_old_copy_is_stopped_even_while_the_task_waits_for_a_new_place() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let id = h.running_on(ep, "w1", task("sleep"));
+    let now = h.now();
+    h.core.node_down(now, ep);
+    h.take(); // Place is out; nothing else fits meanwhile
+    let now = h.now();
+    h.core.node_up(now, ep, "w1");
+    h.report(ep, true, vec![seen(&h.task(id), 1, State::Running)]);
+    assert_eq!(
+        h.state(id),
+        State::Pending,
+        "a report of the old attempt is not current"
+    );
+    assert_eq!(h.stops(), vec![("w1".into(), id, 1)]);
+}
+
+#[test]
+fn a_report_of_an_older_attempt_stops_that_copy_and_changes_nothing_else() {
+    let mut h = Harness::new();
+    let ep1 = h.worker("10.0.0.1:5556", "w1");
+    let ep2 = h.worker("10.0.0.2:5556", "w2");
+    let id = h.running_on(ep1, "w1", task("sleep"));
+    let now = h.now();
+    h.core.node_down(now, ep1);
+    h.place_on("w2");
+    h.start_ok("w2", id, 2);
+    h.report(ep2, false, vec![seen(&h.task(id), 2, State::Running)]);
+    h.take();
+    let now = h.now();
+    h.core.node_up(now, ep1, "w1");
+    h.report(ep1, true, vec![seen(&h.task(id), 1, State::Running)]);
+    assert_eq!(h.stops(), vec![("w1".into(), id, 1)]);
+    let t = h.task(id);
+    assert_eq!(
+        (t.state, t.attempt, t.worker.as_deref()),
+        (State::Running, 2, Some("w2"))
+    );
+}
+
+#[test]
+fn a_start_the_worker_lost_is_sent_again_after_a_full_report_without_it() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let id = h.submit(task("sleep"));
+    h.place_on("w1");
+    assert_eq!(h.starts().len(), 1);
+    h.start_ok("w1", id, 1);
+    assert!(h.starts().is_empty());
+    // The worker lost its store: its full report has nothing of the task.
+    h.report(ep, true, vec![]);
+    assert_eq!(h.starts(), vec![("w1".into(), id, 1)]);
+}
+
+#[test]
+fn a_start_failed_in_transport_is_retried_and_a_refused_one_fails_the_attempt() {
+    let mut h = Harness::new();
+    h.worker("10.0.0.1:5556", "w1");
+    let id = h.submit(task("sleep"));
+    h.place_on("w1");
+    h.starts();
+    let now = h.now();
+    h.core.start_done(
+        now,
+        "w1",
+        id,
+        1,
+        Err(CallError::Transport("timeout".into())),
+    );
+    assert!(h.starts().is_empty());
+    h.advance(DEFAULT_CALL_RETRY);
+    assert_eq!(h.starts(), vec![("w1".into(), id, 1)]);
+    let now = h.now();
+    h.core.start_done(
+        now,
+        "w1",
+        id,
+        1,
+        Err(CallError::Rejected {
+            status: 400,
+            message: "bad image".into(),
+        }),
+    );
+    let t = h.task(id);
+    assert_eq!(t.state, State::Failed);
+    assert!(t.error.unwrap().contains("bad image"));
+}
+
+#[test]
+fn on_failure_restarts_after_backoff_and_counts_only_restarts() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let mut t = task("fail");
+    t.max_restarts = 1;
+    let id = h.running_on(ep, "w1", t);
+    let mut failed = seen(&h.task(id), 1, State::Failed);
+    failed.exit_code = Some(3);
+    h.report(ep, false, vec![failed]);
+    let t = h.task(id);
+    assert_eq!(
+        (t.state, t.exit_code, t.restart_count),
+        (State::Failed, Some(3), 0)
+    );
+    assert!(h.take().contains(&Effect::Release(vec![id])));
+    h.advance(MIN_RESTART_BACKOFF - Duration::from_millis(1));
+    assert!(!h.take().iter().any(|e| matches!(e, Effect::Place(_))));
+    h.advance(Duration::from_millis(1));
+    let placed = h.place_on("w1");
+    assert_eq!(placed, vec![id]);
+    let t = h.task(id);
+    assert_eq!(
+        (t.state, t.attempt, t.restart_count),
+        (State::Scheduled, 2, 1)
+    );
+    h.start_ok("w1", id, 2);
+    let mut failed = seen(&h.task(id), 2, State::Failed);
+    failed.exit_code = Some(3);
+    h.report(ep, false, vec![failed]);
+    h.advance(MAX_RESTART_BACKOFF);
+    assert!(
+        !h.take().iter().any(|e| matches!(e, Effect::Place(_))),
+        "no restarts left"
+    );
+    assert_eq!(h.task(id).state, State::Failed);
+}
+
+#[test]
+fn an_always_task_that_exits_zero_waits_pending_with_the_reason_then_restarts() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let mut t = task("true");
+    t.restart_policy = RestartPolicy::Always;
+    let id = h.running_on(ep, "w1", t);
+    let mut done = seen(&h.task(id), 1, State::Completed);
+    done.exit_code = Some(0);
+    h.report(ep, false, vec![done]);
+    let t = h.task(id);
+    assert_eq!(t.state, State::Pending);
+    assert!(t.error.unwrap().contains("restart 1 of 3"));
+    h.advance(MIN_RESTART_BACKOFF);
+    assert_eq!(h.place_on("w1"), vec![id]);
+    assert_eq!(h.task(id).restart_count, 1);
+}
+
+#[test]
+fn a_users_stop_ends_a_pending_restart() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let id = h.running_on(ep, "w1", task("fail"));
+    h.report(ep, false, vec![seen(&h.task(id), 1, State::Failed)]);
+    let now = h.now();
+    h.core.stop(now, id).unwrap();
+    assert_eq!(h.state(id), State::Completed);
+    h.advance(MAX_RESTART_BACKOFF);
+    assert!(!h.take().iter().any(|e| matches!(e, Effect::Place(_))));
+}
+
+#[test]
+fn three_failed_health_checks_fail_the_attempt_stop_its_copy_and_restart_it() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let mut t = task("httpd");
+    t.exposed_ports = vec!["8080/tcp".into()];
+    t.health_check = Some("/health".into());
+    let id = t.id;
+    h.submit(t);
+    h.place_on("w1");
+    h.start_ok("w1", id, 1);
+    let mut running = seen(&h.task(id), 1, State::Running);
+    running.host_ports.insert("8080/tcp".into(), "40001".into());
+    h.report(ep, false, vec![running]);
+    let effects = h.take();
+    assert!(effects.contains(&Effect::Watch {
+        id,
+        attempt: 1,
+        url: "http://10.0.0.1:40001/health".into()
+    }));
+    let now = h.now();
+    h.core.health_checked(now, id, 1, Err("503".into()));
+    h.core.health_checked(now, id, 1, Ok(()));
+    h.core.health_checked(now, id, 1, Err("503".into()));
+    h.core.health_checked(now, id, 1, Err("503".into()));
+    assert_eq!(h.state(id), State::Running, "failures must be in a row");
+    h.core.health_checked(now, id, 1, Err("503".into()));
+    let t = h.task(id);
+    assert_eq!(t.state, State::Failed);
+    assert!(t.error.unwrap().contains("health check failed 3 times"));
+    assert_eq!(h.stops(), vec![("w1".into(), id, 1)]);
+    h.advance(MIN_RESTART_BACKOFF);
+    assert_eq!(h.place_on("w1"), vec![id]);
+}
+
+#[test]
+fn a_running_copy_of_a_task_unknown_here_is_stopped() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let stranger = seen(&task("sleep"), 4, State::Running);
+    h.report(ep, true, vec![stranger.clone()]);
+    assert_eq!(h.stops(), vec![("w1".into(), stranger.id, 4)]);
+}
+
+#[test]
+fn a_name_is_bound_to_its_address_and_a_second_one_is_refused_while_the_first_answers() {
+    let mut h = Harness::new();
+    let ep1 = h.worker("10.0.0.1:5556", "w1");
+    let ep2 = h.core.add_endpoint("10.0.0.9:5556");
+    let now = h.now();
+    h.core.node_up(now, ep2, "w1");
+    let effects = h.take();
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Refused { endpoint, .. } if *endpoint == ep2))
+    );
+    let views = h.core.endpoints();
+    assert_eq!(views[ep2].status, NodeStatus::Refused);
+    assert_eq!(views[ep1].status, NodeStatus::Ready);
+    // Reports from the refused address count for nothing.
+    let stranger = seen(&task("x"), 1, State::Running);
+    h.report(ep2, true, vec![stranger]);
+    assert!(h.stops().is_empty());
+    // The owner goes silent: the live claimant takes the name.
+    let now = h.now();
+    h.core.node_down(now, ep1);
+    let views = h.core.endpoints();
+    assert_eq!(views[ep2].status, NodeStatus::Ready);
+    assert_eq!(
+        h.core.bound_addresses(),
+        vec![("w1".into(), "10.0.0.9:5556".into())]
+    );
+}
+
+#[test]
+fn a_worker_known_from_the_store_that_never_answers_is_down_after_the_timeout() {
+    let mut t = task("sleep");
+    t.state = State::Running;
+    t.attempt = 1;
+    t.worker = Some("w1".into());
+    let id = t.id;
+    let mut h = Harness::recover(vec![(0, t)], vec![("w1".into(), "in-process/w1".into())]);
+    assert_eq!(h.core.node_status("w1"), Some(NodeStatus::Connecting));
+    h.advance(TIMEOUT);
+    assert_eq!(h.core.node_status("w1"), Some(NodeStatus::Down));
+    assert_eq!(h.state(id), State::Pending);
+}
+
+#[test]
+fn recovery_books_placed_tasks_again_and_carries_on_with_the_rest() {
+    let mut placed = task("sleep");
+    placed.state = State::Running;
+    placed.attempt = 2;
+    placed.worker = Some("w1".into());
+    let mut pending = task("sleep");
+    pending.state = State::Pending;
+    let mut failed = task("fail");
+    failed.state = State::Failed;
+    failed.attempt = 1;
+    failed.restart_count = 1;
+    failed.worker = Some("w1".into());
+    let mut stopped = task("sleep");
+    stopped.state = State::Pending;
+    stopped.desired = Goal::Stopped;
+    let ids = (placed.id, pending.id, failed.id, stopped.id);
+    let core = Core::recover(
+        Config::new(TIMEOUT),
+        Now {
+            mono: Duration::ZERO,
+            wall: Utc::now(),
+        },
+        vec![(0, placed), (1, pending), (2, failed), (3, stopped)],
+        vec![],
+    );
+    let mut h = Harness {
+        core,
+        mono: Duration::ZERO,
+        effects: Vec::new(),
+    };
+    let effects = h.take();
+    let Some(Effect::Restore(books)) = effects.first() else {
+        panic!("{effects:?}")
+    };
+    assert_eq!(books.len(), 1);
+    assert_eq!(books[0].0, ids.0);
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Place(b) if b.len() == 1 && b[0].id == ids.1))
+    );
+    assert_eq!(h.state(ids.3), State::Completed);
+    // The failed task restarts after its backoff, counted once, at its placement.
+    h.worker("10.0.0.1:5556", "w1");
+    h.place_on("w1");
+    h.advance(restart_backoff(1));
+    let mut placed_now = h.place_on("w1");
+    placed_now.sort();
+    assert_eq!(placed_now, vec![ids.2]);
+    assert_eq!(h.task(ids.2).restart_count, 2);
+}
+
+#[test]
+fn the_go_cube_stop_form_is_a_stop() {
+    let mut h = Harness::new();
+    let id = h.submit(task("sleep"));
+    let now = h.now();
+    let mut t = h.task(id);
+    t.state = State::Pending;
+    let event = TaskEvent {
+        id: Uuid::new_v4(),
+        state: Desired::Completed,
+        timestamp: now.wall,
+        task: t,
+    };
+    assert!(matches!(
+        h.core.submit(now, event),
+        Ok(Submitted::Stopping(_))
+    ));
+    assert_eq!(h.state(id), State::Completed);
+}
+
+#[test]
+fn a_task_that_fits_nowhere_waits_with_the_reason_and_is_placed_when_room_appears() {
+    let mut h = Harness::new();
+    let id = h.submit(task("sleep"));
+    let effects = h.take();
+    assert!(effects.iter().any(|e| matches!(e, Effect::Place(_))));
+    let now = h.now();
+    h.core
+        .placed(now, vec![(id, Err(NoFit("no worker has room".into())))]);
+    let t = h.task(id);
+    assert_eq!(t.state, State::Pending);
+    assert_eq!(t.error.as_deref(), Some("no worker has room"));
+    assert!(!h.take().iter().any(|e| matches!(e, Effect::Place(_))));
+    h.worker("10.0.0.1:5556", "w1");
+    h.core.capacity_available();
+    assert_eq!(h.place_on("w1"), vec![id]);
+}
+
+#[test]
+fn records_are_written_for_every_change_a_user_can_see() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let id = h.submit(task("sleep"));
+    h.place_on("w1");
+    let writes = h.core.take_writes();
+    assert!(writes.tasks.is_empty(), "drained by the harness");
+    h.start_ok("w1", id, 1);
+    let now = h.now();
+    h.core
+        .report(now, ep, false, vec![seen(&h.task(id), 1, State::Running)]);
+    let writes = h.core.take_writes();
+    assert_eq!(writes.tasks.len(), 1);
+    assert_eq!(writes.tasks[0].1.state, State::Running);
+}

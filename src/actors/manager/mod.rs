@@ -1,0 +1,191 @@
+//! The Manager actor: owns every task record and its lifecycle.
+//!
+//! - [`core`]: every rule of a task's life and of a node's, pure and level-triggered: it
+//!   compares what should run with what the workers report on every input.
+//! - `shell`: the actor. It feeds the core (user requests, proxies' reports and call outcomes,
+//!   the scheduler's placements, health results, timers) and carries out its effects: store
+//!   writes first (group commit), then calls to workers, placements, health watches.
+//!
+//! It never calls a worker itself (its proxies do) and never chooses a node (the Scheduler does).
+//! The messages below are its whole API; each says who sends it.
+
+pub mod core;
+mod shell;
+
+use actix::prelude::*;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use self::shell::{Manager, ManagerSetup};
+use super::client::{CallError, WorkerLink};
+use super::worker_proxy::WorkerProxy;
+use crate::db::StoreError;
+use crate::node::NodeStatus;
+use crate::task::{State, Task, TaskEvent};
+
+/// The manager's table of tasks: a growing sequence key (u64, big-endian) → the task record,
+/// which carries what the user wants of it (`desired`).
+pub const TASKS_TABLE: &str = "tasks";
+/// Accepted TaskEvents of stores written before `desired` was part of the record; read once at
+/// start-up, folded into the records and emptied.
+pub const EVENTS_TABLE: &str = "events";
+/// Registered workers: name → the address the name is bound to.
+pub const NODES_TABLE: &str = "nodes";
+pub const TABLES: &[&str] = &[TASKS_TABLE, EVENTS_TABLE, NODES_TABLE];
+
+/// What can go wrong when asking the Manager for something.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// No task has this id.
+    #[error("task {0} does not exist")]
+    NotFound(Uuid),
+    /// The id is taken by a task with another spec.
+    #[error("task {0} exists already with another spec; submit it unchanged, or use a new id")]
+    Conflict(Uuid),
+    /// The task has not been placed on a worker (yet), so there is nothing to read.
+    #[error("task {0} has not been placed on a worker yet")]
+    NotPlaced(Uuid),
+    /// The worker the task is on is not connected.
+    #[error("worker {0} is not connected")]
+    WorkerGone(String),
+    /// The store refused the write; nothing was acknowledged.
+    #[error("the store failed: {0}")]
+    Store(#[from] StoreError),
+    /// The manager is shutting down.
+    #[error("the manager is shutting down")]
+    Gone,
+}
+
+impl From<core::Refusal> for ManagerError {
+    fn from(r: core::Refusal) -> ManagerError {
+        match r {
+            core::Refusal::NotFound(id) => ManagerError::NotFound(id),
+            core::Refusal::Conflict(id) => ManagerError::Conflict(id),
+        }
+    }
+}
+
+// ---- from users (HTTP handlers, embedding programs) --------------------------------------
+
+/// Accept a task (or, in the Go Cube's form `state: Completed`, stop one): answers once it is
+/// committed. The same id and spec again is answered with the recorded task (`created` false);
+/// the same id with another spec is a conflict.
+#[derive(Message)]
+#[rtype(result = "Result<Submitted, ManagerError>")]
+pub struct Submit(pub TaskEvent);
+
+/// The answer to [`Submit`].
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    pub task: Task,
+    pub created: bool,
+}
+
+/// Stop a task: answers once the stop is committed. The task shows `desired: "stopped"` until
+/// no copy of it runs, then it is Completed. A user's stop also ends the restart policy.
+#[derive(Message)]
+#[rtype(result = "Result<Task, ManagerError>")]
+pub struct StopTask(pub Uuid);
+
+/// One task.
+#[derive(Message)]
+#[rtype(result = "Option<Task>")]
+pub struct GetTask(pub Uuid);
+
+/// Tasks ordered by id, filtered, one page at a time.
+#[derive(Message, Default)]
+#[rtype(result = "Vec<Task>")]
+pub struct ListTasks {
+    pub state: Option<State>,
+    pub worker: Option<String>,
+    /// Start after this id.
+    pub after: Option<Uuid>,
+    /// At most this many; all when `None`.
+    pub limit: Option<usize>,
+}
+
+/// Counts of tasks per state (for progress displays and benchmarks).
+#[derive(Message)]
+#[rtype(result = "std::collections::BTreeMap<State, usize>")]
+pub struct CountTasks;
+
+/// Where to read a task's logs.
+#[derive(Message)]
+#[rtype(result = "Result<WorkerLink, ManagerError>")]
+pub struct LogsOf(pub Uuid);
+
+/// A node as `GET /nodes` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub name: String,
+    pub address: String,
+    pub status: NodeStatus,
+    pub cpus: f64,
+    pub cpu_allocated: f64,
+    pub memory: u64,
+    pub memory_allocated: u64,
+    pub disk: u64,
+    pub disk_allocated: u64,
+    pub tasks: usize,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub reason: Option<String>,
+}
+
+/// Every worker the manager knows, with what the scheduler has booked on it.
+#[derive(Message)]
+#[rtype(result = "Vec<NodeReport>")]
+pub struct ListNodes;
+
+/// Watch a worker (one more WorkerProxy); answers with its proxy.
+#[derive(Message)]
+#[rtype(result = "Addr<WorkerProxy>")]
+pub struct Connect(pub WorkerLink);
+
+// ---- from WorkerProxies -------------------------------------------------------------------
+
+/// The worker at this endpoint answers, as `name`: its first answer, its first since it was
+/// Down, or a new name.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct NodeUp {
+    pub endpoint: core::EndpointId,
+    pub name: String,
+}
+
+/// The worker at this endpoint has been silent for the node timeout.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct NodeDown {
+    pub endpoint: core::EndpointId,
+}
+
+/// A change-feed answer: the worker's latest record of each task that changed, or of every
+/// task it has when `full`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Report {
+    pub endpoint: core::EndpointId,
+    pub full: bool,
+    pub tasks: Vec<Task>,
+}
+
+/// The outcome of a start the Manager asked for.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StartDone {
+    pub node: String,
+    pub id: Uuid,
+    pub attempt: u32,
+    pub outcome: Result<Task, CallError>,
+}
+
+/// The outcome of a stop the Manager asked for.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StopDone {
+    pub node: String,
+    pub id: Uuid,
+    pub attempt: u32,
+    pub outcome: Result<Task, CallError>,
+}

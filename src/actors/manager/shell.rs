@@ -1,0 +1,647 @@
+//! The Manager actor: a shell around the manager's [`Core`]. Each handler feeds one input in
+//! with the time; [`Manager::carry_out`] then hands the scheduler its requests, commits the
+//! records the core changed (group commit) and, only once they are durable, sends the workers'
+//! calls and answers whoever waits. Waiting for commits happens outside the actor's context:
+//! thousands of submissions wait at once, and an actor polls every future spawned in its
+//! context on each wake-up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+use log::{info, warn};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::core::{self, Core, Effect, Writes};
+use super::{
+    Connect, CountTasks, EVENTS_TABLE, GetTask, ListNodes, ListTasks, LogsOf, ManagerError,
+    NODES_TABLE, NodeDown, NodeReport, NodeUp, Report, StartDone, StopDone, StopTask, Submit,
+    Submitted, TASKS_TABLE,
+};
+use crate::actors::client::WorkerLink;
+use crate::actors::health::{HealthChecked, HealthChecker, Unwatch, Watch};
+use crate::actors::scheduler::{
+    CapacityAvailable, ListBook, NodeReady, Place, Release, Restore, Scheduler, SetListener,
+};
+use crate::actors::worker_proxy::{
+    CallStart, CallStop, Info, Link, Registration, Resync, WorkerProxy,
+};
+use crate::clock::Clock;
+use crate::db::{Batch, Store, StoreError};
+use crate::node::NodeStatus;
+use crate::task::{Desired, Goal, Task};
+
+/// How the Manager is set up.
+pub struct ManagerSetup {
+    pub store: Store,
+    pub scheduler: Addr<Scheduler>,
+    /// Time between health checks of a task.
+    pub health_interval: Duration,
+    /// Silence after which a worker is Down.
+    pub node_timeout: Duration,
+    /// The thread WorkerProxies run on.
+    pub workers_arbiter: actix::dev::ArbiterHandle,
+}
+
+/// What the events table of an older store keeps of an accepted TaskEvent.
+#[derive(serde::Deserialize)]
+struct Intent {
+    task: Uuid,
+    state: Desired,
+}
+
+pub struct Manager {
+    core: Core,
+    clock: Clock,
+    store: Store,
+    scheduler: Addr<Scheduler>,
+    /// Proxies by endpoint.
+    proxies: Vec<Addr<WorkerProxy>>,
+    workers_arbiter: actix::dev::ArbiterHandle,
+    node_timeout: Duration,
+    health_interval: Duration,
+    health: Option<Addr<HealthChecker>>,
+    timer: Option<(Duration, SpawnHandle)>,
+    /// Records of an older store rewritten at start-up (intents folded in).
+    upgrade: Option<Batch>,
+}
+
+/// Store key of a task: a sequence number given at submission, big-endian. Keys that only grow
+/// make every insert an append at the B-tree's right edge, so a group commit of thousands of new
+/// tasks dirties a handful of pages instead of one page per task (random UUID keys did).
+fn store_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+impl Manager {
+    /// A manager with everything the store holds.
+    pub fn new(setup: ManagerSetup) -> Result<Manager, ManagerError> {
+        let store = setup.store;
+        let clock = Clock::new();
+        let mut records = Vec::new();
+        let mut by_id: HashMap<Uuid, usize> = HashMap::new();
+        for (key, task) in store.scan_json::<Task>(TASKS_TABLE)? {
+            let Ok(seq) = <[u8; 8]>::try_from(key.as_slice()).map(u64::from_be_bytes) else {
+                warn!("manager: skipping a task row with a malformed key {key:?}");
+                continue;
+            };
+            by_id.insert(task.id, records.len());
+            records.push((seq, task));
+        }
+        // Stores written before `desired` was part of the record kept stops as intents.
+        let mut upgrade = Batch::new();
+        for (key, intent) in store.scan_json::<Intent>(EVENTS_TABLE)? {
+            if intent.state == Desired::Completed
+                && let Some(&i) = by_id.get(&intent.task)
+            {
+                let (seq, task) = &mut records[i];
+                task.desired = Goal::Stopped;
+                upgrade.put_json(TASKS_TABLE, store_key(*seq), task)?;
+            }
+            upgrade.delete(EVENTS_TABLE, key);
+        }
+        let mut nodes = Vec::new();
+        for (name, address) in store.scan(NODES_TABLE)? {
+            match (String::from_utf8(name), String::from_utf8(address)) {
+                (Ok(name), Ok(address)) => nodes.push((name, address)),
+                _ => warn!("manager: skipping a node row that is not UTF-8"),
+            }
+        }
+        let placed = records.iter().filter(|(_, t)| t.state.is_active()).count();
+        info!(
+            "manager: {} task(s) recovered from {} ({placed} placed), {} worker(s) known",
+            records.len(),
+            store.path().display(),
+            nodes.len()
+        );
+        let core = Core::recover(
+            core::Config::new(setup.node_timeout),
+            clock.now(),
+            records,
+            nodes,
+        );
+        Ok(Manager {
+            core,
+            clock,
+            store,
+            scheduler: setup.scheduler,
+            proxies: Vec::new(),
+            workers_arbiter: setup.workers_arbiter,
+            node_timeout: setup.node_timeout,
+            health_interval: setup.health_interval,
+            health: None,
+            timer: None,
+            upgrade: (!upgrade.is_empty()).then_some(upgrade),
+        })
+    }
+
+    /// Carry out what the core asks: the scheduler's and the proxies' messages now; the records
+    /// into one commit; the workers' calls once it is durable. Resolves with the commit.
+    fn carry_out(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> impl Future<Output = Result<(), StoreError>> + use<> {
+        let writes = self.core.take_writes();
+        let effects = self.core.take_effects();
+        self.rearm(ctx);
+        let mut calls: Vec<(Addr<WorkerProxy>, Call)> = Vec::new();
+        for effect in effects {
+            match effect {
+                Effect::Restore(allocations) => {
+                    if !allocations.is_empty() {
+                        self.scheduler.do_send(Restore(allocations));
+                    }
+                }
+                Effect::Place(batch) => self.place(batch, ctx),
+                Effect::Release(ids) => self.scheduler.do_send(Release(ids)),
+                Effect::NodeReady { name, ready } => {
+                    self.scheduler.do_send(NodeReady { name, ready })
+                }
+                Effect::Registered { endpoint, name } => {
+                    if let Some(p) = self.proxies.get(endpoint) {
+                        p.do_send(Registration(Ok(name)));
+                    }
+                }
+                Effect::Refused { endpoint, reason } => {
+                    if let Some(p) = self.proxies.get(endpoint) {
+                        p.do_send(Registration(Err(reason)));
+                    }
+                }
+                Effect::Resync(endpoint) => {
+                    if let Some(p) = self.proxies.get(endpoint) {
+                        p.do_send(Resync);
+                    }
+                }
+                Effect::Watch { id, attempt, url } => {
+                    if let Some(h) = &self.health {
+                        h.do_send(Watch { id, attempt, url });
+                    }
+                }
+                Effect::Unwatch(id) => {
+                    if let Some(h) = &self.health {
+                        h.do_send(Unwatch(id));
+                    }
+                }
+                Effect::Start {
+                    endpoint,
+                    node,
+                    task,
+                } => {
+                    if let Some(p) = self.proxies.get(endpoint) {
+                        calls.push((
+                            p.clone(),
+                            Call::Start(Box::new(CallStart { node, task: *task })),
+                        ));
+                    }
+                }
+                Effect::Stop {
+                    endpoint,
+                    node,
+                    id,
+                    attempt,
+                } => {
+                    if let Some(p) = self.proxies.get(endpoint) {
+                        calls.push((p.clone(), Call::Stop(CallStop { node, id, attempt })));
+                    }
+                }
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        if writes.is_empty() {
+            send_calls(calls);
+            let _ = tx.send(Ok(()));
+        } else {
+            let commit = match batch_of(&writes) {
+                Ok(batch) => futures_util::future::Either::Left(self.store.commit(batch)),
+                Err(e) => futures_util::future::Either::Right(futures_util::future::ready(Err(e))),
+            };
+            let me = ctx.address();
+            actix::spawn(async move {
+                let res = commit.await;
+                match &res {
+                    // Nothing leaves before the records that explain it are durable.
+                    Ok(()) => send_calls(calls),
+                    Err(e) => {
+                        warn!("manager: could not write task records: {e}");
+                        me.do_send(Unwritten(writes));
+                    }
+                }
+                let _ = tx.send(res);
+            });
+        }
+        async move { rx.await.unwrap_or(Err(StoreError::Closed)) }
+    }
+
+    /// Carry out, when nobody waits for the writes.
+    fn step(&mut self, ctx: &mut Context<Self>) {
+        let done = self.carry_out(ctx);
+        actix::spawn(async move {
+            let _ = done.await;
+        });
+    }
+
+    fn place(
+        &mut self,
+        batch: Vec<crate::actors::scheduler::PlaceRequest>,
+        ctx: &mut Context<Self>,
+    ) {
+        let ids: Vec<Uuid> = batch.iter().map(|r| r.id).collect();
+        let placing = self.scheduler.send(Place(batch));
+        ctx.spawn(placing.into_actor(self).map(move |res, act, ctx| {
+            let now = act.clock.now();
+            match res {
+                Ok(placements) => act.core.placed(now, placements),
+                Err(e) => {
+                    warn!("manager: the scheduler did not answer: {e}");
+                    act.core.place_failed(&ids);
+                }
+            }
+            act.step(ctx);
+        }));
+    }
+
+    fn rearm(&mut self, ctx: &mut Context<Self>) {
+        let next = self.core.next_timer();
+        if self.timer.as_ref().map(|(at, _)| *at) == next {
+            return;
+        }
+        if let Some((_, handle)) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = next {
+            let handle = ctx.run_later(self.clock.until(at), |act, ctx| {
+                act.timer = None;
+                let now = act.clock.now();
+                act.core.tick(now);
+                act.step(ctx);
+            });
+            self.timer = Some((at, handle));
+        }
+    }
+
+    /// Start a proxy for a worker link, on the workers' thread.
+    fn connect(&mut self, link: WorkerLink, ctx: &mut Context<Self>) -> Addr<WorkerProxy> {
+        let endpoint = self.core.add_endpoint(&link.address());
+        if let Some(p) = self.proxies.get(endpoint) {
+            return p.clone();
+        }
+        let (manager, scheduler, timeout) =
+            (ctx.address(), self.scheduler.clone(), self.node_timeout);
+        let proxy = WorkerProxy::start_in_arbiter(&self.workers_arbiter, move |_| {
+            WorkerProxy::new(endpoint, link, manager, scheduler, timeout)
+        });
+        debug_assert_eq!(self.proxies.len(), endpoint);
+        self.proxies.push(proxy.clone());
+        proxy
+    }
+}
+
+/// A worker call waiting for the commit.
+enum Call {
+    Start(Box<CallStart>),
+    Stop(CallStop),
+}
+
+fn send_calls(calls: Vec<(Addr<WorkerProxy>, Call)>) {
+    for (proxy, call) in calls {
+        match call {
+            Call::Start(c) => proxy.do_send(*c),
+            Call::Stop(c) => proxy.do_send(c),
+        }
+    }
+}
+
+fn batch_of(writes: &Writes) -> Result<Batch, StoreError> {
+    let mut batch = Batch::new();
+    for (key, task) in &writes.tasks {
+        batch.put_json(TASKS_TABLE, store_key(*key), task)?;
+    }
+    for (name, address) in &writes.nodes {
+        batch.put(
+            NODES_TABLE,
+            name.clone().into_bytes(),
+            address.clone().into_bytes(),
+        );
+    }
+    Ok(batch)
+}
+
+impl Actor for Manager {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(crate::actors::MAILBOX_CAPACITY);
+        self.scheduler
+            .do_send(SetListener(ctx.address().recipient()));
+        self.health =
+            Some(HealthChecker::new(self.health_interval, ctx.address().recipient()).start());
+        if let Some(upgrade) = self.upgrade.take() {
+            let commit = self.store.commit(upgrade);
+            actix::spawn(async move {
+                if let Err(e) = commit.await {
+                    warn!("manager: could not fold the old store's intents into its records: {e}");
+                }
+            });
+        }
+        // Every worker the store knows is watched from the start: one that never answers is
+        // Down after the node timeout, and its tasks move.
+        for (name, address) in self.core.bound_addresses() {
+            if address.contains(':') && !address.starts_with("in-process") {
+                info!("manager: watching worker {name} at {address} (known from the store)");
+                self.connect(WorkerLink::Http(format!("http://{address}")), ctx);
+            }
+        }
+        self.step(ctx);
+    }
+}
+
+/// Records whose commit failed: written again with the next commit.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Unwritten(Writes);
+
+impl Handler<Unwritten> for Manager {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unwritten, _: &mut Context<Self>) {
+        self.core.unwritten(msg.0);
+    }
+}
+
+impl Handler<Submit> for Manager {
+    type Result = ResponseFuture<Result<Submitted, ManagerError>>;
+
+    fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        let outcome = self.core.submit(now, msg.0);
+        // A repeat is answered after a commit too: the first submission may still be
+        // committing, and a commit later in the writer's order covers it.
+        let durable = self.carry_out(ctx);
+        let me = ctx.address();
+        Box::pin(async move {
+            let outcome = outcome?;
+            let res = durable.await;
+            match outcome {
+                core::Submitted::Created(task) => {
+                    me.do_send(Committed {
+                        id: task.id,
+                        ok: res.is_ok(),
+                    });
+                    res?;
+                    Ok(Submitted {
+                        task,
+                        created: true,
+                    })
+                }
+                core::Submitted::Existing(task) | core::Submitted::Stopping(task) => {
+                    res?;
+                    Ok(Submitted {
+                        task,
+                        created: false,
+                    })
+                }
+            }
+        })
+    }
+}
+
+/// A submission's commit finished: place the task, or forget it when the commit failed.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Committed {
+    id: Uuid,
+    ok: bool,
+}
+
+impl Handler<Committed> for Manager {
+    type Result = ();
+
+    fn handle(&mut self, msg: Committed, ctx: &mut Context<Self>) {
+        self.core.submit_committed(&[msg.id], msg.ok);
+        self.step(ctx);
+    }
+}
+
+impl Handler<StopTask> for Manager {
+    type Result = ResponseFuture<Result<Task, ManagerError>>;
+
+    fn handle(&mut self, msg: StopTask, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        let outcome = self.core.stop(now, msg.0);
+        let durable = self.carry_out(ctx);
+        Box::pin(async move {
+            let task = outcome?;
+            durable.await?;
+            Ok(task)
+        })
+    }
+}
+
+impl Handler<GetTask> for Manager {
+    type Result = Option<Task>;
+
+    fn handle(&mut self, msg: GetTask, _: &mut Context<Self>) -> Self::Result {
+        self.core.task(msg.0).cloned()
+    }
+}
+
+impl Handler<ListTasks> for Manager {
+    type Result = Vec<Task>;
+
+    fn handle(&mut self, msg: ListTasks, _: &mut Context<Self>) -> Self::Result {
+        self.core
+            .ids_after(msg.after)
+            .filter_map(|id| self.core.task(*id))
+            .filter(|t| msg.state.is_none_or(|s| t.state == s))
+            .filter(|t| {
+                msg.worker
+                    .as_ref()
+                    .is_none_or(|w| t.worker.as_ref() == Some(w))
+            })
+            .take(msg.limit.unwrap_or(usize::MAX))
+            .cloned()
+            .collect()
+    }
+}
+
+impl Handler<CountTasks> for Manager {
+    type Result = MessageResult<CountTasks>;
+
+    fn handle(&mut self, _: CountTasks, _: &mut Context<Self>) -> Self::Result {
+        let mut counts = BTreeMap::new();
+        for t in self.core.tasks() {
+            *counts.entry(t.state).or_insert(0) += 1;
+        }
+        MessageResult(counts)
+    }
+}
+
+impl Handler<LogsOf> for Manager {
+    type Result = ResponseFuture<Result<WorkerLink, ManagerError>>;
+
+    fn handle(&mut self, msg: LogsOf, _: &mut Context<Self>) -> Self::Result {
+        let id = msg.0;
+        let worker = match self.core.task(id) {
+            None => return Box::pin(async move { Err(ManagerError::NotFound(id)) }),
+            Some(t) => t.worker.clone(),
+        };
+        let Some(worker) = worker else {
+            return Box::pin(async move { Err(ManagerError::NotPlaced(id)) });
+        };
+        let proxy = self
+            .core
+            .endpoints()
+            .into_iter()
+            .find(|e| e.name.as_deref() == Some(worker.as_str()) && e.status != NodeStatus::Refused)
+            .and_then(|e| self.proxies.get(e.endpoint).cloned());
+        let Some(proxy) = proxy else {
+            return Box::pin(async move { Err(ManagerError::WorkerGone(worker)) });
+        };
+        let link = proxy.send(Link);
+        Box::pin(async move { link.await.map_err(|_| ManagerError::WorkerGone(worker)) })
+    }
+}
+
+impl Handler<ListNodes> for Manager {
+    type Result = ResponseFuture<Vec<NodeReport>>;
+
+    fn handle(&mut self, _: ListNodes, _: &mut Context<Self>) -> Self::Result {
+        let views = self.core.endpoints();
+        let infos = join_all(views.iter().map(|v| {
+            let proxy = self.proxies.get(v.endpoint).cloned();
+            async move {
+                match proxy {
+                    Some(p) => p.send(Info).await.ok(),
+                    None => None,
+                }
+            }
+        }));
+        let book = self.scheduler.send(ListBook);
+        Box::pin(async move {
+            let book: HashMap<String, _> = book
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .map(|n| (n.name.clone(), n))
+                .collect();
+            let infos = infos.await;
+            let mut out: Vec<NodeReport> = views
+                .into_iter()
+                .zip(infos)
+                .map(|(view, info)| {
+                    let name = view.name.clone().unwrap_or_default();
+                    let booked = book
+                        .get(&name)
+                        .filter(|_| view.status != NodeStatus::Refused);
+                    let stats = info.as_ref().and_then(|i| i.stats.as_ref());
+                    let cap = booked
+                        .and_then(|b| b.capacity)
+                        .or(stats.map(|s| s.capacity()));
+                    let reason = view.reason.clone().or_else(|| {
+                        (view.status != NodeStatus::Ready)
+                            .then(|| info.as_ref().and_then(|i| i.error.clone()))
+                            .flatten()
+                    });
+                    NodeReport {
+                        status: view.status,
+                        address: view.address,
+                        cpus: cap.map_or(0.0, |c| c.cpus),
+                        cpu_allocated: booked.map_or(0.0, |b| b.allocated.cpu),
+                        memory: cap.map_or(0, |c| c.memory),
+                        memory_allocated: booked.map_or(0, |b| b.allocated.memory),
+                        disk: cap.map_or(0, |c| c.disk),
+                        disk_allocated: booked.map_or(0, |b| b.allocated.disk),
+                        tasks: booked.map_or(0, |b| b.tasks),
+                        last_seen: info.and_then(|i| i.last_seen),
+                        reason,
+                        name,
+                    }
+                })
+                .collect();
+            out.sort_by(|a, b| a.name.cmp(&b.name).then(a.address.cmp(&b.address)));
+            out
+        })
+    }
+}
+
+impl Handler<Connect> for Manager {
+    type Result = MessageResult<Connect>;
+
+    fn handle(&mut self, msg: Connect, ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.connect(msg.0, ctx))
+    }
+}
+
+impl Handler<NodeUp> for Manager {
+    type Result = ();
+
+    fn handle(&mut self, msg: NodeUp, ctx: &mut Context<Self>) {
+        let now = self.clock.now();
+        self.core.node_up(now, msg.endpoint, &msg.name);
+        self.step(ctx);
+    }
+}
+
+impl Handler<NodeDown> for Manager {
+    type Result = ();
+
+    fn handle(&mut self, msg: NodeDown, ctx: &mut Context<Self>) {
+        let now = self.clock.now();
+        self.core.node_down(now, msg.endpoint);
+        self.step(ctx);
+    }
+}
+
+impl Handler<Report> for Manager {
+    type Result = ();
+
+    fn handle(&mut self, msg: Report, ctx: &mut Context<Self>) {
+        let now = self.clock.now();
+        self.core.report(now, msg.endpoint, msg.full, msg.tasks);
+        self.step(ctx);
+    }
+}
+
+impl Handler<StartDone> for Manager {
+    type Result = ();
+
+    fn handle(&mut self, msg: StartDone, ctx: &mut Context<Self>) {
+        let now = self.clock.now();
+        self.core
+            .start_done(now, &msg.node, msg.id, msg.attempt, msg.outcome);
+        self.step(ctx);
+    }
+}
+
+impl Handler<StopDone> for Manager {
+    type Result = ();
+
+    fn handle(&mut self, msg: StopDone, ctx: &mut Context<Self>) {
+        let now = self.clock.now();
+        self.core
+            .stop_done(now, &msg.node, msg.id, msg.attempt, msg.outcome);
+        self.step(ctx);
+    }
+}
+
+impl Handler<HealthChecked> for Manager {
+    type Result = ();
+
+    fn handle(&mut self, msg: HealthChecked, ctx: &mut Context<Self>) {
+        let now = self.clock.now();
+        self.core
+            .health_checked(now, msg.id, msg.attempt, msg.result);
+        self.step(ctx);
+    }
+}
+
+impl Handler<CapacityAvailable> for Manager {
+    type Result = ();
+
+    fn handle(&mut self, _: CapacityAvailable, ctx: &mut Context<Self>) {
+        self.core.capacity_available();
+        self.step(ctx);
+    }
+}

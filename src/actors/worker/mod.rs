@@ -1,0 +1,159 @@
+//! The Worker actor: runs the tasks placed on one node through a [`Runtime`] and keeps a
+//! durable record of them.
+//!
+//! - [`core`]: the rules, pure (starts, stops and their tombstones, exits, reconciliation with
+//!   the runtime); unit-tested and driven by the fault simulation.
+//! - [`feed`]: the change feed the manager's proxy long-polls.
+//! - `shell`: the actor that feeds the core (messages, runtime events and outcomes, timers) and
+//!   carries out its effects (runtime calls, store writes, feed notifications).
+//!
+//! State changes come from the runtime's event stream, never from polling: exit 0 → Completed,
+//! non-zero → Failed with `exit_code`, OOM kill → Failed with that reason. The worker only ever
+//! touches containers carrying its own `cube.worker` label.
+
+pub mod core;
+pub mod feed;
+mod shell;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use uuid::Uuid;
+
+pub use self::feed::Changes;
+pub use self::shell::Worker;
+use crate::db::StoreError;
+use crate::node::{Capacity, NodeStats, StatsSampler};
+use crate::runtime::{Runtime, RuntimeError};
+use crate::task::Task;
+
+/// The worker's table of tasks in its store: task id → its latest record.
+pub const TASKS_TABLE: &str = "tasks";
+/// Tombstones: task id → the highest attempt a stop was accepted for (u32, big-endian).
+pub const STOPS_TABLE: &str = "stops";
+pub const TABLES: &[&str] = &[TASKS_TABLE, STOPS_TABLE];
+/// How long the container of a finished task is kept for its logs.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
+/// Longest a [`WatchChanges`] may wait for a change.
+pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(60);
+/// How often the worker compares its table with the runtime's containers, besides on start and
+/// after the event stream reconnects: the safety net for an event that never came.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What can go wrong when asking the worker for something.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// No task with this id was ever placed here.
+    #[error("task {0} is not known to this worker")]
+    NotFound(Uuid),
+    /// The request is about an attempt older than the one this worker runs.
+    #[error("task {id} attempt {attempt} is older than attempt {current} that this worker runs")]
+    StaleAttempt {
+        id: Uuid,
+        attempt: u32,
+        current: u32,
+    },
+    /// A stop fenced this attempt here: it never starts on this worker.
+    #[error(
+        "task {id} attempt {attempt} was stopped on this worker (every attempt up to {stopped} is); it will not start here"
+    )]
+    Stopped {
+        id: Uuid,
+        attempt: u32,
+        stopped: u32,
+    },
+    /// The task has no container (never started, or already removed).
+    #[error("task {0} has no container")]
+    NoContainer(Uuid),
+    /// The worker's store refused the write; nothing was acknowledged.
+    #[error("the worker's store failed: {0}")]
+    Store(#[from] StoreError),
+    /// The runtime failed.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The worker stopped while the request waited.
+    #[error("the worker is shutting down")]
+    Gone,
+}
+
+/// How a worker is set up.
+pub struct WorkerSetup {
+    /// The worker's name, stable across restarts: its containers' `cube.worker` label.
+    pub name: String,
+    pub runtime: Arc<dyn Runtime>,
+    /// Durable record of its tasks; `None` keeps them in memory (in-process simulated workers).
+    pub store: Option<crate::db::Store>,
+    /// Machine measurement; `None` reports `capacity` instead (simulated workers).
+    pub sampler: Option<Addr<StatsSampler>>,
+    /// Capacity reported when there is no sampler.
+    pub capacity: Capacity,
+    /// How long the container of a finished task is kept for its logs.
+    pub retention: Duration,
+}
+
+/// Run this attempt of a task. Idempotent by task id and attempt: a repeat returns the existing
+/// task and never starts a second container. Answers once the record is durable.
+#[derive(Message)]
+#[rtype(result = "Result<Started, WorkerError>")]
+pub struct StartAttempt(pub Task);
+
+/// The answer to [`StartAttempt`].
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub task: Task,
+    /// False when this attempt was known already.
+    pub created: bool,
+}
+
+/// Stop the task: every attempt up to `attempt` (the current one when `None`) is fenced for
+/// good; the current one's container is stopped (SIGTERM, SIGKILL after `stop_timeout_s`) and
+/// removed, then the task is Completed. Answers once the stop is durable.
+#[derive(Message)]
+#[rtype(result = "Result<Task, WorkerError>")]
+pub struct StopAttempt {
+    pub id: Uuid,
+    pub attempt: Option<u32>,
+}
+
+/// One task as the worker knows it.
+#[derive(Message)]
+#[rtype(result = "Option<Task>")]
+pub struct ReadTask(pub Uuid);
+
+/// Every task of this worker, ordered by id.
+#[derive(Message)]
+#[rtype(result = "Vec<Task>")]
+pub struct ReadTasks;
+
+/// The change feed: tasks changed after `since`, answered as soon as there is at least one (or
+/// empty when `wait` passes). A watcher from another instance of the worker starts over at 0.
+#[derive(Message)]
+#[rtype(result = "Changes")]
+pub struct WatchChanges {
+    pub since: u64,
+    /// The instance the watcher's `since` belongs to.
+    pub instance: Option<Uuid>,
+    pub wait: Duration,
+}
+
+/// The worker's report about its machine.
+#[derive(Message)]
+#[rtype(result = "Result<NodeStats, WorkerError>")]
+pub struct GetStats;
+
+/// The worker's name and process instance.
+#[derive(Message)]
+#[rtype(result = "(String, Uuid)")]
+pub struct Identify;
+
+/// The output of a task's container: the last `tail` lines, and on while it runs when `follow`.
+#[derive(Message)]
+#[rtype(result = "Result<BoxStream<'static, Result<Bytes, RuntimeError>>, WorkerError>")]
+pub struct ReadLogs {
+    pub id: Uuid,
+    pub tail: Option<usize>,
+    pub follow: bool,
+}

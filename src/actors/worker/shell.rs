@@ -1,0 +1,483 @@
+//! The Worker actor: a shell around the worker's [`Core`]. Each handler feeds one input in with
+//! the time, then [`Worker::carry_out`] writes what changed, and only once that is durable
+//! answers the caller, publishes the changes on the feed and makes the runtime calls. Runtime
+//! calls run as futures beside the actor, so one slow start never blocks another; their
+//! outcomes come back as inputs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use log::{info, warn};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::core::{Core, Effect, Writes};
+use super::feed::{Changes, Feed};
+use super::{
+    GetStats, Identify, MAX_WATCH_WAIT, RECONCILE_INTERVAL, ReadLogs, ReadTask, ReadTasks,
+    STOPS_TABLE, StartAttempt, Started, StopAttempt, TASKS_TABLE, WatchChanges, WorkerError,
+    WorkerSetup,
+};
+use crate::clock::Clock;
+use crate::db::{Batch, Store, StoreError};
+use crate::node::{Capacity, NodeStats, Sample, StatsSampler};
+use crate::runtime::{ContainerSpec, Runtime, RuntimeError, RuntimeEvent};
+use crate::task::Task;
+
+/// A long-poll waiting for the next change.
+struct Watcher {
+    since: u64,
+    reply: oneshot::Sender<Changes>,
+}
+
+pub struct Worker {
+    core: Core,
+    clock: Clock,
+    feed: Feed,
+    runtime: Arc<dyn Runtime>,
+    store: Option<Store>,
+    sampler: Option<Addr<StatsSampler>>,
+    capacity: Capacity,
+    watchers: Vec<Watcher>,
+    notify_scheduled: bool,
+    /// The armed timer of the core, and when it fires.
+    timer: Option<(Duration, SpawnHandle)>,
+}
+
+impl Worker {
+    /// A worker with the tasks its store holds; reconciliation with the runtime happens when the
+    /// actor starts.
+    pub fn new(setup: WorkerSetup) -> Result<Worker, WorkerError> {
+        let clock = Clock::new();
+        let (mut tasks, mut stops) = (Vec::new(), Vec::new());
+        if let Some(store) = &setup.store {
+            for (_, task) in store.scan_json::<Task>(TASKS_TABLE)? {
+                tasks.push(task);
+            }
+            for (key, value) in store.scan(STOPS_TABLE)? {
+                let id = Uuid::from_slice(&key).ok();
+                let attempt = <[u8; 4]>::try_from(value.as_slice())
+                    .ok()
+                    .map(u32::from_be_bytes);
+                match (id, attempt) {
+                    (Some(id), Some(attempt)) => stops.push((id, attempt)),
+                    _ => warn!("worker {}: skipping a malformed stop record", setup.name),
+                }
+            }
+            info!(
+                "worker {}: {} task(s) and {} stop(s) loaded from {}",
+                setup.name,
+                tasks.len(),
+                stops.len(),
+                store.path().display()
+            );
+        }
+        let mut feed = Feed::new(Uuid::new_v4());
+        for t in &tasks {
+            feed.changed(t.id);
+        }
+        let core = Core::recover(setup.name, setup.retention, clock.now(), tasks, stops);
+        Ok(Worker {
+            core,
+            clock,
+            feed,
+            runtime: setup.runtime,
+            store: setup.store,
+            sampler: setup.sampler,
+            capacity: setup.capacity,
+            watchers: Vec::new(),
+            notify_scheduled: false,
+            timer: None,
+        })
+    }
+
+    fn name(&self) -> &str {
+        self.core.name()
+    }
+
+    /// Write what the core changed; once durable, publish the changes and carry out the core's
+    /// effects. Resolves when the writes are durable (or failed).
+    fn carry_out(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> impl Future<Output = Result<(), WorkerError>> + use<> {
+        let writes = self.core.take_writes();
+        let effects = self.core.take_effects();
+        self.rearm(ctx);
+        let (tx, rx) = oneshot::channel();
+        if writes.is_empty() {
+            self.perform(effects, ctx);
+            let _ = tx.send(Ok(()));
+        } else {
+            let commit = persist(self.store.as_ref(), &writes);
+            ctx.spawn(commit.into_actor(self).map(move |res, act, ctx| {
+                match &res {
+                    Ok(()) => {
+                        for t in &writes.tasks {
+                            act.feed.changed(t.id);
+                        }
+                        act.notify_soon(ctx);
+                    }
+                    Err(e) => {
+                        warn!("worker {}: could not write its records: {e}", act.name());
+                        act.core.unwritten(writes);
+                    }
+                }
+                act.perform(effects, ctx);
+                let _ = tx.send(res.map_err(WorkerError::from));
+            }));
+        }
+        async move { rx.await.unwrap_or(Err(WorkerError::Gone)) }
+    }
+
+    /// Carry out, when nobody waits for the writes; a failure is logged there.
+    fn step(&mut self, ctx: &mut Context<Self>) {
+        let done = self.carry_out(ctx);
+        actix::spawn(async move {
+            let _ = done.await;
+        });
+    }
+
+    fn perform(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
+        for effect in effects {
+            match effect {
+                Effect::Run { spec, replaces } => self.run(spec, replaces, ctx),
+                Effect::Stop {
+                    id,
+                    attempt,
+                    container,
+                    timeout,
+                } => {
+                    let runtime = self.runtime.clone();
+                    let c = container.clone();
+                    ctx.spawn(
+                        async move { runtime.stop(c, timeout).await }
+                            .into_actor(self)
+                            .map(move |res, act, ctx| {
+                                let now = act.clock.now();
+                                act.core.stopped(now, id, attempt, container, res);
+                                act.step(ctx);
+                            }),
+                    );
+                }
+                Effect::Remove(container) => {
+                    let runtime = self.runtime.clone();
+                    let name = self.name().to_string();
+                    actix::spawn(async move {
+                        if let Err(e) = runtime.remove(container.clone()).await {
+                            warn!("worker {name}: could not remove container {container}: {e}");
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Start a container, replacing an older attempt's first.
+    fn run(
+        &mut self,
+        spec: ContainerSpec,
+        replaces: Option<(String, Duration)>,
+        ctx: &mut Context<Self>,
+    ) {
+        let runtime = self.runtime.clone();
+        let worker = self.name().to_string();
+        let (id, attempt) = (spec.task_id, spec.attempt);
+        let start = async move {
+            if let Some((old, timeout)) = replaces
+                && let Err(e) = runtime.stop(old.clone(), timeout).await
+            {
+                warn!(
+                    "worker {worker}: could not remove container {old} of an older attempt of {id}: {e}"
+                );
+            }
+            let name = spec.name.clone();
+            match runtime.start(spec).await {
+                // The same attempt was started before (a retry, or a crash between the runtime
+                // creating it and our record of it): adopt that container, never make a second.
+                Err(RuntimeError::NameConflict(_)) => {
+                    if let Some(found) = runtime.inspect(name.clone()).await? {
+                        return Ok(found);
+                    }
+                    runtime
+                        .list(worker)
+                        .await?
+                        .into_iter()
+                        .find(|c| c.task_id == id && c.attempt == attempt)
+                        .ok_or(RuntimeError::NameConflict(name))
+                }
+                other => other,
+            }
+        };
+        ctx.spawn(start.into_actor(self).map(move |res, act, ctx| {
+            let now = act.clock.now();
+            act.core.started(now, id, attempt, res);
+            act.step(ctx);
+        }));
+    }
+
+    fn rearm(&mut self, ctx: &mut Context<Self>) {
+        let next = self.core.next_timer();
+        if self.timer.as_ref().map(|(at, _)| *at) == next {
+            return;
+        }
+        if let Some((_, handle)) = self.timer.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = next {
+            let handle = ctx.run_later(self.clock.until(at), |act, ctx| {
+                act.timer = None;
+                let now = act.clock.now();
+                act.core.tick(now);
+                act.step(ctx);
+            });
+            self.timer = Some((at, handle));
+        }
+    }
+
+    fn notify_soon(&mut self, ctx: &mut Context<Self>) {
+        if !self.notify_scheduled {
+            // Coalesce: changes made while this mailbox drains go out in one answer.
+            self.notify_scheduled = true;
+            ctx.run_later(Duration::ZERO, |act, _| act.notify_watchers());
+        }
+    }
+
+    fn changes(&self, since: u64) -> Changes {
+        self.feed
+            .read(self.core.name(), since, |id| self.core.task(id))
+    }
+
+    fn notify_watchers(&mut self) {
+        self.notify_scheduled = false;
+        let watchers = std::mem::take(&mut self.watchers);
+        for w in watchers {
+            if w.reply.is_closed() {
+                continue;
+            }
+            if self.feed.has_news(w.since) {
+                let _ = w.reply.send(self.changes(w.since));
+            } else {
+                self.watchers.push(w);
+            }
+        }
+    }
+
+    /// Compare the table with the runtime's containers.
+    fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        let token = self.core.begin_reconcile();
+        let runtime = self.runtime.clone();
+        let name = self.name().to_string();
+        ctx.spawn(
+            async move { runtime.list(name).await }
+                .into_actor(self)
+                .map(move |res, act, ctx| match res {
+                    Ok(containers) => {
+                        let now = act.clock.now();
+                        act.core.reconcile(now, token, containers);
+                        act.step(ctx);
+                    }
+                    Err(e) => {
+                        warn!(
+                            "worker {}: cannot list containers to reconcile: {e}",
+                            act.name()
+                        );
+                        ctx.run_later(Duration::from_secs(1), |act, ctx| act.reconcile(ctx));
+                    }
+                }),
+        );
+    }
+}
+
+/// Write the changed records in one batch; `Ok` at once without a store.
+fn persist(store: Option<&Store>, writes: &Writes) -> BoxFuture<'static, Result<(), StoreError>> {
+    let Some(store) = store else {
+        return futures_util::future::ready(Ok(())).boxed();
+    };
+    let mut batch = Batch::new();
+    for task in &writes.tasks {
+        if let Err(e) = batch.put_json(TASKS_TABLE, task.id.as_bytes().to_vec(), task) {
+            return futures_util::future::ready(Err(e)).boxed();
+        }
+    }
+    for (id, attempt) in &writes.stops {
+        batch.put(
+            STOPS_TABLE,
+            id.as_bytes().to_vec(),
+            attempt.to_be_bytes().to_vec(),
+        );
+    }
+    store.commit(batch).boxed()
+}
+
+impl Actor for Worker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(crate::actors::MAILBOX_CAPACITY);
+        ctx.add_stream(self.runtime.events(self.name().to_string()));
+        self.reconcile(ctx);
+        ctx.run_interval(RECONCILE_INTERVAL, |act, ctx| act.reconcile(ctx));
+    }
+}
+
+impl StreamHandler<RuntimeEvent> for Worker {
+    fn handle(&mut self, event: RuntimeEvent, ctx: &mut Context<Self>) {
+        match event {
+            RuntimeEvent::Resync => self.reconcile(ctx),
+            RuntimeEvent::Exited { container_id } => {
+                let runtime = self.runtime.clone();
+                ctx.spawn(
+                    async move { runtime.inspect(container_id).await }
+                        .into_actor(self)
+                        .map(|res, act, ctx| match res {
+                            Ok(Some(status)) => {
+                                let now = act.clock.now();
+                                act.core.exited(now, status);
+                                act.step(ctx);
+                            }
+                            // Removed already: a stop of ours, which records its own outcome.
+                            Ok(None) => {}
+                            Err(e) => warn!(
+                                "worker {}: cannot inspect an ended container: {e}",
+                                act.name()
+                            ),
+                        }),
+                );
+            }
+        }
+    }
+
+    fn finished(&mut self, _ctx: &mut Context<Self>) {
+        warn!("worker {}: the runtime's event stream ended", self.name());
+    }
+}
+
+impl Handler<StartAttempt> for Worker {
+    type Result = ResponseFuture<Result<Started, WorkerError>>;
+
+    fn handle(&mut self, msg: StartAttempt, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        let outcome = self.core.start(now, msg.0);
+        let durable = self.carry_out(ctx);
+        Box::pin(async move {
+            let (task, created) = outcome?;
+            durable.await?;
+            Ok(Started { task, created })
+        })
+    }
+}
+
+impl Handler<StopAttempt> for Worker {
+    type Result = ResponseFuture<Result<Task, WorkerError>>;
+
+    fn handle(&mut self, msg: StopAttempt, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        let outcome = self.core.stop(now, msg.id, msg.attempt);
+        let durable = self.carry_out(ctx);
+        Box::pin(async move {
+            // Even a refusal may have left a tombstone: answer once it is durable.
+            durable.await?;
+            outcome
+        })
+    }
+}
+
+impl Handler<ReadTask> for Worker {
+    type Result = Option<Task>;
+
+    fn handle(&mut self, msg: ReadTask, _: &mut Context<Self>) -> Self::Result {
+        self.core.task(msg.0).cloned()
+    }
+}
+
+impl Handler<ReadTasks> for Worker {
+    type Result = Vec<Task>;
+
+    fn handle(&mut self, _: ReadTasks, _: &mut Context<Self>) -> Self::Result {
+        self.core.tasks().cloned().collect()
+    }
+}
+
+impl Handler<WatchChanges> for Worker {
+    type Result = ResponseFuture<Changes>;
+
+    fn handle(&mut self, msg: WatchChanges, _: &mut Context<Self>) -> Self::Result {
+        let since = self.feed.start_of(msg.since, msg.instance);
+        if self.feed.has_news(since) || msg.wait.is_zero() {
+            let changes = self.changes(since);
+            return Box::pin(async move { changes });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.watchers.retain(|w| !w.reply.is_closed());
+        self.watchers.push(Watcher { since, reply: tx });
+        let empty = Changes {
+            name: self.core.name().to_string(),
+            instance: self.feed.instance(),
+            seq: self.feed.seq(),
+            full: false,
+            tasks: Vec::new(),
+        };
+        let wait = msg.wait.min(MAX_WATCH_WAIT);
+        Box::pin(async move {
+            match tokio::time::timeout(wait, rx).await {
+                Ok(Ok(changes)) => changes,
+                _ => empty,
+            }
+        })
+    }
+}
+
+impl Handler<GetStats> for Worker {
+    type Result = ResponseFuture<Result<NodeStats, WorkerError>>;
+
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        let name = self.name().to_string();
+        let tasks = self.core.active();
+        match &self.sampler {
+            None => {
+                let stats = NodeStats::simulated(&name, self.capacity, tasks);
+                Box::pin(async move { Ok(stats) })
+            }
+            Some(sampler) => {
+                let sample = sampler.send(Sample);
+                Box::pin(async move {
+                    let mut stats = sample.await.map_err(|_| WorkerError::Gone)?;
+                    stats.name = name;
+                    stats.tasks = tasks;
+                    Ok(stats)
+                })
+            }
+        }
+    }
+}
+
+impl Handler<Identify> for Worker {
+    type Result = MessageResult<Identify>;
+
+    fn handle(&mut self, _: Identify, _: &mut Context<Self>) -> Self::Result {
+        MessageResult((self.name().to_string(), self.feed.instance()))
+    }
+}
+
+impl Handler<ReadLogs> for Worker {
+    type Result = Result<
+        futures_util::stream::BoxStream<'static, Result<bytes::Bytes, RuntimeError>>,
+        WorkerError,
+    >;
+
+    fn handle(&mut self, msg: ReadLogs, _: &mut Context<Self>) -> Self::Result {
+        let task = self
+            .core
+            .task(msg.id)
+            .ok_or(WorkerError::NotFound(msg.id))?;
+        let container = task
+            .container_id
+            .clone()
+            .ok_or(WorkerError::NoContainer(msg.id))?;
+        Ok(self.runtime.logs(container, msg.tail, msg.follow))
+    }
+}
