@@ -40,7 +40,8 @@ class Proc:
 
 class Cluster:
     def __init__(self, workers, tmp):
-        self.tmp = tmp
+        # A store of its own: a cluster must not recover another race's tasks.
+        self.tmp = tempfile.mkdtemp(dir=tmp)
         self.names = [f"race-{uuid.uuid4().hex[:8]}" for _ in range(workers)]
         self.wports = [free_port() for _ in range(workers)]
         self.mport = free_port()

@@ -194,6 +194,10 @@ impl Liveness {
 
     /// Whether the silence reached the timeout by `now`.
     pub fn check(&mut self, now: Duration) -> Option<LivenessChange> {
+        use crate::sim::planted::{Bug, planted};
+        if planted(Bug::SilentFromStartNeverDown) && self.status == NodeStatus::Connecting {
+            return None;
+        }
         let silent_for = now.saturating_sub(self.heard_at);
         if self.status == NodeStatus::Down || silent_for < self.timeout {
             return None;

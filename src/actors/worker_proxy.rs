@@ -32,6 +32,8 @@ use crate::task::Task;
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// How long one long-poll of the change feed waits on the worker.
 pub const WATCH_WAIT: Duration = Duration::from_secs(20);
+/// Shortest wait before the silence is checked again: never a busy loop, whatever the rule.
+const MIN_DOWN_CHECK: Duration = Duration::from_millis(100);
 /// First pause after a failed feed read; doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -139,7 +141,8 @@ impl WorkerProxy {
         let Some(deadline) = self.liveness.deadline() else {
             return;
         };
-        self.down_check = Some(ctx.run_later(self.clock.until(deadline), |act, ctx| {
+        let wait = self.clock.until(deadline).max(MIN_DOWN_CHECK);
+        self.down_check = Some(ctx.run_later(wait, |act, ctx| {
             act.down_check = None;
             let now = act.clock.now();
             match act.liveness.check(now.mono) {

@@ -39,6 +39,7 @@ use crate::actors::policy::Resources;
 use crate::actors::scheduler::{NoFit, PlaceRequest};
 use crate::clock::Now;
 use crate::node::NodeStatus;
+use crate::sim::planted::{Bug, planted};
 use crate::task::{Goal, RestartPolicy, State, Task, TaskEvent};
 
 /// First restart waits this long; each further one twice as long, up to [`MAX_RESTART_BACKOFF`].
@@ -316,6 +317,8 @@ pub struct Core {
     waiting: VecDeque<Uuid>,
     /// A placement request is with the scheduler.
     asking: bool,
+    /// Room appeared while a request was out: its "fits nowhere" answers may be stale.
+    room_while_asking: bool,
     timers: BinaryHeap<Reverse<(Duration, Timer)>>,
     effects: Vec<Effect>,
     dirty_tasks: Vec<Uuid>,
@@ -344,6 +347,7 @@ impl Core {
             queue: VecDeque::new(),
             waiting: VecDeque::new(),
             asking: false,
+            room_while_asking: false,
             timers: BinaryHeap::new(),
             effects: Vec::new(),
             dirty_tasks: Vec::new(),
@@ -637,6 +641,8 @@ impl Core {
     /// The scheduler's answer to a [`Effect::Place`].
     pub fn placed(&mut self, now: Now, placements: Vec<(Uuid, Result<String, NoFit>)>) {
         self.asking = false;
+        // Room announced while the scheduler chose may have overtaken this answer.
+        let retry = std::mem::take(&mut self.room_while_asking);
         for (id, result) in placements {
             let Some(e) = self.tasks.get_mut(&id) else {
                 if result.is_ok() {
@@ -677,6 +683,9 @@ impl Core {
                 Err(_) => {}
             }
         }
+        if retry {
+            self.capacity_available();
+        }
         self.kick();
     }
 
@@ -695,6 +704,9 @@ impl Core {
 
     /// Room may have appeared: tasks that fit nowhere are worth another try.
     pub fn capacity_available(&mut self) {
+        if self.asking {
+            self.room_while_asking = true;
+        }
         while let Some(id) = self.waiting.pop_front() {
             if let Some(e) = self.tasks.get_mut(&id)
                 && e.placing == Placing::Waiting
@@ -1003,7 +1015,20 @@ impl Core {
         match outcome {
             Ok(task) => {
                 self.settle_call(nid, key, Call::Acked);
+                let older = task.attempt < attempt;
                 self.observe(now, nid, task);
+                if older {
+                    // The worker fenced every attempt up to this one and has only an older
+                    // one: this attempt never ran there, and never will.
+                    self.merge_seen(
+                        nid,
+                        id,
+                        Seen {
+                            attempt,
+                            state: State::Completed,
+                        },
+                    );
+                }
             }
             Err(CallError::Transport(reason)) => {
                 debug!("stop of task {id} attempt {attempt} on {node} failed: {reason}");
@@ -1150,12 +1175,16 @@ impl Core {
             }
             return;
         }
-        if !self.merge_seen(nid, id, seen) {
+        let stale_as_current = planted(Bug::StaleReportIsCurrent)
+            && self.tasks[&id].node == Some(nid)
+            && seen.attempt < self.tasks[&id].task.attempt;
+        if !self.merge_seen(nid, id, seen) && !stale_as_current {
             return;
         }
         let e = self.tasks.get_mut(&id).expect("checked above");
-        let current =
-            e.node == Some(nid) && e.task.attempt == seen.attempt && e.task.state.is_active();
+        let current = e.node == Some(nid)
+            && (e.task.attempt == seen.attempt || stale_as_current)
+            && e.task.state.is_active();
         if !current {
             return;
         }

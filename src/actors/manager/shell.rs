@@ -138,10 +138,14 @@ impl Manager {
     }
 
     /// Carry out what the core asks: the scheduler's and the proxies' messages now; the records
-    /// into one commit; the workers' calls once it is durable. Resolves with the commit.
+    /// into one commit; the workers' calls once it is durable. Resolves with the commit. With
+    /// `barrier`, a step that wrote nothing still waits for a commit, so an answer that depends
+    /// on an earlier step (a repeated submission or stop) is never given before that step's
+    /// records are durable: the writer commits in order.
     fn carry_out(
         &mut self,
         ctx: &mut Context<Self>,
+        barrier: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + use<> {
         let writes = self.core.take_writes();
         let effects = self.core.take_effects();
@@ -209,7 +213,7 @@ impl Manager {
             }
         }
         let (tx, rx) = oneshot::channel();
-        if writes.is_empty() {
+        if writes.is_empty() && !barrier {
             send_calls(calls);
             let _ = tx.send(Ok(()));
         } else {
@@ -236,7 +240,7 @@ impl Manager {
 
     /// Carry out, when nobody waits for the writes.
     fn step(&mut self, ctx: &mut Context<Self>) {
-        let done = self.carry_out(ctx);
+        let done = self.carry_out(ctx, false);
         actix::spawn(async move {
             let _ = done.await;
         });
@@ -378,7 +382,7 @@ impl Handler<Submit> for Manager {
         let outcome = self.core.submit(now, msg.0);
         // A repeat is answered after a commit too: the first submission may still be
         // committing, and a commit later in the writer's order covers it.
-        let durable = self.carry_out(ctx);
+        let durable = self.carry_out(ctx, true);
         let me = ctx.address();
         Box::pin(async move {
             let outcome = outcome?;
@@ -430,7 +434,7 @@ impl Handler<StopTask> for Manager {
     fn handle(&mut self, msg: StopTask, ctx: &mut Context<Self>) -> Self::Result {
         let now = self.clock.now();
         let outcome = self.core.stop(now, msg.0);
-        let durable = self.carry_out(ctx);
+        let durable = self.carry_out(ctx, true);
         Box::pin(async move {
             let task = outcome?;
             durable.await?;

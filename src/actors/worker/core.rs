@@ -31,6 +31,7 @@ use uuid::Uuid;
 use super::WorkerError;
 use crate::clock::Now;
 use crate::runtime::{ContainerSpec, ContainerStatus, RuntimeError};
+use crate::sim::planted::{Bug, planted};
 use crate::task::{Goal, State, Task};
 
 /// First retry of a failed runtime stop; each further one waits twice as long, up to
@@ -332,10 +333,12 @@ impl Core {
         let Some(target) = attempt.or(current) else {
             return Err(WorkerError::NotFound(id));
         };
-        let tomb = self.tombstones.entry(id).or_insert(0);
-        if *tomb < target {
-            *tomb = target;
-            self.dirty_stops.push(id);
+        if current.is_some() || !planted(Bug::EarlyStopForgotten) {
+            let tomb = self.tombstones.entry(id).or_insert(0);
+            if *tomb < target {
+                *tomb = target;
+                self.dirty_stops.push(id);
+            }
         }
         let Some(current) = current else {
             // A stop that came before its start: remembered, so the start will be refused.
@@ -506,6 +509,7 @@ impl Core {
                 slot.stopping = Stopping::No;
                 self.complete_stopped(now, id);
             }
+            Err(_) if planted(Bug::FailedStopNotRetried) => {}
             Err(e) => {
                 let failures = slot.stopping.failures() + 1;
                 let at = now.mono + stop_backoff(failures);

@@ -4,6 +4,7 @@
 //! calls run as futures beside the actor, so one slow start never blocks another; their
 //! outcomes come back as inputs.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +38,9 @@ pub struct Worker {
     core: Core,
     clock: Clock,
     feed: Feed,
+    /// What the feed and the API show: each task as last written. The core may be a step
+    /// ahead while a commit is under way, and what is not durable is never told.
+    published: HashMap<Uuid, Task>,
     runtime: Arc<dyn Runtime>,
     store: Option<Store>,
     sampler: Option<Addr<StatsSampler>>,
@@ -79,11 +83,13 @@ impl Worker {
         for t in &tasks {
             feed.changed(t.id);
         }
+        let published = tasks.iter().map(|t| (t.id, t.clone())).collect();
         let core = Core::recover(setup.name, setup.retention, clock.now(), tasks, stops);
         Ok(Worker {
             core,
             clock,
             feed,
+            published,
             runtime: setup.runtime,
             store: setup.store,
             sampler: setup.sampler,
@@ -99,16 +105,19 @@ impl Worker {
     }
 
     /// Write what the core changed; once durable, publish the changes and carry out the core's
-    /// effects. Resolves when the writes are durable (or failed).
+    /// effects. Resolves when the writes are durable (or failed). With `barrier`, a step that
+    /// wrote nothing still waits for a commit, so the answer to a repeated start or stop never
+    /// comes before the first one's records are durable.
     fn carry_out(
         &mut self,
         ctx: &mut Context<Self>,
+        barrier: bool,
     ) -> impl Future<Output = Result<(), WorkerError>> + use<> {
         let writes = self.core.take_writes();
         let effects = self.core.take_effects();
         self.rearm(ctx);
         let (tx, rx) = oneshot::channel();
-        if writes.is_empty() {
+        if writes.is_empty() && !(barrier && self.store.is_some()) {
             self.perform(effects, ctx);
             let _ = tx.send(Ok(()));
         } else {
@@ -118,6 +127,7 @@ impl Worker {
                     Ok(()) => {
                         for t in &writes.tasks {
                             act.feed.changed(t.id);
+                            act.published.insert(t.id, t.clone());
                         }
                         act.notify_soon(ctx);
                     }
@@ -135,7 +145,7 @@ impl Worker {
 
     /// Carry out, when nobody waits for the writes; a failure is logged there.
     fn step(&mut self, ctx: &mut Context<Self>) {
-        let done = self.carry_out(ctx);
+        let done = self.carry_out(ctx, false);
         actix::spawn(async move {
             let _ = done.await;
         });
@@ -248,7 +258,7 @@ impl Worker {
 
     fn changes(&self, since: u64) -> Changes {
         self.feed
-            .read(self.core.name(), since, |id| self.core.task(id))
+            .read(self.core.name(), since, |id| self.published.get(&id))
     }
 
     fn notify_watchers(&mut self) {
@@ -362,7 +372,7 @@ impl Handler<StartAttempt> for Worker {
     fn handle(&mut self, msg: StartAttempt, ctx: &mut Context<Self>) -> Self::Result {
         let now = self.clock.now();
         let outcome = self.core.start(now, msg.0);
-        let durable = self.carry_out(ctx);
+        let durable = self.carry_out(ctx, true);
         Box::pin(async move {
             let (task, created) = outcome?;
             durable.await?;
@@ -377,7 +387,7 @@ impl Handler<StopAttempt> for Worker {
     fn handle(&mut self, msg: StopAttempt, ctx: &mut Context<Self>) -> Self::Result {
         let now = self.clock.now();
         let outcome = self.core.stop(now, msg.id, msg.attempt);
-        let durable = self.carry_out(ctx);
+        let durable = self.carry_out(ctx, true);
         Box::pin(async move {
             // Even a refusal may have left a tombstone: answer once it is durable.
             durable.await?;
@@ -390,7 +400,7 @@ impl Handler<ReadTask> for Worker {
     type Result = Option<Task>;
 
     fn handle(&mut self, msg: ReadTask, _: &mut Context<Self>) -> Self::Result {
-        self.core.task(msg.0).cloned()
+        self.published.get(&msg.0).cloned()
     }
 }
 
@@ -398,7 +408,9 @@ impl Handler<ReadTasks> for Worker {
     type Result = Vec<Task>;
 
     fn handle(&mut self, _: ReadTasks, _: &mut Context<Self>) -> Self::Result {
-        self.core.tasks().cloned().collect()
+        let mut tasks: Vec<Task> = self.published.values().cloned().collect();
+        tasks.sort_by_key(|t| t.id);
+        tasks
     }
 }
 
