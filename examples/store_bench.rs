@@ -4,10 +4,15 @@
 //! (or a fresh subdirectory of DIR, to measure another disk). Every acknowledged commit is
 //! fsync'd, so the figures mostly measure the disk's fsync latency.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread;
 use std::time::Instant;
 
-use cube::db::{Batch, Store};
+use cube::db::{Batch, Store, StoreError};
 
 const TABLE: &str = "bench";
 const SEQUENTIAL: usize = 2_000;
@@ -29,7 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..SEQUENTIAL {
         let mut batch = Batch::new();
         batch.put(TABLE, format!("seq-{i:08}"), vec![0u8; 100]);
-        store.commit_blocking(batch)?;
+        commit_blocking(&store, batch)?;
     }
     let elapsed = started.elapsed();
     println!(
@@ -75,4 +80,37 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     assert_eq!(store.len(TABLE)?, (SEQUENTIAL + CONCURRENT) as u64);
     Ok(())
+}
+
+/// Commit and wait on this thread, as a synchronous caller would: one fsync per acknowledgement.
+fn commit_blocking(store: &Store, batch: Batch) -> Result<(), StoreError> {
+    block_on(store.commit(batch))
+}
+
+/// Wakes the thread parked in [`block_on`].
+struct ThreadWaker(thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// The smallest executor: poll on this thread, park between polls. No runtime is needed for a
+/// commit, whose future only waits for the writer thread's answer.
+fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        // Spurious unparks are harmless: the loop polls again.
+        thread::park();
+    }
 }

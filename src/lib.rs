@@ -41,7 +41,26 @@ pub mod server;
 pub mod sim;
 pub mod task;
 
+/// The address the APIs bind unless told otherwise: loopback.
+pub const DEFAULT_HOST: &str = "127.0.0.1";
 /// Where a manager listens unless told otherwise.
 pub const DEFAULT_MANAGER_PORT: u16 = 5555;
+/// The manager the client commands talk to unless told otherwise.
+pub const DEFAULT_MANAGER_URL: &str = "http://127.0.0.1:5555";
 /// Where a worker listens unless told otherwise.
 pub const DEFAULT_WORKER_PORT: u16 = 5556;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_manager_url_is_the_default_host_and_port() {
+        assert_eq!(
+            super::DEFAULT_MANAGER_URL,
+            format!(
+                "http://{}:{}",
+                super::DEFAULT_HOST,
+                super::DEFAULT_MANAGER_PORT
+            )
+        );
+    }
+}

@@ -78,7 +78,7 @@ pub struct WorkerConfig {
 impl WorkerConfig {
     pub fn new(name: impl Into<String>, data_dir: impl Into<PathBuf>) -> WorkerConfig {
         WorkerConfig {
-            host: "127.0.0.1".into(),
+            host: crate::DEFAULT_HOST.into(),
             port: crate::DEFAULT_WORKER_PORT,
             name: name.into(),
             data_dir: data_dir.into(),
@@ -245,7 +245,7 @@ pub struct ManagerConfig {
 impl ManagerConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> ManagerConfig {
         ManagerConfig {
-            host: "127.0.0.1".into(),
+            host: crate::DEFAULT_HOST.into(),
             port: crate::DEFAULT_MANAGER_PORT,
             workers: Vec::new(),
             scheduler: PolicyKind::default(),

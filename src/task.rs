@@ -1,7 +1,8 @@
 //! The task model: what a user asks Cube to run, the states it goes through, and the input
 //! formats Cube accepts for it.
 //!
-//! This module is pure (no I/O) and owns three contracts (DESIGN §3 and §4):
+//! This module is pure (no I/O) and owns three contracts (ARCHITECTURE.md §10, README
+//! "Contracts"):
 //! - [`Task`] and its snake_case JSON, the one shape the manager, the worker, the store and the
 //!   CLI all use;
 //! - [`State`] and [`check_transition`], the whole transition table in one function;
@@ -120,7 +121,8 @@ pub struct TransitionError {
     pub to: State,
 }
 
-/// The whole transition table of DESIGN §4. Staying in the same state is not a transition.
+/// The whole transition table (ARCHITECTURE.md §10). Staying in the same state is not a
+/// transition.
 pub fn check_transition(from: State, to: State) -> Result<(), TransitionError> {
     use State::*;
     let allowed = match from {
@@ -193,7 +195,7 @@ impl<'de> Deserialize<'de> for RestartPolicy {
 }
 
 /// One task: the user's spec plus what Cube knows of its current attempt. This is the JSON of
-/// DESIGN §3, used unchanged by the HTTP APIs, the store and the CLI.
+/// README's "Contracts", used unchanged by the HTTP APIs, the store and the CLI.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Task {
     pub id: Uuid,
@@ -257,6 +259,11 @@ pub struct Task {
     pub start_time: Option<DateTime<Utc>>,
     #[serde(default)]
     pub finish_time: Option<DateTime<Utc>>,
+}
+
+/// The record the manager's and the workers' stores keep of a task: its API JSON.
+impl crate::db::Record for Task {
+    const VERSION: u8 = 1;
 }
 
 fn default_max_restarts() -> u32 {
@@ -377,7 +384,7 @@ pub enum Desired {
     Completed,
 }
 
-/// A request to change a task: DESIGN §3's TaskEvent, after validation.
+/// A request to change a task: the API's TaskEvent, after validation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEvent {
     pub id: Uuid,

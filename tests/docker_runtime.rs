@@ -1,7 +1,7 @@
 //! The Docker runtime against the real engine of this machine: builds the busybox test image from
 //! the host's static busybox, then starts, inspects, lists, stops and watches real containers.
 //! Every test uses its own worker name and removes all containers carrying it when it ends, also
-//! when it fails.
+//! when it fails (`common::Containers`).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,60 +9,29 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cube::runtime::docker::{self, DockerRuntime};
-use cube::runtime::{ContainerSpec, LABEL_WORKER, Runtime, RuntimeError, RuntimeEvent};
+use cube::runtime::{ContainerSpec, Runtime, RuntimeError, RuntimeEvent};
 use futures_util::StreamExt;
 use uuid::Uuid;
 
-const TEST_IMAGE: &str = "cube-test/busybox:latest";
+mod common;
+
+use common::{Containers, IMAGE as TEST_IMAGE};
+
 const BUSYBOX: &str = "/bin/busybox";
 /// Generous bound for anything Docker should do in about a second.
 const DOCKER_WAIT: Duration = Duration::from_secs(30);
 /// A failed pull must be reported quickly, not after a long network timeout.
 const MISSING_IMAGE_BOUND: Duration = Duration::from_secs(20);
 
-/// Removes every container of the test's worker when dropped, through the docker CLI so it works
-/// even while a panic unwinds out of the async test.
-struct Cleanup {
-    worker: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let filter = format!("label={LABEL_WORKER}={}", self.worker);
-        let listed = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &filter])
-            .output();
-        let Ok(listed) = listed else {
-            eprintln!("cannot list containers of {}", self.worker);
-            return;
-        };
-        let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
-            .split_whitespace()
-            .map(str::to_string)
-            .collect();
-        if !ids.is_empty() {
-            let removed = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&ids)
-                .output();
-            if let Err(e) = removed {
-                eprintln!("cannot remove containers {ids:?}: {e}");
-            }
-        }
-    }
-}
-
 /// A connected runtime, the test image, and a fresh worker name with its cleanup guard.
-async fn setup() -> (DockerRuntime, String, Cleanup) {
+async fn setup() -> (DockerRuntime, String, Containers) {
     let runtime = docker::connect().await.expect("Docker is reachable");
     runtime
         .build_busybox_image(TEST_IMAGE, Path::new(BUSYBOX))
         .await
         .expect("the busybox test image builds");
     let worker = format!("test-{}", Uuid::new_v4().simple());
-    let cleanup = Cleanup {
-        worker: worker.clone(),
-    };
+    let cleanup = Containers::of(&[&worker]);
     (runtime, worker, cleanup)
 }
 
@@ -280,9 +249,7 @@ async fn stop_removes_the_container() {
 async fn list_returns_only_this_workers_containers() {
     let (runtime, worker, _cleanup) = setup().await;
     let other_worker = format!("{worker}-other");
-    let _other_cleanup = Cleanup {
-        worker: other_worker.clone(),
-    };
+    let _other_cleanup = Containers::of(&[&other_worker]);
 
     let running = runtime
         .start(spec(&worker, &["sleep", "600"]))

@@ -11,18 +11,11 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-fn sleeper() -> Value {
-    json!({"image": IMAGE, "cmd": ["sleep", "600"], "stop_timeout_s": 1})
-}
-
 #[test]
 fn a_lost_worker_s_tasks_run_elsewhere_and_its_return_leaves_one_copy_each() {
     let mut c = Cluster::start(3, &["--scheduler", "roundrobin", "--node-timeout", "2"]);
-    let tasks: Vec<Value> = (0..6).map(|_| c.submit(sleeper())).collect();
-    let running: Vec<Value> = tasks
-        .iter()
-        .map(|t| wait_state(&c.http, &c.task_url(t), "Running"))
-        .collect();
+    let running = c.running_sleepers(6);
+    let tasks = running.clone();
     let lost = running[0]["worker"].as_str().expect("a worker").to_string();
     let lost_index = c.worker_index(&lost);
     let moved: HashSet<String> = running

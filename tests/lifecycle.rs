@@ -9,11 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
-use serde_json::{Value, json};
-
-fn sleeper_with_id(id: &str) -> Value {
-    json!({"task": {"id": id, "image": IMAGE, "cmd": ["sleep", "600"], "stop_timeout_s": 1}})
-}
 
 #[test]
 fn concurrent_post_then_delete_pairs_leave_no_container_and_every_task_completed() {
@@ -82,7 +77,7 @@ fn concurrent_post_then_delete_pairs_leave_no_container_and_every_task_completed
 #[test]
 fn a_delete_while_the_worker_is_away_is_carried_out_when_it_returns() {
     let mut c = Cluster::start(1, &["--node-timeout", "30"]);
-    let t = c.submit(json!({"image": IMAGE, "cmd": ["sleep", "600"], "stop_timeout_s": 1}));
+    let t = c.submit(sleeper());
     let id = t["id"].as_str().expect("an id").to_string();
     wait_state(&c.http, &c.task_url(&t), "Running");
     // The worker dies (its container keeps running) and the manager restarts without it.
@@ -108,14 +103,8 @@ fn a_delete_while_the_worker_is_away_is_carried_out_when_it_returns() {
 #[test]
 fn a_worker_dead_when_the_manager_starts_becomes_down_and_its_tasks_run_elsewhere() {
     let mut c = Cluster::start(2, &["--scheduler", "roundrobin", "--node-timeout", "2"]);
-    let tasks: Vec<Value> = (0..4)
-        .map(|_| c.submit(json!({"image": IMAGE, "cmd": ["sleep", "600"], "stop_timeout_s": 1})))
-        .collect();
-    let running: Vec<Value> = tasks
-        .iter()
-        .map(|t| wait_state(&c.http, &c.task_url(t), "Running"))
-        .collect();
-    let lost = running[0]["worker"].as_str().expect("a worker").to_string();
+    let tasks = c.running_sleepers(4);
+    let lost = tasks[0]["worker"].as_str().expect("a worker").to_string();
     let lost_index = c.worker_index(&lost);
     c.kill_worker(lost_index);
     c.restart_manager();
@@ -149,18 +138,8 @@ fn a_worker_dead_when_the_manager_starts_becomes_down_and_its_tasks_run_elsewher
 fn node_loss_racing_the_workers_return_leaves_exactly_one_copy_of_each_task() {
     let mut c = Cluster::start(2, &["--scheduler", "roundrobin", "--node-timeout", "2"]);
     for offset_ms in [-300i64, 0, 300] {
-        let tasks: Vec<Value> = (0..4)
-            .map(|_| {
-                c.submit(json!({"image": IMAGE, "cmd": ["sleep", "600"], "stop_timeout_s": 1}))
-            })
-            .collect();
-        for t in &tasks {
-            wait_state(&c.http, &c.task_url(t), "Running");
-        }
-        let lost = c.task(&tasks[0])["worker"]
-            .as_str()
-            .expect("a worker")
-            .to_string();
+        let tasks = c.running_sleepers(4);
+        let lost = tasks[0]["worker"].as_str().expect("a worker").to_string();
         let i = c.worker_index(&lost);
         c.kill_worker(i);
         // Back right around the moment its silence reaches the node timeout.

@@ -8,10 +8,6 @@ use std::process::Command;
 use common::*;
 use serde_json::{Value, json};
 
-fn sleeper() -> Value {
-    json!({"image": IMAGE, "cmd": ["sleep", "600"], "stop_timeout_s": 1})
-}
-
 #[test]
 fn submission_reaches_running_in_a_labelled_container_on_a_named_worker() {
     let c = Cluster::start(2, &["--scheduler", "epvm"]);

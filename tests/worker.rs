@@ -19,7 +19,7 @@ fn worker() -> Setup {
     let name = unique("wt");
     let dir = tempfile::tempdir().expect("temp dir");
     let containers = Containers::of(&[&name]);
-    let worker = start_worker(&name, dir.path(), 0);
+    let worker = worker_process(dir.path(), &name, 0);
     Setup {
         worker,
         name,
@@ -27,24 +27,6 @@ fn worker() -> Setup {
         _containers: containers,
         http: Http::new(),
     }
-}
-
-fn start_worker(name: &str, dir: &std::path::Path, port: u16) -> CubeProcess {
-    let data = dir.join("data");
-    let port = port.to_string();
-    CubeProcess::start(
-        &[
-            "worker",
-            "--port",
-            &port,
-            "--name",
-            name,
-            "--data-dir",
-            data.to_str().expect("utf-8 path"),
-        ],
-        dir,
-        "worker",
-    )
 }
 
 fn submit(s: &Setup, task: Value) -> Value {
@@ -123,10 +105,7 @@ fn missing_image_ends_failed_with_a_reason() {
 #[test]
 fn delete_stops_and_removes_the_container_then_completes() {
     let s = worker();
-    let t = submit(
-        &s,
-        json!({"image": IMAGE, "cmd": ["sleep", "600"], "stop_timeout_s": 1}),
-    );
+    let t = submit(&s, sleeper());
     let url = task_url(&s, &t["id"]);
     let t = wait_state(&s.http, &url, "Running");
     let cid = t["container_id"].as_str().expect("a container").to_string();
@@ -212,7 +191,7 @@ fn worker_killed_and_restarted_adopts_its_running_container() {
     s.worker.kill();
     // The second task ends while the worker is down.
     std::thread::sleep(std::time::Duration::from_secs(3));
-    s.worker = start_worker(&s.name, s.dir.path(), port);
+    s.worker = worker_process(s.dir.path(), &s.name, port);
     let after = wait_state(&s.http, &url, "Running");
     assert_eq!(after["container_id"], before["container_id"]);
     let running = containers(&s.name, false);

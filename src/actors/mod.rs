@@ -24,3 +24,41 @@ pub mod worker_proxy;
 /// Messages an actor's mailbox holds before `send` makes callers wait. Bursts of submissions
 /// and reports are normal for Cube's actors; actix's default of 16 would serialise them.
 pub const MAILBOX_CAPACITY: usize = 1 << 16;
+
+/// The one timer a shell keeps armed for its core's next deadline: re-armed only when the
+/// deadline changes, so a busy actor does not pile up timers.
+#[derive(Debug, Default)]
+pub struct CoreTimer {
+    armed: Option<(std::time::Duration, actix::SpawnHandle)>,
+}
+
+impl CoreTimer {
+    /// Arm for `next` (the core's deadline, on `clock`) unless armed for it already; `fire`
+    /// runs then, and must call [`CoreTimer::fired`] before it feeds the core.
+    pub fn arm<A>(
+        &mut self,
+        ctx: &mut actix::Context<A>,
+        clock: &crate::clock::Clock,
+        next: Option<std::time::Duration>,
+        fire: fn(&mut A, &mut actix::Context<A>),
+    ) where
+        A: actix::Actor<Context = actix::Context<A>>,
+    {
+        use actix::AsyncContext;
+        if self.armed.as_ref().map(|(at, _)| *at) == next {
+            return;
+        }
+        if let Some((_, handle)) = self.armed.take() {
+            ctx.cancel_future(handle);
+        }
+        if let Some(at) = next {
+            let handle = ctx.run_later(clock.until(at), fire);
+            self.armed = Some((at, handle));
+        }
+    }
+
+    /// The armed timer fired.
+    pub fn fired(&mut self) {
+        self.armed = None;
+    }
+}

@@ -17,12 +17,14 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use log::{debug, info, warn};
 use uuid::Uuid;
 
 use super::client::{CallError, WorkerClient, WorkerLink};
+use super::manager::core::CallKind;
 use super::manager::core::EndpointId;
-use super::manager::{Manager, NodeDown, NodeUp, Report, StartDone, StopDone};
+use super::manager::{CallDone, CallsDone, Manager, NodeDown, NodeUp, Report};
 use super::scheduler::{NodeCapacity, Scheduler};
 use crate::clock::Clock;
 use crate::node::{Capacity, Liveness, LivenessChange, NodeStats, NodeStatus};
@@ -71,6 +73,8 @@ pub struct WorkerProxy {
     last_seen: Option<DateTime<Utc>>,
     stats: Option<NodeStats>,
     error: Option<String>,
+    /// Outcomes of calls not yet sent to the Manager: a burst goes as one message.
+    done: Vec<CallDone>,
 }
 
 impl WorkerProxy {
@@ -101,7 +105,19 @@ impl WorkerProxy {
             last_seen: None,
             stats: None,
             error: None,
+            done: Vec::new(),
         }
+    }
+
+    /// Report a call's outcome with the others that finish in the same turn.
+    fn call_done(&mut self, done: CallDone, ctx: &mut Context<Self>) {
+        if self.done.is_empty() {
+            ctx.run_later(Duration::ZERO, |act, _| {
+                let done = std::mem::take(&mut act.done);
+                act.manager.do_send(CallsDone(done));
+            });
+        }
+        self.done.push(done);
     }
 
     fn address(&self) -> String {
@@ -309,70 +325,60 @@ impl Handler<Resync> for WorkerProxy {
     }
 }
 
-/// Start this attempt of a task on the worker; the outcome goes back to the Manager.
+/// What the Manager asks of a worker.
+#[derive(Debug)]
+pub enum WorkerCall {
+    /// Start this attempt of the task.
+    Start(Box<Task>),
+    /// Stop this attempt of the task, and fence every older one.
+    Stop { id: Uuid, attempt: u32 },
+}
+
+/// Make a call on the worker (the node named `node`); the outcome goes back to the Manager.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct CallStart {
+pub struct CallWorker {
     pub node: String,
-    pub task: Task,
+    pub call: WorkerCall,
 }
 
-impl Handler<CallStart> for WorkerProxy {
+impl Handler<CallWorker> for WorkerProxy {
     type Result = ();
 
-    fn handle(&mut self, msg: CallStart, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: CallWorker, ctx: &mut Context<Self>) {
         let client = self.client.clone();
-        let (id, attempt) = (msg.task.id, msg.task.attempt);
-        let task = msg.task;
-        ctx.spawn(
-            async move { client.start(&task).await }
-                .into_actor(self)
-                .map(move |outcome, act, ctx| {
-                    match &outcome {
-                        Ok(t) => act.heard(&t.worker.clone().unwrap_or_default(), ctx),
-                        Err(e) => act.failed(e),
-                    }
-                    act.manager.do_send(StartDone {
-                        node: msg.node,
-                        id,
-                        attempt,
-                        outcome,
-                    });
-                }),
-        );
-    }
-}
-
-/// Stop this attempt (and any older one) of a task on the worker; the outcome goes back.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CallStop {
-    pub node: String,
-    pub id: Uuid,
-    pub attempt: u32,
-}
-
-impl Handler<CallStop> for WorkerProxy {
-    type Result = ();
-
-    fn handle(&mut self, msg: CallStop, ctx: &mut Context<Self>) {
-        let client = self.client.clone();
-        let (id, attempt) = (msg.id, msg.attempt);
-        ctx.spawn(
-            async move { client.stop(id, Some(attempt)).await }
-                .into_actor(self)
-                .map(move |outcome, act, _| {
-                    if let Err(e @ CallError::Transport(_)) = &outcome {
-                        act.failed(e);
-                    }
-                    act.manager.do_send(StopDone {
-                        node: msg.node,
-                        id,
-                        attempt,
-                        outcome,
-                    });
-                }),
-        );
+        let (call, outcome) = match msg.call {
+            WorkerCall::Start(task) => {
+                let call = (task.id, task.attempt, CallKind::Start);
+                (call, async move { client.start(&task).await }.boxed_local())
+            }
+            WorkerCall::Stop { id, attempt } => {
+                let call = (id, attempt, CallKind::Stop);
+                (
+                    call,
+                    async move { client.stop(id, Some(attempt)).await }.boxed_local(),
+                )
+            }
+        };
+        let node = msg.node;
+        ctx.spawn(outcome.into_actor(self).map(move |outcome, act, ctx| {
+            match &outcome {
+                // Any answer shows the worker is there; a start's names it.
+                Ok(t) if call.2 == CallKind::Start => {
+                    act.heard(&t.worker.clone().unwrap_or_default(), ctx)
+                }
+                Err(e @ CallError::Transport(_)) => act.failed(e),
+                _ => {}
+            }
+            act.call_done(
+                CallDone {
+                    node,
+                    call,
+                    outcome,
+                },
+                ctx,
+            );
+        }));
     }
 }
 

@@ -17,10 +17,14 @@ use serde::Deserialize;
 
 use crate::actors::manager::NodeReport;
 use crate::actors::policy::PolicyKind;
+use crate::actors::worker::DEFAULT_RETENTION;
 use crate::server::{ManagerConfig, RuntimeKind, WorkerConfig, start_manager, start_worker};
 use crate::task::{State, Task};
 
 mod up;
+
+/// Seconds `cube run --wait` waits for a task to run (or end) unless told otherwise.
+pub const RUN_WAIT_TIMEOUT_S: u64 = 120;
 
 /// Cube: a small container orchestrator.
 #[derive(Debug, Parser)]
@@ -31,7 +35,7 @@ pub struct Cli {
         long,
         global = true,
         env = "CUBE_MANAGER",
-        default_value = "http://127.0.0.1:5555"
+        default_value = crate::DEFAULT_MANAGER_URL
     )]
     pub manager: String,
 
@@ -157,7 +161,7 @@ fn seconds(what: &str, s: f64) -> Result<Duration, String> {
 #[derive(Debug, Args)]
 pub struct WorkerArgs {
     /// Address to listen on; anything but loopback exposes an API without authentication.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, default_value = crate::DEFAULT_HOST)]
     pub host: String,
     #[arg(long, default_value_t = crate::DEFAULT_WORKER_PORT)]
     pub port: u16,
@@ -168,10 +172,10 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// How containers are run.
-    #[arg(long, value_enum, default_value = "docker")]
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Docker)]
     pub runtime: RuntimeKind,
     /// Seconds the container of a finished task is kept for its logs.
-    #[arg(long, default_value_t = 3600)]
+    #[arg(long, default_value_t = DEFAULT_RETENTION.as_secs())]
     pub retention: u64,
     /// Exit when standard input closes (set by `cube up`, so workers end with their parent).
     #[arg(long, hide = true)]
@@ -213,7 +217,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub wait: bool,
     /// With --wait: give up after this many seconds.
-    #[arg(long, default_value_t = 120)]
+    #[arg(long, default_value_t = RUN_WAIT_TIMEOUT_S)]
     pub timeout: u64,
 }
 
@@ -226,7 +230,7 @@ pub enum Output {
 #[derive(Debug, Args)]
 pub struct OutputArgs {
     /// Output format.
-    #[arg(short, long, value_enum, default_value = "table")]
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
 }
 

@@ -16,41 +16,48 @@ use tokio::process::{Child, Command};
 
 use crate::actors::policy::PolicyKind;
 use crate::runtime::fake::FakeRuntime;
-use crate::server::{DEFAULT_FAKE_CAPACITY, ManagerConfig, RuntimeKind, start_manager};
+use crate::server::{
+    DEFAULT_FAKE_CAPACITY, DEFAULT_HEALTH_INTERVAL, DEFAULT_NODE_TIMEOUT, ManagerConfig,
+    RuntimeKind, start_manager,
+};
 
 /// The image the README's first example runs; built here from Debian's static busybox, since a
 /// fresh machine may have no registry to pull from.
 pub const DEMO_IMAGE: &str = "cube-demo/busybox:latest";
 /// Where Debian's busybox-static puts the binary.
 pub const BUSYBOX: &str = "/bin/busybox";
+/// Workers `cube up` starts unless told otherwise.
+pub const DEFAULT_WORKERS: usize = 3;
+/// Where `cube up` keeps its stores unless told otherwise.
+pub const DEFAULT_DATA_DIR: &str = "cube-data/up";
 /// How long children get to exit after their pipe closes.
 const CHILD_EXIT_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// How many workers.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = DEFAULT_WORKERS)]
     pub workers: usize,
     /// How the workers run containers.
-    #[arg(long, value_enum, default_value = "docker")]
+    #[arg(long, value_enum, default_value_t = RuntimeKind::Docker)]
     pub runtime: RuntimeKind,
     /// Where the manager and the workers keep their stores.
-    #[arg(long, default_value = "cube-data/up")]
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Address the manager and workers listen on.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, default_value = crate::DEFAULT_HOST)]
     pub host: String,
     /// The manager's port; workers take the ports after it.
     #[arg(long, default_value_t = crate::DEFAULT_MANAGER_PORT)]
     pub port: u16,
     /// Placement policy: epvm, roundrobin, binpack or spread.
-    #[arg(long, env = "CUBE_SCHEDULER", default_value = "epvm")]
+    #[arg(long, env = "CUBE_SCHEDULER", default_value_t = PolicyKind::default())]
     pub scheduler: PolicyKind,
     /// Seconds between health checks of a task.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = DEFAULT_HEALTH_INTERVAL.as_secs_f64())]
     pub health_interval: f64,
     /// Seconds a worker may be silent before it is Down.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = DEFAULT_NODE_TIMEOUT.as_secs_f64())]
     pub node_timeout: f64,
 }
 

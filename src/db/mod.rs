@@ -1,10 +1,12 @@
 //! The durable store: every byte of Cube state that must survive a restart lives here, in one
-//! LMDB environment (via `heed`) split into named tables of raw byte keys and values.
+//! LMDB environment (via `heed`) split into named tables.
 //!
 //! What this module owns:
 //! - opening the environment (creating the directory, sizing the memory map, creating the tables)
 //!   and turning every way that can fail into a [`StoreError`] that says what to do about it;
-//! - reads ([`Store::get`], [`Store::scan`], [`Store::len`] and their JSON variants), which run
+//! - typed tables ([`Table`]): each declares its key encoding and its records, stored with a
+//!   schema version, so callers never build keys or JSON by hand;
+//! - reads ([`Store::get`], [`Store::scan`], [`Store::len`], and the tables' own), which run
 //!   on the caller's thread in short read transactions and never wait for writers;
 //! - all writes, which go through one dedicated OS thread, `cube-store-writer`.
 //!
@@ -15,7 +17,8 @@
 //! writer thread; the writer takes every batch already waiting, applies them all in one
 //! transaction, commits once, and then acknowledges each caller. Under load one commit covers
 //! every batch that queued up while the previous one was being fsync'd, while a lone batch is
-//! still committed immediately (nothing waits for a timer). A batch is all-or-nothing: it is never split across transactions.
+//! still committed immediately (nothing waits for a timer). A batch is all-or-nothing: it is never
+//! split across transactions.
 //!
 //! If the combined transaction fails (for example the map is full, or one batch carries an
 //! invalid key), it is aborted and each batch is retried in its own transaction, so only the
@@ -25,12 +28,14 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, JoinHandle};
+
+pub mod table;
+
+pub use table::{Key, Record, Table};
 
 use heed::types::Bytes;
 use heed::{
@@ -57,7 +62,7 @@ const WRITER_THREAD_NAME: &str = "cube-store-writer";
 /// How many bytes of a key an error message shows before eliding the rest.
 const KEY_DISPLAY_LIMIT: usize = 64;
 
-type Table = Database<'static, Bytes, Bytes>;
+type Db = Database<'static, Bytes, Bytes>;
 
 /// One row of a table as returned by [`Store::scan`]: `(key, value)`.
 pub type Row = (Vec<u8>, Vec<u8>);
@@ -89,7 +94,7 @@ pub enum StoreError {
     #[error("unknown table {0:?}: it was not declared when the store was opened")]
     UnknownTable(String),
 
-    /// A value could not be serialized to JSON.
+    /// A record could not be serialized to JSON.
     #[error("cannot encode the value for key {key} of table {table:?} as JSON: {source}")]
     Encode {
         table: String,
@@ -97,12 +102,13 @@ pub enum StoreError {
         source: serde_json::Error,
     },
 
-    /// A stored value is not valid JSON for the requested type.
-    #[error("cannot decode the value stored at key {key} of table {table:?}: {source}")]
-    Decode {
+    /// A stored record cannot be read as its table's records are: damaged, or written by a
+    /// newer Cube.
+    #[error("cannot read the record at key {key} of table {table:?}: {reason}")]
+    Record {
         table: String,
         key: String,
-        source: serde_json::Error,
+        reason: String,
     },
 
     /// LMDB refused one write of a batch (e.g. an empty key, or a key longer than 511 bytes).
@@ -181,23 +187,6 @@ impl Batch {
         });
     }
 
-    /// Like [`Batch::put`], storing `value` as JSON.
-    pub fn put_json<T: serde::Serialize>(
-        &mut self,
-        table: &'static str,
-        key: impl Into<Vec<u8>>,
-        value: &T,
-    ) -> Result<(), StoreError> {
-        let key = key.into();
-        let value = serde_json::to_vec(value).map_err(|source| StoreError::Encode {
-            table: table.to_owned(),
-            key: display_key(&key),
-            source,
-        })?;
-        self.put(table, key, value);
-        Ok(())
-    }
-
     /// Removes `key` from `table`; deleting a missing key is not an error.
     pub fn delete(&mut self, table: &'static str, key: impl Into<Vec<u8>>) {
         self.ops.push(Op::Delete {
@@ -227,7 +216,7 @@ struct Stats {
 /// What the readers and the writer share: the environment and its tables.
 struct Shared {
     env: Env<WithoutTls>,
-    tables: HashMap<&'static str, Table>,
+    tables: HashMap<&'static str, Db>,
     path: PathBuf,
     stats: Stats,
 }
@@ -277,7 +266,7 @@ impl fmt::Debug for Store {
 struct NewTables<'e>(Vec<(&'static str, Database<'e, Bytes, Bytes>)>);
 
 impl OnCommit for NewTables<'_> {
-    type Committed = Vec<(&'static str, Table)>;
+    type Committed = Vec<(&'static str, Db)>;
 
     fn on_commit(self, token: &CommitToken) -> Self::Committed {
         self.0
@@ -402,14 +391,6 @@ impl Store {
         }
     }
 
-    /// The same as [`Store::commit`], blocking the calling thread until the batch is durable.
-    ///
-    /// Safe to call from inside an async runtime (it does not panic like tokio's
-    /// `blocking_recv`), but it does block that worker thread for the duration of one commit.
-    pub fn commit_blocking(&self, batch: Batch) -> Result<(), StoreError> {
-        block_on(self.commit(batch))
-    }
-
     fn enqueue(
         &self,
         batch: Batch,
@@ -436,17 +417,6 @@ impl Store {
         Ok(db.get(&rtxn, key)?.map(<[u8]>::to_vec))
     }
 
-    /// The value stored at `key`, decoded from JSON.
-    pub fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        table: &str,
-        key: &[u8],
-    ) -> Result<Option<T>, StoreError> {
-        self.get(table, key)?
-            .map(|value| decode(table, key, &value))
-            .transpose()
-    }
-
     /// Every row of the table, in key order (bytewise).
     pub fn scan(&self, table: &str) -> Result<Vec<Row>, StoreError> {
         let shared = &self.inner.shared;
@@ -458,21 +428,6 @@ impl Store {
             rows.push((key.to_vec(), value.to_vec()));
         }
         Ok(rows)
-    }
-
-    /// Every row of the table in key order, values decoded from JSON. One undecodable row
-    /// fails the whole scan, naming the row.
-    pub fn scan_json<T: serde::de::DeserializeOwned>(
-        &self,
-        table: &str,
-    ) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
-        self.scan(table)?
-            .into_iter()
-            .map(|(key, value)| {
-                let value = decode(table, &key, &value)?;
-                Ok((key, value))
-            })
-            .collect()
     }
 
     /// Number of rows in the table.
@@ -506,7 +461,7 @@ impl Store {
 }
 
 impl Shared {
-    fn table(&self, name: &str) -> Result<Table, StoreError> {
+    fn table(&self, name: &str) -> Result<Db, StoreError> {
         self.tables
             .get(name)
             .copied()
@@ -646,20 +601,8 @@ fn explain_open_error(dir: &Path, error: &heed::Error) -> String {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(
-    table: &str,
-    key: &[u8],
-    value: &[u8],
-) -> Result<T, StoreError> {
-    serde_json::from_slice(value).map_err(|source| StoreError::Decode {
-        table: table.to_owned(),
-        key: display_key(key),
-        source,
-    })
-}
-
 /// Keys are usually UTF-8 ids; show them as such, escaping anything else, and cut long ones.
-fn display_key(key: &[u8]) -> String {
+pub(crate) fn display_key(key: &[u8]) -> String {
     let shown = &key[..key.len().min(KEY_DISPLAY_LIMIT)];
     let mut text = format!("{:?}", String::from_utf8_lossy(shown));
     if key.len() > KEY_DISPLAY_LIMIT {
@@ -668,40 +611,9 @@ fn display_key(key: &[u8]) -> String {
     text
 }
 
-/// Wakes a thread parked in [`block_on`].
-struct ThreadWaker(thread::Thread);
-
-impl Wake for ThreadWaker {
-    fn wake(self: Arc<Self>) {
-        self.0.unpark();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.unpark();
-    }
-}
-
-/// Minimal executor for [`Store::commit_blocking`]: polls the future on this thread, parking
-/// between polls. Unlike `oneshot::Receiver::blocking_recv` it does not panic when called
-/// from a thread that is inside a tokio runtime (e.g. a synchronous actor handler).
-fn block_on<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let waker = Waker::from(Arc::new(ThreadWaker(thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-        // Spurious unparks are harmless: the loop polls again.
-        thread::park();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
-
-    use serde::{Deserialize, Serialize};
 
     use super::*;
 
@@ -715,10 +627,22 @@ mod tests {
         }
     }
 
+    /// Wait for a future on this thread: the tests have no runtime of their own.
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
+
+    fn commit(store: &Store, batch: Batch) -> Result<(), StoreError> {
+        block_on(store.commit(batch))
+    }
+
     fn put(store: &Store, table: &'static str, key: &str, value: &str) {
         let mut batch = Batch::new();
         batch.put(table, key, value.as_bytes().to_vec());
-        store.commit_blocking(batch).unwrap();
+        commit(store, batch).unwrap();
     }
 
     /// Builds a job for `write_group` and the receiver of its outcome.
@@ -762,7 +686,7 @@ mod tests {
         }
         batch.put(U, "a", b"other table".to_vec());
         assert_eq!(batch.len(), 5);
-        store.commit_blocking(batch).unwrap();
+        commit(&store, batch).unwrap();
 
         assert_eq!(store.get(T, b"a").unwrap().as_deref(), Some(&b"v-a"[..]));
         assert_eq!(store.get(T, b"zz").unwrap(), None);
@@ -781,56 +705,13 @@ mod tests {
         batch.delete(T, "missing");
         batch.put(T, "d", b"gone".to_vec());
         batch.delete(T, "d");
-        store.commit_blocking(batch).unwrap();
+        commit(&store, batch).unwrap();
         assert_eq!(
             rows(&store, T),
             [("a", "new"), ("ab", "v-ab"), ("c", "v-c")].map(|(k, v)| (k.to_owned(), v.to_owned()))
         );
         assert_eq!(store.len(T).unwrap(), 3);
         assert!(store.scan(U).unwrap().len() == 1);
-    }
-
-    #[derive(Debug, PartialEq, Serialize, Deserialize)]
-    struct Thing {
-        name: String,
-        size: u32,
-    }
-
-    #[test]
-    fn json_helpers_round_trip_and_decode_errors_name_table_and_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let mut batch = Batch::new();
-        for (key, size) in [("k2", 2), ("k1", 1)] {
-            let thing = Thing {
-                name: key.into(),
-                size,
-            };
-            batch.put_json(T, key, &thing).unwrap();
-        }
-        store.commit_blocking(batch).unwrap();
-
-        let one: Option<Thing> = store.get_json(T, b"k1").unwrap();
-        assert_eq!(one.map(|t| t.size), Some(1));
-        let all: Vec<(Vec<u8>, Thing)> = store.scan_json(T).unwrap();
-        let keys: Vec<&[u8]> = all.iter().map(|(k, _)| k.as_slice()).collect();
-        assert_eq!(keys, [&b"k1"[..], &b"k2"[..]]);
-
-        put(&store, T, "broken", "{not json");
-        let err = store.get_json::<Thing>(T, b"broken").unwrap_err();
-        assert!(
-            matches!(&err, StoreError::Decode { table, .. } if table == T),
-            "{err:?}"
-        );
-        let message = err.to_string();
-        assert!(
-            message.contains("\"broken\"") && message.contains(T),
-            "{message}"
-        );
-        assert!(matches!(
-            store.scan_json::<Thing>(T),
-            Err(StoreError::Decode { .. })
-        ));
     }
 
     #[test]
@@ -917,7 +798,7 @@ mod tests {
                     for i in 0..PER_THREAD {
                         let mut batch = Batch::new();
                         batch.put(T, format!("thread-{t}-{i:02}"), vec![t as u8]);
-                        store.commit_blocking(batch).unwrap();
+                        commit(store, batch).unwrap();
                     }
                 });
             }
@@ -944,19 +825,6 @@ mod tests {
     }
 
     #[test]
-    fn commit_blocking_works_inside_an_async_runtime() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            put(&store, T, "from", "async");
-        });
-        assert_eq!(store.len(T).unwrap(), 1);
-    }
-
-    #[test]
     fn a_tiny_map_filling_up_gives_full_and_the_store_stays_readable() {
         let dir = tempfile::tempdir().unwrap();
         // Asking for 1 byte gets the smallest map accepted: 64 KiB.
@@ -968,7 +836,7 @@ mod tests {
             assert!(written < 1000, "64 KiB never filled up");
             let mut batch = Batch::new();
             batch.put(T, format!("row-{written:04}"), vec![7; 1000]);
-            match store.commit_blocking(batch) {
+            match commit(&store, batch) {
                 Ok(()) => written += 1,
                 Err(err) => break err,
             }
@@ -993,7 +861,7 @@ mod tests {
         assert_eq!(store.get(T, failed.as_bytes()).unwrap(), None);
 
         // The writer survived the failure and still answers.
-        store.commit_blocking(Batch::new()).unwrap();
+        commit(&store, Batch::new()).unwrap();
         assert_eq!(store.len(T).unwrap(), written);
 
         // What the error message advises works: reopening with a larger map makes room.
@@ -1078,7 +946,7 @@ mod tests {
         let mut batch = Batch::new();
         batch.put(T, "fine", vec![1]);
         batch.put("nope", "k", vec![1]);
-        let err = store.commit_blocking(batch).unwrap_err();
+        let err = commit(&store, batch).unwrap_err();
         assert!(
             matches!(&err, StoreError::UnknownTable(t) if t == "nope"),
             "{err:?}"

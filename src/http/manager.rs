@@ -1,4 +1,4 @@
-//! The manager API (DESIGN §5): handlers that forward each request to the [`Manager`] actor
+//! The manager API (README "Contracts"): handlers that forward each request to the [`Manager`] actor
 //! and map its errors to the JSON error shape.
 //!
 //! | route | answer |

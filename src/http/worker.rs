@@ -1,4 +1,4 @@
-//! The worker API (DESIGN §6): handlers that forward to the [`Worker`] actor.
+//! The worker API (README "Contracts"): handlers that forward to the [`Worker`] actor.
 //!
 //! | route | answer |
 //! |---|---|

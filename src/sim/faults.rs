@@ -34,7 +34,8 @@ use uuid::Uuid;
 
 use crate::actors::client::CallError;
 use crate::actors::manager::core::{
-    Config as ManagerConfig, Core as ManagerCore, Effect as MEffect, EndpointId, Submitted,
+    CallKind, Config as ManagerConfig, Core as ManagerCore, Effect as MEffect, EndpointId,
+    Submitted,
 };
 use crate::actors::policy::{PolicyKind, Resources};
 use crate::actors::scheduler::{Book, NoFit, PlaceRequest};
@@ -314,8 +315,7 @@ impl Body {
 enum Pending {
     Stats,
     Watch(u64),
-    Start(String, Uuid, u32),
-    Stop(String, Uuid, u32),
+    Call(String, (Uuid, u32, CallKind)),
 }
 
 /// The manager's side of one worker (the WorkerProxy actor).
@@ -803,12 +803,7 @@ impl World {
             }
             70..=72 => {
                 let w = self.rng.usize(..self.nodes.len());
-                let others_live = self
-                    .nodes
-                    .iter()
-                    .enumerate()
-                    .any(|(i, n)| i != w && !n.lost);
-                if !self.nodes[w].lost && others_live {
+                if !self.nodes[w].lost && self.others_live(w) {
                     self.note(format!("lose w{} for good", w + 1));
                     self.count("workers lost");
                     self.crash_worker(w, true);
@@ -829,12 +824,7 @@ impl World {
                 // An outage takes the manager and a worker down together; the worker's machine
                 // may never come back.
                 let w = self.rng.usize(..self.nodes.len());
-                let others_live = self
-                    .nodes
-                    .iter()
-                    .enumerate()
-                    .any(|(i, n)| i != w && !n.lost);
-                if self.manager.is_some() && self.nodes[w].proc.is_some() && others_live {
+                if self.manager.is_some() && self.nodes[w].proc.is_some() && self.others_live(w) {
                     let lost = self.rng.bool();
                     self.note(format!(
                         "outage: the manager and w{} go down{}",
@@ -890,6 +880,14 @@ impl World {
         if self.manager.is_none() {
             self.start_manager();
         }
+    }
+
+    /// Whether some node other than `w` is not lost for good: the last one never is.
+    fn others_live(&self, w: usize) -> bool {
+        self.nodes
+            .iter()
+            .enumerate()
+            .any(|(i, n)| i != w && !n.lost)
     }
 
     fn pick_task(&mut self) -> Option<Uuid> {
@@ -1232,7 +1230,7 @@ impl World {
                     task,
                 } => {
                     let w = self.worker_of(endpoint);
-                    let pending = Pending::Start(node, task.id, task.attempt);
+                    let pending = Pending::Call(node, (task.id, task.attempt, CallKind::Start));
                     self.send(w, Body::Start(task), pending, CALL_TIMEOUT);
                 }
                 MEffect::Stop {
@@ -1242,7 +1240,7 @@ impl World {
                     attempt,
                 } => {
                     let w = self.worker_of(endpoint);
-                    let pending = Pending::Stop(node, id, attempt);
+                    let pending = Pending::Call(node, (id, attempt, CallKind::Stop));
                     self.send(w, Body::Stop { id, attempt }, pending, CALL_TIMEOUT);
                 }
                 _ => {}
@@ -1397,19 +1395,13 @@ impl World {
                 self.manager_step();
                 self.at(Duration::ZERO, Ev::Watch(inc, w, generation));
             }
-            (Pending::Start(node, id, attempt), Body::Started(outcome)) => {
-                if let Ok(t) = outcome.as_ref() {
+            (Pending::Call(node, call), Body::Started(outcome) | Body::Stopped(outcome)) => {
+                if let (CallKind::Start, Ok(t)) = (call.2, outcome.as_ref()) {
                     let name = t.worker.clone().unwrap_or_default();
                     self.heard(w, &name);
                 }
                 if let Some(m) = self.manager.as_mut() {
-                    m.core.start_done(now, &node, id, attempt, *outcome);
-                }
-                self.manager_step();
-            }
-            (Pending::Stop(node, id, attempt), Body::Stopped(outcome)) => {
-                if let Some(m) = self.manager.as_mut() {
-                    m.core.stop_done(now, &node, id, attempt, *outcome);
+                    m.core.call_done(now, &node, call, *outcome);
                 }
                 self.manager_step();
             }
@@ -1435,12 +1427,8 @@ impl World {
                     self.at(backoff, Ev::Watch(inc, w, generation));
                 }
             }
-            Pending::Start(node, id, attempt) => {
-                m.core.start_done(now, &node, id, attempt, Err(err));
-                self.manager_step();
-            }
-            Pending::Stop(node, id, attempt) => {
-                m.core.stop_done(now, &node, id, attempt, Err(err));
+            Pending::Call(node, call) => {
+                m.core.call_done(now, &node, call, Err(err));
                 self.manager_step();
             }
         }

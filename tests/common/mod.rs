@@ -46,6 +46,37 @@ pub fn test_image() -> &'static str {
     IMAGE
 }
 
+/// A task that runs until it is stopped, and stops at once (the common case of these tests).
+pub fn sleeper() -> Value {
+    serde_json::json!({"image": IMAGE, "cmd": ["sleep", "600"], "stop_timeout_s": 1})
+}
+
+/// The same, with a client-chosen id, as a POST /tasks body.
+pub fn sleeper_with_id(id: &str) -> Value {
+    let mut task = sleeper();
+    task["id"] = Value::String(id.to_string());
+    serde_json::json!({ "task": task })
+}
+
+/// A `cube worker` process named `name` with its store in `dir/name`, on `port` (0: a free one).
+/// Started again with the same arguments, it is the same worker after a restart.
+pub fn worker_process(dir: &Path, name: &str, port: u16) -> CubeProcess {
+    let data = dir.join(name);
+    CubeProcess::start(
+        &[
+            "worker",
+            "--port",
+            &port.to_string(),
+            "--name",
+            name,
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+        ],
+        dir,
+        name,
+    )
+}
+
 /// A unique name for this test's worker(s), so its containers can be told apart and removed.
 pub fn unique(prefix: &str) -> String {
     format!(
@@ -344,7 +375,7 @@ impl Cluster {
         let containers = Containers::of(&refs);
         let workers: Vec<Option<CubeProcess>> = names
             .iter()
-            .map(|name| Some(Cluster::worker_process(dir.path(), name, 0)))
+            .map(|name| Some(worker_process(dir.path(), name, 0)))
             .collect();
         let worker_ports = workers.iter().flatten().map(CubeProcess::port).collect();
         let manager_args: Vec<String> = manager_args.iter().map(|a| a.to_string()).collect();
@@ -361,23 +392,6 @@ impl Cluster {
         };
         cluster.wait_ready(n);
         cluster
-    }
-
-    fn worker_process(dir: &Path, name: &str, port: u16) -> CubeProcess {
-        let data = dir.join(name);
-        CubeProcess::start(
-            &[
-                "worker",
-                "--port",
-                &port.to_string(),
-                "--name",
-                name,
-                "--data-dir",
-                data.to_str().expect("utf-8"),
-            ],
-            dir,
-            name,
-        )
     }
 
     fn manager_process(
@@ -434,6 +448,15 @@ impl Cluster {
         t
     }
 
+    /// Submit `n` sleepers and wait until each is Running; returns them as they run.
+    pub fn running_sleepers(&self, n: usize) -> Vec<Value> {
+        let tasks: Vec<Value> = (0..n).map(|_| self.submit(sleeper())).collect();
+        tasks
+            .iter()
+            .map(|t| wait_state(&self.http, &self.task_url(t), "Running"))
+            .collect()
+    }
+
     pub fn task_url(&self, t: &Value) -> String {
         self.url(&format!("/tasks/{}", t["id"].as_str().expect("an id")))
     }
@@ -460,7 +483,7 @@ impl Cluster {
     /// Start worker `i` again with its name, port and store.
     pub fn restart_worker(&mut self, i: usize) {
         self.kill_worker(i);
-        self.workers[i] = Some(Cluster::worker_process(
+        self.workers[i] = Some(worker_process(
             self.dir.path(),
             &self.names[i],
             self.worker_ports[i],

@@ -27,8 +27,7 @@
 //! shell commits them before it carries out any call to a worker made in the same step, so
 //! nothing leaves the manager before the record that explains it is durable.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use log::{debug, info, warn};
@@ -37,7 +36,7 @@ use uuid::Uuid;
 use crate::actors::client::CallError;
 use crate::actors::policy::Resources;
 use crate::actors::scheduler::{NoFit, PlaceRequest};
-use crate::clock::Now;
+use crate::clock::{Now, Timers, backoff};
 use crate::node::NodeStatus;
 use crate::sim::planted::{Bug, planted};
 use crate::task::{Goal, RestartPolicy, State, Task, TaskEvent};
@@ -50,9 +49,7 @@ pub const HEALTH_FAILURES_TO_RESTART: u32 = 3;
 
 /// Wait before restart number `restarts + 1`: 1 s, 2 s, 4 s … up to a minute.
 pub fn restart_backoff(restarts: u32) -> Duration {
-    MIN_RESTART_BACKOFF
-        .saturating_mul(1 << restarts.min(16))
-        .min(MAX_RESTART_BACKOFF)
+    backoff(MIN_RESTART_BACKOFF, MAX_RESTART_BACKOFF, restarts)
 }
 
 /// What a task reserves.
@@ -111,14 +108,14 @@ pub enum Effect {
     /// Tell the scheduler a node takes placements, or no longer does.
     NodeReady { name: String, ready: bool },
     /// Start this attempt of the task on the worker; the outcome comes back as
-    /// [`Core::start_done`]. Sent only after this step's writes are durable.
+    /// [`Core::call_done`]. Sent only after this step's writes are durable.
     Start {
         endpoint: EndpointId,
         node: String,
         task: Box<Task>,
     },
     /// Stop this attempt (and any older one) of the task on the worker; the outcome comes back
-    /// as [`Core::stop_done`]. Sent only after this step's writes are durable.
+    /// as [`Core::call_done`]. Sent only after this step's writes are durable.
     Stop {
         endpoint: EndpointId,
         node: String,
@@ -204,8 +201,9 @@ fn rank(state: State) -> u8 {
     }
 }
 
+/// The two calls the manager makes to workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum CallKind {
+pub enum CallKind {
     Start,
     Stop,
 }
@@ -319,7 +317,7 @@ pub struct Core {
     asking: bool,
     /// Room appeared while a request was out: its "fits nowhere" answers may be stale.
     room_while_asking: bool,
-    timers: BinaryHeap<Reverse<(Duration, Timer)>>,
+    timers: Timers<Timer>,
     effects: Vec<Effect>,
     dirty_tasks: Vec<Uuid>,
     dirty_nodes: Vec<NodeId>,
@@ -348,7 +346,7 @@ impl Core {
             waiting: VecDeque::new(),
             asking: false,
             room_while_asking: false,
-            timers: BinaryHeap::new(),
+            timers: Timers::default(),
             effects: Vec::new(),
             dirty_tasks: Vec::new(),
             dirty_nodes: Vec::new(),
@@ -380,7 +378,8 @@ impl Core {
         // Every node starts unwatched until an endpoint claims it; one that none does in a
         // node timeout is Down.
         for nid in 0..core.nodes.len() {
-            core.arm(now.mono + core.config.node_timeout, Timer::Unwatched(nid));
+            core.timers
+                .arm(now.mono + core.config.node_timeout, Timer::Unwatched(nid));
         }
         let ids: Vec<Uuid> = core.order.iter().copied().collect();
         for id in ids {
@@ -465,7 +464,7 @@ impl Core {
 
     /// When the core next needs [`Core::tick`].
     pub fn next_timer(&self) -> Option<Duration> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        self.timers.next()
     }
 
     pub fn task(&self, id: Uuid) -> Option<&Task> {
@@ -670,13 +669,13 @@ impl Core {
                     self.assign(now, id, nid);
                 }
                 Err(NoFit(reason)) if wanted => {
+                    // The reason is live information, worked out again after a restart: it is
+                    // not written, so a full cluster costs no commit per waiting task.
                     let e = self.tasks.get_mut(&id).expect("looked up above");
                     if e.task.error.as_deref() != Some(reason.as_str()) {
                         debug!("task {id}: {reason}");
                         e.task.error = Some(reason);
-                        self.touch(id);
                     }
-                    let e = self.tasks.get_mut(&id).expect("looked up above");
                     e.placing = Placing::Waiting;
                     self.waiting.push_back(id);
                 }
@@ -843,7 +842,8 @@ impl Core {
                 ready: true,
             });
             self.effects.push(Effect::Resync(endpoint));
-            self.arm(now.mono + self.config.resync_interval, Timer::Resync(nid));
+            self.timers
+                .arm(now.mono + self.config.resync_interval, Timer::Resync(nid));
             let touched: BTreeSet<Uuid> = self.nodes[nid]
                 .placed
                 .union(&self.nodes[nid].seen)
@@ -953,103 +953,66 @@ impl Core {
         self.kick();
     }
 
-    /// The outcome of a [`Effect::Start`].
-    pub fn start_done(
+    /// The outcome of a [`Effect::Start`] or [`Effect::Stop`] on `node`.
+    pub fn call_done(
         &mut self,
         now: Now,
         node: &str,
-        id: Uuid,
-        attempt: u32,
+        call: (Uuid, u32, CallKind),
         outcome: Result<Task, CallError>,
     ) {
         let Some(&nid) = self.node_ids.get(node) else {
             return;
         };
-        let key = (id, attempt, CallKind::Start);
-        match outcome {
-            Ok(task) => {
-                self.settle_call(nid, key, Call::Acked);
+        let (id, attempt, kind) = call;
+        // What the worker's answer proves gone: this attempt of the task, on this node.
+        let gone = Seen {
+            attempt,
+            state: State::Completed,
+        };
+        match (kind, outcome) {
+            (_, Err(CallError::Transport(reason))) => {
+                debug!("{kind:?} of task {id} attempt {attempt} on {node} failed: {reason}");
+                self.retry_later(now, nid, call);
+            }
+            (CallKind::Start, Ok(task)) => {
+                self.settle_call(nid, call, Call::Acked);
                 self.observe(now, nid, task);
             }
-            Err(CallError::Transport(reason)) => {
-                debug!("start of task {id} attempt {attempt} on {node} failed: {reason}");
-                self.retry_later(now, nid, key);
-            }
-            Err(CallError::Stale(_) | CallError::NotFound(_)) => {
+            (CallKind::Start, Err(CallError::Stale(_) | CallError::NotFound(_))) => {
                 // The worker fenced this attempt (it was stopped there, or a newer one runs);
                 // its feed says what it has.
-                self.settle_call(nid, key, Call::Acked);
+                self.settle_call(nid, call, Call::Acked);
             }
-            Err(CallError::Rejected { message, .. }) => {
-                self.settle_call(nid, key, Call::Acked);
+            (CallKind::Start, Err(CallError::Rejected { message, .. })) => {
+                self.settle_call(nid, call, Call::Acked);
                 let current = self.tasks.get(&id).is_some_and(|e| {
                     e.node == Some(nid) && e.task.attempt == attempt && e.task.state.is_active()
                 });
                 if current {
-                    self.attempt_ended(
-                        now,
-                        id,
-                        State::Failed,
-                        Some(format!("the worker refused to start it: {message}")),
-                    );
+                    let why = format!("the worker refused to start it: {message}");
+                    self.attempt_ended(now, id, State::Failed, Some(why));
                 }
             }
-        }
-        self.reconcile(now, id);
-        self.kick();
-    }
-
-    /// The outcome of a [`Effect::Stop`].
-    pub fn stop_done(
-        &mut self,
-        now: Now,
-        node: &str,
-        id: Uuid,
-        attempt: u32,
-        outcome: Result<Task, CallError>,
-    ) {
-        let Some(&nid) = self.node_ids.get(node) else {
-            return;
-        };
-        let key = (id, attempt, CallKind::Stop);
-        match outcome {
-            Ok(task) => {
-                self.settle_call(nid, key, Call::Acked);
+            (CallKind::Stop, Ok(task)) => {
+                self.settle_call(nid, call, Call::Acked);
                 let older = task.attempt < attempt;
                 self.observe(now, nid, task);
                 if older {
                     // The worker fenced every attempt up to this one and has only an older
                     // one: this attempt never ran there, and never will.
-                    self.merge_seen(
-                        nid,
-                        id,
-                        Seen {
-                            attempt,
-                            state: State::Completed,
-                        },
-                    );
+                    self.merge_seen(nid, id, gone);
                 }
             }
-            Err(CallError::Transport(reason)) => {
-                debug!("stop of task {id} attempt {attempt} on {node} failed: {reason}");
-                self.retry_later(now, nid, key);
-            }
-            Err(CallError::NotFound(_) | CallError::Stale(_)) => {
+            (CallKind::Stop, Err(CallError::NotFound(_) | CallError::Stale(_))) => {
                 // Nothing of this attempt (or older) runs there: the worker knows no such task,
                 // or runs a newer attempt only.
-                self.settle_call(nid, key, Call::Acked);
-                self.merge_seen(
-                    nid,
-                    id,
-                    Seen {
-                        attempt,
-                        state: State::Completed,
-                    },
-                );
+                self.settle_call(nid, call, Call::Acked);
+                self.merge_seen(nid, id, gone);
             }
-            Err(CallError::Rejected { message, .. }) => {
+            (CallKind::Stop, Err(CallError::Rejected { message, .. })) => {
                 warn!("worker {node} refused to stop task {id} attempt {attempt}: {message}");
-                self.retry_later(now, nid, key);
+                self.retry_later(now, nid, call);
             }
         }
         self.reconcile(now, id);
@@ -1093,11 +1056,7 @@ impl Core {
 
     /// Time passed: carry out whatever is due (restarts, retries, resyncs).
     pub fn tick(&mut self, now: Now) {
-        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
-            if at > now.mono {
-                break;
-            }
-            self.timers.pop();
+        while let Some(timer) = self.timers.pop_due(now.mono) {
             match timer {
                 Timer::Restart(id) => self.restart_due(now, id),
                 Timer::Retry(nid, id) => {
@@ -1125,9 +1084,10 @@ impl Core {
                         if let Some(ep) = node.endpoint {
                             self.effects.push(Effect::Resync(ep));
                         }
-                        self.arm(now.mono + self.config.resync_interval, Timer::Resync(nid));
+                        self.timers
+                            .arm(now.mono + self.config.resync_interval, Timer::Resync(nid));
                     } else {
-                        self.arm(due, Timer::Resync(nid));
+                        self.timers.arm(due, Timer::Resync(nid));
                     }
                 }
                 Timer::Unwatched(nid) => {
@@ -1341,7 +1301,7 @@ impl Core {
         }
         info!("task {id}: {note}");
         e.restart_at = Some(now.mono + delay);
-        self.arm(now.mono + delay, Timer::Restart(id));
+        self.timers.arm(now.mono + delay, Timer::Restart(id));
     }
 
     fn restart_due(&mut self, now: Now, id: Uuid) {
@@ -1543,7 +1503,7 @@ impl Core {
         let at = now.mono + self.config.call_retry;
         if let Some(call) = self.nodes[nid].calls.get_mut(&key) {
             *call = Call::RetryAt(at);
-            self.arm(at, Timer::Retry(nid, key.0));
+            self.timers.arm(at, Timer::Retry(nid, key.0));
         }
     }
 
@@ -1644,10 +1604,6 @@ impl Core {
             e.dirty = true;
             self.dirty_tasks.push(id);
         }
-    }
-
-    fn arm(&mut self, at: Duration, timer: Timer) {
-        self.timers.push(Reverse((at, timer)));
     }
 }
 

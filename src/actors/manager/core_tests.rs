@@ -85,12 +85,7 @@ impl Harness {
     fn submit(&mut self, t: Task) -> Uuid {
         let id = t.id;
         let now = self.now();
-        let event = TaskEvent {
-            id: Uuid::new_v4(),
-            state: Desired::Running,
-            timestamp: now.wall,
-            task: t,
-        };
+        let event = event(t, Desired::Running, now);
         assert!(matches!(
             self.core.submit(now, event),
             Ok(Submitted::Created(_))
@@ -167,13 +162,15 @@ impl Harness {
         t.attempt = attempt;
         t.state = State::Scheduled;
         let now = self.now();
-        self.core.start_done(now, node, id, attempt, Ok(t));
+        self.core
+            .call_done(now, node, (id, attempt, CallKind::Start), Ok(t));
         self.drain();
     }
 
     fn stop_result(&mut self, node: &str, id: Uuid, attempt: u32, r: Result<Task, CallError>) {
         let now = self.now();
-        self.core.stop_done(now, node, id, attempt, r);
+        self.core
+            .call_done(now, node, (id, attempt, CallKind::Stop), r);
         self.drain();
     }
 
@@ -187,6 +184,16 @@ impl Harness {
         self.report(ep, false, vec![seen(&self.task(id), 1, State::Running)]);
         assert_eq!(self.state(id), State::Running);
         id
+    }
+}
+
+/// A submission of `t` asking for `state`, at `now`.
+fn event(t: Task, state: Desired, now: Now) -> TaskEvent {
+    TaskEvent {
+        id: Uuid::new_v4(),
+        state,
+        timestamp: now.wall,
+        task: t,
     }
 }
 
@@ -206,12 +213,7 @@ fn a_submission_is_placed_once_committed_then_started_where_it_was_placed() {
     let t = task("sleep");
     let id = t.id;
     let now = h.now();
-    let event = TaskEvent {
-        id: Uuid::new_v4(),
-        state: Desired::Running,
-        timestamp: now.wall,
-        task: t,
-    };
+    let event = event(t, Desired::Running, now);
     h.core.submit(now, event).unwrap();
     assert!(
         !h.take().iter().any(|e| matches!(e, Effect::Place(_))),
@@ -234,12 +236,7 @@ fn a_failed_commit_forgets_the_submission() {
     let t = task("sleep");
     let id = t.id;
     let now = h.now();
-    let event = TaskEvent {
-        id: Uuid::new_v4(),
-        state: Desired::Running,
-        timestamp: now.wall,
-        task: t,
-    };
+    let event = event(t, Desired::Running, now);
     h.core.submit(now, event).unwrap();
     h.core.submit_committed(&[id], false);
     assert!(h.core.task(id).is_none());
@@ -251,24 +248,14 @@ fn the_same_id_is_idempotent_with_the_same_spec_and_a_conflict_otherwise() {
     let t = task("sleep");
     h.submit(t.clone());
     let now = h.now();
-    let again = TaskEvent {
-        id: Uuid::new_v4(),
-        state: Desired::Running,
-        timestamp: now.wall,
-        task: t.clone(),
-    };
+    let again = event(t.clone(), Desired::Running, now);
     assert!(matches!(
         h.core.submit(now, again),
         Ok(Submitted::Existing(_))
     ));
     let mut other = t.clone();
     other.image = "other".into();
-    let conflict = TaskEvent {
-        id: Uuid::new_v4(),
-        state: Desired::Running,
-        timestamp: now.wall,
-        task: other,
-    };
+    let conflict = event(other, Desired::Running, now);
     assert_eq!(h.core.submit(now, conflict), Err(Refusal::Conflict(t.id)));
 }
 
@@ -308,8 +295,12 @@ fn a_stop_of_a_task_being_started_is_sent_and_done_only_when_the_worker_reports_
     assert_eq!(h.stops(), vec![("w1".into(), id, 1)]);
     // The start reaches the worker after the stop: refused (tombstone); the feed says Completed.
     let now = h.now();
-    h.core
-        .start_done(now, "w1", id, 1, Err(CallError::Stale("stopped".into())));
+    h.core.call_done(
+        now,
+        "w1",
+        (id, 1, CallKind::Start),
+        Err(CallError::Stale("stopped".into())),
+    );
     h.stop_result("w1", id, 1, Err(CallError::NotFound("unknown".into())));
     assert_eq!(h.state(id), State::Completed);
     assert_eq!(h.core.reservation(id), None);
@@ -498,22 +489,20 @@ fn a_start_failed_in_transport_is_retried_and_a_refused_one_fails_the_attempt() 
     h.place_on("w1");
     h.starts();
     let now = h.now();
-    h.core.start_done(
+    h.core.call_done(
         now,
         "w1",
-        id,
-        1,
+        (id, 1, CallKind::Start),
         Err(CallError::Transport("timeout".into())),
     );
     assert!(h.starts().is_empty());
     h.advance(DEFAULT_CALL_RETRY);
     assert_eq!(h.starts(), vec![("w1".into(), id, 1)]);
     let now = h.now();
-    h.core.start_done(
+    h.core.call_done(
         now,
         "w1",
-        id,
-        1,
+        (id, 1, CallKind::Start),
         Err(CallError::Rejected {
             status: 400,
             message: "bad image".into(),
@@ -742,12 +731,7 @@ fn the_go_cube_stop_form_is_a_stop() {
     let now = h.now();
     let mut t = h.task(id);
     t.state = State::Pending;
-    let event = TaskEvent {
-        id: Uuid::new_v4(),
-        state: Desired::Completed,
-        timestamp: now.wall,
-        task: t,
-    };
+    let event = event(t, Desired::Completed, now);
     assert!(matches!(
         h.core.submit(now, event),
         Ok(Submitted::Stopping(_))

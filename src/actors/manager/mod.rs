@@ -20,19 +20,54 @@ use uuid::Uuid;
 pub use self::shell::{Manager, ManagerSetup};
 use super::client::{CallError, WorkerLink};
 use super::worker_proxy::WorkerProxy;
-use crate::db::StoreError;
+use crate::db::{Record, StoreError, Table};
 use crate::node::NodeStatus;
 use crate::task::{State, Task, TaskEvent};
 
-/// The manager's table of tasks: a growing sequence key (u64, big-endian) → the task record,
-/// which carries what the user wants of it (`desired`).
-pub const TASKS_TABLE: &str = "tasks";
+/// The manager's tasks: a sequence number given at submission → the task record, which carries
+/// what the user wants of it (`desired`). Keys that only grow make every insert an append at
+/// the B-tree's right edge, so a group commit of thousands of new tasks dirties a handful of
+/// pages instead of one per task (random UUID keys did).
+pub const TASKS: Table<u64, Task> = Table::new("tasks");
 /// Accepted TaskEvents of stores written before `desired` was part of the record; read once at
 /// start-up, folded into the records and emptied.
-pub const EVENTS_TABLE: &str = "events";
+pub const EVENTS: Table<u64, Intent> = Table::new("events");
 /// Registered workers: name → the address the name is bound to.
-pub const NODES_TABLE: &str = "nodes";
-pub const TABLES: &[&str] = &[TASKS_TABLE, EVENTS_TABLE, NODES_TABLE];
+pub const NODES: Table<String, NodeRecord> = Table::new("nodes");
+/// Every table of the manager's store.
+pub const TABLES: &[&str] = &[TASKS.name(), EVENTS.name(), NODES.name()];
+
+/// A registered worker, as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// The address its name is bound to.
+    pub address: String,
+}
+
+impl Record for NodeRecord {
+    const VERSION: u8 = 1;
+
+    /// Before versions, the record was the address itself.
+    fn upgrade(version: u8, bytes: &[u8]) -> Result<Self, String> {
+        match version {
+            0 => String::from_utf8(bytes.to_vec())
+                .map(|address| NodeRecord { address })
+                .map_err(|e| format!("the address is not UTF-8: {e}")),
+            v => Err(format!("schema version {v} is not one this build reads")),
+        }
+    }
+}
+
+/// What the events table of an older store kept of an accepted TaskEvent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Intent {
+    pub task: Uuid,
+    pub state: crate::task::Desired,
+}
+
+impl Record for Intent {
+    const VERSION: u8 = 1;
+}
 
 /// What can go wrong when asking the Manager for something.
 #[derive(Debug, thiserror::Error)]
@@ -170,22 +205,17 @@ pub struct Report {
     pub tasks: Vec<Task>,
 }
 
-/// The outcome of a start the Manager asked for.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct StartDone {
+/// The outcome of a call the Manager asked a proxy to make.
+#[derive(Debug)]
+pub struct CallDone {
     pub node: String,
-    pub id: Uuid,
-    pub attempt: u32,
+    /// The task, the attempt, and whether it was a start or a stop.
+    pub call: (Uuid, u32, core::CallKind),
+    /// The worker's record of the task, or why the call failed.
     pub outcome: Result<Task, CallError>,
 }
 
-/// The outcome of a stop the Manager asked for.
+/// Outcomes of calls, as many as finished together: one message for a burst of starts.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct StopDone {
-    pub node: String,
-    pub id: Uuid,
-    pub attempt: u32,
-    pub outcome: Result<Task, CallError>,
-}
+pub struct CallsDone(pub Vec<CallDone>);

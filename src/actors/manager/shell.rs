@@ -11,22 +11,21 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_util::future::join_all;
 use log::{info, warn};
-use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::core::{self, Core, Effect, Writes};
 use super::{
-    Connect, CountTasks, EVENTS_TABLE, GetTask, ListNodes, ListTasks, LogsOf, ManagerError,
-    NODES_TABLE, NodeDown, NodeReport, NodeUp, Report, StartDone, StopDone, StopTask, Submit,
-    Submitted, TASKS_TABLE,
+    CallsDone, Connect, CountTasks, EVENTS, GetTask, ListNodes, ListTasks, LogsOf, ManagerError,
+    NODES, NodeDown, NodeRecord, NodeReport, NodeUp, Report, StopTask, Submit, Submitted, TASKS,
 };
+use crate::actors::CoreTimer;
 use crate::actors::client::WorkerLink;
 use crate::actors::health::{HealthChecked, HealthChecker, Unwatch, Watch};
 use crate::actors::scheduler::{
     CapacityAvailable, ListBook, NodeReady, Place, Release, Restore, Scheduler, SetListener,
 };
 use crate::actors::worker_proxy::{
-    CallStart, CallStop, Info, Link, Registration, Resync, WorkerProxy,
+    CallWorker, Info, Link, Registration, Resync, WorkerCall, WorkerProxy,
 };
 use crate::clock::Clock;
 use crate::db::{Batch, Store, StoreError};
@@ -45,13 +44,6 @@ pub struct ManagerSetup {
     pub workers_arbiter: actix::dev::ArbiterHandle,
 }
 
-/// What the events table of an older store keeps of an accepted TaskEvent.
-#[derive(serde::Deserialize)]
-struct Intent {
-    task: Uuid,
-    state: Desired,
-}
-
 pub struct Manager {
     core: Core,
     clock: Clock,
@@ -63,16 +55,9 @@ pub struct Manager {
     node_timeout: Duration,
     health_interval: Duration,
     health: Option<Addr<HealthChecker>>,
-    timer: Option<(Duration, SpawnHandle)>,
+    timer: CoreTimer,
     /// Records of an older store rewritten at start-up (intents folded in).
     upgrade: Option<Batch>,
-}
-
-/// Store key of a task: a sequence number given at submission, big-endian. Keys that only grow
-/// make every insert an append at the B-tree's right edge, so a group commit of thousands of new
-/// tasks dirties a handful of pages instead of one page per task (random UUID keys did).
-fn store_key(seq: u64) -> [u8; 8] {
-    seq.to_be_bytes()
 }
 
 impl Manager {
@@ -80,35 +65,30 @@ impl Manager {
     pub fn new(setup: ManagerSetup) -> Result<Manager, ManagerError> {
         let store = setup.store;
         let clock = Clock::new();
-        let mut records = Vec::new();
-        let mut by_id: HashMap<Uuid, usize> = HashMap::new();
-        for (key, task) in store.scan_json::<Task>(TASKS_TABLE)? {
-            let Ok(seq) = <[u8; 8]>::try_from(key.as_slice()).map(u64::from_be_bytes) else {
-                warn!("manager: skipping a task row with a malformed key {key:?}");
-                continue;
-            };
-            by_id.insert(task.id, records.len());
-            records.push((seq, task));
-        }
+        let records = TASKS.scan(&store)?;
+        let by_id: HashMap<Uuid, usize> = records
+            .iter()
+            .enumerate()
+            .map(|(i, (_, t))| (t.id, i))
+            .collect();
+        let mut records = records;
         // Stores written before `desired` was part of the record kept stops as intents.
         let mut upgrade = Batch::new();
-        for (key, intent) in store.scan_json::<Intent>(EVENTS_TABLE)? {
+        for (key, intent) in EVENTS.scan(&store)? {
             if intent.state == Desired::Completed
                 && let Some(&i) = by_id.get(&intent.task)
             {
                 let (seq, task) = &mut records[i];
                 task.desired = Goal::Stopped;
-                upgrade.put_json(TASKS_TABLE, store_key(*seq), task)?;
+                TASKS.put(&mut upgrade, seq, task)?;
             }
-            upgrade.delete(EVENTS_TABLE, key);
+            EVENTS.delete(&mut upgrade, &key);
         }
-        let mut nodes = Vec::new();
-        for (name, address) in store.scan(NODES_TABLE)? {
-            match (String::from_utf8(name), String::from_utf8(address)) {
-                (Ok(name), Ok(address)) => nodes.push((name, address)),
-                _ => warn!("manager: skipping a node row that is not UTF-8"),
-            }
-        }
+        let nodes: Vec<(String, String)> = NODES
+            .scan(&store)?
+            .into_iter()
+            .map(|(name, n)| (name, n.address))
+            .collect();
         let placed = records.iter().filter(|(_, t)| t.state.is_active()).count();
         info!(
             "manager: {} task(s) recovered from {} ({placed} placed), {} worker(s) known",
@@ -132,7 +112,7 @@ impl Manager {
             node_timeout: setup.node_timeout,
             health_interval: setup.health_interval,
             health: None,
-            timer: None,
+            timer: CoreTimer::default(),
             upgrade: (!upgrade.is_empty()).then_some(upgrade),
         })
     }
@@ -142,15 +122,11 @@ impl Manager {
     /// `barrier`, a step that wrote nothing still waits for a commit, so an answer that depends
     /// on an earlier step (a repeated submission or stop) is never given before that step's
     /// records are durable: the writer commits in order.
-    fn carry_out(
-        &mut self,
-        ctx: &mut Context<Self>,
-        barrier: bool,
-    ) -> impl Future<Output = Result<(), StoreError>> + use<> {
+    fn carry_out(&mut self, ctx: &mut Context<Self>, barrier: bool) -> Option<Commit> {
         let writes = self.core.take_writes();
         let effects = self.core.take_effects();
         self.rearm(ctx);
-        let mut calls: Vec<(Addr<WorkerProxy>, Call)> = Vec::new();
+        let mut calls: Vec<(Addr<WorkerProxy>, CallWorker)> = Vec::new();
         for effect in effects {
             match effect {
                 Effect::Restore(allocations) => {
@@ -194,10 +170,8 @@ impl Manager {
                     task,
                 } => {
                     if let Some(p) = self.proxies.get(endpoint) {
-                        calls.push((
-                            p.clone(),
-                            Call::Start(Box::new(CallStart { node, task: *task })),
-                        ));
+                        let call = WorkerCall::Start(task);
+                        calls.push((p.clone(), CallWorker { node, call }));
                     }
                 }
                 Effect::Stop {
@@ -207,43 +181,42 @@ impl Manager {
                     attempt,
                 } => {
                     if let Some(p) = self.proxies.get(endpoint) {
-                        calls.push((p.clone(), Call::Stop(CallStop { node, id, attempt })));
+                        let call = WorkerCall::Stop { id, attempt };
+                        calls.push((p.clone(), CallWorker { node, call }));
                     }
                 }
             }
         }
-        let (tx, rx) = oneshot::channel();
         if writes.is_empty() && !barrier {
             send_calls(calls);
-            let _ = tx.send(Ok(()));
-        } else {
-            let commit = match batch_of(&writes) {
-                Ok(batch) => futures_util::future::Either::Left(self.store.commit(batch)),
-                Err(e) => futures_util::future::Either::Right(futures_util::future::ready(Err(e))),
-            };
-            let me = ctx.address();
-            actix::spawn(async move {
-                let res = commit.await;
-                match &res {
-                    // Nothing leaves before the records that explain it are durable.
-                    Ok(()) => send_calls(calls),
-                    Err(e) => {
-                        warn!("manager: could not write task records: {e}");
-                        me.do_send(Unwritten(writes));
-                    }
-                }
-                let _ = tx.send(res);
-            });
+            return None;
         }
-        async move { rx.await.unwrap_or(Err(StoreError::Closed)) }
+        let commit = match batch_of(&writes) {
+            Ok(batch) => futures_util::future::Either::Left(self.store.commit(batch)),
+            Err(e) => futures_util::future::Either::Right(futures_util::future::ready(Err(e))),
+        };
+        let me = ctx.address();
+        Some(Box::pin(async move {
+            let res = commit.await;
+            match &res {
+                // Nothing leaves before the records that explain it are durable.
+                Ok(()) => send_calls(calls),
+                Err(e) => {
+                    warn!("manager: could not write task records: {e}");
+                    me.do_send(Unwritten(writes));
+                }
+            }
+            res
+        }))
     }
 
     /// Carry out, when nobody waits for the writes.
     fn step(&mut self, ctx: &mut Context<Self>) {
-        let done = self.carry_out(ctx, false);
-        actix::spawn(async move {
-            let _ = done.await;
-        });
+        if let Some(commit) = self.carry_out(ctx, false) {
+            actix::spawn(async move {
+                let _ = commit.await;
+            });
+        }
     }
 
     fn place(
@@ -268,21 +241,12 @@ impl Manager {
 
     fn rearm(&mut self, ctx: &mut Context<Self>) {
         let next = self.core.next_timer();
-        if self.timer.as_ref().map(|(at, _)| *at) == next {
-            return;
-        }
-        if let Some((_, handle)) = self.timer.take() {
-            ctx.cancel_future(handle);
-        }
-        if let Some(at) = next {
-            let handle = ctx.run_later(self.clock.until(at), |act, ctx| {
-                act.timer = None;
-                let now = act.clock.now();
-                act.core.tick(now);
-                act.step(ctx);
-            });
-            self.timer = Some((at, handle));
-        }
+        self.timer.arm(ctx, &self.clock, next, |act, ctx| {
+            act.timer.fired();
+            let now = act.clock.now();
+            act.core.tick(now);
+            act.step(ctx);
+        });
     }
 
     /// Start a proxy for a worker link, on the workers' thread.
@@ -302,32 +266,25 @@ impl Manager {
     }
 }
 
-/// A worker call waiting for the commit.
-enum Call {
-    Start(Box<CallStart>),
-    Stop(CallStop),
-}
+/// A commit under way and what follows it (the workers' calls); resolves once it is durable.
+type Commit = futures_util::future::BoxFuture<'static, Result<(), StoreError>>;
 
-fn send_calls(calls: Vec<(Addr<WorkerProxy>, Call)>) {
+fn send_calls(calls: Vec<(Addr<WorkerProxy>, CallWorker)>) {
     for (proxy, call) in calls {
-        match call {
-            Call::Start(c) => proxy.do_send(*c),
-            Call::Stop(c) => proxy.do_send(c),
-        }
+        proxy.do_send(call);
     }
 }
 
 fn batch_of(writes: &Writes) -> Result<Batch, StoreError> {
     let mut batch = Batch::new();
     for (key, task) in &writes.tasks {
-        batch.put_json(TASKS_TABLE, store_key(*key), task)?;
+        TASKS.put(&mut batch, key, task)?;
     }
     for (name, address) in &writes.nodes {
-        batch.put(
-            NODES_TABLE,
-            name.clone().into_bytes(),
-            address.clone().into_bytes(),
-        );
+        let record = NodeRecord {
+            address: address.clone(),
+        };
+        NODES.put(&mut batch, name, &record)?;
     }
     Ok(batch)
 }
@@ -386,7 +343,10 @@ impl Handler<Submit> for Manager {
         let me = ctx.address();
         Box::pin(async move {
             let outcome = outcome?;
-            let res = durable.await;
+            let res = match durable {
+                Some(commit) => commit.await,
+                None => Ok(()),
+            };
             match outcome {
                 core::Submitted::Created(task) => {
                     me.do_send(Committed {
@@ -437,7 +397,9 @@ impl Handler<StopTask> for Manager {
         let durable = self.carry_out(ctx, true);
         Box::pin(async move {
             let task = outcome?;
-            durable.await?;
+            if let Some(commit) = durable {
+                commit.await?;
+            }
             Ok(task)
         })
     }
@@ -608,24 +570,15 @@ impl Handler<Report> for Manager {
     }
 }
 
-impl Handler<StartDone> for Manager {
+impl Handler<CallsDone> for Manager {
     type Result = ();
 
-    fn handle(&mut self, msg: StartDone, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: CallsDone, ctx: &mut Context<Self>) {
         let now = self.clock.now();
-        self.core
-            .start_done(now, &msg.node, msg.id, msg.attempt, msg.outcome);
-        self.step(ctx);
-    }
-}
-
-impl Handler<StopDone> for Manager {
-    type Result = ();
-
-    fn handle(&mut self, msg: StopDone, ctx: &mut Context<Self>) {
-        let now = self.clock.now();
-        self.core
-            .stop_done(now, &msg.node, msg.id, msg.attempt, msg.outcome);
+        for done in msg.0 {
+            self.core
+                .call_done(now, &done.node, done.call, done.outcome);
+        }
         self.step(ctx);
     }
 }

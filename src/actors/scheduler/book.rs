@@ -33,6 +33,11 @@ pub struct Book {
     index: HashMap<String, usize>,
     /// task → (node index, what it reserved): released exactly once.
     allocations: HashMap<Uuid, (usize, Resources)>,
+    /// Bumped by every change of the nodes' capacity, readiness or bookings.
+    version: u64,
+    /// The last "fits nowhere" answer, for the book version and request it was made for: when
+    /// the cluster is full, a burst of tasks all get the same answer, worked out once.
+    last_no_fit: Option<(u64, Resources, NoFit)>,
 }
 
 impl Book {
@@ -42,6 +47,8 @@ impl Book {
             nodes: Vec::new(),
             index: HashMap::new(),
             allocations: HashMap::new(),
+            version: 0,
+            last_no_fit: None,
         }
     }
 
@@ -63,6 +70,7 @@ impl Book {
 
     fn book(&mut self, id: Uuid, node: usize, res: Resources) {
         self.release_one(id);
+        self.version += 1;
         let n = &mut self.nodes[node];
         n.allocated.add(&res);
         n.tasks += 1;
@@ -73,6 +81,7 @@ impl Book {
         let Some((node, res)) = self.allocations.remove(&id) else {
             return false;
         };
+        self.version += 1;
         let n = &mut self.nodes[node];
         n.allocated.sub(&res);
         n.tasks = n.tasks.saturating_sub(1);
@@ -82,6 +91,7 @@ impl Book {
     /// A node's capacity as its worker reports it. True when room may have appeared.
     pub fn set_capacity(&mut self, name: &str, capacity: Capacity) -> bool {
         let i = self.node_index(name);
+        self.version += 1;
         let node = &mut self.nodes[i];
         let grew = node.capacity.is_none_or(|c| {
             capacity.cpus > c.cpus || capacity.memory > c.memory || capacity.disk > c.disk
@@ -93,6 +103,7 @@ impl Book {
     /// A node can take placements, or no longer can. True when room may have appeared.
     pub fn set_ready(&mut self, name: &str, ready: bool) -> bool {
         let i = self.node_index(name);
+        self.version += 1;
         let node = &mut self.nodes[i];
         let was = node.ready;
         node.ready = ready;
@@ -108,7 +119,15 @@ impl Book {
             let preferred = req
                 .prefer
                 .and_then(|p| self.index.get(&p).copied())
-                .filter(|&i| self.nodes[i].fits(&req.resources).is_ok());
+                .filter(|&i| self.nodes[i].can_take(&req.resources));
+            if preferred.is_none()
+                && let Some((version, res, no_fit)) = &self.last_no_fit
+                && *version == self.version
+                && *res == req.resources
+            {
+                out.push((req.id, Err(no_fit.clone())));
+                continue;
+            }
             let chosen = match preferred {
                 Some(i) => Ok(i),
                 None => policy::place(self.policy.as_mut(), &req.resources, &self.nodes),
@@ -119,7 +138,11 @@ impl Book {
                     self.book(req.id, i, req.resources);
                     out.push((req.id, Ok(self.nodes[i].name.clone())));
                 }
-                Err(reason) => out.push((req.id, Err(NoFit(reason)))),
+                Err(reason) => {
+                    let no_fit = NoFit(reason);
+                    self.last_no_fit = Some((self.version, req.resources, no_fit.clone()));
+                    out.push((req.id, Err(no_fit)));
+                }
             }
         }
         out
@@ -257,6 +280,17 @@ mod tests {
         )]);
         assert_eq!(book.booking(id).map(|(n, _)| n), Some("gone"));
         assert!(!book.nodes()[0].ready);
+    }
+
+    #[test]
+    fn a_burst_that_fits_nowhere_gets_one_answer_until_the_book_changes() {
+        let mut book = ready_book(&[("a", 1.0)]);
+        let placed = book.place(vec![req(2.0, None), req(2.0, None)]);
+        assert!(placed.iter().all(|(_, r)| r.is_err()));
+        assert_eq!(placed[0].1, placed[1].1);
+        book.set_capacity("a", cap(4.0));
+        let placed = book.place(vec![req(2.0, None)]);
+        assert!(placed[0].1.is_ok(), "a changed book is asked again");
     }
 
     #[test]

@@ -21,15 +21,14 @@
 //!   lists (on start, after the event stream reconnects, and periodically) and acts on every
 //!   difference.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use log::{info, warn};
 use uuid::Uuid;
 
 use super::WorkerError;
-use crate::clock::Now;
+use crate::clock::{Now, Timers, backoff};
 use crate::runtime::{ContainerSpec, ContainerStatus, RuntimeError};
 use crate::sim::planted::{Bug, planted};
 use crate::task::{Goal, State, Task};
@@ -105,6 +104,18 @@ struct Slot {
     dirty: bool,
 }
 
+impl Slot {
+    fn new(task: Task, epoch: u64) -> Slot {
+        Slot {
+            task,
+            starting: false,
+            stopping: Stopping::No,
+            epoch,
+            dirty: false,
+        }
+    }
+}
+
 /// The container of an older or fenced attempt, being removed.
 struct Orphan {
     id: Uuid,
@@ -127,7 +138,7 @@ pub struct Core {
     tombstones: BTreeMap<Uuid, u32>,
     orphans: BTreeMap<String, Orphan>,
     epoch: u64,
-    timers: BinaryHeap<Reverse<(Duration, Timer)>>,
+    timers: Timers<Timer>,
     effects: Vec<Effect>,
     dirty_tasks: Vec<Uuid>,
     dirty_stops: Vec<Uuid>,
@@ -149,25 +160,17 @@ impl Core {
             tombstones: tombstones.into_iter().collect(),
             orphans: BTreeMap::new(),
             epoch: 0,
-            timers: BinaryHeap::new(),
+            timers: Timers::default(),
             effects: Vec::new(),
             dirty_tasks: Vec::new(),
             dirty_stops: Vec::new(),
         };
         for task in tasks {
             if task.state.is_finished() && task.container_id.is_some() {
-                core.arm(now.mono + retention, Timer::Expire(task.id, task.attempt));
+                core.timers
+                    .arm(now.mono + retention, Timer::Expire(task.id, task.attempt));
             }
-            core.tasks.insert(
-                task.id,
-                Slot {
-                    task,
-                    starting: false,
-                    stopping: Stopping::No,
-                    epoch: 0,
-                    dirty: false,
-                },
-            );
+            core.tasks.insert(task.id, Slot::new(task, 0));
         }
         core
     }
@@ -209,7 +212,7 @@ impl Core {
     }
 
     pub fn next_timer(&self) -> Option<Duration> {
-        self.timers.peek().map(|Reverse((at, _))| *at)
+        self.timers.next()
     }
 
     pub fn task(&self, id: Uuid) -> Option<&Task> {
@@ -295,16 +298,9 @@ impl Core {
             "worker {}: starting task {id} attempt {attempt} ({})",
             self.name, task.image
         );
-        self.tasks.insert(
-            id,
-            Slot {
-                task: task.clone(),
-                starting: true,
-                stopping: Stopping::No,
-                epoch: self.epoch,
-                dirty: false,
-            },
-        );
+        let mut slot = Slot::new(task.clone(), self.epoch);
+        slot.starting = true;
+        self.tasks.insert(id, slot);
         self.touch(id);
         self.effects.push(Effect::Run { spec, replaces });
         Ok((task, true))
@@ -491,7 +487,7 @@ impl Core {
                         orphan.attempt
                     );
                     orphan.stopping = Stopping::RetryAt(at, failures);
-                    self.arm(at, Timer::RetryOrphan(container));
+                    self.timers.arm(at, Timer::RetryOrphan(container));
                 }
             }
             return;
@@ -524,7 +520,7 @@ impl Core {
                     slot.task.error = Some(note);
                     self.touch(id);
                 }
-                self.arm(at, Timer::RetryStop(id, attempt));
+                self.timers.arm(at, Timer::RetryStop(id, attempt));
             }
         }
     }
@@ -598,16 +594,7 @@ impl Core {
             task.state = State::Scheduled;
             task.worker = Some(self.name.clone());
             task.created_at = now.wall;
-            self.tasks.insert(
-                c.task_id,
-                Slot {
-                    task,
-                    starting: false,
-                    stopping: Stopping::No,
-                    epoch: 0,
-                    dirty: false,
-                },
-            );
+            self.tasks.insert(c.task_id, Slot::new(task, 0));
             listed.insert(c.task_id, c);
         }
 
@@ -702,13 +689,7 @@ impl Core {
 
     /// Time passed: retry stops, expire kept containers.
     pub fn tick(&mut self, now: Now) {
-        while let Some(Reverse((at, _))) = self.timers.peek() {
-            if *at > now.mono {
-                break;
-            }
-            let Some(Reverse((_, timer))) = self.timers.pop() else {
-                break;
-            };
+        while let Some(timer) = self.timers.pop_due(now.mono) {
             match timer {
                 Timer::RetryStop(id, attempt) => {
                     let Some(slot) = self.tasks.get_mut(&id) else {
@@ -861,7 +842,8 @@ impl Core {
         // Keep the ended container for its logs, for a while.
         if slot.task.container_id.is_some() {
             let attempt = slot.task.attempt;
-            self.arm(now.mono + self.retention, Timer::Expire(id, attempt));
+            self.timers
+                .arm(now.mono + self.retention, Timer::Expire(id, attempt));
         }
     }
 
@@ -922,17 +904,11 @@ impl Core {
             self.dirty_tasks.push(id);
         }
     }
-
-    fn arm(&mut self, at: Duration, timer: Timer) {
-        self.timers.push(Reverse((at, timer)));
-    }
 }
 
 /// Wait before retry number `failures` of a runtime stop: 1 s, 2 s, 4 s … up to 30 s.
 pub fn stop_backoff(failures: u32) -> Duration {
-    MIN_STOP_RETRY
-        .saturating_mul(1 << failures.saturating_sub(1).min(16))
-        .min(MAX_STOP_RETRY)
+    backoff(MIN_STOP_RETRY, MAX_STOP_RETRY, failures.saturating_sub(1))
 }
 
 /// The first 12 characters of a container id, as Docker shows it.

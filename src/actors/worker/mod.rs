@@ -25,16 +25,28 @@ use uuid::Uuid;
 
 pub use self::feed::Changes;
 pub use self::shell::Worker;
-use crate::db::StoreError;
+use crate::db::{Record, StoreError, Table};
 use crate::node::{Capacity, NodeStats, StatsSampler};
 use crate::runtime::{Runtime, RuntimeError};
 use crate::task::Task;
 
-/// The worker's table of tasks in its store: task id → its latest record.
-pub const TASKS_TABLE: &str = "tasks";
-/// Tombstones: task id → the highest attempt a stop was accepted for (u32, big-endian).
-pub const STOPS_TABLE: &str = "stops";
-pub const TABLES: &[&str] = &[TASKS_TABLE, STOPS_TABLE];
+/// The worker's tasks: id → its latest record.
+pub const TASKS: Table<Uuid, Task> = Table::new("tasks");
+/// Tombstones: id → the highest attempt a stop was accepted for.
+pub const STOPS: Table<Uuid, Tombstone> = Table::new("stops");
+/// Every table of a worker's store.
+pub const TABLES: &[&str] = &[TASKS.name(), STOPS.name()];
+
+/// What the worker remembers of the stops it accepted for a task (ARCHITECTURE.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tombstone {
+    /// Every attempt up to this one is fenced here.
+    pub attempt: u32,
+}
+
+impl Record for Tombstone {
+    const VERSION: u8 = 1;
+}
 /// How long the container of a finished task is kept for its logs.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
 /// Longest a [`WatchChanges`] may wait for a change.

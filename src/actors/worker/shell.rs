@@ -18,15 +18,26 @@ use uuid::Uuid;
 use super::core::{Core, Effect, Writes};
 use super::feed::{Changes, Feed};
 use super::{
-    GetStats, Identify, MAX_WATCH_WAIT, RECONCILE_INTERVAL, ReadLogs, ReadTask, ReadTasks,
-    STOPS_TABLE, StartAttempt, Started, StopAttempt, TASKS_TABLE, WatchChanges, WorkerError,
-    WorkerSetup,
+    GetStats, Identify, MAX_WATCH_WAIT, RECONCILE_INTERVAL, ReadLogs, ReadTask, ReadTasks, STOPS,
+    StartAttempt, Started, StopAttempt, TASKS, Tombstone, WatchChanges, WorkerError, WorkerSetup,
 };
+use crate::actors::CoreTimer;
 use crate::clock::Clock;
 use crate::db::{Batch, Store, StoreError};
 use crate::node::{Capacity, NodeStats, Sample, StatsSampler};
 use crate::runtime::{ContainerSpec, Runtime, RuntimeError, RuntimeEvent};
 use crate::task::Task;
+
+/// Resolves once a step's writes are durable (or failed).
+type Durable = oneshot::Receiver<Result<(), WorkerError>>;
+
+/// Wait for a step's writes, when it had any.
+async fn durable(commit: Option<Durable>) -> Result<(), WorkerError> {
+    match commit {
+        Some(rx) => rx.await.unwrap_or(Err(WorkerError::Gone)),
+        None => Ok(()),
+    }
+}
 
 /// A long-poll waiting for the next change.
 struct Watcher {
@@ -48,7 +59,7 @@ pub struct Worker {
     watchers: Vec<Watcher>,
     notify_scheduled: bool,
     /// The armed timer of the core, and when it fires.
-    timer: Option<(Duration, SpawnHandle)>,
+    timer: CoreTimer,
 }
 
 impl Worker {
@@ -58,19 +69,12 @@ impl Worker {
         let clock = Clock::new();
         let (mut tasks, mut stops) = (Vec::new(), Vec::new());
         if let Some(store) = &setup.store {
-            for (_, task) in store.scan_json::<Task>(TASKS_TABLE)? {
-                tasks.push(task);
-            }
-            for (key, value) in store.scan(STOPS_TABLE)? {
-                let id = Uuid::from_slice(&key).ok();
-                let attempt = <[u8; 4]>::try_from(value.as_slice())
-                    .ok()
-                    .map(u32::from_be_bytes);
-                match (id, attempt) {
-                    (Some(id), Some(attempt)) => stops.push((id, attempt)),
-                    _ => warn!("worker {}: skipping a malformed stop record", setup.name),
-                }
-            }
+            tasks = TASKS.scan(store)?.into_iter().map(|(_, t)| t).collect();
+            stops = STOPS
+                .scan(store)?
+                .into_iter()
+                .map(|(id, t)| (id, t.attempt))
+                .collect();
             info!(
                 "worker {}: {} task(s) and {} stop(s) loaded from {}",
                 setup.name,
@@ -96,7 +100,7 @@ impl Worker {
             capacity: setup.capacity,
             watchers: Vec::new(),
             notify_scheduled: false,
-            timer: None,
+            timer: CoreTimer::default(),
         })
     }
 
@@ -108,47 +112,39 @@ impl Worker {
     /// effects. Resolves when the writes are durable (or failed). With `barrier`, a step that
     /// wrote nothing still waits for a commit, so the answer to a repeated start or stop never
     /// comes before the first one's records are durable.
-    fn carry_out(
-        &mut self,
-        ctx: &mut Context<Self>,
-        barrier: bool,
-    ) -> impl Future<Output = Result<(), WorkerError>> + use<> {
+    fn carry_out(&mut self, ctx: &mut Context<Self>, barrier: bool) -> Option<Durable> {
         let writes = self.core.take_writes();
         let effects = self.core.take_effects();
         self.rearm(ctx);
-        let (tx, rx) = oneshot::channel();
         if writes.is_empty() && !(barrier && self.store.is_some()) {
             self.perform(effects, ctx);
-            let _ = tx.send(Ok(()));
-        } else {
-            let commit = persist(self.store.as_ref(), &writes);
-            ctx.spawn(commit.into_actor(self).map(move |res, act, ctx| {
-                match &res {
-                    Ok(()) => {
-                        for t in &writes.tasks {
-                            act.feed.changed(t.id);
-                            act.published.insert(t.id, t.clone());
-                        }
-                        act.notify_soon(ctx);
-                    }
-                    Err(e) => {
-                        warn!("worker {}: could not write its records: {e}", act.name());
-                        act.core.unwritten(writes);
-                    }
-                }
-                act.perform(effects, ctx);
-                let _ = tx.send(res.map_err(WorkerError::from));
-            }));
+            return None;
         }
-        async move { rx.await.unwrap_or(Err(WorkerError::Gone)) }
+        let (tx, rx) = oneshot::channel();
+        let commit = persist(self.store.as_ref(), &writes);
+        ctx.spawn(commit.into_actor(self).map(move |res, act, ctx| {
+            match &res {
+                Ok(()) => {
+                    for t in &writes.tasks {
+                        act.feed.changed(t.id);
+                        act.published.insert(t.id, t.clone());
+                    }
+                    act.notify_soon(ctx);
+                }
+                Err(e) => {
+                    warn!("worker {}: could not write its records: {e}", act.name());
+                    act.core.unwritten(writes);
+                }
+            }
+            act.perform(effects, ctx);
+            let _ = tx.send(res.map_err(WorkerError::from));
+        }));
+        Some(rx)
     }
 
     /// Carry out, when nobody waits for the writes; a failure is logged there.
     fn step(&mut self, ctx: &mut Context<Self>) {
-        let done = self.carry_out(ctx, false);
-        actix::spawn(async move {
-            let _ = done.await;
-        });
+        let _ = self.carry_out(ctx, false);
     }
 
     fn perform(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
@@ -231,21 +227,12 @@ impl Worker {
 
     fn rearm(&mut self, ctx: &mut Context<Self>) {
         let next = self.core.next_timer();
-        if self.timer.as_ref().map(|(at, _)| *at) == next {
-            return;
-        }
-        if let Some((_, handle)) = self.timer.take() {
-            ctx.cancel_future(handle);
-        }
-        if let Some(at) = next {
-            let handle = ctx.run_later(self.clock.until(at), |act, ctx| {
-                act.timer = None;
-                let now = act.clock.now();
-                act.core.tick(now);
-                act.step(ctx);
-            });
-            self.timer = Some((at, handle));
-        }
+        self.timer.arm(ctx, &self.clock, next, |act, ctx| {
+            act.timer.fired();
+            let now = act.clock.now();
+            act.core.tick(now);
+            act.step(ctx);
+        });
     }
 
     fn notify_soon(&mut self, ctx: &mut Context<Self>) {
@@ -309,16 +296,15 @@ fn persist(store: Option<&Store>, writes: &Writes) -> BoxFuture<'static, Result<
     };
     let mut batch = Batch::new();
     for task in &writes.tasks {
-        if let Err(e) = batch.put_json(TASKS_TABLE, task.id.as_bytes().to_vec(), task) {
+        if let Err(e) = TASKS.put(&mut batch, &task.id, task) {
             return futures_util::future::ready(Err(e)).boxed();
         }
     }
     for (id, attempt) in &writes.stops {
-        batch.put(
-            STOPS_TABLE,
-            id.as_bytes().to_vec(),
-            attempt.to_be_bytes().to_vec(),
-        );
+        let tombstone = Tombstone { attempt: *attempt };
+        if let Err(e) = STOPS.put(&mut batch, id, &tombstone) {
+            return futures_util::future::ready(Err(e)).boxed();
+        }
     }
     store.commit(batch).boxed()
 }
@@ -372,10 +358,10 @@ impl Handler<StartAttempt> for Worker {
     fn handle(&mut self, msg: StartAttempt, ctx: &mut Context<Self>) -> Self::Result {
         let now = self.clock.now();
         let outcome = self.core.start(now, msg.0);
-        let durable = self.carry_out(ctx, true);
+        let commit = self.carry_out(ctx, true);
         Box::pin(async move {
             let (task, created) = outcome?;
-            durable.await?;
+            durable(commit).await?;
             Ok(Started { task, created })
         })
     }
@@ -387,10 +373,10 @@ impl Handler<StopAttempt> for Worker {
     fn handle(&mut self, msg: StopAttempt, ctx: &mut Context<Self>) -> Self::Result {
         let now = self.clock.now();
         let outcome = self.core.stop(now, msg.id, msg.attempt);
-        let durable = self.carry_out(ctx, true);
+        let commit = self.carry_out(ctx, true);
         Box::pin(async move {
             // Even a refusal may have left a tombstone: answer once it is durable.
-            durable.await?;
+            durable(commit).await?;
             outcome
         })
     }
