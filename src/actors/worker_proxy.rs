@@ -22,8 +22,8 @@ use log::{debug, info, warn};
 use uuid::Uuid;
 
 use super::client::{CallError, WorkerClient, WorkerLink};
-use super::manager::core::CallKind;
 use super::manager::core::EndpointId;
+use super::manager::core::{CallKind, Seen};
 use super::manager::{CallDone, CallsDone, Manager, NodeDown, NodeUp, Report};
 use super::scheduler::{NodeCapacity, Scheduler};
 use crate::clock::Clock;
@@ -240,12 +240,14 @@ impl WorkerProxy {
                             };
                             act.heard(&name, ctx);
                             act.watch_backoff = MIN_BACKOFF;
+                            let restarted = act.instance.is_some_and(|i| i != changes.instance);
                             act.instance = Some(changes.instance);
                             act.since = changes.seq;
                             if changes.full || !changes.tasks.is_empty() {
                                 act.manager.do_send(Report {
                                     endpoint: act.endpoint,
                                     full: changes.full,
+                                    restarted,
                                     tasks: changes.tasks,
                                 });
                             }
@@ -370,6 +372,7 @@ impl Handler<CallWorker> for WorkerProxy {
                 Err(e @ CallError::Transport(_)) => act.failed(e),
                 _ => {}
             }
+            let outcome = outcome.map(|t| Seen::from(&t));
             act.call_done(
                 CallDone {
                     node,

@@ -47,6 +47,8 @@ const IMAGE_PULL_TIMEOUT: Duration = Duration::from_secs(600);
 const STOP_REQUEST_MARGIN: Duration = Duration::from_secs(30);
 /// How many containers [`Runtime::list`] inspects at once.
 const LIST_INSPECT_CONCURRENCY: usize = 8;
+/// How often a worker compares its table with the containers Docker lists.
+pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 /// Docker reports an unset `StartedAt`/`FinishedAt` as Go's zero time.
 const DOCKER_ZERO_TIME_PREFIX: &str = "0001-01-01";
 
@@ -434,6 +436,12 @@ impl DockerRuntime {
 impl Runtime for DockerRuntime {
     fn kind(&self) -> &'static str {
         "docker"
+    }
+
+    /// Docker's event stream is replayed from its last event after a reconnect, but an event
+    /// the engine itself dropped would be missed: compare every [`RECONCILE_INTERVAL`].
+    fn reconcile_every(&self) -> Option<Duration> {
+        Some(RECONCILE_INTERVAL)
     }
 
     fn start(

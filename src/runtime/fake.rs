@@ -396,6 +396,12 @@ impl Runtime for FakeRuntime {
         "fake"
     }
 
+    /// Exits go out on a channel that says when a subscriber fell behind (a `Resync`), so none
+    /// is lost silently.
+    fn reconcile_every(&self) -> Option<Duration> {
+        None
+    }
+
     fn start(
         &self,
         spec: ContainerSpec,

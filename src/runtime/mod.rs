@@ -121,6 +121,11 @@ pub trait Runtime: Send + Sync + 'static {
     /// `"docker"` or `"fake"`.
     fn kind(&self) -> &'static str;
 
+    /// How often the worker should compare its table with [`Runtime::list`] besides on start
+    /// and on [`RuntimeEvent::Resync`]: the safety net for an event the runtime lost without
+    /// saying so. `None` when it cannot lose one.
+    fn reconcile_every(&self) -> Option<Duration>;
+
     /// Make sure the image is present (pulling it only when missing), create the container with
     /// the spec's name, labels, limits and ports, start it, and return its status (with the host
     /// ports actually bound). Docker's own restart policy stays off: Cube restarts tasks itself.

@@ -34,7 +34,7 @@ use uuid::Uuid;
 
 use crate::actors::client::CallError;
 use crate::actors::manager::core::{
-    CallKind, Config as ManagerConfig, Core as ManagerCore, Effect as MEffect, EndpointId,
+    CallKind, Config as ManagerConfig, Core as ManagerCore, Effect as MEffect, EndpointId, Seen,
     Submitted,
 };
 use crate::actors::policy::{PolicyKind, Resources};
@@ -1386,11 +1386,13 @@ impl World {
                 }
                 p.watching = false;
                 p.backoff = Duration::from_millis(100);
+                let restarted = p.instance.is_some_and(|i| i != changes.instance);
                 p.instance = Some(changes.instance);
                 p.since = changes.seq;
                 if changes.full || !changes.tasks.is_empty() {
                     let endpoint = m.endpoints[w];
-                    m.core.report(now, endpoint, changes.full, changes.tasks);
+                    m.core
+                        .report(now, endpoint, changes.full, restarted, changes.tasks);
                 }
                 self.manager_step();
                 self.at(Duration::ZERO, Ev::Watch(inc, w, generation));
@@ -1401,7 +1403,8 @@ impl World {
                     self.heard(w, &name);
                 }
                 if let Some(m) = self.manager.as_mut() {
-                    m.core.call_done(now, &node, call, *outcome);
+                    let outcome = outcome.map(|t| Seen::from(&t));
+                    m.core.call_done(now, &node, call, outcome);
                 }
                 self.manager_step();
             }

@@ -52,6 +52,12 @@ pub fn restart_backoff(restarts: u32) -> Duration {
     backoff(MIN_RESTART_BACKOFF, MAX_RESTART_BACKOFF, restarts)
 }
 
+/// A fraction in [0, 1) that spreads the `n`th of many over an interval evenly (the golden
+/// ratio's sequence), the same every time.
+fn spread(n: usize) -> f64 {
+    (n as f64 * 0.618_033_988_749_895).fract()
+}
+
 /// What a task reserves.
 pub fn resources(task: &Task) -> Resources {
     Resources {
@@ -183,6 +189,15 @@ pub struct Seen {
     pub state: State,
 }
 
+impl From<&Task> for Seen {
+    fn from(t: &Task) -> Seen {
+        Seen {
+            attempt: t.attempt,
+            state: t.state,
+        }
+    }
+}
+
 impl Seen {
     /// Whether `other` is news about the same copy: a later attempt, or the same one further on.
     fn superseded_by(self, other: Seen) -> bool {
@@ -213,9 +228,10 @@ pub enum CallKind {
 enum Call {
     /// Sent; no answer yet.
     InFlight,
-    /// The worker took it (durably). Forgotten at the next full report, so a worker that lost
-    /// it is asked again.
-    Acked,
+    /// The worker took it (durably) at this time. Forgotten once a full report was asked for
+    /// after it (the report after the next one) or the worker restarted, so a worker that
+    /// lost it is asked again, but a report that left before the call arrived never counts.
+    Acked(Duration),
     /// Failed in transport; may be sent again from this time.
     RetryAt(Duration),
 }
@@ -842,8 +858,13 @@ impl Core {
                 ready: true,
             });
             self.effects.push(Effect::Resync(endpoint));
-            self.timers
-                .arm(now.mono + self.config.resync_interval, Timer::Resync(nid));
+            // Each node's resyncs keep a phase of their own, so thousands of nodes that came
+            // up together do not all send their full reports at the same moment.
+            let phase = self.config.resync_interval.mul_f64(spread(nid));
+            self.timers.arm(
+                now.mono + self.config.resync_interval + phase,
+                Timer::Resync(nid),
+            );
             let touched: BTreeSet<Uuid> = self.nodes[nid]
                 .placed
                 .union(&self.nodes[nid].seen)
@@ -905,8 +926,15 @@ impl Core {
     }
 
     /// A worker's change feed: its latest record of each task that changed, or of every task it
-    /// has when `full`.
-    pub fn report(&mut self, now: Now, endpoint: EndpointId, full: bool, tasks: Vec<Task>) {
+    /// has when `full`; `restarted` when it comes from a new process of the worker.
+    pub fn report(
+        &mut self,
+        now: Now,
+        endpoint: EndpointId,
+        full: bool,
+        restarted: bool,
+        tasks: Vec<Task>,
+    ) {
         let Some(nid) = self.bound_node(endpoint) else {
             // Not registered (yet): once it is, its first report must be full.
             self.effects.push(Effect::Resync(endpoint));
@@ -943,8 +971,12 @@ impl Core {
             }
             let node = &mut self.nodes[nid];
             node.synced = true;
+            let asked_after = node.last_full;
             node.last_full = now.mono;
-            node.calls.retain(|_, c| *c != Call::Acked);
+            node.calls.retain(|_, c| match c {
+                Call::Acked(at) => !restarted && *at >= asked_after,
+                _ => true,
+            });
             touched.extend(node.placed.iter().copied());
         }
         for id in touched {
@@ -953,13 +985,15 @@ impl Core {
         self.kick();
     }
 
-    /// The outcome of a [`Effect::Start`] or [`Effect::Stop`] on `node`.
+    /// The outcome of a [`Effect::Start`] or [`Effect::Stop`] on `node`: what the worker then
+    /// had of the task (its record's attempt and state), or why the call failed. The record
+    /// itself comes with the worker's change feed.
     pub fn call_done(
         &mut self,
         now: Now,
         node: &str,
         call: (Uuid, u32, CallKind),
-        outcome: Result<Task, CallError>,
+        outcome: Result<Seen, CallError>,
     ) {
         let Some(&nid) = self.node_ids.get(node) else {
             return;
@@ -975,17 +1009,17 @@ impl Core {
                 debug!("{kind:?} of task {id} attempt {attempt} on {node} failed: {reason}");
                 self.retry_later(now, nid, call);
             }
-            (CallKind::Start, Ok(task)) => {
-                self.settle_call(nid, call, Call::Acked);
-                self.observe(now, nid, task);
+            (CallKind::Start, Ok(seen)) => {
+                self.settle_call(nid, call, Call::Acked(now.mono));
+                self.merge_seen(nid, id, seen);
             }
             (CallKind::Start, Err(CallError::Stale(_) | CallError::NotFound(_))) => {
                 // The worker fenced this attempt (it was stopped there, or a newer one runs);
                 // its feed says what it has.
-                self.settle_call(nid, call, Call::Acked);
+                self.settle_call(nid, call, Call::Acked(now.mono));
             }
             (CallKind::Start, Err(CallError::Rejected { message, .. })) => {
-                self.settle_call(nid, call, Call::Acked);
+                self.settle_call(nid, call, Call::Acked(now.mono));
                 let current = self.tasks.get(&id).is_some_and(|e| {
                     e.node == Some(nid) && e.task.attempt == attempt && e.task.state.is_active()
                 });
@@ -994,11 +1028,10 @@ impl Core {
                     self.attempt_ended(now, id, State::Failed, Some(why));
                 }
             }
-            (CallKind::Stop, Ok(task)) => {
-                self.settle_call(nid, call, Call::Acked);
-                let older = task.attempt < attempt;
-                self.observe(now, nid, task);
-                if older {
+            (CallKind::Stop, Ok(seen)) => {
+                self.settle_call(nid, call, Call::Acked(now.mono));
+                self.merge_seen(nid, id, seen);
+                if seen.attempt < attempt {
                     // The worker fenced every attempt up to this one and has only an older
                     // one: this attempt never ran there, and never will.
                     self.merge_seen(nid, id, gone);
@@ -1007,7 +1040,7 @@ impl Core {
             (CallKind::Stop, Err(CallError::NotFound(_) | CallError::Stale(_))) => {
                 // Nothing of this attempt (or older) runs there: the worker knows no such task,
                 // or runs a newer attempt only.
-                self.settle_call(nid, call, Call::Acked);
+                self.settle_call(nid, call, Call::Acked(now.mono));
                 self.merge_seen(nid, id, gone);
             }
             (CallKind::Stop, Err(CallError::Rejected { message, .. })) => {
@@ -1466,7 +1499,7 @@ impl Core {
             return;
         };
         match node.calls.get(&(id, attempt, kind)) {
-            Some(Call::InFlight | Call::Acked) => return,
+            Some(Call::InFlight | Call::Acked(_)) => return,
             Some(Call::RetryAt(at)) if *at > now.mono => return,
             _ => {}
         }

@@ -121,7 +121,7 @@ impl Harness {
 
     fn report(&mut self, ep: EndpointId, full: bool, tasks: Vec<Task>) {
         let now = self.now();
-        self.core.report(now, ep, full, tasks);
+        self.core.report(now, ep, full, false, tasks);
         self.drain();
     }
 
@@ -162,12 +162,17 @@ impl Harness {
         t.attempt = attempt;
         t.state = State::Scheduled;
         let now = self.now();
-        self.core
-            .call_done(now, node, (id, attempt, CallKind::Start), Ok(t));
+        self.core.call_done(
+            now,
+            node,
+            (id, attempt, CallKind::Start),
+            Ok(Seen::from(&t)),
+        );
         self.drain();
     }
 
     fn stop_result(&mut self, node: &str, id: Uuid, attempt: u32, r: Result<Task, CallError>) {
+        let r = r.map(|t| Seen::from(&t));
         let now = self.now();
         self.core
             .call_done(now, node, (id, attempt, CallKind::Stop), r);
@@ -326,7 +331,12 @@ fn a_stop_is_repeated_until_the_copy_is_reported_gone() {
     h.report(ep, false, vec![running.clone()]);
     assert!(h.stops().is_empty(), "a taken stop is not repeated");
     assert_eq!(h.state(id), State::Running);
-    // A full report that still shows it running asks again (the worker may have lost it).
+    // Full reports that still show it running: the first may predate the stop; the next one,
+    // asked for after it, means the worker may have lost it: asked again.
+    h.advance(Duration::from_secs(1));
+    h.report(ep, true, vec![running.clone()]);
+    assert!(h.stops().is_empty());
+    h.advance(DEFAULT_RESYNC_INTERVAL);
     h.report(ep, true, vec![running.clone()]);
     assert_eq!(h.stops(), vec![("w1".into(), id, 1)]);
     running.state = State::Completed;
@@ -476,8 +486,28 @@ fn a_start_the_worker_lost_is_sent_again_after_a_full_report_without_it() {
     assert_eq!(h.starts().len(), 1);
     h.start_ok("w1", id, 1);
     assert!(h.starts().is_empty());
-    // The worker lost its store: its full report has nothing of the task.
+    // A full report without it may have left the worker before the start arrived: it proves
+    // nothing. The one asked for after it does.
+    h.advance(Duration::from_secs(1));
     h.report(ep, true, vec![]);
+    assert!(h.starts().is_empty());
+    h.advance(DEFAULT_RESYNC_INTERVAL);
+    h.report(ep, true, vec![]);
+    assert_eq!(h.starts(), vec![("w1".into(), id, 1)]);
+}
+
+#[test]
+fn a_start_a_restarted_worker_lost_is_sent_again_at_its_first_report() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let id = h.submit(task("sleep"));
+    h.place_on("w1");
+    h.starts();
+    h.start_ok("w1", id, 1);
+    // A new process of the worker, whose store lost the start, reports everything it has.
+    h.advance(Duration::from_secs(1));
+    let now = h.now();
+    h.core.report(now, ep, true, true, vec![]);
     assert_eq!(h.starts(), vec![("w1".into(), id, 1)]);
 }
 
@@ -767,8 +797,13 @@ fn records_are_written_for_every_change_a_user_can_see() {
     assert!(writes.tasks.is_empty(), "drained by the harness");
     h.start_ok("w1", id, 1);
     let now = h.now();
-    h.core
-        .report(now, ep, false, vec![seen(&h.task(id), 1, State::Running)]);
+    h.core.report(
+        now,
+        ep,
+        false,
+        false,
+        vec![seen(&h.task(id), 1, State::Running)],
+    );
     let writes = h.core.take_writes();
     assert_eq!(writes.tasks.len(), 1);
     assert_eq!(writes.tasks[0].1.state, State::Running);

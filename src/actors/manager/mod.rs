@@ -202,6 +202,8 @@ pub struct NodeDown {
 pub struct Report {
     pub endpoint: core::EndpointId,
     pub full: bool,
+    /// The worker's process is not the one of its previous report.
+    pub restarted: bool,
     pub tasks: Vec<Task>,
 }
 
@@ -211,8 +213,8 @@ pub struct CallDone {
     pub node: String,
     /// The task, the attempt, and whether it was a start or a stop.
     pub call: (Uuid, u32, core::CallKind),
-    /// The worker's record of the task, or why the call failed.
-    pub outcome: Result<Task, CallError>,
+    /// What the worker then had of the task, or why the call failed.
+    pub outcome: Result<core::Seen, CallError>,
 }
 
 /// Outcomes of calls, as many as finished together: one message for a burst of starts.

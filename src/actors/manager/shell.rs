@@ -565,7 +565,8 @@ impl Handler<Report> for Manager {
 
     fn handle(&mut self, msg: Report, ctx: &mut Context<Self>) {
         let now = self.clock.now();
-        self.core.report(now, msg.endpoint, msg.full, msg.tasks);
+        self.core
+            .report(now, msg.endpoint, msg.full, msg.restarted, msg.tasks);
         self.step(ctx);
     }
 }

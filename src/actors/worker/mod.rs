@@ -51,9 +51,6 @@ impl Record for Tombstone {
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
 /// Longest a [`WatchChanges`] may wait for a change.
 pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(60);
-/// How often the worker compares its table with the runtime's containers, besides on start and
-/// after the event stream reconnects: the safety net for an event that never came.
-pub const RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 
 /// What can go wrong when asking the worker for something.
 #[derive(Debug, thiserror::Error)]

@@ -18,8 +18,8 @@ use uuid::Uuid;
 use super::core::{Core, Effect, Writes};
 use super::feed::{Changes, Feed};
 use super::{
-    GetStats, Identify, MAX_WATCH_WAIT, RECONCILE_INTERVAL, ReadLogs, ReadTask, ReadTasks, STOPS,
-    StartAttempt, Started, StopAttempt, TASKS, Tombstone, WatchChanges, WorkerError, WorkerSetup,
+    GetStats, Identify, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, STOPS, StartAttempt,
+    Started, StopAttempt, TASKS, Tombstone, WatchChanges, WorkerError, WorkerSetup,
 };
 use crate::actors::CoreTimer;
 use crate::clock::Clock;
@@ -50,8 +50,9 @@ pub struct Worker {
     clock: Clock,
     feed: Feed,
     /// What the feed and the API show: each task as last written. The core may be a step
-    /// ahead while a commit is under way, and what is not durable is never told.
-    published: HashMap<Uuid, Task>,
+    /// ahead while a commit is under way, and what is not durable is never told. A worker
+    /// without a store (simulated, in-process) has nothing to wait for and shows the core.
+    published: Option<HashMap<Uuid, Task>>,
     runtime: Arc<dyn Runtime>,
     store: Option<Store>,
     sampler: Option<Addr<StatsSampler>>,
@@ -87,7 +88,10 @@ impl Worker {
         for t in &tasks {
             feed.changed(t.id);
         }
-        let published = tasks.iter().map(|t| (t.id, t.clone())).collect();
+        let published = setup
+            .store
+            .is_some()
+            .then(|| tasks.iter().map(|t| (t.id, t.clone())).collect());
         let core = Core::recover(setup.name, setup.retention, clock.now(), tasks, stops);
         Ok(Worker {
             core,
@@ -127,7 +131,9 @@ impl Worker {
                 Ok(()) => {
                     for t in &writes.tasks {
                         act.feed.changed(t.id);
-                        act.published.insert(t.id, t.clone());
+                        if let Some(published) = act.published.as_mut() {
+                            published.insert(t.id, t.clone());
+                        }
                     }
                     act.notify_soon(ctx);
                 }
@@ -235,6 +241,14 @@ impl Worker {
         });
     }
 
+    /// A task as the feed and the API show it.
+    fn shown(&self, id: Uuid) -> Option<&Task> {
+        match &self.published {
+            Some(published) => published.get(&id),
+            None => self.core.task(id),
+        }
+    }
+
     fn notify_soon(&mut self, ctx: &mut Context<Self>) {
         if !self.notify_scheduled {
             // Coalesce: changes made while this mailbox drains go out in one answer.
@@ -244,8 +258,7 @@ impl Worker {
     }
 
     fn changes(&self, since: u64) -> Changes {
-        self.feed
-            .read(self.core.name(), since, |id| self.published.get(&id))
+        self.feed.read(self.core.name(), since, |id| self.shown(id))
     }
 
     fn notify_watchers(&mut self) {
@@ -316,7 +329,15 @@ impl Actor for Worker {
         ctx.set_mailbox_capacity(crate::actors::MAILBOX_CAPACITY);
         ctx.add_stream(self.runtime.events(self.name().to_string()));
         self.reconcile(ctx);
-        ctx.run_interval(RECONCILE_INTERVAL, |act, ctx| act.reconcile(ctx));
+        if let Some(every) = self.runtime.reconcile_every() {
+            // A phase of its own, so many workers started together do not all list their
+            // containers at the same moment.
+            let phase = every.mul_f64(fastrand::f64());
+            ctx.run_later(phase, move |act, ctx| {
+                act.reconcile(ctx);
+                ctx.run_interval(every, |act, ctx| act.reconcile(ctx));
+            });
+        }
     }
 }
 
@@ -386,7 +407,7 @@ impl Handler<ReadTask> for Worker {
     type Result = Option<Task>;
 
     fn handle(&mut self, msg: ReadTask, _: &mut Context<Self>) -> Self::Result {
-        self.published.get(&msg.0).cloned()
+        self.shown(msg.0).cloned()
     }
 }
 
@@ -394,9 +415,14 @@ impl Handler<ReadTasks> for Worker {
     type Result = Vec<Task>;
 
     fn handle(&mut self, _: ReadTasks, _: &mut Context<Self>) -> Self::Result {
-        let mut tasks: Vec<Task> = self.published.values().cloned().collect();
-        tasks.sort_by_key(|t| t.id);
-        tasks
+        match &self.published {
+            Some(published) => {
+                let mut tasks: Vec<Task> = published.values().cloned().collect();
+                tasks.sort_by_key(|t| t.id);
+                tasks
+            }
+            None => self.core.tasks().cloned().collect(),
+        }
     }
 }
 
