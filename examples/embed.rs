@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use cube::actors::manager::{GetTask, ListNodes, StopTask, Submit};
 use cube::runtime::Runtime;
 use cube::server::{DEFAULT_FAKE_CAPACITY, ManagerActors, ManagerConfig};
-use cube::task::{Desired, State, Task, TaskEvent};
+use cube::task::{State, Task};
 
 #[actix_web::main]
 async fn main() -> anyhow::Result<()> {
@@ -49,13 +49,7 @@ async fn main() -> anyhow::Result<()> {
         task.name = format!("embedded-task-{n}");
         task.cmd = vec!["sleep".into(), "60".into()];
         task.cpu = 0.5;
-        let event = TaskEvent {
-            id: uuid::Uuid::new_v4(),
-            state: Desired::Running,
-            timestamp: chrono::Utc::now(),
-            task,
-        };
-        let submitted = actors.manager.send(Submit(event)).await??;
+        let submitted = actors.manager.send(Submit(task)).await??;
         ids.push(submitted.task.id);
     }
 

@@ -262,7 +262,6 @@ impl ManagerConfig {
 pub struct ManagerActors {
     pub manager: Addr<Manager>,
     pub scheduler: Addr<Scheduler>,
-    pub node_timeout: Duration,
     /// The thread the WorkerProxies (and in-process workers) run on, beside the Manager's, so
     /// talking to thousands of workers never queues behind the Manager's own work.
     pub workers_arbiter: actix::dev::ArbiterHandle,
@@ -293,7 +292,6 @@ impl ManagerActors {
         Ok(ManagerActors {
             manager,
             scheduler,
-            node_timeout: config.node_timeout,
             workers_arbiter,
         })
     }

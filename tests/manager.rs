@@ -184,12 +184,22 @@ fn a_go_cube_task_file_runs_unchanged() {
     }}"#,
         uuid::Uuid::new_v4()
     );
-    let r = c.http.post(&c.url("/tasks"), body);
+    let r = c.http.post(&c.url("/tasks"), body.clone());
     assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(r.json()["id"], task_id.to_string().as_str());
     let t = wait_state(&c.http, &c.url(&format!("/tasks/{task_id}")), "Running");
     assert_eq!(t["name"], "test-chapter-9");
     assert!(t["host_ports"]["7777/tcp"].is_string(), "{t}");
+
+    // The Go Cube stops a task by sending it again with State 3 (Completed): a DELETE.
+    let stop = body.replacen("\"State\": 2", "\"State\": 3", 1);
+    let r = c.http.post(&c.url("/tasks"), stop);
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.json()["desired"], "stopped");
+    wait_state(&c.http, &c.url(&format!("/tasks/{task_id}")), "Completed");
+    eventually("no container left", || {
+        (c.running_copies(&task_id.to_string()) == 0).then_some(())
+    });
 }
 
 #[test]

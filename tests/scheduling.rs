@@ -11,7 +11,7 @@ use cube::actors::policy::PolicyKind;
 use cube::node::Capacity;
 use cube::runtime::fake::FakeRuntime;
 use cube::server::{ManagerActors, ManagerConfig};
-use cube::task::{Desired, State, Task, TaskEvent};
+use cube::task::{State, Task};
 
 const GIB: u64 = 1 << 30;
 
@@ -34,15 +34,9 @@ async fn submit(actors: &ManagerActors, cpu: f64, memory: u64) -> uuid::Uuid {
     let mut task = Task::new("sim");
     task.cpu = cpu;
     task.memory = memory;
-    let event = TaskEvent {
-        id: uuid::Uuid::new_v4(),
-        state: Desired::Running,
-        timestamp: chrono::Utc::now(),
-        task,
-    };
     actors
         .manager
-        .send(Submit(event))
+        .send(Submit(task))
         .await
         .expect("manager answers")
         .expect("accepted")

@@ -12,8 +12,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::worker::{
-    Changes, GetStats, Identify, ReadLogs, StartAttempt, StopAttempt, WatchChanges, Worker,
-    WorkerError,
+    Changes, GetStats, ReadLogs, StartAttempt, StopAttempt, WatchChanges, Worker, WorkerError,
 };
 use crate::node::NodeStats;
 use crate::task::Task;
@@ -90,12 +89,6 @@ fn mailbox(e: actix::MailboxError) -> CallError {
     CallError::Transport(format!("the worker actor is gone: {e}"))
 }
 
-/// What a worker's `/health` says.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Health {
-    pub name: String,
-}
-
 #[derive(Deserialize)]
 struct ErrorBody {
     error: String,
@@ -135,17 +128,6 @@ impl WorkerClient {
             .await
             .map_err(|e| CallError::Transport(format!("GET {base}{path}: {e}")))?;
         read_json(&mut res, base, path).await
-    }
-
-    /// The worker's name.
-    pub async fn health(&self) -> Result<Health, CallError> {
-        match &self.link {
-            WorkerLink::Http(base) => self.get_json(base, "/health", CALL_TIMEOUT).await,
-            WorkerLink::Local(addr, _) => {
-                let (name, _) = addr.send(Identify).await.map_err(mailbox)?;
-                Ok(Health { name })
-            }
-        }
     }
 
     /// The change feed: everything changed after `since`, waiting up to `wait` for a change.

@@ -24,7 +24,7 @@ use crate::actors::client::WorkerClient;
 use crate::actors::manager::{
     CountTasks, GetTask, ListNodes, ListTasks, LogsOf, Manager, ManagerError, StopTask, Submit,
 };
-use crate::task::{State, parse_submission, parse_task_id};
+use crate::task::{Desired, State, parse_submission, parse_task_id};
 
 /// What the handlers reach.
 #[derive(Clone)]
@@ -71,11 +71,15 @@ async fn submit(
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload).await?;
     let event = parse_submission(&body)?;
-    let stop = event.state == crate::task::Desired::Completed;
-    let submitted = api.manager.send(Submit(event)).await??;
-    let status = if stop {
-        StatusCode::ACCEPTED
-    } else if submitted.created {
+    if event.state == Desired::Completed {
+        // The Go Cube's way of asking for a stop: the same as DELETE.
+        let task = api.manager.send(StopTask(event.task.id)).await??;
+        return Ok(HttpResponse::Accepted()
+            .insert_header(("Location", format!("/tasks/{}", task.id)))
+            .json(task));
+    }
+    let submitted = api.manager.send(Submit(event.task)).await??;
+    let status = if submitted.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK

@@ -45,7 +45,7 @@ use crate::actors::worker::feed::{Changes, Feed};
 use crate::clock::Now;
 use crate::node::{Capacity, Liveness, LivenessChange};
 use crate::runtime::{ContainerSpec, ContainerStatus, RuntimeError};
-use crate::task::{Desired, Goal, RestartPolicy, State, Task, TaskEvent};
+use crate::task::{Goal, RestartPolicy, State, Task};
 
 /// Time between heartbeats of a proxy (as `WorkerProxy`).
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -953,23 +953,17 @@ impl World {
         let Some(m) = self.manager.as_mut() else {
             return;
         };
-        let event = TaskEvent {
-            id: Uuid::from_u128(self.rng.u128(..)),
-            state: Desired::Running,
-            timestamp: now.wall,
-            task: task.clone(),
-        };
-        let answer = match m.core.submit(now, event) {
+        let id = task.id;
+        let answer = match m.core.submit(now, task) {
             Ok(Submitted::Created(_)) => Answer::Created,
             Ok(Submitted::Existing(_)) => Answer::Existing,
-            Ok(Submitted::Stopping(_)) => Answer::Stopped,
             Err(e) => {
                 self.note(format!("user gets {e}"));
                 return;
             }
         };
         let commit = self.manager_step_with(true);
-        self.answer_after(commit, answer, task.id);
+        self.answer_after(commit, answer, id);
     }
 
     /// Answer a user once commit `commit` is durable (at once when nothing was written).

@@ -21,7 +21,7 @@ use crate::actors::policy::PolicyKind;
 use crate::node::{Capacity, NodeStatus};
 use crate::runtime::fake::FakeRuntime;
 use crate::server::{ManagerActors, ManagerConfig, ServeError};
-use crate::task::{Desired, State, Task, TaskEvent};
+use crate::task::{State, Task};
 
 /// Submissions waiting for their commit at once; enough to fill every group commit.
 const IN_FLIGHT: usize = 4096;
@@ -128,17 +128,12 @@ impl SimCluster {
 }
 
 /// One task of the simulation.
-fn sim_task(config: &SimConfig, n: usize) -> TaskEvent {
+fn sim_task(config: &SimConfig, n: usize) -> Task {
     let mut task = Task::new("cube-sim/task:latest");
     task.name = format!("sim-task-{n}");
     task.cpu = config.task_cpu;
     task.memory = config.task_memory;
-    TaskEvent {
-        id: task.id,
-        state: Desired::Running,
-        timestamp: task.created_at,
-        task,
-    }
+    task
 }
 
 /// Run a whole simulation: start the cluster, submit every task, wait until all are Running.

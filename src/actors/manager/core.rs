@@ -39,7 +39,7 @@ use crate::actors::scheduler::{NoFit, PlaceRequest};
 use crate::clock::{Now, Timers, backoff};
 use crate::node::NodeStatus;
 use crate::sim::planted::{Bug, planted};
-use crate::task::{Goal, RestartPolicy, State, Task, TaskEvent};
+use crate::task::{Goal, RestartPolicy, State, Task};
 
 /// First restart waits this long; each further one twice as long, up to [`MAX_RESTART_BACKOFF`].
 pub const MIN_RESTART_BACKOFF: Duration = Duration::from_secs(1);
@@ -167,8 +167,6 @@ pub enum Submitted {
     /// The same id and spec again: the recorded task (answer after a commit, since the first
     /// submission may still be committing).
     Existing(Task),
-    /// A stop asked for in the Go Cube's form (`state: Completed`).
-    Stopping(Task),
 }
 
 /// Why the core refused an input from a user.
@@ -583,18 +581,15 @@ impl Core {
 
     /// A submission (POST /tasks). A new task is acknowledged only once the step's writes are
     /// durable; tell the core with [`Core::submit_committed`].
-    pub fn submit(&mut self, now: Now, event: TaskEvent) -> Result<Submitted, Refusal> {
-        let id = event.task.id;
-        if event.state == crate::task::Desired::Completed {
-            return self.stop(now, id).map(Submitted::Stopping);
-        }
+    pub fn submit(&mut self, now: Now, task: Task) -> Result<Submitted, Refusal> {
+        let id = task.id;
         if let Some(existing) = self.tasks.get(&id) {
-            if !existing.task.same_spec(&event.task) {
+            if !existing.task.same_spec(&task) {
                 return Err(Refusal::Conflict(id));
             }
             return Ok(Submitted::Existing(existing.task.clone()));
         }
-        let mut task = event.task;
+        let mut task = task;
         task.state = State::Pending;
         task.desired = Goal::Running;
         task.attempt = 0;

@@ -7,7 +7,6 @@ use chrono::{TimeZone, Utc};
 use uuid::Uuid;
 
 use super::*;
-use crate::task::Desired;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -85,9 +84,8 @@ impl Harness {
     fn submit(&mut self, t: Task) -> Uuid {
         let id = t.id;
         let now = self.now();
-        let event = event(t, Desired::Running, now);
         assert!(matches!(
-            self.core.submit(now, event),
+            self.core.submit(now, t),
             Ok(Submitted::Created(_))
         ));
         self.core.submit_committed(&[id], true);
@@ -192,16 +190,6 @@ impl Harness {
     }
 }
 
-/// A submission of `t` asking for `state`, at `now`.
-fn event(t: Task, state: Desired, now: Now) -> TaskEvent {
-    TaskEvent {
-        id: Uuid::new_v4(),
-        state,
-        timestamp: now.wall,
-        task: t,
-    }
-}
-
 /// A worker's record of attempt `attempt` of `t` in `state`.
 fn seen(t: &Task, attempt: u32, state: State) -> Task {
     let mut r = t.clone();
@@ -218,8 +206,7 @@ fn a_submission_is_placed_once_committed_then_started_where_it_was_placed() {
     let t = task("sleep");
     let id = t.id;
     let now = h.now();
-    let event = event(t, Desired::Running, now);
-    h.core.submit(now, event).unwrap();
+    h.core.submit(now, t).unwrap();
     assert!(
         !h.take().iter().any(|e| matches!(e, Effect::Place(_))),
         "nothing is placed before the submission is durable"
@@ -241,8 +228,7 @@ fn a_failed_commit_forgets_the_submission() {
     let t = task("sleep");
     let id = t.id;
     let now = h.now();
-    let event = event(t, Desired::Running, now);
-    h.core.submit(now, event).unwrap();
+    h.core.submit(now, t).unwrap();
     h.core.submit_committed(&[id], false);
     assert!(h.core.task(id).is_none());
 }
@@ -253,15 +239,13 @@ fn the_same_id_is_idempotent_with_the_same_spec_and_a_conflict_otherwise() {
     let t = task("sleep");
     h.submit(t.clone());
     let now = h.now();
-    let again = event(t.clone(), Desired::Running, now);
     assert!(matches!(
-        h.core.submit(now, again),
+        h.core.submit(now, t.clone()),
         Ok(Submitted::Existing(_))
     ));
     let mut other = t.clone();
     other.image = "other".into();
-    let conflict = event(other, Desired::Running, now);
-    assert_eq!(h.core.submit(now, conflict), Err(Refusal::Conflict(t.id)));
+    assert_eq!(h.core.submit(now, other), Err(Refusal::Conflict(t.id)));
 }
 
 #[test]
@@ -752,21 +736,6 @@ fn recovery_books_placed_tasks_again_and_carries_on_with_the_rest() {
     placed_now.sort();
     assert_eq!(placed_now, vec![ids.2]);
     assert_eq!(h.task(ids.2).restart_count, 2);
-}
-
-#[test]
-fn the_go_cube_stop_form_is_a_stop() {
-    let mut h = Harness::new();
-    let id = h.submit(task("sleep"));
-    let now = h.now();
-    let mut t = h.task(id);
-    t.state = State::Pending;
-    let event = event(t, Desired::Completed, now);
-    assert!(matches!(
-        h.core.submit(now, event),
-        Ok(Submitted::Stopping(_))
-    ));
-    assert_eq!(h.state(id), State::Completed);
 }
 
 #[test]

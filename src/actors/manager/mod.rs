@@ -22,7 +22,7 @@ use super::client::{CallError, WorkerLink};
 use super::worker_proxy::WorkerProxy;
 use crate::db::{Record, StoreError, Table};
 use crate::node::NodeStatus;
-use crate::task::{State, Task, TaskEvent};
+use crate::task::{State, Task};
 
 /// The manager's tasks: a sequence number given at submission → the task record, which carries
 /// what the user wants of it (`desired`). Keys that only grow make every insert an append at
@@ -103,12 +103,11 @@ impl From<core::Refusal> for ManagerError {
 
 // ---- from users (HTTP handlers, embedding programs) --------------------------------------
 
-/// Accept a task (or, in the Go Cube's form `state: Completed`, stop one): answers once it is
-/// committed. The same id and spec again is answered with the recorded task (`created` false);
-/// the same id with another spec is a conflict.
+/// Accept a task: answers once it is committed. The same id and spec again is answered with the
+/// recorded task (`created` false); the same id with another spec is a conflict.
 #[derive(Message)]
 #[rtype(result = "Result<Submitted, ManagerError>")]
-pub struct Submit(pub TaskEvent);
+pub struct Submit(pub Task);
 
 /// The answer to [`Submit`].
 #[derive(Debug, Clone)]

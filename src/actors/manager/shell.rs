@@ -359,7 +359,7 @@ impl Handler<Submit> for Manager {
                         created: true,
                     })
                 }
-                core::Submitted::Existing(task) | core::Submitted::Stopping(task) => {
+                core::Submitted::Existing(task) => {
                     res?;
                     Ok(Submitted {
                         task,

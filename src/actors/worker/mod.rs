@@ -153,11 +153,6 @@ pub struct WatchChanges {
 #[rtype(result = "Result<NodeStats, WorkerError>")]
 pub struct GetStats;
 
-/// The worker's name and process instance.
-#[derive(Message)]
-#[rtype(result = "(String, Uuid)")]
-pub struct Identify;
-
 /// The output of a task's container: the last `tail` lines, and on while it runs when `follow`.
 #[derive(Message)]
 #[rtype(result = "Result<BoxStream<'static, Result<Bytes, RuntimeError>>, WorkerError>")]

@@ -18,8 +18,8 @@ use uuid::Uuid;
 use super::core::{Core, Effect, Writes};
 use super::feed::{Changes, Feed};
 use super::{
-    GetStats, Identify, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, STOPS, StartAttempt,
-    Started, StopAttempt, TASKS, Tombstone, WatchChanges, WorkerError, WorkerSetup,
+    GetStats, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, STOPS, StartAttempt, Started,
+    StopAttempt, TASKS, Tombstone, WatchChanges, WorkerError, WorkerSetup,
 };
 use crate::actors::CoreTimer;
 use crate::clock::Clock;
@@ -476,14 +476,6 @@ impl Handler<GetStats> for Worker {
                 })
             }
         }
-    }
-}
-
-impl Handler<Identify> for Worker {
-    type Result = MessageResult<Identify>;
-
-    fn handle(&mut self, _: Identify, _: &mut Context<Self>) -> Self::Result {
-        MessageResult((self.name().to_string(), self.feed.instance()))
     }
 }
 
