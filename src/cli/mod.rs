@@ -19,7 +19,7 @@ use crate::actors::manager::NodeReport;
 use crate::actors::policy::PolicyKind;
 use crate::actors::worker::DEFAULT_RETENTION;
 use crate::server::{ManagerConfig, RuntimeKind, WorkerConfig, start_manager, start_worker};
-use crate::task::{State, Task};
+use crate::task::{Goal, State, Task};
 
 mod up;
 
@@ -306,7 +306,11 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Stop(args) => {
             let id = task_id(&args.id)?;
             let task: Task = client.delete(&format!("/tasks/{id}")).await?;
-            println!("{} stopping (state {})", task.id, task.state);
+            if task.state == State::Completed {
+                println!("{} Completed", task.id);
+            } else {
+                println!("{} stopping (state {})", task.id, task.state);
+            }
         }
         Command::Node(args) => nodes(&client, args).await?,
         Command::Logs(args) => logs(&client, args).await?,
@@ -509,6 +513,11 @@ async fn status(client: &Client, args: StatusArgs) -> Result<(), String> {
         }
         if let Some(e) = &t.error {
             println!("\nerror: {e}");
+        }
+        if t.desired == Goal::Stopped && t.state != State::Completed {
+            println!(
+                "\na stop was asked for; the task is Completed once its worker reports the container gone"
+            );
         }
     }
     Ok(())

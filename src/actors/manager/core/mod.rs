@@ -1,0 +1,723 @@
+//! The manager's decision core: every rule of a task's life and of a node's, as plain
+//! synchronous code with no actix, no I/O and no clock of its own.
+//!
+//! The [`Manager`](super::Manager) actor is a shell around it: it feeds each input in (a
+//! submission, a stop, a worker's report, a node going up or down, a placement, a call's
+//! outcome, a timer) with the time it happened, then carries out the [`Effect`]s the core asks
+//! for and writes the records [`Core::take_writes`] returns. The seeded fault simulation
+//! (`crate::sim::faults`) drives the same code with simulated workers, network and time.
+//!
+//! **Level-triggered.** For every task the core knows what should run (its *desired copy*:
+//! attempt N on worker W, or nothing) and what does run (what each worker last reported, and
+//! the outcome of every call). Every input re-evaluates the tasks it touches
+//! ([`Core::reconcile`]), so a difference produces an effect again however it arose:
+//! - a live copy that is not the desired one (an older attempt, a copy on a worker the task
+//!   moved from, any copy of a stopped task, a copy of a task the manager does not know) is
+//!   stopped, again and again until the worker reports it gone;
+//! - a desired copy the worker has not reported is (re)started; starts are idempotent on the
+//!   worker;
+//! - a task whose worker is Down is placed elsewhere as a new attempt.
+//!
+//! Each worker sends a full report when its watch starts over (every (re)connection) and at
+//! least every [`Config::resync_interval`]: the safety net that catches whatever a lost message
+//! hid. A stop is done when the worker reports the attempt gone (or the worker is Down: any
+//! copy it still runs is stopped when it reports again), not when a request was answered.
+//!
+//! **Durability.** Every record the core changes is returned by [`Core::take_writes`]; the
+//! shell commits them before it carries out any call to a worker made in the same step, so
+//! nothing leaves the manager before the record that explains it is durable.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use log::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::actors::client::CallError;
+use crate::actors::policy::Resources;
+use crate::actors::scheduler::{NoFit, PlaceRequest};
+use crate::clock::{Now, Timers, backoff};
+use crate::node::NodeStatus;
+use crate::sim::planted::{Bug, planted};
+use crate::task::{Goal, RestartPolicy, State, Task};
+
+/// First restart waits this long; each further one twice as long, up to [`MAX_RESTART_BACKOFF`].
+pub const MIN_RESTART_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(60);
+/// Consecutive failed health checks that make an attempt Failed.
+pub const HEALTH_FAILURES_TO_RESTART: u32 = 3;
+
+/// Wait before restart number `restarts + 1`: 1 s, 2 s, 4 s … up to a minute.
+pub fn restart_backoff(restarts: u32) -> Duration {
+    backoff(MIN_RESTART_BACKOFF, MAX_RESTART_BACKOFF, restarts)
+}
+
+/// A fraction in [0, 1) that spreads the `n`th of many over an interval evenly (the golden
+/// ratio's sequence), the same every time.
+fn spread(n: usize) -> f64 {
+    (n as f64 * 0.618_033_988_749_895).fract()
+}
+
+/// What a task reserves.
+pub fn resources(task: &Task) -> Resources {
+    Resources {
+        cpu: task.cpu,
+        memory: task.memory,
+        disk: task.disk,
+    }
+}
+
+/// How the core behaves; the defaults are what `cube manager` uses.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// A node with no endpoint to watch it (known from the store only) is Down after this long.
+    pub node_timeout: Duration,
+    /// Wait before re-sending a call that failed in transport.
+    pub call_retry: Duration,
+    /// Every worker sends a full report at least this often.
+    pub resync_interval: Duration,
+    /// Most tasks in one placement request.
+    pub place_batch: usize,
+}
+
+/// Default time between full reports of a worker.
+pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// Default wait before a call that failed in transport is sent again.
+pub const DEFAULT_CALL_RETRY: Duration = Duration::from_millis(500);
+/// Default size of a placement batch.
+pub const DEFAULT_PLACE_BATCH: usize = 8192;
+
+impl Config {
+    pub fn new(node_timeout: Duration) -> Config {
+        Config {
+            node_timeout,
+            call_retry: DEFAULT_CALL_RETRY,
+            resync_interval: DEFAULT_RESYNC_INTERVAL,
+            place_batch: DEFAULT_PLACE_BATCH,
+        }
+    }
+}
+
+/// The shell's handle on one worker endpoint (one WorkerProxy).
+pub type EndpointId = usize;
+type NodeId = usize;
+
+/// What the core asks the shell to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Book these reservations without choosing (the scheduler's book after a restart).
+    Restore(Vec<(Uuid, String, Resources)>),
+    /// Ask the scheduler where these tasks go; the answer comes back as [`Core::placed`].
+    Place(Vec<PlaceRequest>),
+    /// Give these tasks' reservations back to the scheduler.
+    Release(Vec<Uuid>),
+    /// Tell the scheduler a node takes placements, or no longer does.
+    NodeReady { name: String, ready: bool },
+    /// Start this attempt of the task on the worker; the outcome comes back as
+    /// [`Core::call_done`]. Sent only after this step's writes are durable.
+    Start {
+        endpoint: EndpointId,
+        node: String,
+        task: Box<Task>,
+    },
+    /// Stop this attempt (and any older one) of the task on the worker; the outcome comes back
+    /// as [`Core::call_done`]. Sent only after this step's writes are durable.
+    Stop {
+        endpoint: EndpointId,
+        node: String,
+        id: Uuid,
+        attempt: u32,
+    },
+    /// The endpoint's next report must be a full one.
+    Resync(EndpointId),
+    /// The endpoint's worker is registered under this name: it may report its capacity.
+    Registered { endpoint: EndpointId, name: String },
+    /// The endpoint's worker claims a name bound to another live address.
+    Refused {
+        endpoint: EndpointId,
+        reason: String,
+    },
+    /// Health-check this attempt at `url`, and report each result.
+    Watch { id: Uuid, attempt: u32, url: String },
+    /// Stop health-checking the task.
+    Unwatch(Uuid),
+}
+
+/// Records changed by the inputs since the last [`Core::take_writes`], to commit.
+#[derive(Debug, Default)]
+pub struct Writes {
+    /// (store key, record).
+    pub tasks: Vec<(u64, Task)>,
+    /// (name, address).
+    pub nodes: Vec<(String, String)>,
+}
+
+impl Writes {
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty() && self.nodes.is_empty()
+    }
+}
+
+/// What became of a submission.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// A new task; acknowledge once the step's writes are durable, then call
+    /// [`Core::submit_committed`].
+    Created(Task),
+    /// The same id and spec again: the recorded task (answer after a commit, since the first
+    /// submission may still be committing).
+    Existing(Task),
+}
+
+/// Why the core refused an input from a user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// No task has this id.
+    #[error("task {0} does not exist")]
+    NotFound(Uuid),
+    /// The id is taken by a task with another spec.
+    #[error("task {0} exists already with another spec; submit it unchanged, or use a new id")]
+    Conflict(Uuid),
+}
+
+/// What a worker last said about its copy of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub attempt: u32,
+    pub state: State,
+}
+
+impl From<&Task> for Seen {
+    fn from(t: &Task) -> Seen {
+        Seen {
+            attempt: t.attempt,
+            state: t.state,
+        }
+    }
+}
+
+impl Seen {
+    /// Whether `other` is news about the same copy: a later attempt, or the same one further on.
+    fn superseded_by(self, other: Seen) -> bool {
+        other.attempt > self.attempt
+            || (other.attempt == self.attempt && rank(other.state) >= rank(self.state))
+    }
+}
+
+/// How far a worker's copy of an attempt has got; its state only moves forward.
+fn rank(state: State) -> u8 {
+    match state {
+        State::Pending => 0,
+        State::Scheduled => 1,
+        State::Running => 2,
+        State::Completed | State::Failed => 3,
+    }
+}
+
+/// The two calls the manager makes to workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CallKind {
+    Start,
+    Stop,
+}
+
+/// Where a call to a worker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// Sent; no answer yet.
+    InFlight,
+    /// The worker took it (durably) at this time. Forgotten once a full report was asked for
+    /// after it (the report after the next one) or the worker restarted, so a worker that
+    /// lost it is asked again, but a report that left before the call arrived never counts.
+    Acked(Duration),
+    /// Failed in transport; may be sent again from this time.
+    RetryAt(Duration),
+}
+
+/// Where a task stands with respect to placement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Placing {
+    /// Not waiting for a placement.
+    No,
+    /// Queued for the next request to the scheduler.
+    Queued,
+    /// In a request the scheduler has not answered yet.
+    Asked,
+    /// Fits nowhere now; queued again when room appears.
+    Waiting,
+}
+
+struct Entry {
+    task: Task,
+    key: u64,
+    /// The submission is committed; placement waits for it.
+    acked: bool,
+    placing: Placing,
+    /// The scheduler holds a reservation for it on `node`.
+    reserved: bool,
+    /// Node of the current attempt while it is Scheduled or Running.
+    node: Option<NodeId>,
+    /// Try this node first at the next placement (a restart goes back where it ran).
+    prefer: Option<String>,
+    /// A policy restart is due at this time.
+    restart_at: Option<Duration>,
+    /// The next placement is a policy restart (counted when it is placed, so a crash in
+    /// between never counts one twice).
+    restarting: bool,
+    /// Consecutive failed health checks of the current attempt.
+    health_failures: u32,
+    /// Health checks are asked for the current attempt.
+    watched: bool,
+    /// What each worker last said about its copy.
+    copies: Vec<(NodeId, Seen)>,
+    dirty: bool,
+}
+
+struct Node {
+    name: String,
+    /// The address the name is bound to (persisted).
+    address: String,
+    endpoint: Option<EndpointId>,
+    status: NodeStatus,
+    /// It has sent a full report since it last became Ready.
+    synced: bool,
+    last_full: Duration,
+    /// Tasks some copy of which it reported (the index for full reports).
+    seen: BTreeSet<Uuid>,
+    /// Tasks whose current attempt is placed on it and not finished.
+    placed: BTreeSet<Uuid>,
+    calls: BTreeMap<(Uuid, u32, CallKind), Call>,
+}
+
+struct Endpoint {
+    address: String,
+    name: Option<String>,
+    /// Liveness as the endpoint's proxy reports it: Connecting, Ready or Down.
+    status: NodeStatus,
+    refused: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Restart(Uuid),
+    Retry(NodeId, Uuid),
+    Resync(NodeId),
+    /// A node known only from the store, with no endpoint watching it.
+    Unwatched(NodeId),
+}
+
+/// A row of `GET /nodes`, as far as the core knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointView {
+    pub endpoint: EndpointId,
+    pub address: String,
+    pub name: Option<String>,
+    pub status: NodeStatus,
+    pub reason: Option<String>,
+}
+
+pub struct Core {
+    config: Config,
+    tasks: HashMap<Uuid, Entry>,
+    /// Every task id, in order, for listings and deterministic walks.
+    order: BTreeSet<Uuid>,
+    next_key: u64,
+    nodes: Vec<Node>,
+    node_ids: HashMap<String, NodeId>,
+    endpoints: Vec<Endpoint>,
+    queue: VecDeque<Uuid>,
+    waiting: VecDeque<Uuid>,
+    /// A placement request is with the scheduler.
+    asking: bool,
+    /// Room appeared while a request was out: its "fits nowhere" answers may be stale.
+    room_while_asking: bool,
+    timers: Timers<Timer>,
+    effects: Vec<Effect>,
+    dirty_tasks: Vec<Uuid>,
+    dirty_nodes: Vec<NodeId>,
+    /// Reservations to give back, sent as one effect.
+    releases: Vec<Uuid>,
+}
+
+impl Core {
+    /// A core with what the store holds: task records under their keys, and bound nodes. Tasks
+    /// placed before are booked again, accepted ones queued, stops and restarts carried on.
+    pub fn recover(
+        config: Config,
+        now: Now,
+        records: Vec<(u64, Task)>,
+        nodes: Vec<(String, String)>,
+    ) -> Core {
+        let mut core = Core {
+            config,
+            tasks: HashMap::with_capacity(records.len()),
+            order: BTreeSet::new(),
+            next_key: 0,
+            nodes: Vec::new(),
+            node_ids: HashMap::new(),
+            endpoints: Vec::new(),
+            queue: VecDeque::new(),
+            waiting: VecDeque::new(),
+            asking: false,
+            room_while_asking: false,
+            timers: Timers::default(),
+            effects: Vec::new(),
+            dirty_tasks: Vec::new(),
+            dirty_nodes: Vec::new(),
+            releases: Vec::new(),
+        };
+        for (name, address) in nodes {
+            let id = core.node_id(&name);
+            core.nodes[id].address = address;
+        }
+        let mut restore = Vec::new();
+        for (key, task) in records {
+            core.next_key = core.next_key.max(key + 1);
+            let id = task.id;
+            let mut entry = Entry::new(task, key);
+            entry.acked = true;
+            if entry.task.state.is_active()
+                && let Some(worker) = entry.task.worker.clone()
+            {
+                let nid = core.node_id(&worker);
+                core.nodes[nid].placed.insert(id);
+                entry.node = Some(nid);
+                entry.reserved = true;
+                restore.push((id, worker, resources(&entry.task)));
+            }
+            core.order.insert(id);
+            core.tasks.insert(id, entry);
+        }
+        core.effects.push(Effect::Restore(restore));
+        // Every node starts unwatched until an endpoint claims it; one that none does in a
+        // node timeout is Down.
+        for nid in 0..core.nodes.len() {
+            core.timers
+                .arm(now.mono + core.config.node_timeout, Timer::Unwatched(nid));
+        }
+        let ids: Vec<Uuid> = core.order.iter().copied().collect();
+        for id in ids {
+            core.resume(now, id);
+        }
+        core.kick();
+        core
+    }
+
+    /// Carry on with what a recovered record says was accepted and not yet done.
+    fn resume(&mut self, now: Now, id: Uuid) {
+        let Some(e) = self.tasks.get(&id) else {
+            return;
+        };
+        match (e.task.state, e.task.desired) {
+            (State::Pending | State::Failed, Goal::Stopped) => self.finish_stopped(now, id),
+            // A Pending task that ran before is an `always` task waiting for its restart.
+            (State::Pending, Goal::Running) if e.task.finish_time.is_some() => {
+                self.plan_restart(now, id)
+            }
+            (State::Pending, Goal::Running) => self.enqueue(id),
+            (State::Failed, Goal::Running) => self.plan_restart(now, id),
+            _ => {}
+        }
+    }
+
+    fn node_id(&mut self, name: &str) -> NodeId {
+        if let Some(&id) = self.node_ids.get(name) {
+            return id;
+        }
+        self.nodes.push(Node {
+            name: name.to_string(),
+            address: String::new(),
+            endpoint: None,
+            status: NodeStatus::Connecting,
+            synced: false,
+            last_full: Duration::ZERO,
+            seen: BTreeSet::new(),
+            placed: BTreeSet::new(),
+            calls: BTreeMap::new(),
+        });
+        let id = self.nodes.len() - 1;
+        self.node_ids.insert(name.to_string(), id);
+        id
+    }
+
+    /// Effects to carry out, in order.
+    pub fn take_effects(&mut self) -> Vec<Effect> {
+        self.flush_releases();
+        std::mem::take(&mut self.effects)
+    }
+
+    /// Records to commit.
+    pub fn take_writes(&mut self) -> Writes {
+        let mut writes = Writes::default();
+        for id in std::mem::take(&mut self.dirty_tasks) {
+            if let Some(e) = self.tasks.get_mut(&id) {
+                e.dirty = false;
+                writes.tasks.push((e.key, e.task.clone()));
+            }
+        }
+        for nid in std::mem::take(&mut self.dirty_nodes) {
+            let n = &self.nodes[nid];
+            writes.nodes.push((n.name.clone(), n.address.clone()));
+        }
+        writes
+    }
+
+    /// These writes failed to commit: write them again with the next ones.
+    pub fn unwritten(&mut self, writes: Writes) {
+        for (_, task) in writes.tasks {
+            self.touch(task.id);
+        }
+        for (name, _) in writes.nodes {
+            if let Some(&nid) = self.node_ids.get(&name) {
+                self.dirty_nodes.push(nid);
+            }
+        }
+    }
+
+    /// When the core next needs [`Core::tick`].
+    pub fn next_timer(&self) -> Option<Duration> {
+        self.timers.next()
+    }
+
+    pub fn task(&self, id: Uuid) -> Option<&Task> {
+        self.tasks.get(&id).map(|e| &e.task)
+    }
+
+    /// Task ids in order, from just after `after`.
+    pub fn ids_after(&self, after: Option<Uuid>) -> impl Iterator<Item = &Uuid> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.order.range((start, Bound::Unbounded))
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// Every task, in no particular order.
+    pub fn tasks(&self) -> impl Iterator<Item = &Task> {
+        self.tasks.values().map(|e| &e.task)
+    }
+
+    /// Whether the task holds a reservation with the scheduler, and on which node.
+    pub fn reservation(&self, id: Uuid) -> Option<&str> {
+        let e = self.tasks.get(&id)?;
+        e.reserved
+            .then(|| e.node.map(|n| self.nodes[n].name.as_str()))
+            .flatten()
+    }
+
+    /// Whether anything is still to be done about the task: a call unanswered, a placement
+    /// asked, a restart due. The simulation uses it to tell quiescence.
+    pub fn busy(&self) -> bool {
+        self.asking
+            || !self.queue.is_empty()
+            || self
+                .nodes
+                .iter()
+                .any(|n| n.calls.values().any(|c| *c == Call::InFlight))
+    }
+
+    /// The status of a node by name, as the core sees it.
+    pub fn node_status(&self, name: &str) -> Option<NodeStatus> {
+        self.node_ids.get(name).map(|&n| self.nodes[n].status)
+    }
+
+    /// Every endpoint, and every node no endpoint watches, for `GET /nodes`.
+    pub fn endpoints(&self) -> Vec<EndpointView> {
+        let mut out: Vec<EndpointView> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let bound = e
+                    .name
+                    .as_ref()
+                    .and_then(|n| self.node_ids.get(n))
+                    .map(|&nid| &self.nodes[nid])
+                    .filter(|n| n.endpoint == Some(i));
+                let status = match (&e.refused, bound) {
+                    (Some(_), _) => NodeStatus::Refused,
+                    (None, Some(n)) => n.status,
+                    (None, None) => e.status,
+                };
+                EndpointView {
+                    endpoint: i,
+                    address: e.address.clone(),
+                    name: e.name.clone(),
+                    status,
+                    reason: e.refused.clone(),
+                }
+            })
+            .collect();
+        for n in self.nodes.iter().filter(|n| n.endpoint.is_none()) {
+            out.push(EndpointView {
+                endpoint: usize::MAX,
+                address: n.address.clone(),
+                name: Some(n.name.clone()),
+                status: n.status,
+                reason: None,
+            });
+        }
+        out
+    }
+
+    /// Bound nodes and their addresses, known from the store or registered since.
+    pub fn bound_addresses(&self) -> Vec<(String, String)> {
+        self.nodes
+            .iter()
+            .filter(|n| !n.address.is_empty())
+            .map(|n| (n.name.clone(), n.address.clone()))
+            .collect()
+    }
+
+    /// A submission (POST /tasks). A new task is acknowledged only once the step's writes are
+    /// durable; tell the core with [`Core::submit_committed`].
+    pub fn submit(&mut self, now: Now, task: Task) -> Result<Submitted, Refusal> {
+        let id = task.id;
+        if let Some(existing) = self.tasks.get(&id) {
+            if !existing.task.same_spec(&task) {
+                return Err(Refusal::Conflict(id));
+            }
+            return Ok(Submitted::Existing(existing.task.clone()));
+        }
+        let mut task = task;
+        task.state = State::Pending;
+        task.desired = Goal::Running;
+        task.attempt = 0;
+        task.restart_count = 0;
+        task.worker = None;
+        task.container_id = None;
+        task.host_ports.clear();
+        task.exit_code = None;
+        task.error = None;
+        task.start_time = None;
+        task.finish_time = None;
+        task.created_at = now.wall;
+        let key = self.next_key;
+        self.next_key += 1;
+        self.order.insert(id);
+        self.tasks.insert(id, Entry::new(task.clone(), key));
+        self.touch(id);
+        Ok(Submitted::Created(task))
+    }
+
+    /// The writes holding these submissions are durable (`ok`), or failed: place the tasks, or
+    /// forget them (nothing was acknowledged).
+    pub fn submit_committed(&mut self, ids: &[Uuid], ok: bool) {
+        for &id in ids {
+            if ok {
+                let Some(e) = self.tasks.get_mut(&id) else {
+                    continue;
+                };
+                e.acked = true;
+                if e.task.desired == Goal::Running && e.task.state == State::Pending {
+                    self.enqueue(id);
+                }
+            } else if self.tasks.get(&id).is_some_and(|e| !e.acked) {
+                self.tasks.remove(&id);
+                self.order.remove(&id);
+            }
+        }
+        self.kick();
+    }
+
+    /// A user's stop (DELETE /tasks/{id}): the task's goal becomes `stopped` for good. It is
+    /// Completed once no copy runs; a policy restart never follows.
+    pub fn stop(&mut self, now: Now, id: Uuid) -> Result<Task, Refusal> {
+        let e = self.tasks.get_mut(&id).ok_or(Refusal::NotFound(id))?;
+        if e.task.desired != Goal::Stopped && e.task.state != State::Completed {
+            info!("task {id}: stop asked for");
+            e.task.desired = Goal::Stopped;
+            e.restart_at = None;
+            e.prefer = None;
+            self.touch(id);
+        }
+        self.reconcile(now, id);
+        self.kick();
+        Ok(self.tasks[&id].task.clone())
+    }
+
+    /// Time passed: carry out whatever is due (restarts, retries, resyncs).
+    pub fn tick(&mut self, now: Now) {
+        while let Some(timer) = self.timers.pop_due(now.mono) {
+            match timer {
+                Timer::Restart(id) => self.restart_due(now, id),
+                Timer::Retry(nid, id) => {
+                    let node = &mut self.nodes[nid];
+                    let due: Vec<_> = node
+                        .calls
+                        .iter()
+                        .filter(|(k, c)| {
+                            k.0 == id && matches!(c, Call::RetryAt(t) if *t <= now.mono)
+                        })
+                        .map(|(k, _)| *k)
+                        .collect();
+                    for k in due {
+                        node.calls.remove(&k);
+                    }
+                    self.reconcile(now, id);
+                }
+                Timer::Resync(nid) => {
+                    let node = &self.nodes[nid];
+                    if node.status != NodeStatus::Ready {
+                        continue;
+                    }
+                    let due = node.last_full + self.config.resync_interval;
+                    if due <= now.mono {
+                        if let Some(ep) = node.endpoint {
+                            self.effects.push(Effect::Resync(ep));
+                        }
+                        self.timers
+                            .arm(now.mono + self.config.resync_interval, Timer::Resync(nid));
+                    } else {
+                        self.timers.arm(due, Timer::Resync(nid));
+                    }
+                }
+                Timer::Unwatched(nid) => {
+                    let node = &self.nodes[nid];
+                    if node.endpoint.is_none() && node.status == NodeStatus::Connecting {
+                        warn!(
+                            "worker {} (known from the store) is not watched by any address",
+                            node.name
+                        );
+                        self.node_lost(now, nid);
+                    }
+                }
+            }
+        }
+        self.kick();
+    }
+}
+
+impl Entry {
+    fn new(task: Task, key: u64) -> Entry {
+        Entry {
+            task,
+            key,
+            acked: false,
+            placing: Placing::No,
+            reserved: false,
+            node: None,
+            prefer: None,
+            restart_at: None,
+            restarting: false,
+            health_failures: 0,
+            watched: false,
+            copies: Vec::new(),
+            dirty: false,
+        }
+    }
+}
+
+mod nodes;
+mod placement;
+mod reports;
+mod rules;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,168 @@
+//! Placement: the queue of tasks that want a node, the requests to the scheduler, and what
+//! its answers mean (a new attempt on the chosen node, a wait for room, a booking to give back).
+
+use super::*;
+
+impl Core {
+    /// The scheduler's answer to a [`Effect::Place`].
+    pub fn placed(&mut self, now: Now, placements: Vec<(Uuid, Result<String, NoFit>)>) {
+        self.asking = false;
+        // Room announced while the scheduler chose may have overtaken this answer.
+        let retry = std::mem::take(&mut self.room_while_asking);
+        for (id, result) in placements {
+            let Some(e) = self.tasks.get_mut(&id) else {
+                if result.is_ok() {
+                    self.releases.push(id);
+                }
+                continue;
+            };
+            let wanted = e.placing == Placing::Asked && e.task.desired == Goal::Running;
+            if e.placing == Placing::Asked {
+                e.placing = Placing::No;
+            }
+            match result {
+                Ok(_) if !wanted => {
+                    // Stopped (or placed) while the scheduler chose: give the booking back.
+                    self.releases.push(id);
+                }
+                Ok(name) => {
+                    let nid = self.node_id(&name);
+                    if self.nodes[nid].status != NodeStatus::Ready {
+                        // The node went Down after the scheduler chose it.
+                        self.releases.push(id);
+                        self.enqueue(id);
+                        continue;
+                    }
+                    self.assign(now, id, nid);
+                }
+                Err(NoFit(reason)) if wanted => {
+                    // The reason is live information, worked out again after a restart: it is
+                    // not written, so a full cluster costs no commit per waiting task.
+                    let e = self.tasks.get_mut(&id).expect("looked up above");
+                    if e.task.error.as_deref() != Some(reason.as_str()) {
+                        debug!("task {id}: {reason}");
+                        e.task.error = Some(reason);
+                    }
+                    e.placing = Placing::Waiting;
+                    self.waiting.push_back(id);
+                }
+                Err(_) => {}
+            }
+        }
+        if retry {
+            self.capacity_available();
+        }
+        self.kick();
+    }
+
+    /// The scheduler could not be asked; put the tasks back in the queue.
+    pub fn place_failed(&mut self, ids: &[Uuid]) {
+        self.asking = false;
+        for &id in ids {
+            if let Some(e) = self.tasks.get_mut(&id)
+                && e.placing == Placing::Asked
+            {
+                e.placing = Placing::No;
+                self.enqueue(id);
+            }
+        }
+    }
+
+    /// Room may have appeared: tasks that fit nowhere are worth another try.
+    pub fn capacity_available(&mut self) {
+        if self.asking {
+            self.room_while_asking = true;
+        }
+        while let Some(id) = self.waiting.pop_front() {
+            if let Some(e) = self.tasks.get_mut(&id)
+                && e.placing == Placing::Waiting
+            {
+                e.placing = Placing::No;
+                self.enqueue(id);
+            }
+        }
+        self.kick();
+    }
+
+    /// A task placed on `nid`: the next attempt, Scheduled there, to be started.
+    pub(super) fn assign(&mut self, now: Now, id: Uuid, nid: NodeId) {
+        let name = self.nodes[nid].name.clone();
+        let e = self.tasks.get_mut(&id).expect("assign on a known task");
+        if let Err(err) = e.task.transition(State::Scheduled, now.wall) {
+            warn!("manager: task {id}: {err}");
+            self.releases.push(id);
+            return;
+        }
+        e.task.attempt += 1;
+        if std::mem::take(&mut e.restarting) {
+            e.task.restart_count += 1;
+        }
+        e.task.worker = Some(name.clone());
+        e.task.container_id = None;
+        e.task.host_ports.clear();
+        e.task.exit_code = None;
+        e.task.error = None;
+        e.task.start_time = None;
+        e.task.finish_time = None;
+        e.reserved = true;
+        e.node = Some(nid);
+        e.prefer = None;
+        e.health_failures = 0;
+        info!("task {id} attempt {} Scheduled on {name}", e.task.attempt);
+        self.nodes[nid].placed.insert(id);
+        self.touch(id);
+        self.reconcile(now, id);
+    }
+
+    pub(super) fn enqueue(&mut self, id: Uuid) {
+        let Some(e) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        if !e.acked || e.task.desired != Goal::Running || e.placing != Placing::No {
+            return;
+        }
+        e.placing = Placing::Queued;
+        self.queue.push_back(id);
+    }
+
+    /// Ask the scheduler to place the queue unless a request is out (its answer calls back).
+    pub(super) fn kick(&mut self) {
+        self.flush_releases();
+        if self.asking {
+            return;
+        }
+        let mut batch = Vec::new();
+        while batch.len() < self.config.place_batch {
+            let Some(id) = self.queue.pop_front() else {
+                break;
+            };
+            let Some(e) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            if e.placing != Placing::Queued {
+                continue;
+            }
+            if e.task.desired != Goal::Running || e.task.state.is_active() {
+                e.placing = Placing::No;
+                continue;
+            }
+            e.placing = Placing::Asked;
+            batch.push(PlaceRequest {
+                id,
+                resources: resources(&e.task),
+                prefer: e.prefer.clone(),
+            });
+        }
+        if !batch.is_empty() {
+            self.asking = true;
+            self.effects.push(Effect::Place(batch));
+        }
+    }
+
+    pub(super) fn flush_releases(&mut self) {
+        if !self.releases.is_empty() {
+            let ids = std::mem::take(&mut self.releases);
+            self.effects.push(Effect::Release(ids));
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! What workers say: change-feed reports (full or not), the outcomes of calls, and health
+//! checks, merged into what the core knows of each copy and applied to the current attempt.
+
+use super::*;
+
+impl Core {
+    /// A worker's change feed: its latest record of each task that changed, or of every task it
+    /// has when `full`; `restarted` when it comes from a new process of the worker.
+    pub fn report(
+        &mut self,
+        now: Now,
+        endpoint: EndpointId,
+        full: bool,
+        restarted: bool,
+        tasks: Vec<Task>,
+    ) {
+        let Some(nid) = self.bound_node(endpoint) else {
+            // Not registered (yet): once it is, its first report must be full.
+            self.effects.push(Effect::Resync(endpoint));
+            return;
+        };
+        if self.nodes[nid].status != NodeStatus::Ready {
+            self.effects.push(Effect::Resync(endpoint));
+            return;
+        }
+        let mut touched: BTreeSet<Uuid> = BTreeSet::new();
+        for task in tasks {
+            touched.insert(task.id);
+            self.observe(now, nid, task);
+        }
+        if full {
+            let node = &self.nodes[nid];
+            let gone: Vec<Uuid> = node
+                .seen
+                .iter()
+                .filter(|id| !touched.contains(id))
+                .filter(|&&id| {
+                    // A start under way may have reached the worker after it wrote the report.
+                    node.calls
+                        .range((id, 0, CallKind::Start)..=(id, u32::MAX, CallKind::Stop))
+                        .all(|(&(_, _, kind), call)| {
+                            !(kind == CallKind::Start && *call == Call::InFlight)
+                        })
+                })
+                .copied()
+                .collect();
+            for id in gone {
+                self.forget_copy(nid, id);
+                touched.insert(id);
+            }
+            let node = &mut self.nodes[nid];
+            node.synced = true;
+            let asked_after = node.last_full;
+            node.last_full = now.mono;
+            node.calls.retain(|_, c| match c {
+                Call::Acked(at) => !restarted && *at >= asked_after,
+                _ => true,
+            });
+            touched.extend(node.placed.iter().copied());
+        }
+        for id in touched {
+            self.reconcile(now, id);
+        }
+        self.kick();
+    }
+
+    /// The outcome of a [`Effect::Start`] or [`Effect::Stop`] on `node`: what the worker then
+    /// had of the task (its record's attempt and state), or why the call failed. The record
+    /// itself comes with the worker's change feed.
+    pub fn call_done(
+        &mut self,
+        now: Now,
+        node: &str,
+        call: (Uuid, u32, CallKind),
+        outcome: Result<Seen, CallError>,
+    ) {
+        let Some(&nid) = self.node_ids.get(node) else {
+            return;
+        };
+        let (id, attempt, kind) = call;
+        // What the worker's answer proves gone: this attempt of the task, on this node.
+        let gone = Seen {
+            attempt,
+            state: State::Completed,
+        };
+        match (kind, outcome) {
+            (_, Err(CallError::Transport(reason))) => {
+                debug!("{kind:?} of task {id} attempt {attempt} on {node} failed: {reason}");
+                self.retry_later(now, nid, call);
+            }
+            (CallKind::Start, Ok(seen)) => {
+                self.settle_call(nid, call, Call::Acked(now.mono));
+                self.merge_seen(nid, id, seen);
+            }
+            (CallKind::Start, Err(CallError::Stale(_) | CallError::NotFound(_))) => {
+                // The worker fenced this attempt (it was stopped there, or a newer one runs);
+                // its feed says what it has.
+                self.settle_call(nid, call, Call::Acked(now.mono));
+            }
+            (CallKind::Start, Err(CallError::Rejected { message, .. })) => {
+                self.settle_call(nid, call, Call::Acked(now.mono));
+                let current = self.tasks.get(&id).is_some_and(|e| {
+                    e.node == Some(nid) && e.task.attempt == attempt && e.task.state.is_active()
+                });
+                if current {
+                    let why = format!("the worker refused to start it: {message}");
+                    self.attempt_ended(now, id, State::Failed, Some(why));
+                }
+            }
+            (CallKind::Stop, Ok(seen)) => {
+                self.settle_call(nid, call, Call::Acked(now.mono));
+                self.merge_seen(nid, id, seen);
+                if seen.attempt < attempt {
+                    // The worker fenced every attempt up to this one and has only an older
+                    // one: this attempt never ran there, and never will.
+                    self.merge_seen(nid, id, gone);
+                }
+            }
+            (CallKind::Stop, Err(CallError::NotFound(_) | CallError::Stale(_))) => {
+                // Nothing of this attempt (or older) runs there: the worker knows no such task,
+                // or runs a newer attempt only.
+                self.settle_call(nid, call, Call::Acked(now.mono));
+                self.merge_seen(nid, id, gone);
+            }
+            (CallKind::Stop, Err(CallError::Rejected { message, .. })) => {
+                warn!("worker {node} refused to stop task {id} attempt {attempt}: {message}");
+                self.retry_later(now, nid, call);
+            }
+        }
+        self.reconcile(now, id);
+        self.kick();
+    }
+
+    /// The result of one health check of an attempt.
+    pub fn health_checked(&mut self, now: Now, id: Uuid, attempt: u32, result: Result<(), String>) {
+        let Some(e) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        if e.task.attempt != attempt
+            || e.task.state != State::Running
+            || e.task.desired != Goal::Running
+        {
+            return;
+        }
+        match result {
+            Ok(()) => e.health_failures = 0,
+            Err(reason) => {
+                e.health_failures += 1;
+                debug!(
+                    "task {id}: health check {} failed: {reason}",
+                    e.health_failures
+                );
+                if e.health_failures >= HEALTH_FAILURES_TO_RESTART {
+                    warn!("task {id} attempt {attempt} is unhealthy: {reason}");
+                    let reason = format!(
+                        "health check failed {HEALTH_FAILURES_TO_RESTART} times in a row: {reason}"
+                    );
+                    self.attempt_ended(now, id, State::Failed, Some(reason));
+                    if let Some(e) = self.tasks.get_mut(&id) {
+                        e.task.exit_code = None;
+                    }
+                    self.reconcile(now, id);
+                    self.kick();
+                }
+            }
+        }
+    }
+
+    /// Record what a worker says about its copy of a task, and apply it to the record when it
+    /// is about the current attempt.
+    pub(super) fn observe(&mut self, now: Now, nid: NodeId, report: Task) {
+        let id = report.id;
+        let seen = Seen {
+            attempt: report.attempt,
+            state: report.state,
+        };
+        if !self.tasks.contains_key(&id) {
+            // A copy of a task the manager does not know: it must not run.
+            if seen.state.is_active() {
+                info!(
+                    "task {id}: worker {} runs attempt {} of a task unknown here; stopping it",
+                    self.nodes[nid].name, seen.attempt
+                );
+                self.ensure_call(now, nid, id, seen.attempt, CallKind::Stop, None);
+            }
+            return;
+        }
+        let stale_as_current = planted(Bug::StaleReportIsCurrent)
+            && self.tasks[&id].node == Some(nid)
+            && seen.attempt < self.tasks[&id].task.attempt;
+        if !self.merge_seen(nid, id, seen) && !stale_as_current {
+            return;
+        }
+        let e = self.tasks.get_mut(&id).expect("checked above");
+        let current = e.node == Some(nid)
+            && (e.task.attempt == seen.attempt || stale_as_current)
+            && e.task.state.is_active();
+        if !current {
+            return;
+        }
+        let t = &mut e.task;
+        let mut changed = false;
+        macro_rules! take {
+            ($field:ident) => {
+                if t.$field != report.$field {
+                    t.$field = report.$field.clone();
+                    changed = true;
+                }
+            };
+        }
+        take!(container_id);
+        take!(host_ports);
+        take!(exit_code);
+        if report.start_time.is_some() {
+            take!(start_time);
+        }
+        if report.finish_time.is_some() {
+            take!(finish_time);
+        }
+        match report.state {
+            State::Running if t.state == State::Scheduled => {
+                let _ = t.transition(State::Running, now.wall);
+                if let Some(start) = report.start_time {
+                    t.start_time = Some(start);
+                }
+                t.error = None;
+                info!(
+                    "task {id} attempt {} Running on {}",
+                    t.attempt, self.nodes[nid].name
+                );
+                changed = true;
+            }
+            State::Completed | State::Failed => {
+                let error = report.error.clone();
+                self.attempt_ended(now, id, report.state, error);
+                return;
+            }
+            _ => {}
+        }
+        if changed {
+            self.touch(id);
+        }
+        self.update_health_watch(id);
+    }
+
+    /// Merge news about a worker's copy; false when it is older than what is known.
+    pub(super) fn merge_seen(&mut self, nid: NodeId, id: Uuid, seen: Seen) -> bool {
+        let Some(e) = self.tasks.get_mut(&id) else {
+            return false;
+        };
+        match e.copies.iter_mut().find(|(n, _)| *n == nid) {
+            Some((_, old)) if !old.superseded_by(seen) => return false,
+            Some((_, old)) => *old = seen,
+            None => {
+                e.copies.push((nid, seen));
+                self.nodes[nid].seen.insert(id);
+            }
+        }
+        true
+    }
+
+    pub(super) fn forget_copy(&mut self, nid: NodeId, id: Uuid) {
+        self.nodes[nid].seen.remove(&id);
+        if let Some(e) = self.tasks.get_mut(&id) {
+            e.copies.retain(|(n, _)| *n != nid);
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The promises, checked: what must hold after every step, and what must hold once the healed
+//! world has been quiet for long enough (ARCHITECTURE.md §9).
+
+use super::*;
+
+impl World {
+    /// What must hold after every step.
+    pub(super) fn check_always(&mut self) {
+        let durable: BTreeMap<Uuid, &Task> = self.disk_tasks.values().map(|t| (t.id, t)).collect();
+        for id in self.users.acked.keys() {
+            if !durable.contains_key(id) {
+                let what = format!("acknowledged task {id} is not in the durable records");
+                return self.violated(what);
+            }
+            if let Some(m) = &self.manager
+                && m.core.task(*id).is_none()
+            {
+                let what = format!("acknowledged task {id} is unknown to the running manager");
+                return self.violated(what);
+            }
+        }
+        for id in &self.users.stops {
+            // A stop of a task already Completed changes nothing: it is final.
+            if durable
+                .get(id)
+                .is_some_and(|t| t.desired != Goal::Stopped && t.state != State::Completed)
+            {
+                let what = format!("acknowledged stop of {id} is not in the durable record");
+                return self.violated(what);
+            }
+        }
+        let mut problems = Vec::new();
+        for (id, t) in &durable {
+            if self.completed.contains(id) && t.state != State::Completed {
+                problems.push(format!("task {id} left Completed for {}", t.state));
+            }
+            if self.attempts.get(id).is_some_and(|a| t.attempt < *a) {
+                problems.push(format!("task {id}'s attempt went back to {}", t.attempt));
+            }
+            let ends = self.ends.get(id).copied().unwrap_or(0);
+            if t.restart_count > ends || t.restart_count > t.max_restarts {
+                problems.push(format!(
+                    "task {id} counts {} restarts, but its containers ended {ends} times (max {})",
+                    t.restart_count, t.max_restarts
+                ));
+            }
+        }
+        for (id, t) in &durable {
+            if t.state == State::Completed {
+                self.completed.insert(*id);
+            }
+            self.attempts.insert(*id, t.attempt);
+        }
+        if let Some(p) = problems.into_iter().next() {
+            return self.violated(p);
+        }
+        if let Some(m) = &self.manager
+            && m.sched_in_flight == 0
+        {
+            // Nothing on its way to or from the scheduler: its book is the tasks' reservations.
+            let mut problem = None;
+            for t in m.core.tasks() {
+                let booked = m.book.booking(t.id).map(|(n, _)| n.to_string());
+                let reserved = m.core.reservation(t.id).map(str::to_string);
+                if booked != reserved {
+                    problem = Some(format!(
+                        "task {} is booked on {booked:?} but holds a reservation on {reserved:?}",
+                        t.id
+                    ));
+                    break;
+                }
+            }
+            if problem.is_none() {
+                for node in m.book.nodes() {
+                    let sum: f64 = m
+                        .core
+                        .tasks()
+                        .filter(|t| m.core.reservation(t.id) == Some(node.name.as_str()))
+                        .map(|t| t.cpu)
+                        .sum();
+                    if (sum - node.allocated.cpu).abs() > 1e-6 {
+                        problem = Some(format!(
+                            "node {} has {} cores booked but its tasks reserve {sum}",
+                            node.name, node.allocated.cpu
+                        ));
+                        break;
+                    }
+                }
+            }
+            if let Some(p) = problem {
+                self.violated(p);
+            }
+        }
+    }
+
+    /// The promises, once the healed world has been quiet for long enough.
+    pub(super) fn check_at_rest(&mut self) {
+        let Some(m) = self.manager.as_ref() else {
+            return self.violated("the manager is not running after healing".into());
+        };
+        let mut running: BTreeMap<Uuid, Vec<(String, u32)>> = BTreeMap::new();
+        for n in self.nodes.iter().filter(|n| !n.lost) {
+            for c in n.docker.values().filter(|c| c.running) {
+                running
+                    .entry(c.task)
+                    .or_default()
+                    .push((n.name.clone(), c.attempt));
+            }
+        }
+        let mut problems = Vec::new();
+        for t in m.core.tasks() {
+            let copies = running.remove(&t.id).unwrap_or_default();
+            let should_run = t.desired == Goal::Running && t.state == State::Running;
+            if t.desired == Goal::Stopped && t.state != State::Completed {
+                problems.push(format!(
+                    "task {} was stopped but is {} (copies {copies:?})",
+                    t.id, t.state
+                ));
+            } else if should_run {
+                let expected = vec![(t.worker.clone().unwrap_or_default(), t.attempt)];
+                if copies != expected {
+                    problems.push(format!(
+                        "task {} should run once as attempt {} on {:?}, but runs {copies:?}",
+                        t.id, t.attempt, t.worker
+                    ));
+                }
+            } else if matches!(t.state, State::Pending | State::Scheduled) {
+                problems.push(format!(
+                    "task {} is stuck in {} ({:?}), copies {copies:?}",
+                    t.id, t.state, t.error
+                ));
+            } else if !copies.is_empty() {
+                problems.push(format!(
+                    "task {} is {} ({}) but runs {copies:?}",
+                    t.id,
+                    t.state,
+                    match t.desired {
+                        Goal::Running => "running wanted",
+                        Goal::Stopped => "stopped",
+                    }
+                ));
+            }
+            if t.state == State::Failed
+                && t.desired == Goal::Running
+                && t.restart_policy != RestartPolicy::Never
+                && t.restart_count < t.max_restarts
+            {
+                problems.push(format!(
+                    "task {} is Failed with restarts left ({} of {})",
+                    t.id, t.restart_count, t.max_restarts
+                ));
+            }
+        }
+        for (id, copies) in running {
+            problems.push(format!(
+                "task {id}, unknown to the manager, runs {copies:?}"
+            ));
+        }
+        for id in &self.users.stops {
+            if m.core
+                .task(*id)
+                .is_some_and(|t| t.state != State::Completed)
+            {
+                problems.push(format!("the stop of {id} was acknowledged but never done"));
+            }
+        }
+        if let Some(p) = problems.into_iter().next() {
+            self.violated(p);
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! The workers' processes in the simulated world: each one's core, change feed, disk and group
+//! commit, and the Docker it runs containers on (with its failures).
+
+use super::*;
+
+impl World {
+    pub(super) fn worker_inc(&self, w: usize) -> Option<u64> {
+        self.nodes[w].proc.as_ref().map(|p| p.inc)
+    }
+
+    pub(super) fn start_worker(&mut self, w: usize) {
+        self.seq += 1;
+        let inc = self.seq;
+        let tasks: Vec<Task> = self.nodes[w].disk.tasks.values().cloned().collect();
+        let stops: Vec<(Uuid, u32)> = self.nodes[w]
+            .disk
+            .stops
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        self.note(format!(
+            "w{} starts with {} records and {} tombstones",
+            w + 1,
+            tasks.len(),
+            stops.len()
+        ));
+        let instance = Uuid::from_u128(self.rng.u128(..));
+        let mut feed = Feed::new(instance);
+        for t in &tasks {
+            feed.changed(t.id);
+        }
+        let core = WorkerCore::recover(
+            self.nodes[w].name.clone(),
+            Duration::from_secs(3600),
+            self.now(),
+            tasks,
+            stops,
+        );
+        let published = self.nodes[w].disk.tasks.clone();
+        self.nodes[w].proc = Some(WorkerProc {
+            inc,
+            core,
+            feed,
+            published,
+            watchers: BTreeMap::new(),
+            next_watcher: 0,
+            commits: BTreeMap::new(),
+            last_commit: self.now,
+            timer_at: None,
+        });
+        self.at(Duration::ZERO, Ev::Reconcile(w, inc));
+    }
+
+    pub(super) fn crash_worker(&mut self, w: usize, containers_die: bool) {
+        self.note(format!(
+            "crash w{}{}",
+            w + 1,
+            if containers_die {
+                ", its containers die with it"
+            } else {
+                ", its containers run on"
+            }
+        ));
+        self.count("worker crashes");
+        self.nodes[w].proc = None;
+        if containers_die {
+            let killed: Vec<Uuid> = self.nodes[w]
+                .docker
+                .values()
+                .filter(|c| c.running)
+                .map(|c| c.task)
+                .collect();
+            for id in killed {
+                *self.ends.entry(id).or_insert(0) += 1;
+            }
+            self.nodes[w].docker.clear();
+        }
+    }
+
+    pub(super) fn worker_request(&mut self, packet: Packet) {
+        let w = packet.worker;
+        if self.nodes[w].proc.is_none() {
+            return; // nobody listens: the caller times out
+        }
+        let now = self.now();
+        let name = self.nodes[w].name.clone();
+        match packet.body {
+            Body::Stats => self.reply(w, packet.manager, packet.req, Body::Name(name)),
+            Body::Watch { since, instance } => {
+                let p = self.nodes[w].proc.as_mut().expect("checked above");
+                let since = p.feed.start_of(since, instance);
+                if p.feed.has_news(since) {
+                    let changes = p.feed.read(&name, since, |id| p.published.get(&id));
+                    self.reply(
+                        w,
+                        packet.manager,
+                        packet.req,
+                        Body::Changes(Box::new(changes)),
+                    );
+                } else {
+                    p.next_watcher += 1;
+                    let id = p.next_watcher;
+                    let inc = p.inc;
+                    p.watchers.insert(
+                        id,
+                        Watcher {
+                            since,
+                            manager: packet.manager,
+                            req: packet.req,
+                        },
+                    );
+                    self.at(WATCH_WAIT, Ev::WatchTimeout(w, inc, id));
+                }
+            }
+            Body::Start(task) => {
+                let p = self.nodes[w].proc.as_mut().expect("checked above");
+                let outcome = p.core.start(now, *task).map(|(t, _)| t).map_err(call_error);
+                let reply = (packet.manager, packet.req, Body::Started(Box::new(outcome)));
+                self.worker_step(w, vec![reply]);
+            }
+            Body::Stop { id, attempt } => {
+                let p = self.nodes[w].proc.as_mut().expect("checked above");
+                let outcome = p.core.stop(now, id, Some(attempt)).map_err(call_error);
+                let reply = (packet.manager, packet.req, Body::Stopped(Box::new(outcome)));
+                self.worker_step(w, vec![reply]);
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn reply(&mut self, w: usize, manager: u64, req: u64, body: Body) {
+        self.transmit(Packet {
+            worker: w,
+            manager,
+            req,
+            body,
+        });
+    }
+
+    /// The worker shell's `carry_out`: write, then publish, run effects and answer.
+    pub(super) fn worker_step(&mut self, w: usize, replies: Vec<(u64, u64, Body)>) {
+        let Some(p) = self.nodes[w].proc.as_mut() else {
+            return;
+        };
+        let writes = p.core.take_writes();
+        let effects = p.core.take_effects();
+        let inc = p.inc;
+        let next = p.core.next_timer();
+        if next != p.timer_at {
+            p.timer_at = next;
+            if let Some(at) = next {
+                self.at(at.saturating_sub(self.now), Ev::WorkerTimer(w, inc, at));
+            }
+        }
+        if writes.is_empty() && replies.is_empty() {
+            self.worker_effects(w, effects);
+            for (m, r, b) in replies {
+                self.reply(w, m, r, b);
+            }
+            return;
+        }
+        self.seq += 1;
+        let id = self.seq;
+        let delay = self.ms(0, 3);
+        let p = self.nodes[w].proc.as_mut().expect("checked above");
+        let at = (self.now + delay).max(p.last_commit);
+        p.last_commit = at;
+        p.commits.insert(
+            id,
+            WorkerHeld {
+                held: Held { writes, effects },
+                replies,
+            },
+        );
+        let rel = at - self.now;
+        self.at(rel, Ev::WorkerCommit(w, id));
+    }
+
+    pub(super) fn worker_committed(&mut self, w: usize, id: u64) {
+        let Some(p) = self.nodes[w].proc.as_mut() else {
+            return;
+        };
+        let Some(held) = p.commits.remove(&id) else {
+            return;
+        };
+        for t in &held.held.writes.tasks {
+            p.feed.changed(t.id);
+            p.published.insert(t.id, t.clone());
+        }
+        let disk = &mut self.nodes[w].disk;
+        for t in held.held.writes.tasks {
+            disk.tasks.insert(t.id, t);
+        }
+        for (id, a) in held.held.writes.stops {
+            disk.stops.insert(id, a);
+        }
+        self.notify_watchers(w);
+        self.worker_effects(w, held.held.effects);
+        for (m, r, b) in held.replies {
+            self.reply(w, m, r, b);
+        }
+    }
+
+    pub(super) fn notify_watchers(&mut self, w: usize) {
+        let name = self.nodes[w].name.clone();
+        let Some(p) = self.nodes[w].proc.as_mut() else {
+            return;
+        };
+        let ready: Vec<u64> = p
+            .watchers
+            .iter()
+            .filter(|(_, watcher)| p.feed.has_news(watcher.since))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut answers = Vec::new();
+        for id in ready {
+            if let Some(watcher) = p.watchers.remove(&id) {
+                let changes = p.feed.read(&name, watcher.since, |t| p.published.get(&t));
+                answers.push((watcher.manager, watcher.req, changes));
+            }
+        }
+        for (m, r, c) in answers {
+            self.reply(w, m, r, Body::Changes(Box::new(c)));
+        }
+    }
+
+    pub(super) fn worker_effects(&mut self, w: usize, effects: Vec<WEffect>) {
+        let Some(inc) = self.worker_inc(w) else {
+            return;
+        };
+        for effect in effects {
+            let (op, d) = match effect {
+                WEffect::Run { spec, replaces } => {
+                    let d = self.ms(20, 400);
+                    (
+                        DockerOp::Run {
+                            spec,
+                            replaces: replaces.map(|r| r.0),
+                        },
+                        d,
+                    )
+                }
+                WEffect::Stop {
+                    id,
+                    attempt,
+                    container,
+                    ..
+                } => {
+                    let d = self.ms(5, 300);
+                    (
+                        DockerOp::Stop {
+                            id,
+                            attempt,
+                            container,
+                        },
+                        d,
+                    )
+                }
+                WEffect::Remove(c) => {
+                    let d = self.ms(1, 50);
+                    (DockerOp::Remove(c), d)
+                }
+            };
+            self.at(d, Ev::Docker(w, inc, op));
+        }
+    }
+
+    pub(super) fn docker(&mut self, w: usize, op: DockerOp) {
+        let now = self.now();
+        match op {
+            DockerOp::Run { spec, replaces } => {
+                let (id, attempt) = (spec.task_id, spec.attempt);
+                let result = self.docker_run(w, spec, replaces);
+                if let Some(p) = self.nodes[w].proc.as_mut() {
+                    p.core.started(now, id, attempt, result);
+                }
+            }
+            DockerOp::Stop {
+                id,
+                attempt,
+                container,
+            } => {
+                let result = if self.chance(self.faults.stop_fails) {
+                    self.count("docker stops failed");
+                    Err(RuntimeError::Backend("the daemon did not answer".into()))
+                } else {
+                    self.docker_remove(w, &container);
+                    Ok(())
+                };
+                if let Some(p) = self.nodes[w].proc.as_mut() {
+                    p.core.stopped(now, id, attempt, container, result);
+                }
+            }
+            DockerOp::Remove(c) => self.docker_remove(w, &c),
+        }
+        self.worker_step(w, Vec::new());
+    }
+
+    /// Docker's create-and-start, and the worker's adoption of a container made before.
+    pub(super) fn docker_run(
+        &mut self,
+        w: usize,
+        spec: ContainerSpec,
+        replaces: Option<String>,
+    ) -> Result<ContainerStatus, RuntimeError> {
+        if let Some(old) = replaces {
+            self.docker_remove(w, &old);
+        }
+        if let Some(c) = self.nodes[w].docker.values().find(|c| c.name == spec.name) {
+            // The name is taken: the same attempt was started before; adopt it.
+            return Ok(status_of(c));
+        }
+        if self.chance(self.faults.start_fails) {
+            self.count("docker starts failed");
+            *self.ends.entry(spec.task_id).or_insert(0) += 1;
+            if self.rng.bool() {
+                // Started, then the inspection failed: a container the worker cannot account
+                // for, which it must remove.
+                self.create(w, &spec);
+            }
+            return Err(RuntimeError::Backend("start failed".into()));
+        }
+        let id = self.create(w, &spec);
+        Ok(status_of(&self.nodes[w].docker[&id]))
+    }
+
+    pub(super) fn create(&mut self, w: usize, spec: &ContainerSpec) -> String {
+        self.next_container += 1;
+        let id = format!("ctr{}", self.next_container);
+        let healthy = !self.chance(self.faults.unhealthy);
+        if !healthy {
+            *self.ends.entry(spec.task_id).or_insert(0) += 1;
+        }
+        let host_ports = spec
+            .ports
+            .keys()
+            .map(|p| (p.clone(), (40000 + self.next_container % 20000).to_string()))
+            .collect();
+        self.nodes[w].docker.insert(
+            id.clone(),
+            Container {
+                id: id.clone(),
+                name: spec.name.clone(),
+                task: spec.task_id,
+                attempt: spec.attempt,
+                running: true,
+                exit_code: None,
+                healthy,
+                host_ports,
+            },
+        );
+        if let [exit, code, after] = spec.cmd.as_slice()
+            && exit == "exit"
+        {
+            let code = code.parse().unwrap_or(1);
+            let after = after.parse().unwrap_or(1);
+            self.at(Duration::from_secs(after), Ev::Exit(w, id.clone(), code));
+        }
+        id
+    }
+
+    pub(super) fn docker_remove(&mut self, w: usize, id_or_name: &str) {
+        let key = self.nodes[w]
+            .docker
+            .values()
+            .find(|c| c.id == id_or_name || c.name == id_or_name)
+            .map(|c| c.id.clone());
+        if let Some(k) = key {
+            self.nodes[w].docker.remove(&k);
+        }
+    }
+
+    pub(super) fn exit(&mut self, w: usize, container: String, code: i64) {
+        let Some(c) = self.nodes[w].docker.get_mut(&container) else {
+            return;
+        };
+        if !c.running {
+            return;
+        }
+        c.running = false;
+        c.host_ports.clear();
+        c.exit_code = Some(code);
+        let task = c.task;
+        let status = status_of(c);
+        *self.ends.entry(task).or_insert(0) += 1;
+        if let Some(inc) = self.worker_inc(w) {
+            // Docker's `die` event, then the worker's inspection.
+            let d = self.ms(1, 20);
+            self.at(d, Ev::Inspected(w, inc, status));
+        }
+    }
+}
