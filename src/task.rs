@@ -408,6 +408,70 @@ impl InputError {
 /// Example shown when a body does not have the expected shape.
 const EXPECTED_BODY: &str = r#"expected a TaskEvent like {"task": {"image": "cube-demo/busybox:latest", "cmd": ["sleep", "60"]}} or a bare task like {"image": "cube-demo/busybox:latest"}"#;
 
+/// Longest repository name Docker's reference grammar allows (host and path together).
+pub const MAX_IMAGE_NAME: usize = 255;
+/// Longest tag Docker's reference grammar allows.
+pub const MAX_IMAGE_TAG: usize = 128;
+
+/// Check an image reference against Docker's grammar, as far as a mistake shows: a repository
+/// name of at most 255 characters (lower case letters, digits, `.`, `_`, `-`, `/`, and a
+/// registry's `host:port`), an optional tag of at most 128 (`[A-Za-z0-9_][A-Za-z0-9_.-]*`) and
+/// an optional `@digest`. What Docker would refuse later is refused here, with the reason.
+pub fn check_image(image: &str) -> Result<(), String> {
+    let example = "expected an image reference like \"cube-demo/busybox:latest\"";
+    let (reference, digest) = match image.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (image, None),
+    };
+    // The tag follows the last ':' after the last '/' (a ':' before it is a registry's port).
+    let last_part = reference.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match reference[last_part..].rfind(':') {
+        Some(i) => (
+            &reference[..last_part + i],
+            Some(&reference[last_part + i + 1..]),
+        ),
+        None => (reference, None),
+    };
+    if name.is_empty() {
+        return Err(format!("{image:?} has no repository name; {example}"));
+    }
+    if name.len() > MAX_IMAGE_NAME {
+        return Err(format!(
+            "the repository name is {} characters long; Docker allows at most {MAX_IMAGE_NAME}",
+            name.len()
+        ));
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-/:".contains(*c)))
+    {
+        return Err(format!(
+            "the repository name contains {bad:?}; expected letters, digits, '.', '_', '-', '/' and a registry's host:port"
+        ));
+    }
+    if let Some(tag) = tag {
+        let valid = tag
+            .chars()
+            .enumerate()
+            .all(|(i, c)| c.is_ascii_alphanumeric() || c == '_' || (i > 0 && ".-".contains(c)));
+        if tag.is_empty() || tag.len() > MAX_IMAGE_TAG || !valid {
+            return Err(format!(
+                "the tag {:?} is not valid; expected up to {MAX_IMAGE_TAG} letters, digits, '_', '.' or '-', not starting with '.' or '-'",
+                tag.chars().take(40).collect::<String>()
+            ));
+        }
+    }
+    if let Some(digest) = digest
+        && (!digest.contains(':') || digest.len() > 256)
+    {
+        return Err(format!(
+            "the digest {:?} is not valid; expected algorithm:hex, e.g. sha256:…",
+            digest.chars().take(40).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
 /// Parse a task id from a URL or a file.
 pub fn parse_task_id(s: &str) -> Result<Uuid, InputError> {
     Uuid::parse_str(s.trim()).map_err(|_| {
@@ -589,14 +653,7 @@ impl TaskInput {
                 ));
             }
         };
-        if image.chars().any(char::is_whitespace) {
-            return Err(InputError::at(
-                &field("image"),
-                format!(
-                    "{image:?} contains white space; expected an image reference like \"cube-demo/busybox:latest\""
-                ),
-            ));
-        }
+        check_image(&image).map_err(|why| InputError::at(&field("image"), why))?;
         let mut task = Task::new(image);
         if let Some(id) = optional_uuid(self.id.as_deref(), &field("id"))? {
             task.id = id;
@@ -834,6 +891,39 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&State::Running).unwrap(),
             "\"Running\""
+        );
+    }
+
+    #[test]
+    fn image_references_follow_dockers_grammar() {
+        for good in [
+            "cube-demo/busybox:latest",
+            "busybox",
+            "registry.local:5000/team/app:1.2.3-rc_1",
+            "busybox@sha256:0123abcd",
+            "img",
+        ] {
+            assert_eq!(check_image(good), Ok(()), "{good}");
+        }
+        let long_name = "a".repeat(MAX_IMAGE_NAME + 1);
+        let long_tag = format!("busybox:{}", "t".repeat(MAX_IMAGE_TAG + 1));
+        for (bad, says) in [
+            (long_name.as_str(), "at most 255"),
+            (long_tag.as_str(), "up to 128"),
+            ("busy box", "contains ' '"),
+            ("busybox:", "tag"),
+            ("busybox:-x", "tag"),
+            (":latest", "no repository name"),
+            ("busybox@nodigest", "digest"),
+        ] {
+            let err = check_image(bad).expect_err(bad);
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let huge = format!("{{\"image\": \"{}\"}}", "x".repeat(300_000));
+        let err = parse(&huge).unwrap_err().to_string();
+        assert!(
+            err.starts_with("image: the repository name is 300000"),
+            "{err}"
         );
     }
 

@@ -236,6 +236,17 @@ fn bad_input_gets_a_clear_4xx_and_the_worker_keeps_serving() {
     let r = s.http.get(&format!("{}/nope", s.worker.url()));
     assert_eq!(r.status, 404);
     assert!(r.json()["error"].is_string());
+    // An absurd long-poll is cut to the longest the worker holds one, never an overflow.
+    let r = s.http.get(&format!("{url}?since=0&wait=1e20"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["full"], true);
+    let r = s.http.get(&format!("{url}?since=0&wait=-1"));
+    assert_eq!(r.status, 400);
+    // An image reference Docker would refuse is refused at once, saying why.
+    let long = format!(r#"{{"task": {{"image": "{}"}}}}"#, "a".repeat(300));
+    let r = s.http.post(&url, long);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("at most 255"), "{}", r.body);
     // Still serving.
     let r = s.http.get(&format!("{}/health", s.worker.url()));
     assert_eq!(r.status, 200);

@@ -21,8 +21,8 @@ use uuid::Uuid;
 
 use super::{ApiError, endpoint, read_body};
 use crate::actors::worker::{
-    GetStats, ReadLogs, ReadTask, ReadTasks, StartAttempt, StopAttempt, WatchChanges, Worker,
-    WorkerError,
+    GetStats, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, StartAttempt, StopAttempt,
+    WatchChanges, Worker, WorkerError,
 };
 use crate::task::{Desired, parse_submission, parse_task_id};
 
@@ -110,7 +110,11 @@ async fn list_tasks(
     };
     let wait = match query.wait {
         None => Duration::ZERO,
-        Some(w) if w.is_finite() && w >= 0.0 => Duration::from_secs_f64(w),
+        // Any wait is cut to the longest the worker holds a long-poll, so an absurd one (1e20
+        // seconds) is not an overflow.
+        Some(w) if w.is_finite() && w >= 0.0 => {
+            Duration::from_secs_f64(w.min(MAX_WATCH_WAIT.as_secs_f64()))
+        }
         Some(w) => {
             return Err(ApiError::bad_request(format!(
                 "wait={w} is not a duration; expected seconds >= 0"
