@@ -20,7 +20,7 @@ use crate::http::manager::ManagerApi;
 use crate::http::worker::WorkerApi;
 use crate::node::{Capacity, StatsSampler};
 use crate::runtime::fake::FakeRuntime;
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{Hardening, Runtime, RuntimeError};
 
 /// Threads serving a worker's HTTP API; its handlers only forward to the actor.
 const WORKER_HTTP_THREADS: usize = 2;
@@ -73,6 +73,8 @@ pub struct WorkerConfig {
     pub fake_capacity: Capacity,
     /// How long a fake container takes to start.
     pub fake_start_delay: Duration,
+    /// How the worker confines its containers (published address, port range, logs, caps).
+    pub hardening: Hardening,
 }
 
 impl WorkerConfig {
@@ -86,6 +88,7 @@ impl WorkerConfig {
             retention: DEFAULT_RETENTION,
             fake_capacity: DEFAULT_FAKE_CAPACITY,
             fake_start_delay: Duration::ZERO,
+            hardening: Hardening::default(),
         }
     }
 }
@@ -153,17 +156,15 @@ where
 }
 
 /// Open the runtime a worker was asked for.
-pub async fn open_runtime(
-    kind: RuntimeKind,
-    fake_start_delay: Duration,
-) -> Result<Arc<dyn Runtime>, ServeError> {
-    Ok(match kind {
+pub async fn open_runtime(config: &WorkerConfig) -> Result<Arc<dyn Runtime>, ServeError> {
+    Ok(match config.runtime {
         RuntimeKind::Docker => Arc::new(
             crate::runtime::docker::connect()
                 .await
-                .map_err(ServeError::Docker)?,
+                .map_err(ServeError::Docker)?
+                .with_hardening(config.hardening.clone()),
         ),
-        RuntimeKind::Fake => Arc::new(FakeRuntime::new(fake_start_delay)),
+        RuntimeKind::Fake => Arc::new(FakeRuntime::new(config.fake_start_delay)),
     })
 }
 
@@ -175,7 +176,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<WorkerHandle, ServeErr
         source,
     })?;
     let store = Store::open(&config.data_dir, crate::actors::worker::TABLES)?;
-    let runtime = open_runtime(config.runtime, config.fake_start_delay).await?;
+    let runtime = open_runtime(&config).await?;
     let sampler = match config.runtime {
         RuntimeKind::Docker => {
             let dir = config.data_dir.clone();

@@ -25,6 +25,11 @@ pub const DEFAULT_MAX_RESTARTS: u32 = 3;
 pub const DEFAULT_STOP_TIMEOUT_S: u64 = 5;
 /// Longest stop timeout a task may ask for; longer would make a stop look like a hang.
 pub const MAX_STOP_TIMEOUT_S: u64 = 3600;
+/// Processes a task's container may run unless it says otherwise: enough for any real service,
+/// few enough that a fork bomb stops there.
+pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
+/// Most processes a task may ask for.
+pub const MAX_PIDS_LIMIT: u64 = 1 << 22;
 
 /// Where a task is in its life. Serialized as its name; the Go Cube's integers 0..4 are accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -240,6 +245,9 @@ pub struct Task {
     pub health_check: Option<String>,
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout_s: u64,
+    /// Most processes the container may run at once.
+    #[serde(default = "default_pids_limit")]
+    pub pids_limit: u64,
     /// What the user wants: `running` until a stop is asked for, then `stopped`. A task whose
     /// stop is not carried out yet is still `Running` with `desired: "stopped"`.
     #[serde(default)]
@@ -274,6 +282,10 @@ fn default_stop_timeout() -> u64 {
     DEFAULT_STOP_TIMEOUT_S
 }
 
+fn default_pids_limit() -> u64 {
+    DEFAULT_PIDS_LIMIT
+}
+
 impl Task {
     /// A new Pending task for `image` with every other field at its default.
     pub fn new(image: impl Into<String>) -> Task {
@@ -298,6 +310,7 @@ impl Task {
             restart_count: 0,
             health_check: None,
             stop_timeout_s: DEFAULT_STOP_TIMEOUT_S,
+            pids_limit: DEFAULT_PIDS_LIMIT,
             desired: Goal::Running,
             worker: None,
             container_id: None,
@@ -346,6 +359,7 @@ impl Task {
             && self.max_restarts == other.max_restarts
             && self.health_check == other.health_check
             && self.stop_timeout_s == other.stop_timeout_s
+            && self.pids_limit == other.pids_limit
     }
 
     /// The container port the health check is made on: the first exposed port.
@@ -620,6 +634,8 @@ struct TaskInput {
     health_check: Option<String>,
     #[serde(default, alias = "StopTimeout")]
     stop_timeout_s: Option<u64>,
+    #[serde(default, alias = "PidsLimit")]
+    pids_limit: Option<u64>,
     #[serde(default, alias = "Attempt")]
     attempt: Option<u32>,
 }
@@ -764,6 +780,15 @@ impl TaskInput {
                 ));
             }
             task.stop_timeout_s = t;
+        }
+        if let Some(n) = self.pids_limit {
+            if !(1..=MAX_PIDS_LIMIT).contains(&n) {
+                return Err(InputError::at(
+                    &field("pids_limit"),
+                    format!("{n} is not a process limit; expected 1 to {MAX_PIDS_LIMIT}"),
+                ));
+            }
+            task.pids_limit = n;
         }
         task.attempt = self.attempt.unwrap_or(0);
         Ok(task)

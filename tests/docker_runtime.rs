@@ -48,6 +48,7 @@ fn spec(worker: &str, cmd: &[&str]) -> ContainerSpec {
         cpu: 0.0,
         memory: 0,
         ports: BTreeMap::new(),
+        pids_limit: cube::task::DEFAULT_PIDS_LIMIT,
     }
 }
 

@@ -278,3 +278,69 @@ fn logs_of_a_task_are_served() {
     assert_eq!(r.status, 200);
     assert!(r.body.contains("hello from cube"), "{:?}", r.body);
 }
+
+#[test]
+fn containers_run_hardened_and_publish_only_where_the_worker_says() {
+    test_image();
+    let name = unique("hard");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _containers = Containers::of(&[&name]);
+    let worker = worker_process_with(
+        dir.path(),
+        &name,
+        0,
+        &["--port-range", "21000-21099", "--cap-drop", "NET_RAW"],
+    );
+    let http = Http::new();
+    let url = format!("{}/tasks", worker.url());
+    let r = http.post(
+        &url,
+        json!({"task": {"image": IMAGE, "cmd": ["httpd", "-f", "-p", "8080"],
+            "exposed_ports": ["8080/tcp"], "pids_limit": 100, "stop_timeout_s": 1}})
+        .to_string(),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().expect("an id").to_string();
+    let t = wait_state(&http, &format!("{url}/{id}"), "Running");
+    let host_port: u16 = t["host_ports"]["8080/tcp"]
+        .as_str()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("a host port in {t}"));
+    assert!((21000..=21099).contains(&host_port), "{host_port}");
+    let i = inspect(t["container_id"].as_str().expect("a container")).expect("inspect");
+    let host = &i["HostConfig"];
+    assert_eq!(host["PidsLimit"], 100, "{host}");
+    assert!(
+        host["SecurityOpt"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|x| x == "no-new-privileges")),
+        "{host}"
+    );
+    assert_eq!(host["LogConfig"]["Type"], "json-file");
+    assert_eq!(host["LogConfig"]["Config"]["max-size"], "10m");
+    assert_eq!(host["LogConfig"]["Config"]["max-file"], "3");
+    assert!(
+        host["CapDrop"].as_array().is_some_and(|c| c
+            .iter()
+            .any(|x| x.as_str().unwrap_or("").ends_with("NET_RAW"))),
+        "{host}"
+    );
+    // A loopback worker publishes on loopback only.
+    let bound = &i["NetworkSettings"]["Ports"]["8080/tcp"][0];
+    assert_eq!(bound["HostIp"], "127.0.0.1", "{bound}");
+    // A host port outside the range is refused with the reason.
+    let r = http.post(
+        &url,
+        json!({"task": {"image": IMAGE, "cmd": ["sleep", "600"],
+            "port_bindings": {"8080/tcp": "8080"}}})
+        .to_string(),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let outside = r.json()["id"].as_str().expect("an id").to_string();
+    let t = wait_state(&http, &format!("{url}/{outside}"), "Failed");
+    let error = t["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("outside this worker's --port-range 21000-21099"),
+        "{t}"
+    );
+}

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::actors::manager::NodeReport;
 use crate::actors::policy::PolicyKind;
 use crate::actors::worker::DEFAULT_RETENTION;
+use crate::runtime::{DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_MAX_SIZE, Hardening};
 use crate::server::{ManagerConfig, RuntimeKind, WorkerConfig, start_manager, start_worker};
 use crate::task::{Goal, State, Task};
 
@@ -177,9 +178,60 @@ pub struct WorkerArgs {
     /// Seconds the container of a finished task is kept for its logs.
     #[arg(long, default_value_t = DEFAULT_RETENTION.as_secs())]
     pub retention: u64,
+    /// Host address containers' published ports bind to [default: the --host address].
+    #[arg(long)]
+    pub publish_address: Option<String>,
+    /// Host ports containers may publish on, inclusive; a task asking for one outside is refused.
+    #[arg(long, value_parser = parse_port_range, default_value = DEFAULT_PORT_RANGE_TEXT)]
+    pub port_range: (u16, u16),
+    /// Size at which a container's log file is rotated (Docker's form: 500k, 10m, 1g).
+    #[arg(long, value_parser = parse_log_size, default_value = DEFAULT_LOG_MAX_SIZE)]
+    pub log_max_size: String,
+    /// Rotated log files kept per container.
+    #[arg(long, default_value_t = DEFAULT_LOG_MAX_FILES, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub log_max_files: u32,
+    /// Capabilities to drop from every container besides Docker's defaults (e.g. NET_RAW).
+    #[arg(long, value_delimiter = ',')]
+    pub cap_drop: Vec<String>,
     /// Exit when standard input closes (set by `cube up`, so workers end with their parent).
     #[arg(long, hide = true)]
     pub exit_with_stdin: bool,
+}
+
+/// The default `--port-range`, as the flag spells it.
+const DEFAULT_PORT_RANGE_TEXT: &str = "20000-32767";
+
+fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (lo, hi) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?} is not a range; expected LOW-HIGH, e.g. 20000-32767"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{p:?} is not a port; expected 1 to 65535"))
+    };
+    let (lo, hi) = (port(lo)?, port(hi)?);
+    if lo > hi {
+        return Err(format!("{text:?} runs backwards; expected LOW-HIGH"));
+    }
+    Ok((lo, hi))
+}
+
+fn parse_log_size(text: &str) -> Result<String, String> {
+    let digits = text.trim_end_matches(['k', 'm', 'g']);
+    let ok = !digits.is_empty()
+        && digits.len() + 1 >= text.len()
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && digits.parse::<u64>().is_ok_and(|n| n > 0);
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "{text:?} is not a size; expected a number with k, m or g, e.g. 10m"
+        ))
+    }
 }
 
 impl WorkerArgs {
@@ -198,6 +250,16 @@ impl WorkerArgs {
         config.port = self.port;
         config.runtime = self.runtime;
         config.retention = Duration::from_secs(self.retention);
+        config.hardening = Hardening {
+            publish_address: self
+                .publish_address
+                .clone()
+                .unwrap_or_else(|| self.host.clone()),
+            port_range: self.port_range,
+            log_max_size: self.log_max_size.clone(),
+            log_max_files: self.log_max_files,
+            cap_drop: self.cap_drop.clone(),
+        };
         config
     }
 }

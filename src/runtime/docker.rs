@@ -7,13 +7,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, EventMessage, HostConfig, PortBinding, PortMap,
-    RestartPolicy, RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, EventMessage, HostConfig, HostConfigLogConfig,
+    PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
@@ -28,7 +29,7 @@ use log::{debug, info, warn};
 use uuid::Uuid;
 
 use super::{
-    ContainerSpec, ContainerStatus, LABEL_ATTEMPT, LABEL_TASK_ID, LABEL_WORKER, Runtime,
+    ContainerSpec, ContainerStatus, Hardening, LABEL_ATTEMPT, LABEL_TASK_ID, LABEL_WORKER, Runtime,
     RuntimeError, RuntimeEvent, normalize_port,
 };
 
@@ -57,6 +58,7 @@ const DOCKER_ZERO_TIME_PREFIX: &str = "0001-01-01";
 #[derive(Clone, Debug)]
 pub struct DockerRuntime {
     docker: Docker,
+    hardening: Arc<Hardening>,
 }
 
 /// Connect to the local Docker engine (`DOCKER_HOST` when it names a unix socket, otherwise
@@ -78,13 +80,24 @@ pub async fn connect() -> Result<DockerRuntime, RuntimeError> {
         "connected to Docker, API version {}",
         docker.client_version()
     );
-    Ok(DockerRuntime { docker })
+    Ok(DockerRuntime::from_docker(docker))
 }
 
 impl DockerRuntime {
     /// Wrap an existing bollard client (its API version should already be negotiated).
     pub fn from_docker(docker: Docker) -> Self {
-        Self { docker }
+        Self {
+            docker,
+            hardening: Arc::new(Hardening::default()),
+        }
+    }
+
+    /// The same engine, confining containers as `hardening` says.
+    pub fn with_hardening(self, hardening: Hardening) -> Self {
+        Self {
+            hardening: Arc::new(hardening),
+            ..self
+        }
     }
 
     /// The underlying bollard client.
@@ -259,7 +272,7 @@ impl DockerRuntime {
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         match self
             .docker
-            .create_container(Some(options), create_body(spec))
+            .create_container(Some(options), create_body(spec, &self.hardening)?)
             .await
         {
             Ok(created) => {
@@ -579,7 +592,10 @@ where
 
 /// Docker's create body for a spec: labels, command, environment, limits and ports; no restart
 /// policy, since Cube restarts tasks itself.
-fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+fn create_body(
+    spec: &ContainerSpec,
+    hardening: &Hardening,
+) -> Result<ContainerCreateBody, RuntimeError> {
     let labels = HashMap::from([
         (LABEL_TASK_ID.to_string(), spec.task_id.to_string()),
         (LABEL_ATTEMPT.to_string(), spec.attempt.to_string()),
@@ -589,17 +605,28 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
     let mut port_bindings = PortMap::new();
     for (container_port, host_port) in &spec.ports {
         let container_port = normalize_port(container_port);
-        // An empty host port lets Docker pick a free one; an empty host IP binds all addresses.
+        // A range lets the engine pick a free port in it; the host address is the worker's.
         let binding = PortBinding {
-            host_ip: None,
-            host_port: Some(host_port.clone().unwrap_or_default()),
+            host_ip: Some(hardening.publish_address.clone()),
+            host_port: Some(hardening.host_port(host_port.as_deref())?),
         };
         port_bindings.insert(container_port.clone(), Some(vec![binding]));
         exposed_ports.push(container_port);
     }
+    let log_config = HostConfigLogConfig {
+        typ: Some("json-file".into()),
+        config: Some(HashMap::from([
+            ("max-size".to_string(), hardening.log_max_size.clone()),
+            ("max-file".to_string(), hardening.log_max_files.to_string()),
+        ])),
+    };
     let host_config = HostConfig {
         nano_cpus: (spec.cpu > 0.0).then(|| (spec.cpu * 1e9).round() as i64),
         memory: (spec.memory > 0).then(|| i64::try_from(spec.memory).unwrap_or(i64::MAX)),
+        pids_limit: Some(i64::try_from(spec.pids_limit).unwrap_or(i64::MAX)),
+        security_opt: Some(vec!["no-new-privileges".into()]),
+        cap_drop: (!hardening.cap_drop.is_empty()).then(|| hardening.cap_drop.clone()),
+        log_config: Some(log_config),
         port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
         restart_policy: Some(RestartPolicy {
             name: Some(RestartPolicyNameEnum::NO),
@@ -607,7 +634,7 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         }),
         ..Default::default()
     };
-    ContainerCreateBody {
+    Ok(ContainerCreateBody {
         image: Some(spec.image.clone()),
         cmd: (!spec.cmd.is_empty()).then(|| spec.cmd.clone()),
         env: (!spec.env.is_empty()).then(|| spec.env.clone()),
@@ -615,7 +642,7 @@ fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
         exposed_ports: (!exposed_ports.is_empty()).then_some(exposed_ports),
         host_config: Some(host_config),
         ..Default::default()
-    }
+    })
 }
 
 /// A [`ContainerStatus`] from Docker's inspect document. A container without valid Cube labels
@@ -815,10 +842,16 @@ mod tests {
             memory: 64 << 20,
             ports: BTreeMap::from([
                 ("8080/tcp".into(), None),
-                ("53/udp".into(), Some("5353".into())),
+                ("53/udp".into(), Some("25353".into())),
             ]),
+            pids_limit: 100,
         };
-        let body = create_body(&spec);
+        let hardening = Hardening {
+            publish_address: "10.1.2.3".into(),
+            cap_drop: vec!["NET_RAW".into()],
+            ..Hardening::default()
+        };
+        let body = create_body(&spec, &hardening).expect("a body");
         let labels = body.labels.unwrap_or_default();
         assert_eq!(labels.get(LABEL_TASK_ID), Some(&task_id.to_string()));
         assert_eq!(labels.get(LABEL_ATTEMPT).map(String::as_str), Some("2"));
@@ -836,9 +869,42 @@ mod tests {
                 .and_then(|b| b.first().cloned())
                 .and_then(|b| b.host_port)
         };
-        assert_eq!(port("8080/tcp").as_deref(), Some(""));
-        assert_eq!(port("53/udp").as_deref(), Some("5353"));
+        assert_eq!(port("8080/tcp").as_deref(), Some("20000-32767"));
+        assert_eq!(port("53/udp").as_deref(), Some("25353"));
+        assert!(
+            bindings
+                .values()
+                .flatten()
+                .flatten()
+                .all(|b| b.host_ip.as_deref() == Some("10.1.2.3"))
+        );
         assert_eq!(body.exposed_ports.map(|p| p.len()), Some(2));
+        assert_eq!(host.pids_limit, Some(100));
+        assert_eq!(
+            host.security_opt,
+            Some(vec!["no-new-privileges".to_string()])
+        );
+        assert_eq!(host.cap_drop, Some(vec!["NET_RAW".to_string()]));
+        let log = host
+            .log_config
+            .unwrap_or_default()
+            .config
+            .unwrap_or_default();
+        assert_eq!(log.get("max-size").map(String::as_str), Some("10m"));
+        assert_eq!(log.get("max-file").map(String::as_str), Some("3"));
+    }
+
+    #[test]
+    fn a_host_port_outside_the_workers_range_is_refused() {
+        let hardening = Hardening::default();
+        assert!(matches!(
+            hardening.host_port(Some("8080")),
+            Err(RuntimeError::Refused(m)) if m.contains("--port-range 20000-32767")
+        ));
+        assert_eq!(
+            hardening.host_port(Some("20000")).ok().as_deref(),
+            Some("20000")
+        );
     }
 
     #[test]

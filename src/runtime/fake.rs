@@ -499,6 +499,7 @@ mod tests {
             cpu: 0.0,
             memory: 0,
             ports: BTreeMap::new(),
+            pids_limit: crate::task::DEFAULT_PIDS_LIMIT,
         }
     }
 

@@ -42,6 +42,9 @@ pub enum RuntimeError {
     /// Docker (or the fake) refused the request.
     #[error("container runtime error: {0}")]
     Backend(String),
+    /// The worker's own rules refuse the container as asked (a host port outside its range).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Everything needed to create and start one container for one attempt of a task.
@@ -64,6 +67,60 @@ pub struct ContainerSpec {
     pub memory: u64,
     /// Container port (`"8080/tcp"`) → requested host port; `None` lets the runtime choose one.
     pub ports: BTreeMap<String, Option<String>>,
+    /// Most processes the container may run at once.
+    pub pids_limit: u64,
+}
+
+/// The first port of a worker's default host port range.
+pub const DEFAULT_PORT_RANGE: (u16, u16) = (20000, 32767);
+/// Size at which a container's log file is rotated, in Docker's form.
+pub const DEFAULT_LOG_MAX_SIZE: &str = "10m";
+/// Rotated log files kept per container: with the size, the most a task's logs take on disk.
+pub const DEFAULT_LOG_MAX_FILES: u32 = 3;
+
+/// How a worker confines the containers it runs, whatever the task asks. Every container runs
+/// with `no-new-privileges` and its task's pids limit; these are the worker's own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hardening {
+    /// The host address published ports bind to (the worker's listen address by default, so a
+    /// worker on loopback publishes on loopback).
+    pub publish_address: String,
+    /// Host ports come only from here, inclusive; a task asking for one outside is refused.
+    pub port_range: (u16, u16),
+    /// Docker's json-file rotation: size of a file (`10m`) and files kept.
+    pub log_max_size: String,
+    pub log_max_files: u32,
+    /// Capabilities dropped besides Docker's defaults (`NET_RAW`, …).
+    pub cap_drop: Vec<String>,
+}
+
+impl Default for Hardening {
+    fn default() -> Hardening {
+        Hardening {
+            publish_address: crate::DEFAULT_HOST.to_string(),
+            port_range: DEFAULT_PORT_RANGE,
+            log_max_size: DEFAULT_LOG_MAX_SIZE.to_string(),
+            log_max_files: DEFAULT_LOG_MAX_FILES,
+            cap_drop: Vec::new(),
+        }
+    }
+}
+
+impl Hardening {
+    /// The host port to bind for a container port: the task's own, when it lies in the range,
+    /// or the whole range for the engine to choose from.
+    pub fn host_port(&self, asked: Option<&str>) -> Result<String, RuntimeError> {
+        let (lo, hi) = self.port_range;
+        match asked {
+            None => Ok(format!("{lo}-{hi}")),
+            Some(port) => match port.parse::<u16>() {
+                Ok(p) if (lo..=hi).contains(&p) => Ok(port.to_string()),
+                _ => Err(RuntimeError::Refused(format!(
+                    "host port {port} is outside this worker's --port-range {lo}-{hi}; ask for one in it, or let the worker choose"
+                ))),
+            },
+        }
+    }
 }
 
 impl ContainerSpec {

@@ -61,20 +61,24 @@ pub fn sleeper_with_id(id: &str) -> Value {
 /// A `cube worker` process named `name` with its store in `dir/name`, on `port` (0: a free one).
 /// Started again with the same arguments, it is the same worker after a restart.
 pub fn worker_process(dir: &Path, name: &str, port: u16) -> CubeProcess {
+    worker_process_with(dir, name, port, &[])
+}
+
+/// The same, with more flags.
+pub fn worker_process_with(dir: &Path, name: &str, port: u16, extra: &[&str]) -> CubeProcess {
     let data = dir.join(name);
-    CubeProcess::start(
-        &[
-            "worker",
-            "--port",
-            &port.to_string(),
-            "--name",
-            name,
-            "--data-dir",
-            data.to_str().expect("utf-8"),
-        ],
-        dir,
+    let port = port.to_string();
+    let mut args = vec![
+        "worker",
+        "--port",
+        &port,
+        "--name",
         name,
-    )
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    CubeProcess::start(&args, dir, name)
 }
 
 /// A unique name for this test's worker(s), so its containers can be told apart and removed.

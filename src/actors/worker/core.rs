@@ -893,6 +893,7 @@ impl Core {
                 .iter()
                 .map(|p| (p.clone(), task.port_bindings.get(p).cloned()))
                 .collect(),
+            pids_limit: task.pids_limit,
         }
     }
 
