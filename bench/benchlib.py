@@ -18,8 +18,12 @@ def free_port():
 
 
 def http_status(method, url, body=None, timeout=120):
+    """A JSON request; presents $CUBE_TOKEN as a bearer token when it is set."""
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("CUBE_TOKEN"):
+        headers["Authorization"] = "Bearer " + os.environ["CUBE_TOKEN"]
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return r.status, json.loads(r.read() or b"null")
 

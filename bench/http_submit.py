@@ -2,11 +2,13 @@
 """Durable POST /tasks over real HTTP, measured with wrk (Debian's package), then the proof that
 every acknowledged submission survives a SIGKILL of the manager.
 
-    cargo build --release && python3 bench/http_submit.py [--connections 64] [--seconds 10]
+    cargo build --release && python3 bench/http_submit.py [--connections 64] [--seconds 10] [--security off|token]
 
 1. Starts `cube up --runtime fake --workers 8` (manager over HTTP with in-process workers) on a
    free port, runs wrk for --seconds with 2 threads and --connections connections, each request
    a new task with a client-chosen id, and prints wrk's throughput and latency percentiles.
+   `--security off` (the default) runs it `--insecure`; `token` with the API token `cube up`
+   makes, presented on every request, to measure what checking it costs.
 2. Runs wrk again and SIGKILLs the manager in the middle of it, restarts it on the same data
    directory, and checks that every id wrk saw acknowledged (2xx) is there.
 """
@@ -15,16 +17,23 @@ import argparse, json, os, re, shutil, signal, subprocess, sys, tempfile, time
 from benchlib import CUBE, ROOT, free_port, http
 
 LUA = os.path.join(ROOT, "bench", "submit.lua")
-
-
-
+SECURITY = "off"
 
 
 def start(port, data):
-    p = subprocess.Popen([CUBE, "up", "--runtime", "fake", "--workers", "8", "--port", str(port), "--data-dir", data],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "warn"})
+    home = os.path.join(data, "home")
+    os.makedirs(home, exist_ok=True)
+    flags = ["--insecure"] if SECURITY == "off" else []
+    p = subprocess.Popen([CUBE, "up", "--runtime", "fake", "--workers", "8", "--port", str(port), "--data-dir", data,
+                          *flags],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env={**os.environ, "RUST_LOG": "warn", "HOME": home})
+    token_file = os.path.join(home, ".config", "cube", f"127.0.0.1-{port}.token")
     for _ in range(400):
         try:
+            if SECURITY == "token":
+                with open(token_file) as f:
+                    os.environ["CUBE_TOKEN"] = f.read().strip()
             if len([n for n in http("GET", f"http://127.0.0.1:{port}/nodes") if n["status"] == "Ready"]) == 8:
                 return p
         except Exception:
@@ -54,7 +63,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--security", choices=["off", "token"], default="off")
     args = ap.parse_args()
+    global SECURITY
+    SECURITY = args.security
+    os.environ.pop("CUBE_TOKEN", None)
     if not shutil.which("wrk"):
         sys.exit("wrk is missing: apt-get install wrk")
     tmp = tempfile.mkdtemp()
@@ -85,7 +98,7 @@ def main():
         cube.kill()
         cube.wait()
         lost = acked - stored
-        print(json.dumps({"connections": args.connections, "requests_per_s": round(rps),
+        print(json.dumps({"security": args.security, "connections": args.connections, "requests_per_s": round(rps),
                           "p50": pct.get("50"), "p90": pct.get("90"), "p99": pct.get("99"),
                           "non_2xx": int(errors.group(1)) if errors else 0,
                           "kill_test_acked": len(acked), "kill_test_stored": len(stored), "lost": len(lost)}))

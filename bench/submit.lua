@@ -24,11 +24,16 @@ local function uuid()
   end))
 end
 
+local headers = {["Content-Type"] = "application/json"}
+if os.getenv("CUBE_TOKEN") then
+  headers["Authorization"] = "Bearer " .. os.getenv("CUBE_TOKEN")
+end
+
 function request()
   local id = uuid()
   table.insert(pending, id)
   local body = '{"task":{"id":"' .. id .. '","image":"cube-sim/task:latest","cmd":["sleep","600"],"cpu":0.001}}'
-  return wrk.format("POST", "/tasks", {["Content-Type"] = "application/json"}, body)
+  return wrk.format("POST", "/tasks", headers, body)
 end
 
 function response(status, headers, body)

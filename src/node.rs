@@ -260,3 +260,69 @@ mod tests {
         assert_eq!(l.deadline(), Some(secs(11.0)));
     }
 }
+
+/// Longest node name: a DNS label's length, enough for `<hostname>-<port>`.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Whether `name` can name a node: 1 to 63 letters, digits, `.`, `_` or `-`, as host names
+/// and container labels take them.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "a node name has 1 to {MAX_NAME_LEN} characters; this one has {}",
+            name.len()
+        ));
+    }
+    match name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        Some(c) => Err(format!(
+            "{c:?} cannot be in a node name; expected letters, digits, '.', '_' or '-'"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Whether `address` is a `host:port` a worker can be reached at.
+pub fn check_address(address: &str) -> Result<(), String> {
+    let expected = "expected host:port, e.g. 10.0.0.2:5556";
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{address:?} has no port; {expected}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty()
+        || host.len() > 253
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'))
+    {
+        return Err(format!("{address:?} has no valid host; {expected}"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{port:?} is not a port (1-65535); {expected}")),
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn node_names_and_addresses_are_checked() {
+        assert!(check_name("w1").is_ok());
+        assert!(check_name("host-5556").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name(&"a".repeat(64)).is_err());
+        assert!(check_name("a/b").unwrap_err().contains("'/'"));
+        assert!(check_address("10.0.0.2:5556").is_ok());
+        assert!(check_address("[::1]:5556").is_ok());
+        assert!(check_address("node.example:1").is_ok());
+        assert!(check_address("10.0.0.2").is_err());
+        assert!(check_address(":5556").is_err());
+        assert!(check_address("h:0").is_err());
+        assert!(check_address("h:99999").is_err());
+        assert!(check_address("a b:1").is_err());
+    }
+}

@@ -16,11 +16,15 @@ use crate::actors::policy::PolicyKind;
 use crate::actors::scheduler::Scheduler;
 use crate::actors::worker::{DEFAULT_RETENTION, Worker, WorkerError, WorkerSetup};
 use crate::db::{Store, StoreError};
+use crate::http::auth::{self, Access, Role, Tokens};
 use crate::http::manager::ManagerApi;
 use crate::http::worker::WorkerApi;
 use crate::node::{Capacity, StatsSampler};
 use crate::runtime::fake::FakeRuntime;
 use crate::runtime::{Hardening, Runtime, RuntimeError};
+
+mod join;
+pub use join::JoinConfig;
 
 /// Threads serving a worker's HTTP API; its handlers only forward to the actor.
 const WORKER_HTTP_THREADS: usize = 2;
@@ -42,6 +46,9 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
+    /// The configuration is refused, with the reason and what to do.
+    #[error("{0}")]
+    Config(String),
     #[error(transparent)]
     Worker(#[from] WorkerError),
     #[error(transparent)]
@@ -75,6 +82,13 @@ pub struct WorkerConfig {
     pub fake_start_delay: Duration,
     /// How the worker confines its containers (published address, port range, logs, caps).
     pub hardening: Hardening,
+    /// The token its manager presents; `None` serves the API open (loopback only, unless
+    /// `insecure`).
+    pub cluster_token: Option<String>,
+    /// Serve beyond loopback without a token.
+    pub insecure: bool,
+    /// Join this manager at start (`cube worker --join`).
+    pub join: Option<join::JoinConfig>,
 }
 
 impl WorkerConfig {
@@ -89,6 +103,9 @@ impl WorkerConfig {
             fake_capacity: DEFAULT_FAKE_CAPACITY,
             fake_start_delay: Duration::ZERO,
             hardening: Hardening::default(),
+            cluster_token: None,
+            insecure: false,
+            join: None,
         }
     }
 }
@@ -121,38 +138,44 @@ impl WorkerHandle {
     }
 }
 
-/// Bind an API on `host:port` and start serving it: `configure` mounts the routes, anything
-/// else gets the JSON 404. Returns the address bound (port 0 picks a free one).
+/// Bind `host:port` (port 0 picks a free one), before serving: a worker that joins a manager
+/// learns its port, and connections that arrive before it serves wait in the backlog.
+fn bind(host: &str, port: u16) -> Result<std::net::TcpListener, ServeError> {
+    let addr = format!("{host}:{port}");
+    std::net::TcpListener::bind(&addr).map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Serve an API on `listener`: `configure` mounts the routes, anything else gets the JSON 404.
 fn serve<F>(
-    host: &str,
-    port: u16,
+    listener: std::net::TcpListener,
     threads: usize,
+    access: Access,
     configure: F,
-) -> Result<(SocketAddr, actix_web::dev::Server), ServeError>
+) -> Result<actix_web::dev::Server, ServeError>
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
-    let bind_addr = format!("{host}:{port}");
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "the listener".to_string(), |a| a.to_string());
     let server = HttpServer::new(move || {
         App::new()
+            .app_data(web::Data::new(access.clone()))
+            .wrap(actix_web::middleware::from_fn(auth::require_token))
             .configure(configure.clone())
             .default_service(web::to(crate::http::no_route))
     })
     .workers(threads)
-    .bind(&bind_addr)
-    .map_err(|source| ServeError::Bind {
-        addr: bind_addr.clone(),
+    .listen(listener)
+    .map_err(|source| ServeError::Bind { addr, source })?;
+    Ok(server.run())
+}
+
+fn local_addr(listener: &std::net::TcpListener) -> Result<SocketAddr, ServeError> {
+    listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: "the listener".into(),
         source,
-    })?;
-    let addr = server
-        .addrs()
-        .first()
-        .copied()
-        .ok_or_else(|| ServeError::Bind {
-            addr: bind_addr.clone(),
-            source: std::io::Error::other("no address bound"),
-        })?;
-    Ok((addr, server.run()))
+    })
 }
 
 /// Open the runtime a worker was asked for.
@@ -194,15 +217,37 @@ pub async fn start_worker(config: WorkerConfig) -> Result<WorkerHandle, ServeErr
     })?
     .start();
 
-    crate::http::warn_if_exposed("worker", &config.host);
+    let listener = bind(&config.host, config.port)?;
+    let addr = local_addr(&listener)?;
+    let mut cluster_token = config.cluster_token.clone();
+    if let Some(join) = &config.join {
+        let presented = join::join(join, &config.name, &config.host, addr.port())
+            .await
+            .map_err(ServeError::Config)?;
+        match (&cluster_token, presented) {
+            (None, presented) => cluster_token = presented,
+            (Some(mine), Some(theirs)) if *mine != theirs => {
+                return Err(ServeError::Config(
+                    "the manager presents another cluster token than this worker's --cluster-token; give the worker the manager's, or none (it takes the manager's when it joins)".into(),
+                ));
+            }
+            _ => {}
+        }
+    }
+    let mut tokens = Tokens::default();
+    if let Some(token) = &cluster_token {
+        tokens.add(token, Role::Write).map_err(ServeError::Config)?;
+    }
+    auth::check_exposure("worker", &config.host, &tokens, config.insecure)
+        .map_err(ServeError::Config)?;
     let api = WorkerApi {
         name: config.name.clone(),
         worker: worker.clone(),
     };
-    let (addr, server) = serve(
-        &config.host,
-        config.port,
+    let server = serve(
+        listener,
         WORKER_HTTP_THREADS,
+        Access(Arc::new(tokens)),
         move |cfg: &mut web::ServiceConfig| {
             cfg.app_data(web::Data::new(api.clone()))
                 .configure(crate::http::worker::configure);
@@ -241,6 +286,12 @@ pub struct ManagerConfig {
     pub data_dir: PathBuf,
     pub health_interval: Duration,
     pub node_timeout: Duration,
+    /// The tokens its API accepts; none serves it open (loopback only, unless `insecure`).
+    pub tokens: Tokens,
+    /// The token it presents to its workers.
+    pub cluster_token: Option<String>,
+    /// Serve beyond loopback without tokens.
+    pub insecure: bool,
 }
 
 impl ManagerConfig {
@@ -253,6 +304,9 @@ impl ManagerConfig {
             data_dir: data_dir.into(),
             health_interval: DEFAULT_HEALTH_INTERVAL,
             node_timeout: DEFAULT_NODE_TIMEOUT,
+            tokens: Tokens::default(),
+            cluster_token: None,
+            insecure: false,
         }
     }
 }
@@ -288,6 +342,7 @@ impl ManagerActors {
             health_interval: config.health_interval,
             node_timeout: config.node_timeout,
             workers_arbiter: workers_arbiter.clone(),
+            cluster_token: config.cluster_token.clone(),
         })?;
         let manager = Manager::start_in_arbiter(&arbiter, move |_| manager);
         Ok(ManagerActors {
@@ -355,14 +410,17 @@ pub async fn start_manager(config: ManagerConfig) -> Result<ManagerHandle, Serve
         };
         actors.add_worker(WorkerLink::Http(url));
     }
-    crate::http::warn_if_exposed("manager", &config.host);
+    auth::check_exposure("manager", &config.host, &config.tokens, config.insecure)
+        .map_err(ServeError::Config)?;
     let api = ManagerApi {
         manager: actors.manager.clone(),
     };
-    let (addr, server) = serve(
-        &config.host,
-        config.port,
+    let listener = bind(&config.host, config.port)?;
+    let addr = local_addr(&listener)?;
+    let server = serve(
+        listener,
         MANAGER_HTTP_THREADS,
+        Access(Arc::new(config.tokens.clone())),
         move |cfg: &mut web::ServiceConfig| {
             cfg.app_data(web::Data::new(api.clone()))
                 .configure(crate::http::manager::configure);

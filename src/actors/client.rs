@@ -94,24 +94,42 @@ struct ErrorBody {
     error: String,
 }
 
+/// Where a worker is and the token that lets its caller in: what a [`WorkerClient`] is made
+/// from, on any thread (a client itself stays on the thread that made it).
+#[derive(Clone)]
+pub struct WorkerTarget {
+    pub link: WorkerLink,
+    /// The cluster token, presented on every call.
+    pub token: Option<String>,
+}
+
 /// A connection to one worker.
 #[derive(Clone)]
 pub struct WorkerClient {
-    link: WorkerLink,
+    target: WorkerTarget,
     http: awc::Client,
 }
 
 impl WorkerClient {
-    pub fn new(link: WorkerLink) -> WorkerClient {
-        let http = awc::Client::builder()
+    pub fn new(target: WorkerTarget) -> WorkerClient {
+        let mut http = awc::Client::builder()
             .timeout(CALL_TIMEOUT)
-            .disable_redirects()
-            .finish();
-        WorkerClient { link, http }
+            .disable_redirects();
+        if let Some(token) = &target.token {
+            http = http.bearer_auth(token);
+        }
+        WorkerClient {
+            target,
+            http: http.finish(),
+        }
+    }
+
+    pub fn target(&self) -> &WorkerTarget {
+        &self.target
     }
 
     pub fn link(&self) -> &WorkerLink {
-        &self.link
+        &self.target.link
     }
 
     async fn get_json<T: serde::de::DeserializeOwned>(
@@ -137,7 +155,7 @@ impl WorkerClient {
         instance: Option<Uuid>,
         wait: Duration,
     ) -> Result<Changes, CallError> {
-        match &self.link {
+        match &self.target.link {
             WorkerLink::Http(base) => {
                 let mut path = format!("/tasks?since={since}&wait={}", wait.as_secs_f64());
                 if let Some(i) = instance {
@@ -158,7 +176,7 @@ impl WorkerClient {
 
     /// The worker's machine.
     pub async fn stats(&self) -> Result<NodeStats, CallError> {
-        match &self.link {
+        match &self.target.link {
             WorkerLink::Http(base) => self.get_json(base, "/stats", CALL_TIMEOUT).await,
             WorkerLink::Local(addr, _) => Ok(addr.send(GetStats).await.map_err(mailbox)??),
         }
@@ -166,7 +184,7 @@ impl WorkerClient {
 
     /// Start this attempt of the task (idempotent on the worker).
     pub async fn start(&self, task: &Task) -> Result<Task, CallError> {
-        match &self.link {
+        match &self.target.link {
             WorkerLink::Http(base) => {
                 let body = serde_json::json!({ "task": task });
                 let mut res = self
@@ -189,7 +207,7 @@ impl WorkerClient {
 
     /// Stop the task, only if `attempt` is (still) the one the worker runs.
     pub async fn stop(&self, id: Uuid, attempt: Option<u32>) -> Result<Task, CallError> {
-        match &self.link {
+        match &self.target.link {
             WorkerLink::Http(base) => {
                 let path = match attempt {
                     Some(a) => format!("/tasks/{id}?attempt={a}"),
@@ -217,7 +235,7 @@ impl WorkerClient {
         tail: Option<usize>,
         follow: bool,
     ) -> Result<LocalBoxStream<'static, Result<Bytes, CallError>>, CallError> {
-        match &self.link {
+        match &self.target.link {
             WorkerLink::Http(base) => {
                 let mut path = format!("/tasks/{id}/logs?follow={follow}");
                 if let Some(t) = tail {

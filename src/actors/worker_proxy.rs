@@ -21,7 +21,7 @@ use futures_util::FutureExt;
 use log::{debug, info, warn};
 use uuid::Uuid;
 
-use super::client::{CallError, WorkerClient, WorkerLink};
+use super::client::{CallError, WorkerClient, WorkerTarget};
 use super::manager::core::EndpointId;
 use super::manager::core::{CallKind, Seen};
 use super::manager::{CallDone, CallsDone, Manager, NodeDown, NodeUp, Report};
@@ -80,7 +80,7 @@ pub struct WorkerProxy {
 impl WorkerProxy {
     pub fn new(
         endpoint: EndpointId,
-        link: WorkerLink,
+        client: WorkerClient,
         manager: Addr<Manager>,
         scheduler: Addr<Scheduler>,
         node_timeout: Duration,
@@ -88,7 +88,7 @@ impl WorkerProxy {
         let clock = Clock::new();
         WorkerProxy {
             endpoint,
-            client: WorkerClient::new(link),
+            client,
             manager,
             scheduler,
             liveness: Liveness::new(clock.now().mono, node_timeout),
@@ -183,7 +183,19 @@ impl WorkerProxy {
     }
 
     fn failed(&mut self, err: &CallError) {
-        if self.error.is_none() {
+        let refused_us = matches!(
+            err,
+            CallError::Rejected {
+                status: 401 | 403,
+                ..
+            }
+        );
+        if refused_us && self.error.as_deref() != Some(err.to_string().as_str()) {
+            warn!(
+                "worker at {} refuses this manager: {err}; give the manager the worker's --cluster-token",
+                self.address()
+            );
+        } else if self.error.is_none() {
             debug!("worker at {} does not answer: {err}", self.address());
         }
         self.error = Some(err.to_string());
@@ -279,6 +291,20 @@ impl Actor for WorkerProxy {
         self.heartbeat(ctx);
         ctx.run_interval(HEARTBEAT_INTERVAL, |act, ctx| act.heartbeat(ctx));
         self.watch(ctx);
+    }
+}
+
+/// Stop watching the worker: its node was forgotten.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect;
+
+impl Handler<Disconnect> for WorkerProxy {
+    type Result = ();
+
+    fn handle(&mut self, _: Disconnect, ctx: &mut Context<Self>) {
+        info!("no longer watching the worker at {}", self.address());
+        ctx.stop();
     }
 }
 
@@ -404,15 +430,15 @@ impl Handler<Info> for WorkerProxy {
     }
 }
 
-/// The link to the worker, for calls made outside the proxy (logs).
+/// Where the worker is and how to be let in, for calls made outside the proxy (logs).
 #[derive(Message)]
-#[rtype(result = "WorkerLink")]
+#[rtype(result = "WorkerTarget")]
 pub struct Link;
 
 impl Handler<Link> for WorkerProxy {
     type Result = MessageResult<Link>;
 
     fn handle(&mut self, _: Link, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.client.link().clone())
+        MessageResult(self.client.target().clone())
     }
 }

@@ -18,8 +18,11 @@ use serde::Deserialize;
 use crate::actors::manager::NodeReport;
 use crate::actors::policy::PolicyKind;
 use crate::actors::worker::DEFAULT_RETENTION;
+use crate::http::auth::{Role, Tokens};
 use crate::runtime::{DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_MAX_SIZE, Hardening};
-use crate::server::{ManagerConfig, RuntimeKind, WorkerConfig, start_manager, start_worker};
+use crate::server::{
+    JoinConfig, ManagerConfig, RuntimeKind, WorkerConfig, start_manager, start_worker,
+};
 use crate::task::{Goal, State, Task};
 
 mod up;
@@ -40,6 +43,12 @@ pub struct Cli {
     )]
     pub manager: String,
 
+    /// The token for the manager's API. Without it the client commands read the one `cube up`
+    /// wrote for this manager (~/.config/cube/<host>-<port>.token); `cube manager` accepts it
+    /// as a write token.
+    #[arg(long, global = true, env = "CUBE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -58,8 +67,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Stop a task: its container is stopped and removed, then it is Completed.
     Stop(IdArgs),
-    /// Show the workers.
-    Node(OutputArgs),
+    /// Show the workers, or forget one (`cube node rm NAME`).
+    Node(NodeArgs),
     /// Print a task's container output.
     Logs(LogsArgs),
 }
@@ -90,6 +99,16 @@ pub struct ManagerArgs {
     /// Seconds a worker may be silent before it is Down and its tasks move.
     #[arg(long)]
     pub node_timeout: Option<f64>,
+    /// Tokens the API accepts: TOML (`[[token]]` with `token` and `role`) or `ROLE TOKEN` a
+    /// line, roles `read` (GET only) and `write`. CUBE_TOKEN (or --token) adds a write token.
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// The token the manager presents to its workers.
+    #[arg(long, env = "CUBE_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+    /// Serve beyond loopback with no token: anyone who reaches the API can run containers.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 /// The manager's TOML file.
@@ -106,8 +125,9 @@ struct ManagerFile {
 }
 
 impl ManagerArgs {
-    /// Flags (and environment) over the config file over the defaults.
-    pub fn config(&self) -> Result<ManagerConfig, String> {
+    /// Flags (and environment) over the config file over the defaults; `token` is the global
+    /// `--token`/CUBE_TOKEN.
+    pub fn config(&self, token: Option<&str>) -> Result<ManagerConfig, String> {
         let file = match &self.config {
             None => ManagerFile::default(),
             Some(path) => {
@@ -145,6 +165,17 @@ impl ManagerArgs {
         if let Some(s) = self.node_timeout.or(file.node_timeout) {
             config.node_timeout = seconds("node timeout", s)?;
         }
+        if let Some(path) = &self.token_file {
+            config.tokens = Tokens::from_file(path)?;
+        }
+        if let Some(token) = token {
+            config
+                .tokens
+                .add(token, Role::Write)
+                .map_err(|e| format!("CUBE_TOKEN: {e}"))?;
+        }
+        config.cluster_token = self.cluster_token.clone();
+        config.insecure = self.insecure;
         Ok(config)
     }
 }
@@ -193,9 +224,28 @@ pub struct WorkerArgs {
     /// Capabilities to drop from every container besides Docker's defaults (e.g. NET_RAW).
     #[arg(long, value_delimiter = ',')]
     pub cap_drop: Vec<String>,
+    /// The token the manager must present; without it the API is open (loopback only).
+    #[arg(long, env = "CUBE_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
+    /// Serve beyond loopback with no token: anyone who reaches the API can run containers.
+    #[arg(long)]
+    pub insecure: bool,
+    /// Join the manager at this URL at start (as `docker swarm join`): it stores the worker
+    /// and watches it from then on, and the worker takes the manager's cluster token. Needs a
+    /// write token of the manager (--token or CUBE_TOKEN) when it has tokens.
+    #[arg(long, value_name = "URL")]
+    pub join: Option<String>,
+    /// With --join: `host:port` the manager reaches this worker at [default: --host and the
+    /// port; with --host 0.0.0.0, the address the join comes from].
+    #[arg(long, value_name = "HOST:PORT", requires = "join", value_parser = parse_address)]
+    pub advertise: Option<String>,
     /// Exit when standard input closes (set by `cube up`, so workers end with their parent).
     #[arg(long, hide = true)]
     pub exit_with_stdin: bool,
+}
+
+fn parse_address(text: &str) -> Result<String, String> {
+    crate::node::check_address(text).map(|()| text.to_string())
 }
 
 /// The default `--port-range`, as the flag spells it.
@@ -235,8 +285,9 @@ fn parse_log_size(text: &str) -> Result<String, String> {
 }
 
 impl WorkerArgs {
-    /// The worker configuration these flags describe.
-    pub fn config(&self) -> WorkerConfig {
+    /// The worker configuration these flags describe; `token` is the global `--token`, used
+    /// to join.
+    pub fn config(&self, token: Option<&str>) -> WorkerConfig {
         let name = self
             .name
             .clone()
@@ -260,6 +311,20 @@ impl WorkerArgs {
             log_max_files: self.log_max_files,
             cap_drop: self.cap_drop.clone(),
         };
+        config.cluster_token = self.cluster_token.clone();
+        config.insecure = self.insecure;
+        config.join = self.join.as_ref().map(|url| {
+            let manager = if url.contains("://") {
+                url.clone()
+            } else {
+                format!("http://{url}")
+            };
+            JoinConfig {
+                token: token.map(str::to_string).or_else(|| saved_token(&manager)),
+                manager,
+                advertise: self.advertise.clone(),
+            }
+        });
         config
     }
 }
@@ -287,6 +352,24 @@ pub struct RunArgs {
 pub enum Output {
     Table,
     Json,
+}
+
+#[derive(Debug, Args)]
+pub struct NodeArgs {
+    #[command(subcommand)]
+    pub action: Option<NodeAction>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeAction {
+    /// Forget a node that runs no tasks: the manager stops watching it and removes it from
+    /// its store (a joined worker joins again when it restarts).
+    Rm {
+        /// The node's name, as `cube node` shows it.
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -345,16 +428,17 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
-    let client = Client::new(&cli.manager);
+    let token = cli.token.clone().or_else(|| saved_token(&cli.manager));
+    let client = Client::new(&cli.manager, token);
     match cli.command {
         Command::Manager(args) => {
-            let handle = start_manager(args.config()?)
+            let handle = start_manager(args.config(cli.token.as_deref())?)
                 .await
                 .map_err(|e| e.to_string())?;
             handle.wait().await.map_err(|e| e.to_string())?;
         }
         Command::Worker(args) => {
-            let handle = start_worker(args.config())
+            let handle = start_worker(args.config(cli.token.as_deref()))
                 .await
                 .map_err(|e| e.to_string())?;
             if args.exit_with_stdin {
@@ -374,7 +458,15 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 println!("{} stopping (state {})", task.id, task.state);
             }
         }
-        Command::Node(args) => nodes(&client, args).await?,
+        Command::Node(NodeArgs {
+            action: Some(NodeAction::Rm { name }),
+            ..
+        }) => {
+            crate::node::check_name(&name).map_err(|e| format!("node name: {e}"))?;
+            client.delete_empty(&format!("/nodes/{name}")).await?;
+            println!("{name} forgotten");
+        }
+        Command::Node(args) => nodes(&client, args.output).await?,
         Command::Logs(args) => logs(&client, args).await?,
     }
     Ok(ExitCode::SUCCESS)
@@ -396,6 +488,39 @@ fn task_id(s: &str) -> Result<uuid::Uuid, String> {
     crate::task::parse_task_id(s).map_err(|e| e.0)
 }
 
+/// Where `cube up` keeps the token of the manager at `url`: `~/.config/cube/<host>-<port>.token`
+/// (as k3s keeps its kubeconfig), so the CLI finds it from any directory.
+pub fn token_path(url: &str) -> Option<PathBuf> {
+    let home = std::env::var_os("HOME")?;
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => (h, p),
+        _ => (authority, "80"),
+    };
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Some(
+        PathBuf::from(home)
+            .join(".config/cube")
+            .join(format!("{host}-{port}.token")),
+    )
+}
+
+/// The token `cube up` saved for the manager at `url`, if any.
+fn saved_token(url: &str) -> Option<String> {
+    let text = std::fs::read_to_string(token_path(url)?).ok()?;
+    Some(text.trim().to_string()).filter(|t| !t.is_empty())
+}
+
 /// A small HTTP client for the manager API, with errors fit for one line.
 pub struct Client {
     base: String,
@@ -415,18 +540,20 @@ fn error_message(body: &[u8]) -> String {
 }
 
 impl Client {
-    pub fn new(base: &str) -> Client {
+    pub fn new(base: &str, token: Option<String>) -> Client {
         let base = base.trim_end_matches('/');
         let base = if base.contains("://") {
             base.to_string()
         } else {
             format!("http://{base}")
         };
+        let mut http = awc::Client::builder().timeout(Duration::from_secs(30));
+        if let Some(token) = token {
+            http = http.bearer_auth(token);
+        }
         Client {
             base,
-            http: awc::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .finish(),
+            http: http.finish(),
         }
     }
 
@@ -485,6 +612,13 @@ impl Client {
     ) -> Result<T, String> {
         self.json(self.http.post(format!("{}{path}", self.base)), Some(body))
             .await
+    }
+
+    /// A DELETE whose answer has no body (204).
+    pub async fn delete_empty(&self, path: &str) -> Result<(), String> {
+        self.send(self.http.delete(format!("{}{path}", self.base)), None)
+            .await
+            .map(|_| ())
     }
 
     pub async fn delete<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
@@ -701,7 +835,7 @@ mod tests {
         let Command::Manager(args) = cli.command else {
             panic!("not the manager command");
         };
-        let config = args.config().expect("valid");
+        let config = args.config(None).expect("valid");
         assert_eq!(config.port, 7000, "the flag wins");
         assert_eq!(config.workers, ["10.0.0.1:5556", "10.0.0.2:5556"]);
         assert_eq!(config.scheduler, PolicyKind::BinPack);
@@ -714,6 +848,54 @@ mod tests {
     }
 
     #[test]
+    fn worker_defaults_parse_to_the_runtimes_constants() {
+        assert_eq!(
+            parse_port_range(DEFAULT_PORT_RANGE_TEXT),
+            Ok(crate::runtime::DEFAULT_PORT_RANGE)
+        );
+        assert!(parse_port_range("300-200").is_err());
+        assert!(parse_port_range("0-10").is_err());
+        assert_eq!(parse_log_size("10m").as_deref(), Ok("10m"));
+        for bad in ["", "m", "10mm", "ten", "0k"] {
+            assert!(parse_log_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_saved_token_is_found_by_the_managers_host_and_port() {
+        let path = token_path("http://127.0.0.1:5555/").expect("HOME is set in tests");
+        assert!(
+            path.ends_with(".config/cube/127.0.0.1-5555.token"),
+            "{path:?}"
+        );
+        let other = token_path("cube.example:7000").expect("a path");
+        assert!(other.ends_with("cube.example-7000.token"), "{other:?}");
+    }
+
+    #[test]
+    fn the_manager_takes_a_token_file_and_cube_token() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("tokens");
+        std::fs::write(&file, "read read-only-token-123456\n").expect("write");
+        let cli = Cli::parse_from([
+            "cube",
+            "manager",
+            "--token-file",
+            file.to_str().expect("utf-8"),
+        ]);
+        let Command::Manager(args) = cli.command else {
+            panic!("not the manager command");
+        };
+        let config = args.config(Some("write-token-0123456789")).expect("valid");
+        assert_eq!(config.tokens.len(), 2);
+        assert_eq!(
+            config.tokens.role_of("write-token-0123456789"),
+            Some(Role::Write)
+        );
+        assert!(args.config(Some("short")).is_err());
+    }
+
+    #[test]
     fn a_bad_config_file_is_a_clear_error() {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("cube.toml");
@@ -722,7 +904,7 @@ mod tests {
         let Command::Manager(args) = cli.command else {
             panic!("not the manager command");
         };
-        let err = args.config().expect_err("unknown key");
+        let err = args.config(None).expect_err("unknown key");
         assert!(err.contains("prot"), "{err}");
     }
 

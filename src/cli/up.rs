@@ -15,6 +15,7 @@ use log::{info, warn};
 use tokio::process::{Child, Command};
 
 use crate::actors::policy::PolicyKind;
+use crate::http::auth::{self, Role};
 use crate::runtime::fake::FakeRuntime;
 use crate::server::{
     DEFAULT_FAKE_CAPACITY, DEFAULT_HEALTH_INTERVAL, DEFAULT_NODE_TIMEOUT, ManagerConfig,
@@ -59,6 +60,10 @@ pub struct UpArgs {
     /// Seconds a worker may be silent before it is Down.
     #[arg(long, default_value_t = DEFAULT_NODE_TIMEOUT.as_secs_f64())]
     pub node_timeout: f64,
+    /// Serve both APIs without tokens. By default `cube up` makes an API token (kept in
+    /// `~/.config/cube/`, where the CLI finds it) and a cluster token for its workers.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 pub async fn run(args: UpArgs) -> Result<ExitCode, String> {
@@ -71,6 +76,16 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, String> {
     config.scheduler = args.scheduler;
     config.health_interval = super::seconds("health interval", args.health_interval)?;
     config.node_timeout = super::seconds("node timeout", args.node_timeout)?;
+    config.insecure = args.insecure;
+    let manager_url = format!("http://{}:{}", args.host, args.port);
+    let token_file = if args.insecure {
+        None
+    } else {
+        let (token, path) = api_token(&manager_url)?;
+        config.tokens.add(&token, Role::Write)?;
+        config.cluster_token = Some(auth::generate());
+        Some(path)
+    };
 
     let mut children = Vec::new();
     let mut worker_lines = Vec::new();
@@ -85,7 +100,8 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, String> {
                     .checked_add(i as u16)
                     .ok_or("the manager's port leaves no room for worker ports")?;
                 let name = format!("w{i}");
-                let child = spawn_worker(&exe, &args, &name, port)?;
+                let child =
+                    spawn_worker(&exe, &args, &name, port, config.cluster_token.as_deref())?;
                 children.push(child);
                 let address = format!("{}:{port}", args.host);
                 worker_lines.push(format!("  worker   {name}  http://{address}"));
@@ -106,7 +122,12 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, String> {
             worker_lines.push(format!("  worker   {name}  (in-process, fake runtime)"));
         }
     }
-    print_banner(&args, &handle.addr.to_string(), &worker_lines);
+    print_banner(
+        &args,
+        &handle.addr.to_string(),
+        &worker_lines,
+        token_file.as_deref(),
+    );
 
     let served = handle.wait().await;
     info!("stopping the workers; their containers keep running");
@@ -118,10 +139,64 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn spawn_worker(exe: &Path, args: &UpArgs, name: &str, port: u16) -> Result<Child, String> {
+/// The API token for the manager at `url`: the one a previous `cube up` saved, so shells that
+/// already use it keep working, or a new one saved (owner-only) where the CLI looks.
+fn api_token(url: &str) -> Result<(String, PathBuf), String> {
+    let path = super::token_path(url).ok_or(
+        "HOME is not set, so there is nowhere to keep the API token; set HOME or use --insecure",
+    )?;
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let token = text.trim();
+        if token.len() >= auth::MIN_TOKEN_LEN && !token.chars().any(char::is_whitespace) {
+            return Ok((token.to_string(), path));
+        }
+    }
+    let token = auth::generate();
+    save_secret(&path, &token)
+        .map_err(|e| format!("cannot save the API token to {}: {e}", path.display()))?;
+    Ok((token, path))
+}
+
+/// Write `secret` to `path`, readable only by its owner (the directory too).
+fn save_secret(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(format!("{secret}\n").as_bytes())?;
+    file.sync_all()
+}
+
+fn spawn_worker(
+    exe: &Path,
+    args: &UpArgs,
+    name: &str,
+    port: u16,
+    cluster_token: Option<&str>,
+) -> Result<Child, String> {
     let data_dir = args.data_dir.join(name);
-    Command::new(exe)
-        .arg("worker")
+    let mut command = Command::new(exe);
+    if let Some(token) = cluster_token {
+        // In the environment, not the arguments: `ps` shows arguments to every user.
+        command.env("CUBE_CLUSTER_TOKEN", token);
+    } else {
+        command.env_remove("CUBE_CLUSTER_TOKEN");
+    }
+    command.arg("worker");
+    if cluster_token.is_none() {
+        command.arg("--insecure");
+    }
+    command
         .args(["--host", &args.host])
         .args(["--port", &port.to_string()])
         .args(["--name", name])
@@ -176,17 +251,20 @@ async fn ensure_demo_image() -> Result<(), String> {
         .map_err(|e| format!("cannot build the demo image {DEMO_IMAGE}: {e}"))
 }
 
-fn print_banner(args: &UpArgs, manager: &str, workers: &[String]) {
+fn print_banner(args: &UpArgs, manager: &str, workers: &[String], token_file: Option<&Path>) {
     let exe = std::env::current_exe()
         .ok()
         .map(|p| shorten(&p))
         .unwrap_or_else(|| "cube".into());
+    let auth = token_file.map_or(String::new(), |p| {
+        format!(" -H \"Authorization: Bearer $(cat {})\"", home_relative(p))
+    });
     let example = Path::new("examples/tasks/web.json");
     let try_run = if example.exists() {
         format!("{exe} run -f {} --wait", example.display())
     } else {
         format!(
-            "curl -s -XPOST http://{manager}/tasks -d '{{\"task\": {{\"image\": \"{DEMO_IMAGE}\", \"cmd\": [\"httpd\", \"-f\", \"-p\", \"8080\"], \"exposed_ports\": [\"8080/tcp\"]}}}}'"
+            "curl -s -XPOST http://{manager}/tasks{auth} -d '{{\"task\": {{\"image\": \"{DEMO_IMAGE}\", \"cmd\": [\"httpd\", \"-f\", \"-p\", \"8080\"], \"exposed_ports\": [\"8080/tcp\"]}}}}'"
         )
     };
     let mut lines = vec![
@@ -203,6 +281,17 @@ fn print_banner(args: &UpArgs, manager: &str, workers: &[String]) {
     ];
     lines.extend(workers.iter().cloned());
     lines.push(String::new());
+    match token_file {
+        Some(path) => {
+            lines.push(format!(
+                "API token in {} (the cube CLI finds it by itself).",
+                home_relative(path)
+            ));
+        }
+        None => lines.push(
+            "No tokens (--insecure): anyone who can reach these ports can run containers.".into(),
+        ),
+    }
     lines.push("Try:".into());
     lines.push(format!("  {try_run}"));
     lines.push(format!("  {exe} status"));
@@ -210,6 +299,17 @@ fn print_banner(args: &UpArgs, manager: &str, workers: &[String]) {
     lines.push("Ctrl-C stops Cube; containers keep running and are adopted next time.".into());
     lines.push(String::new());
     eprintln!("{}", lines.join("\n"));
+}
+
+/// A path under the home directory as `~/…`, as the user would type it.
+fn home_relative(p: &Path) -> String {
+    std::env::var_os("HOME")
+        .and_then(|home| {
+            p.strip_prefix(home)
+                .ok()
+                .map(|r| format!("~/{}", r.display()))
+        })
+        .unwrap_or_else(|| p.display().to_string())
 }
 
 /// The binary as the user can type it: relative to the current directory when inside it.

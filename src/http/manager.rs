@@ -9,6 +9,8 @@
 //! | `DELETE /tasks/{id}` | 202; stopped and removed, then Completed |
 //! | `GET /tasks/{id}/logs` | the container's output (`?tail=N`, `?follow=true`) |
 //! | `GET /nodes` | every worker with capacity, allocation and status |
+//! | `POST /nodes` | a worker joins: `{name, address}` or `{name, port}`; 201 once committed |
+//! | `DELETE /nodes/{name}` | forget a node with no tasks: 204; 409 naming its tasks |
 //! | `GET /health` | 200 once recovery is complete, 503 before |
 
 use actix::Addr;
@@ -21,8 +23,10 @@ use super::worker::LogsQuery;
 use super::{ApiError, endpoint, read_body};
 use crate::actors::client::CallError;
 use crate::actors::client::WorkerClient;
+use crate::actors::manager::core::NodeRefusal;
 use crate::actors::manager::{
-    CountTasks, GetTask, ListNodes, ListTasks, LogsOf, Manager, ManagerError, StopTask, Submit,
+    CountTasks, ForgetNode, GetTask, JoinNode, ListNodes, ListTasks, LogsOf, Manager, ManagerError,
+    StopTask, Submit,
 };
 use crate::task::{Desired, State, parse_submission, parse_task_id};
 
@@ -41,6 +45,8 @@ impl From<ManagerError> for ApiError {
             ManagerError::WorkerGone(_) => StatusCode::SERVICE_UNAVAILABLE,
             ManagerError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ManagerError::Gone => StatusCode::SERVICE_UNAVAILABLE,
+            ManagerError::Node(NodeRefusal::NotFound(_)) => StatusCode::NOT_FOUND,
+            ManagerError::Node(_) => StatusCode::CONFLICT,
         };
         ApiError::new(status, e.to_string())
     }
@@ -60,7 +66,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(stop_task)),
         )
         .service(endpoint("/tasks/{id}/logs").route(web::get().to(task_logs)))
-        .service(endpoint("/nodes").route(web::get().to(nodes)))
+        .service(
+            endpoint("/nodes")
+                .route(web::get().to(nodes))
+                .route(web::post().to(join_node)),
+        )
+        .service(endpoint("/nodes/{name}").route(web::delete().to(forget_node)))
         .service(endpoint("/health").route(web::get().to(health)));
 }
 
@@ -156,9 +167,8 @@ async fn task_logs(
     query: web::Query<LogsQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_task_id(&id)?;
-    let link = api.manager.send(LogsOf(id)).await??;
-    let client = WorkerClient::new(link);
-    let stream = client
+    let target = api.manager.send(LogsOf(id)).await??;
+    let stream = WorkerClient::new(target)
         .logs(id, query.tail, query.follow)
         .await
         .map_err(|e| match e {
@@ -176,6 +186,78 @@ async fn task_logs(
 async fn nodes(api: web::Data<ManagerApi>) -> Result<HttpResponse, ApiError> {
     let nodes = api.manager.send(ListNodes).await?;
     Ok(HttpResponse::Ok().json(nodes))
+}
+
+/// What a joining worker sends.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoinBody {
+    name: String,
+    /// `host:port` the manager reaches the worker at; or only its `port`, at the address the
+    /// request came from.
+    address: Option<String>,
+    port: Option<u16>,
+}
+
+async fn join_node(
+    api: web::Data<ManagerApi>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body(&req, payload).await?;
+    let join: JoinBody = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body is not a join: {e}; expected {{\"name\": \"w1\", \"address\": \"host:port\"}} or {{\"name\": \"w1\", \"port\": 5556}}"
+        ))
+    })?;
+    crate::node::check_name(&join.name).map_err(|e| ApiError::bad_request(format!("name: {e}")))?;
+    let address = match (join.address, join.port) {
+        (Some(a), None) => {
+            crate::node::check_address(&a)
+                .map_err(|e| ApiError::bad_request(format!("address: {e}")))?;
+            a
+        }
+        (None, Some(port)) if port > 0 => {
+            let peer = req.peer_addr().ok_or_else(|| {
+                ApiError::bad_request(
+                    "the request's address is unknown; give address: \"host:port\"",
+                )
+            })?;
+            std::net::SocketAddr::new(peer.ip(), port).to_string()
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give either address (\"host:port\") or port (1-65535), not both",
+            ));
+        }
+    };
+    let joined = api
+        .manager
+        .send(JoinNode {
+            name: join.name.clone(),
+            address: address.clone(),
+        })
+        .await??;
+    let status = if joined.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status)
+        .insert_header(("Location", format!("/nodes/{}", join.name)))
+        .json(serde_json::json!({
+            "name": join.name,
+            "address": address,
+            "cluster_token": joined.cluster_token,
+        })))
+}
+
+async fn forget_node(
+    api: web::Data<ManagerApi>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    api.manager.send(ForgetNode(name.into_inner())).await??;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// 200 once the Manager answers: it recovers everything from its store before its actor

@@ -1,6 +1,7 @@
 //! The HTTP faces of Cube: thin actix-web handlers that parse a request, forward it to an actor
 //! and map the answer (or the actor's error) to JSON. No handler holds state of its own.
 
+pub mod auth;
 pub mod error;
 pub mod manager;
 pub mod worker;
@@ -72,17 +73,4 @@ pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
         StatusCode::METHOD_NOT_ALLOWED,
         format!("{} is not allowed on {}", req.method(), req.path()),
     ))
-}
-
-/// Warn when an API binds beyond loopback: there is no authentication yet.
-pub fn warn_if_exposed(what: &str, host: &str) {
-    let loopback = host
-        .parse::<std::net::IpAddr>()
-        .map(|ip| ip.is_loopback())
-        .unwrap_or(host == "localhost");
-    if !loopback {
-        log::warn!(
-            "the {what} API binds {host}, reachable from other machines, and has no authentication: anyone who can reach it can run containers"
-        );
-    }
 }

@@ -99,9 +99,23 @@ pub struct CubeProcess {
 impl CubeProcess {
     /// Start `cube <args>` and wait until it logs the address it listens on.
     pub fn start(args: &[&str], log_dir: &Path, label: &str) -> CubeProcess {
+        CubeProcess::start_with_env(args, &[], log_dir, label)
+    }
+
+    /// The same, with more environment (the tokens of the caller's environment are not passed
+    /// on, so a test sees only the ones it sets).
+    pub fn start_with_env(
+        args: &[&str],
+        env: &[(&str, &str)],
+        log_dir: &Path,
+        label: &str,
+    ) -> CubeProcess {
         let log = log_dir.join(format!("{label}-{}.log", uuid::Uuid::new_v4().simple()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_cube"))
             .args(args)
+            .env_remove("CUBE_TOKEN")
+            .env_remove("CUBE_CLUSTER_TOKEN")
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,actix_server=warn,actix_web=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -242,6 +256,7 @@ pub fn inspect(id: &str) -> Option<Value> {
 /// A blocking HTTP client that returns every status instead of failing on 4xx/5xx.
 pub struct Http {
     agent: ureq::Agent,
+    token: Option<String>,
 }
 
 pub struct Reply {
@@ -270,7 +285,22 @@ impl Http {
             .timeout_global(Some(Duration::from_secs(60)))
             .build()
             .into();
-        Http { agent }
+        Http { agent, token: None }
+    }
+
+    /// A client that presents `token` as `Authorization: Bearer` on every request.
+    pub fn with_token(token: &str) -> Http {
+        Http {
+            token: Some(format!("Bearer {token}")),
+            ..Http::new()
+        }
+    }
+
+    fn auth<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(t) => req.header("Authorization", t),
+            None => req,
+        }
     }
 
     fn reply(res: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
@@ -295,18 +325,17 @@ impl Http {
     }
 
     pub fn get(&self, url: &str) -> Reply {
-        Http::reply(self.agent.get(url).call())
+        Http::reply(self.auth(self.agent.get(url)).call())
     }
 
     pub fn delete(&self, url: &str) -> Reply {
-        Http::reply(self.agent.delete(url).call())
+        Http::reply(self.auth(self.agent.delete(url)).call())
     }
 
     /// POST that tolerates a server that is not (or no longer) there.
     pub fn try_post(&self, url: &str, body: impl AsRef<[u8]>) -> Option<Reply> {
         let res = self
-            .agent
-            .post(url)
+            .auth(self.agent.post(url))
             .header("Content-Type", "application/json")
             .send(body.as_ref())
             .ok()?;
@@ -315,8 +344,7 @@ impl Http {
 
     pub fn post(&self, url: &str, body: impl AsRef<[u8]>) -> Reply {
         Http::reply(
-            self.agent
-                .post(url)
+            self.auth(self.agent.post(url))
                 .header("Content-Type", "application/json")
                 .send(body.as_ref()),
         )

@@ -90,6 +90,9 @@ pub enum ManagerError {
     /// The manager is shutting down.
     #[error("the manager is shutting down")]
     Gone,
+    /// A join or a forget refused.
+    #[error("{0}")]
+    Node(#[from] core::NodeRefusal),
 }
 
 impl From<core::Refusal> for ManagerError {
@@ -144,9 +147,9 @@ pub struct ListTasks {
 #[rtype(result = "std::collections::BTreeMap<State, usize>")]
 pub struct CountTasks;
 
-/// Where to read a task's logs.
+/// Where the worker that has a task's logs is, and how to be let in.
 #[derive(Message)]
-#[rtype(result = "Result<WorkerLink, ManagerError>")]
+#[rtype(result = "Result<super::client::WorkerTarget, ManagerError>")]
 pub struct LogsOf(pub Uuid);
 
 /// A node as `GET /nodes` shows it.
@@ -170,6 +173,31 @@ pub struct NodeReport {
 #[derive(Message)]
 #[rtype(result = "Vec<NodeReport>")]
 pub struct ListNodes;
+
+/// A worker joins (`cube worker --join`): bind `name` to `address` durably and watch it.
+/// Answers once the binding is committed.
+#[derive(Message)]
+#[rtype(result = "Result<Joined, ManagerError>")]
+pub struct JoinNode {
+    pub name: String,
+    /// `host:port` the manager reaches the worker at.
+    pub address: String,
+}
+
+/// The answer to [`JoinNode`].
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// The name was new, or bound to another address before.
+    pub created: bool,
+    /// The token the manager presents to its workers, for the worker to accept.
+    pub cluster_token: Option<String>,
+}
+
+/// Forget a node with no tasks: its record, its proxy, its place in the scheduler. Answers
+/// once the forgetting is committed.
+#[derive(Message)]
+#[rtype(result = "Result<(), ManagerError>")]
+pub struct ForgetNode(pub String);
 
 /// Watch a worker (one more WorkerProxy); answers with its proxy.
 #[derive(Message)]

@@ -15,17 +15,18 @@ use uuid::Uuid;
 
 use super::core::{self, Core, Effect, Writes};
 use super::{
-    CallsDone, Connect, CountTasks, EVENTS, GetTask, ListNodes, ListTasks, LogsOf, ManagerError,
-    NODES, NodeDown, NodeRecord, NodeReport, NodeUp, Report, StopTask, Submit, Submitted, TASKS,
+    CallsDone, Connect, CountTasks, EVENTS, ForgetNode, GetTask, JoinNode, Joined, ListNodes,
+    ListTasks, LogsOf, ManagerError, NODES, NodeDown, NodeRecord, NodeReport, NodeUp, Report,
+    StopTask, Submit, Submitted, TASKS,
 };
 use crate::actors::CoreTimer;
-use crate::actors::client::WorkerLink;
+use crate::actors::client::{WorkerClient, WorkerLink, WorkerTarget};
 use crate::actors::health::{HealthChecked, HealthChecker, Unwatch, Watch};
 use crate::actors::scheduler::{
     CapacityAvailable, ListBook, NodeReady, Place, Release, Restore, Scheduler, SetListener,
 };
 use crate::actors::worker_proxy::{
-    CallWorker, Info, Link, Registration, Resync, WorkerCall, WorkerProxy,
+    CallWorker, Disconnect, Info, Link, Registration, Resync, WorkerCall, WorkerProxy,
 };
 use crate::clock::Clock;
 use crate::db::{Batch, Store, StoreError};
@@ -42,6 +43,8 @@ pub struct ManagerSetup {
     pub node_timeout: Duration,
     /// The thread WorkerProxies run on.
     pub workers_arbiter: actix::dev::ArbiterHandle,
+    /// The token presented to workers.
+    pub cluster_token: Option<String>,
 }
 
 pub struct Manager {
@@ -52,6 +55,7 @@ pub struct Manager {
     /// Proxies by endpoint.
     proxies: Vec<Addr<WorkerProxy>>,
     workers_arbiter: actix::dev::ArbiterHandle,
+    cluster_token: Option<String>,
     node_timeout: Duration,
     health_interval: Duration,
     health: Option<Addr<HealthChecker>>,
@@ -109,6 +113,7 @@ impl Manager {
             scheduler: setup.scheduler,
             proxies: Vec::new(),
             workers_arbiter: setup.workers_arbiter,
+            cluster_token: setup.cluster_token,
             node_timeout: setup.node_timeout,
             health_interval: setup.health_interval,
             health: None,
@@ -162,6 +167,11 @@ impl Manager {
                 Effect::Unwatch(id) => {
                     if let Some(h) = &self.health {
                         h.do_send(Unwatch(id));
+                    }
+                }
+                Effect::Disconnect(endpoint) => {
+                    if let Some(p) = self.proxies.get(endpoint) {
+                        p.do_send(Disconnect);
                     }
                 }
                 Effect::Start {
@@ -257,8 +267,19 @@ impl Manager {
         }
         let (manager, scheduler, timeout) =
             (ctx.address(), self.scheduler.clone(), self.node_timeout);
+        let target = WorkerTarget {
+            link,
+            token: self.cluster_token.clone(),
+        };
+        // The client is made on the proxy's thread: it stays on the thread that made it.
         let proxy = WorkerProxy::start_in_arbiter(&self.workers_arbiter, move |_| {
-            WorkerProxy::new(endpoint, link, manager, scheduler, timeout)
+            WorkerProxy::new(
+                endpoint,
+                WorkerClient::new(target),
+                manager,
+                scheduler,
+                timeout,
+            )
         });
         debug_assert_eq!(self.proxies.len(), endpoint);
         self.proxies.push(proxy.clone());
@@ -279,6 +300,9 @@ fn batch_of(writes: &Writes) -> Result<Batch, StoreError> {
     let mut batch = Batch::new();
     for (key, task) in &writes.tasks {
         TASKS.put(&mut batch, key, task)?;
+    }
+    for name in &writes.forgotten {
+        NODES.delete(&mut batch, name);
     }
     for (name, address) in &writes.nodes {
         let record = NodeRecord {
@@ -445,7 +469,7 @@ impl Handler<CountTasks> for Manager {
 }
 
 impl Handler<LogsOf> for Manager {
-    type Result = ResponseFuture<Result<WorkerLink, ManagerError>>;
+    type Result = ResponseFuture<Result<WorkerTarget, ManagerError>>;
 
     fn handle(&mut self, msg: LogsOf, _: &mut Context<Self>) -> Self::Result {
         let id = msg.0;
@@ -528,6 +552,46 @@ impl Handler<ListNodes> for Manager {
                 .collect();
             out.sort_by(|a, b| a.name.cmp(&b.name).then(a.address.cmp(&b.address)));
             out
+        })
+    }
+}
+
+impl Handler<JoinNode> for Manager {
+    type Result = ResponseFuture<Result<Joined, ManagerError>>;
+
+    fn handle(&mut self, msg: JoinNode, ctx: &mut Context<Self>) -> Self::Result {
+        let outcome = self.core.join(&msg.name, &msg.address);
+        if outcome.is_ok() {
+            info!("worker {} joins at {}", msg.name, msg.address);
+            self.connect(WorkerLink::Http(format!("http://{}", msg.address)), ctx);
+        }
+        let durable = self.carry_out(ctx, true);
+        let cluster_token = self.cluster_token.clone();
+        Box::pin(async move {
+            let created = outcome?;
+            if let Some(commit) = durable {
+                commit.await?;
+            }
+            Ok(Joined {
+                created,
+                cluster_token,
+            })
+        })
+    }
+}
+
+impl Handler<ForgetNode> for Manager {
+    type Result = ResponseFuture<Result<(), ManagerError>>;
+
+    fn handle(&mut self, msg: ForgetNode, ctx: &mut Context<Self>) -> Self::Result {
+        let outcome = self.core.forget(&msg.0);
+        let durable = self.carry_out(ctx, true);
+        Box::pin(async move {
+            outcome?;
+            if let Some(commit) = durable {
+                commit.await?;
+            }
+            Ok(())
         })
     }
 }

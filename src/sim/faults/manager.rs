@@ -133,6 +133,8 @@ impl World {
                     }
                     self.at(HEALTH_INTERVAL, Ev::HealthCheck(inc, id, attempt));
                 }
+                // The simulated users never forget a node.
+                MEffect::Disconnect(_) => {}
                 MEffect::Unwatch(id) => {
                     if let Some(m) = self.manager.as_mut() {
                         m.health.remove(&id);

@@ -141,6 +141,28 @@ pub enum Effect {
     Watch { id: Uuid, attempt: u32, url: String },
     /// Stop health-checking the task.
     Unwatch(Uuid),
+    /// Stop watching this endpoint: its node was forgotten.
+    Disconnect(EndpointId),
+}
+
+/// Why a worker may not join, or a node may not be forgotten.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeRefusal {
+    /// No node has this name.
+    #[error("no node is called {0}")]
+    NotFound(String),
+    /// The name is bound to another address that still answers.
+    #[error(
+        "the name {name} is bound to the worker at {address}, which still answers; give each worker its own --name"
+    )]
+    NameTaken { name: String, address: String },
+    /// Tasks are placed on the node.
+    #[error(
+        "node {name} still has {} task(s): {}; stop them, or wait until the node is Down and they have moved",
+        tasks.len(),
+        tasks.iter().take(10).map(Uuid::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    HasTasks { name: String, tasks: Vec<Uuid> },
 }
 
 /// Records changed by the inputs since the last [`Core::take_writes`], to commit.
@@ -150,11 +172,13 @@ pub struct Writes {
     pub tasks: Vec<(u64, Task)>,
     /// (name, address).
     pub nodes: Vec<(String, String)>,
+    /// Names of nodes forgotten.
+    pub forgotten: Vec<String>,
 }
 
 impl Writes {
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty() && self.nodes.is_empty()
+        self.tasks.is_empty() && self.nodes.is_empty() && self.forgotten.is_empty()
     }
 }
 
@@ -295,6 +319,8 @@ struct Endpoint {
     /// Liveness as the endpoint's proxy reports it: Connecting, Ready or Down.
     status: NodeStatus,
     refused: Option<String>,
+    /// Its node was forgotten: no longer shown, and nothing it says counts.
+    forgotten: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -335,6 +361,8 @@ pub struct Core {
     effects: Vec<Effect>,
     dirty_tasks: Vec<Uuid>,
     dirty_nodes: Vec<NodeId>,
+    /// Names of nodes forgotten since the last [`Core::take_writes`].
+    forgotten: Vec<String>,
     /// Reservations to give back, sent as one effect.
     releases: Vec<Uuid>,
 }
@@ -364,6 +392,7 @@ impl Core {
             effects: Vec::new(),
             dirty_tasks: Vec::new(),
             dirty_nodes: Vec::new(),
+            forgotten: Vec::new(),
             releases: Vec::new(),
         };
         for (name, address) in nodes {
@@ -459,6 +488,7 @@ impl Core {
             let n = &self.nodes[nid];
             writes.nodes.push((n.name.clone(), n.address.clone()));
         }
+        writes.forgotten = std::mem::take(&mut self.forgotten);
         writes
     }
 
@@ -470,6 +500,11 @@ impl Core {
         for (name, _) in writes.nodes {
             if let Some(&nid) = self.node_ids.get(&name) {
                 self.dirty_nodes.push(nid);
+            }
+        }
+        for name in writes.forgotten {
+            if !self.node_ids.contains_key(&name) {
+                self.forgotten.push(name);
             }
         }
     }
@@ -533,6 +568,7 @@ impl Core {
             .endpoints
             .iter()
             .enumerate()
+            .filter(|(_, e)| !e.forgotten)
             .map(|(i, e)| {
                 let bound = e
                     .name
@@ -554,7 +590,7 @@ impl Core {
                 }
             })
             .collect();
-        for n in self.nodes.iter().filter(|n| n.endpoint.is_none()) {
+        for n in self.known_nodes().filter(|n| n.endpoint.is_none()) {
             out.push(EndpointView {
                 endpoint: usize::MAX,
                 address: n.address.clone(),
@@ -566,10 +602,18 @@ impl Core {
         out
     }
 
-    /// Bound nodes and their addresses, known from the store or registered since.
-    pub fn bound_addresses(&self) -> Vec<(String, String)> {
+    /// Every node but the forgotten ones (whose entries stay, unnamed, so ids stay stable).
+    fn known_nodes(&self) -> impl Iterator<Item = &Node> {
         self.nodes
             .iter()
+            .enumerate()
+            .filter(|(nid, n)| self.node_ids.get(&n.name) == Some(nid))
+            .map(|(_, n)| n)
+    }
+
+    /// Bound nodes and their addresses, known from the store or registered since.
+    pub fn bound_addresses(&self) -> Vec<(String, String)> {
+        self.known_nodes()
             .filter(|n| !n.address.is_empty())
             .map(|n| (n.name.clone(), n.address.clone()))
             .collect()

@@ -7,7 +7,11 @@ impl Core {
     /// The shell watches a worker at `address` (a WorkerProxy). A node bound to that address
     /// in the store is watched by it from now on.
     pub fn add_endpoint(&mut self, address: &str) -> EndpointId {
-        if let Some(i) = self.endpoints.iter().position(|e| e.address == address) {
+        if let Some(i) = self
+            .endpoints
+            .iter()
+            .position(|e| e.address == address && !e.forgotten)
+        {
             return i;
         }
         let id = self.endpoints.len();
@@ -20,6 +24,7 @@ impl Core {
             name: bound.map(|n| self.nodes[n].name.clone()),
             status: NodeStatus::Connecting,
             refused: None,
+            forgotten: false,
         });
         if let Some(nid) = bound {
             self.nodes[nid].endpoint = Some(id);
@@ -31,7 +36,7 @@ impl Core {
     /// Down, or a new name). Registers the name, or refuses it when another live address holds
     /// it.
     pub fn node_up(&mut self, now: Now, endpoint: EndpointId, name: &str) {
-        let Some(ep) = self.endpoints.get_mut(endpoint) else {
+        let Some(ep) = self.endpoints.get_mut(endpoint).filter(|e| !e.forgotten) else {
             return;
         };
         ep.status = NodeStatus::Ready;
@@ -118,7 +123,7 @@ impl Core {
 
     /// The worker at `endpoint` has been silent for the node timeout.
     pub fn node_down(&mut self, now: Now, endpoint: EndpointId) {
-        let Some(ep) = self.endpoints.get_mut(endpoint) else {
+        let Some(ep) = self.endpoints.get_mut(endpoint).filter(|e| !e.forgotten) else {
             return;
         };
         ep.status = NodeStatus::Down;
@@ -141,6 +146,72 @@ impl Core {
             self.node_up(now, c, &name);
         }
         self.kick();
+    }
+
+    /// A worker joins as `name` at `address` (`cube worker --join`): the name is bound to the
+    /// address in the store, so the manager watches it from now on and after any restart.
+    /// `Ok(true)` when that changed anything. The shell then watches the address.
+    pub fn join(&mut self, name: &str, address: &str) -> Result<bool, NodeRefusal> {
+        if let Some(&nid) = self.node_ids.get(name) {
+            let node = &self.nodes[nid];
+            if node.address == address {
+                return Ok(false);
+            }
+            if let Some(ep) = node.endpoint
+                && self.endpoints[ep].status != NodeStatus::Down
+            {
+                return Err(NodeRefusal::NameTaken {
+                    name: name.to_string(),
+                    address: self.endpoints[ep].address.clone(),
+                });
+            }
+        }
+        let nid = self.node_id(name);
+        self.nodes[nid].address = address.to_string();
+        self.dirty_nodes.push(nid);
+        Ok(true)
+    }
+
+    /// Forget the node `name`: no tasks may be placed on it. Its record leaves the store, its
+    /// endpoints stop being watched, and the scheduler no longer places there. A worker that
+    /// comes back under the name later (a join, or `--workers` after a restart) is a new node.
+    pub fn forget(&mut self, name: &str) -> Result<(), NodeRefusal> {
+        let nid = *self
+            .node_ids
+            .get(name)
+            .ok_or_else(|| NodeRefusal::NotFound(name.to_string()))?;
+        let node = &mut self.nodes[nid];
+        if !node.placed.is_empty() {
+            return Err(NodeRefusal::HasTasks {
+                name: name.to_string(),
+                tasks: node.placed.iter().copied().collect(),
+            });
+        }
+        info!("forgetting node {name} (at {})", node.address);
+        let address = node.address.clone();
+        let was_ready = node.status == NodeStatus::Ready;
+        node.status = NodeStatus::Down;
+        node.endpoint = None;
+        node.synced = false;
+        node.calls.clear();
+        node.seen.clear();
+        self.node_ids.remove(name);
+        self.dirty_nodes.retain(|&n| n != nid);
+        self.forgotten.push(name.to_string());
+        if was_ready {
+            self.effects.push(Effect::NodeReady {
+                name: name.to_string(),
+                ready: false,
+            });
+        }
+        for (i, ep) in self.endpoints.iter_mut().enumerate() {
+            let unnamed_there = ep.name.is_none() && ep.address == address;
+            if !ep.forgotten && (ep.name.as_deref() == Some(name) || unnamed_there) {
+                ep.forgotten = true;
+                self.effects.push(Effect::Disconnect(i));
+            }
+        }
+        Ok(())
     }
 
     /// A node is gone: its tasks run elsewhere (as new attempts, not restarts), its stopped

@@ -777,3 +777,88 @@ fn records_are_written_for_every_change_a_user_can_see() {
     assert_eq!(writes.tasks.len(), 1);
     assert_eq!(writes.tasks[0].1.state, State::Running);
 }
+
+#[test]
+fn a_joining_worker_is_bound_durably_and_a_live_name_is_not_taken() {
+    let mut h = Harness::new();
+    assert_eq!(h.core.join("w1", "10.0.0.1:5556"), Ok(true));
+    let writes = h.core.take_writes();
+    assert_eq!(writes.nodes, vec![("w1".into(), "10.0.0.1:5556".into())]);
+    assert_eq!(
+        h.core.join("w1", "10.0.0.1:5556"),
+        Ok(false),
+        "joining again is a no-op"
+    );
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let view = h.core.endpoints();
+    assert_eq!(view.len(), 1, "{view:?}");
+    assert_eq!(view[0].status, NodeStatus::Ready);
+    // Another address claims the live name: refused, naming the holder.
+    assert_eq!(
+        h.core.join("w1", "10.0.0.2:5556"),
+        Err(NodeRefusal::NameTaken {
+            name: "w1".into(),
+            address: "10.0.0.1:5556".into()
+        })
+    );
+    // Once the holder is Down the name moves.
+    let now = h.now();
+    h.core.node_down(now, ep);
+    assert_eq!(h.core.join("w1", "10.0.0.2:5556"), Ok(true));
+    let ep2 = h.worker("10.0.0.2:5556", "w1");
+    let view = h.core.endpoints();
+    let bound: Vec<_> = view.iter().filter(|v| v.endpoint == ep2).collect();
+    assert_eq!(bound[0].status, NodeStatus::Ready, "{view:?}");
+}
+
+#[test]
+fn a_node_is_forgotten_only_without_tasks_and_then_for_good() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    h.worker("10.0.0.2:5556", "w2");
+    let id = h.running_on(ep, "w1", task("sleep"));
+    assert_eq!(
+        h.core.forget("w1"),
+        Err(NodeRefusal::HasTasks {
+            name: "w1".into(),
+            tasks: vec![id]
+        })
+    );
+    assert!(
+        NodeRefusal::HasTasks {
+            name: "w1".into(),
+            tasks: vec![id]
+        }
+        .to_string()
+        .contains(&id.to_string())
+    );
+    assert_eq!(h.core.forget("w9"), Err(NodeRefusal::NotFound("w9".into())));
+    // Once the task is done the node goes: out of the store, the view and the scheduler.
+    let now = h.now();
+    h.core.stop(now, id).unwrap();
+    let mut done = seen(&h.task(id), 1, State::Completed);
+    done.desired = Goal::Stopped;
+    h.stop_result("w1", id, 1, Ok(done.clone()));
+    h.report(ep, false, vec![done]);
+    assert_eq!(h.state(id), State::Completed);
+    h.take();
+    assert_eq!(h.core.forget("w1"), Ok(()));
+    assert_eq!(h.core.take_writes().forgotten, vec!["w1".to_string()]);
+    let effects = h.take();
+    assert!(effects.contains(&Effect::Disconnect(ep)), "{effects:?}");
+    assert!(effects.contains(&Effect::NodeReady {
+        name: "w1".into(),
+        ready: false
+    }));
+    let names: Vec<_> = h.core.endpoints().into_iter().map(|v| v.name).collect();
+    assert_eq!(names, vec![Some("w2".to_string())]);
+    // What the old proxy still says counts for nothing.
+    let now = h.now();
+    h.core.node_up(now, ep, "w1");
+    assert_eq!(h.core.endpoints().len(), 1);
+    assert!(h.core.bound_addresses().iter().all(|(n, _)| n != "w1"));
+    // The name can join again, as a new node.
+    assert_eq!(h.core.join("w1", "10.0.0.1:5556"), Ok(true));
+    h.worker("10.0.0.1:5556", "w1");
+    assert_eq!(h.core.endpoints().len(), 2);
+}
