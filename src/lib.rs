@@ -34,12 +34,14 @@ pub mod actors;
 pub mod cli;
 pub mod clock;
 pub mod db;
+pub mod fsutil;
 pub mod http;
 pub mod node;
 pub mod runtime;
 pub mod server;
 pub mod sim;
 pub mod task;
+pub mod tls;
 
 /// The address the APIs bind unless told otherwise: loopback.
 pub const DEFAULT_HOST: &str = "127.0.0.1";

@@ -26,6 +26,8 @@ use crate::runtime::{Hardening, Runtime, RuntimeError};
 mod join;
 pub use join::JoinConfig;
 
+use crate::tls::{self, TlsFiles};
+
 /// Threads serving a worker's HTTP API; its handlers only forward to the actor.
 const WORKER_HTTP_THREADS: usize = 2;
 
@@ -89,6 +91,12 @@ pub struct WorkerConfig {
     pub insecure: bool,
     /// Join this manager at start (`cube worker --join`).
     pub join: Option<join::JoinConfig>,
+    /// Serve HTTPS with this certificate and key.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Require callers' client certificates signed by this CA (mutual TLS); also trusted for
+    /// the manager's certificate when joining over HTTPS.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl WorkerConfig {
@@ -106,6 +114,9 @@ impl WorkerConfig {
             cluster_token: None,
             insecure: false,
             join: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
         }
     }
 }
@@ -148,6 +159,7 @@ fn bind(host: &str, port: u16) -> Result<std::net::TcpListener, ServeError> {
 /// Serve an API on `listener`: `configure` mounts the routes, anything else gets the JSON 404.
 fn serve<F>(
     listener: std::net::TcpListener,
+    tls: Option<rustls::ServerConfig>,
     threads: usize,
     access: Access,
     configure: F,
@@ -165,10 +177,37 @@ where
             .configure(configure.clone())
             .default_service(web::to(crate::http::no_route))
     })
-    .workers(threads)
-    .listen(listener)
+    .workers(threads);
+    let server = match tls {
+        Some(tls) => server.listen_rustls_0_23(listener, tls),
+        None => server.listen(listener),
+    }
     .map_err(|source| ServeError::Bind { addr, source })?;
     Ok(server.run())
+}
+
+/// The scheme an API serves: `https` with TLS.
+fn scheme(tls: &Option<rustls::ServerConfig>) -> &'static str {
+    if tls.is_some() { "https" } else { "http" }
+}
+
+/// Certificate, key and CA flags as files, checked: a certificate needs its key.
+pub fn tls_files(
+    cert: Option<&PathBuf>,
+    key: Option<&PathBuf>,
+    ca: Option<&PathBuf>,
+) -> Result<Option<TlsFiles>, ServeError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: ca.cloned(),
+        })),
+        (None, None) => Ok(None),
+        _ => Err(ServeError::Config(
+            "--tls-cert and --tls-key go together: give both, or neither".into(),
+        )),
+    }
 }
 
 fn local_addr(listener: &std::net::TcpListener) -> Result<SocketAddr, ServeError> {
@@ -176,6 +215,21 @@ fn local_addr(listener: &std::net::TcpListener) -> Result<SocketAddr, ServeError
         addr: "the listener".into(),
         source,
     })
+}
+
+/// How the manager reaches its workers over HTTPS: trusting `--tls-ca`, presenting its own
+/// certificate when it has one. `None`: plain HTTP.
+fn worker_tls(config: &ManagerConfig) -> Result<Option<Arc<rustls::ClientConfig>>, ServeError> {
+    let Some(ca) = &config.tls_ca else {
+        return Ok(None);
+    };
+    let identity = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        _ => None,
+    };
+    tls::client_config(ca, identity)
+        .map(|c| Some(Arc::new(c)))
+        .map_err(ServeError::Config)
 }
 
 /// Open the runtime a worker was asked for.
@@ -217,11 +271,30 @@ pub async fn start_worker(config: WorkerConfig) -> Result<WorkerHandle, ServeErr
     })?
     .start();
 
+    let tls = tls_files(
+        config.tls_cert.as_ref(),
+        config.tls_key.as_ref(),
+        config.tls_ca.as_ref(),
+    )?
+    .map(|files| tls::server_config(&files, files.ca.is_some()))
+    .transpose()
+    .map_err(ServeError::Config)?;
     let listener = bind(&config.host, config.port)?;
     let addr = local_addr(&listener)?;
     let mut cluster_token = config.cluster_token.clone();
     if let Some(join) = &config.join {
-        let presented = join::join(join, &config.name, &config.host, addr.port())
+        let join_tls = match (join.manager.starts_with("https://"), &config.tls_ca) {
+            (false, _) => None,
+            (true, Some(ca)) => Some(Arc::new(
+                tls::client_config(ca, None).map_err(ServeError::Config)?,
+            )),
+            (true, None) => {
+                return Err(ServeError::Config(
+                    "joining a manager over HTTPS needs --tls-ca, the CA that signed its certificate".into(),
+                ));
+            }
+        };
+        let presented = join::join(join, join_tls, &config.name, &config.host, addr.port())
             .await
             .map_err(ServeError::Config)?;
         match (&cluster_token, presented) {
@@ -244,8 +317,10 @@ pub async fn start_worker(config: WorkerConfig) -> Result<WorkerHandle, ServeErr
         name: config.name.clone(),
         worker: worker.clone(),
     };
+    let scheme = scheme(&tls);
     let server = serve(
         listener,
+        tls,
         WORKER_HTTP_THREADS,
         Access(Arc::new(tokens)),
         move |cfg: &mut web::ServiceConfig| {
@@ -254,7 +329,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<WorkerHandle, ServeErr
         },
     )?;
     info!(
-        "worker {} listening on http://{addr} (runtime {:?}, data in {})",
+        "worker {} listening on {scheme}://{addr} (runtime {:?}, data in {})",
         config.name,
         config.runtime,
         config.data_dir.display()
@@ -292,6 +367,12 @@ pub struct ManagerConfig {
     pub cluster_token: Option<String>,
     /// Serve beyond loopback without tokens.
     pub insecure: bool,
+    /// Serve HTTPS with this certificate and key; present them to workers as a client
+    /// certificate.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Call workers over HTTPS, trusting this CA for their certificates.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl ManagerConfig {
@@ -307,6 +388,9 @@ impl ManagerConfig {
             tokens: Tokens::default(),
             cluster_token: None,
             insecure: false,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
         }
     }
 }
@@ -343,6 +427,7 @@ impl ManagerActors {
             node_timeout: config.node_timeout,
             workers_arbiter: workers_arbiter.clone(),
             cluster_token: config.cluster_token.clone(),
+            worker_tls: worker_tls(config)?,
         })?;
         let manager = Manager::start_in_arbiter(&arbiter, move |_| manager);
         Ok(ManagerActors {
@@ -401,12 +486,25 @@ impl ManagerHandle {
 /// Start a manager: recover from its store, connect to the configured workers and serve its
 /// API. Must run inside an actix system.
 pub async fn start_manager(config: ManagerConfig) -> Result<ManagerHandle, ServeError> {
+    let tls = tls_files(
+        config.tls_cert.as_ref(),
+        config.tls_key.as_ref(),
+        config.tls_ca.as_ref(),
+    )?
+    .map(|files| tls::server_config(&files, false))
+    .transpose()
+    .map_err(ServeError::Config)?;
     let actors = ManagerActors::start(&config)?;
+    let worker_scheme = if config.tls_ca.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     for address in &config.workers {
-        let url = if address.starts_with("http://") {
+        let url = if address.contains("://") {
             address.trim_end_matches('/').to_string()
         } else {
-            format!("http://{address}")
+            format!("{worker_scheme}://{address}")
         };
         actors.add_worker(WorkerLink::Http(url));
     }
@@ -417,8 +515,10 @@ pub async fn start_manager(config: ManagerConfig) -> Result<ManagerHandle, Serve
     };
     let listener = bind(&config.host, config.port)?;
     let addr = local_addr(&listener)?;
+    let scheme = scheme(&tls);
     let server = serve(
         listener,
+        tls,
         MANAGER_HTTP_THREADS,
         Access(Arc::new(config.tokens.clone())),
         move |cfg: &mut web::ServiceConfig| {
@@ -427,7 +527,7 @@ pub async fn start_manager(config: ManagerConfig) -> Result<ManagerHandle, Serve
         },
     )?;
     info!(
-        "manager listening on http://{addr} (scheduler {}, {} worker(s), data in {})",
+        "manager listening on {scheme}://{addr} (scheduler {}, {} worker(s), data in {})",
         config.scheduler,
         config.workers.len(),
         config.data_dir.display()

@@ -23,7 +23,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where a worker is.
 #[derive(Clone)]
 pub enum WorkerLink {
-    /// A worker process: its base URL, `http://host:port`.
+    /// A worker process: its base URL, `http://host:port` (or `https://`).
     Http(String),
     /// A worker actor in this process, and its name.
     Local(Addr<Worker>, String),
@@ -34,7 +34,10 @@ impl WorkerLink {
     /// this process (no colon: there is nothing to reach over the network).
     pub fn address(&self) -> String {
         match self {
-            WorkerLink::Http(url) => url.trim_start_matches("http://").to_string(),
+            WorkerLink::Http(url) => url
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .to_string(),
             WorkerLink::Local(_, name) => format!("in-process/{name}"),
         }
     }
@@ -101,6 +104,8 @@ pub struct WorkerTarget {
     pub link: WorkerLink,
     /// The cluster token, presented on every call.
     pub token: Option<String>,
+    /// For `https://` links: whom to trust, and the client certificate to present.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 /// A connection to one worker.
@@ -112,7 +117,12 @@ pub struct WorkerClient {
 
 impl WorkerClient {
     pub fn new(target: WorkerTarget) -> WorkerClient {
+        let connector = match &target.tls {
+            Some(c) => awc::Connector::new().rustls_0_23(c.clone()),
+            None => awc::Connector::new(),
+        };
         let mut http = awc::Client::builder()
+            .connector(connector)
             .timeout(CALL_TIMEOUT)
             .disable_redirects();
         if let Some(token) = &target.token {

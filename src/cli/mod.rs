@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -48,6 +49,10 @@ pub struct Cli {
     /// as a write token.
     #[arg(long, global = true, env = "CUBE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// The CA to trust for an `https://` manager. Without it the client commands use the one
+    /// `cube up --tls` saved for this manager (~/.config/cube/<host>-<port>.ca.pem).
+    #[arg(long, global = true, env = "CUBE_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -109,6 +114,16 @@ pub struct ManagerArgs {
     /// Serve beyond loopback with no token: anyone who reaches the API can run containers.
     #[arg(long)]
     pub insecure: bool,
+    /// Serve HTTPS with this certificate (PEM, chain first); also the client certificate
+    /// presented to workers.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Call workers over HTTPS, trusting this CA (PEM) for their certificates.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 /// The manager's TOML file.
@@ -176,6 +191,9 @@ impl ManagerArgs {
         }
         config.cluster_token = self.cluster_token.clone();
         config.insecure = self.insecure;
+        config.tls_cert = self.tls_cert.clone();
+        config.tls_key = self.tls_key.clone();
+        config.tls_ca = self.tls_ca.clone();
         Ok(config)
     }
 }
@@ -235,6 +253,16 @@ pub struct WorkerArgs {
     /// write token of the manager (--token or CUBE_TOKEN) when it has tokens.
     #[arg(long, value_name = "URL")]
     pub join: Option<String>,
+    /// Serve HTTPS with this certificate (PEM, chain first).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require callers to present a client certificate signed by this CA (PEM): mutual TLS,
+    /// so only the manager gets in. Also trusted for the manager's certificate when joining.
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
     /// With --join: `host:port` the manager reaches this worker at [default: --host and the
     /// port; with --host 0.0.0.0, the address the join comes from].
     #[arg(long, value_name = "HOST:PORT", requires = "join", value_parser = parse_address)]
@@ -313,6 +341,9 @@ impl WorkerArgs {
         };
         config.cluster_token = self.cluster_token.clone();
         config.insecure = self.insecure;
+        config.tls_cert = self.tls_cert.clone();
+        config.tls_key = self.tls_key.clone();
+        config.tls_ca = self.tls_ca.clone();
         config.join = self.join.as_ref().map(|url| {
             let manager = if url.contains("://") {
                 url.clone()
@@ -429,7 +460,7 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {
     let token = cli.token.clone().or_else(|| saved_token(&cli.manager));
-    let client = Client::new(&cli.manager, token);
+    let client = Client::new(&cli.manager, token, cli.ca_cert.clone());
     match cli.command {
         Command::Manager(args) => {
             let handle = start_manager(args.config(cli.token.as_deref())?)
@@ -491,6 +522,16 @@ fn task_id(s: &str) -> Result<uuid::Uuid, String> {
 /// Where `cube up` keeps the token of the manager at `url`: `~/.config/cube/<host>-<port>.token`
 /// (as k3s keeps its kubeconfig), so the CLI finds it from any directory.
 pub fn token_path(url: &str) -> Option<PathBuf> {
+    saved_path(url, "token")
+}
+
+/// Where `cube up --tls` keeps the CA of the manager at `url`, for the CLI to trust.
+pub fn ca_path(url: &str) -> Option<PathBuf> {
+    saved_path(url, "ca.pem")
+}
+
+/// `~/.config/cube/<host>-<port>.<ext>`, what `cube up` saves for the manager at `url`.
+fn saved_path(url: &str, ext: &str) -> Option<PathBuf> {
     let home = std::env::var_os("HOME")?;
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split('/').next().unwrap_or(rest);
@@ -511,7 +552,7 @@ pub fn token_path(url: &str) -> Option<PathBuf> {
     Some(
         PathBuf::from(home)
             .join(".config/cube")
-            .join(format!("{host}-{port}.token")),
+            .join(format!("{host}-{port}.{ext}")),
     )
 }
 
@@ -524,7 +565,8 @@ fn saved_token(url: &str) -> Option<String> {
 /// A small HTTP client for the manager API, with errors fit for one line.
 pub struct Client {
     base: String,
-    http: awc::Client,
+    /// The client, or why there is none (an `https://` manager with no CA to trust).
+    http: Result<awc::Client, String>,
 }
 
 #[derive(Deserialize)]
@@ -540,21 +582,49 @@ fn error_message(body: &[u8]) -> String {
 }
 
 impl Client {
-    pub fn new(base: &str, token: Option<String>) -> Client {
+    /// A client of the manager at `base`, presenting `token`; an `https://` manager's
+    /// certificate is checked against `ca`, or the CA `cube up --tls` saved for it.
+    pub fn new(base: &str, token: Option<String>, ca: Option<PathBuf>) -> Client {
         let base = base.trim_end_matches('/');
         let base = if base.contains("://") {
             base.to_string()
         } else {
             format!("http://{base}")
         };
-        let mut http = awc::Client::builder().timeout(Duration::from_secs(30));
-        if let Some(token) = token {
-            http = http.bearer_auth(token);
-        }
-        Client {
-            base,
-            http: http.finish(),
-        }
+        // `cube up --tls` saved a CA for this manager: it serves HTTPS.
+        let saved_ca = ca_path(&base).filter(|p| p.exists());
+        let base = match base.strip_prefix("http://") {
+            Some(rest) if saved_ca.is_some() => format!("https://{rest}"),
+            _ => base,
+        };
+        let tls = if base.starts_with("https://") {
+            match ca.or(saved_ca) {
+                Some(ca) => crate::tls::client_config(&ca, None).map(|c| Some(Arc::new(c))),
+                None => Err(format!(
+                    "{base} serves HTTPS: give the CA that signed its certificate with --ca-cert or CUBE_CA_CERT"
+                )),
+            }
+        } else {
+            Ok(None)
+        };
+        let http = tls.map(|tls| {
+            let connector = match tls {
+                Some(c) => awc::Connector::new().rustls_0_23(c),
+                None => awc::Connector::new(),
+            };
+            let mut http = awc::Client::builder()
+                .connector(connector)
+                .timeout(Duration::from_secs(30));
+            if let Some(token) = token {
+                http = http.bearer_auth(token);
+            }
+            http.finish()
+        });
+        Client { base, http }
+    }
+
+    fn http(&self) -> Result<&awc::Client, String> {
+        self.http.as_ref().map_err(Clone::clone)
     }
 
     fn unreachable(&self, e: impl std::fmt::Display) -> String {
@@ -601,7 +671,7 @@ impl Client {
     }
 
     pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
-        self.json(self.http.get(format!("{}{path}", self.base)), None)
+        self.json(self.http()?.get(format!("{}{path}", self.base)), None)
             .await
     }
 
@@ -610,19 +680,22 @@ impl Client {
         path: &str,
         body: Vec<u8>,
     ) -> Result<T, String> {
-        self.json(self.http.post(format!("{}{path}", self.base)), Some(body))
-            .await
+        self.json(
+            self.http()?.post(format!("{}{path}", self.base)),
+            Some(body),
+        )
+        .await
     }
 
     /// A DELETE whose answer has no body (204).
     pub async fn delete_empty(&self, path: &str) -> Result<(), String> {
-        self.send(self.http.delete(format!("{}{path}", self.base)), None)
+        self.send(self.http()?.delete(format!("{}{path}", self.base)), None)
             .await
             .map(|_| ())
     }
 
     pub async fn delete<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
-        self.json(self.http.delete(format!("{}{path}", self.base)), None)
+        self.json(self.http()?.delete(format!("{}{path}", self.base)), None)
             .await
     }
 }
@@ -791,7 +864,7 @@ async fn logs(client: &Client, args: LogsArgs) -> Result<(), String> {
     if let Some(t) = args.tail {
         path.push_str(&format!("&tail={t}"));
     }
-    let req = client.http.get(format!("{}{path}", client.base));
+    let req = client.http()?.get(format!("{}{path}", client.base));
     let req = if args.follow {
         req.timeout(Duration::from_secs(365 * 24 * 3600))
     } else {

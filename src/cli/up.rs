@@ -21,6 +21,7 @@ use crate::server::{
     DEFAULT_FAKE_CAPACITY, DEFAULT_HEALTH_INTERVAL, DEFAULT_NODE_TIMEOUT, ManagerConfig,
     RuntimeKind, start_manager,
 };
+use crate::tls::{LocalPki, TlsFiles};
 
 /// The image the README's first example runs; built here from Debian's static busybox, since a
 /// fresh machine may have no registry to pull from.
@@ -64,6 +65,11 @@ pub struct UpArgs {
     /// `~/.config/cube/`, where the CLI finds it) and a cluster token for its workers.
     #[arg(long)]
     pub insecure: bool,
+    /// Serve both APIs over HTTPS, with mutual TLS between the manager and its workers: a CA
+    /// and certificates for this cluster are made in <data-dir>/tls, and the CA is saved where
+    /// the CLI finds it (~/.config/cube/<host>-<port>.ca.pem).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 pub async fn run(args: UpArgs) -> Result<ExitCode, String> {
@@ -87,6 +93,36 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, String> {
         Some(path)
     };
 
+    let pki = if args.tls {
+        let names: Vec<String> = std::iter::once("manager".to_string())
+            .chain((1..=args.workers).map(|i| format!("w{i}")))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut hosts = vec![args.host.clone()];
+        for h in ["127.0.0.1", "localhost"] {
+            if !hosts.iter().any(|x| x == h) {
+                hosts.push(h.to_string());
+            }
+        }
+        let pki = LocalPki::generate(&args.data_dir.join("tls"), &names, &hosts)?;
+        let files = pki.files("manager");
+        config.tls_cert = Some(files.cert);
+        config.tls_key = Some(files.key);
+        config.tls_ca = Some(pki.ca.clone());
+        let saved = super::ca_path(&manager_url)
+            .ok_or("HOME is not set, so there is nowhere to keep the cluster's CA")?;
+        let ca = std::fs::read_to_string(&pki.ca)
+            .map_err(|e| format!("cannot read {}: {e}", pki.ca.display()))?;
+        crate::fsutil::write_private(&saved, &ca)
+            .map_err(|e| format!("cannot save the CA to {}: {e}", saved.display()))?;
+        Some((pki, saved))
+    } else {
+        // A CA left by an earlier `cube up --tls` here would send the CLI to HTTPS.
+        if let Some(stale) = super::ca_path(&manager_url) {
+            let _ = std::fs::remove_file(stale);
+        }
+        None
+    };
     let mut children = Vec::new();
     let mut worker_lines = Vec::new();
     match args.runtime {
@@ -100,11 +136,19 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, String> {
                     .checked_add(i as u16)
                     .ok_or("the manager's port leaves no room for worker ports")?;
                 let name = format!("w{i}");
-                let child =
-                    spawn_worker(&exe, &args, &name, port, config.cluster_token.as_deref())?;
+                let tls = pki.as_ref().map(|(pki, _)| pki.files(&name));
+                let child = spawn_worker(
+                    &exe,
+                    &args,
+                    &name,
+                    port,
+                    config.cluster_token.as_deref(),
+                    tls.as_ref(),
+                )?;
                 children.push(child);
                 let address = format!("{}:{port}", args.host);
-                worker_lines.push(format!("  worker   {name}  http://{address}"));
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                worker_lines.push(format!("  worker   {name}  {scheme}://{address}"));
                 config.workers.push(address);
             }
         }
@@ -127,6 +171,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, String> {
         &handle.addr.to_string(),
         &worker_lines,
         token_file.as_deref(),
+        pki.as_ref().map(|(_, saved)| saved.as_path()),
     );
 
     let served = handle.wait().await;
@@ -152,29 +197,9 @@ fn api_token(url: &str) -> Result<(String, PathBuf), String> {
         }
     }
     let token = auth::generate();
-    save_secret(&path, &token)
+    crate::fsutil::write_private(&path, &format!("{token}\n"))
         .map_err(|e| format!("cannot save the API token to {}: {e}", path.display()))?;
     Ok((token, path))
-}
-
-/// Write `secret` to `path`, readable only by its owner (the directory too).
-fn save_secret(path: &Path, secret: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(format!("{secret}\n").as_bytes())?;
-    file.sync_all()
 }
 
 fn spawn_worker(
@@ -183,6 +208,7 @@ fn spawn_worker(
     name: &str,
     port: u16,
     cluster_token: Option<&str>,
+    tls: Option<&TlsFiles>,
 ) -> Result<Child, String> {
     let data_dir = args.data_dir.join(name);
     let mut command = Command::new(exe);
@@ -195,6 +221,13 @@ fn spawn_worker(
     command.arg("worker");
     if cluster_token.is_none() {
         command.arg("--insecure");
+    }
+    if let Some(tls) = tls {
+        command.arg("--tls-cert").arg(&tls.cert);
+        command.arg("--tls-key").arg(&tls.key);
+        if let Some(ca) = &tls.ca {
+            command.arg("--tls-ca").arg(ca);
+        }
     }
     command
         .args(["--host", &args.host])
@@ -251,7 +284,15 @@ async fn ensure_demo_image() -> Result<(), String> {
         .map_err(|e| format!("cannot build the demo image {DEMO_IMAGE}: {e}"))
 }
 
-fn print_banner(args: &UpArgs, manager: &str, workers: &[String], token_file: Option<&Path>) {
+fn print_banner(
+    args: &UpArgs,
+    manager: &str,
+    workers: &[String],
+    token_file: Option<&Path>,
+    ca: Option<&Path>,
+) {
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let cacert = ca.map_or(String::new(), |p| format!(" --cacert {}", home_relative(p)));
     let exe = std::env::current_exe()
         .ok()
         .map(|p| shorten(&p))
@@ -264,7 +305,7 @@ fn print_banner(args: &UpArgs, manager: &str, workers: &[String], token_file: Op
         format!("{exe} run -f {} --wait", example.display())
     } else {
         format!(
-            "curl -s -XPOST http://{manager}/tasks{auth} -d '{{\"task\": {{\"image\": \"{DEMO_IMAGE}\", \"cmd\": [\"httpd\", \"-f\", \"-p\", \"8080\"], \"exposed_ports\": [\"8080/tcp\"]}}}}'"
+            "curl -s{cacert} -XPOST {scheme}://{manager}/tasks{auth} -d '{{\"task\": {{\"image\": \"{DEMO_IMAGE}\", \"cmd\": [\"httpd\", \"-f\", \"-p\", \"8080\"], \"exposed_ports\": [\"8080/tcp\"]}}}}'"
         )
     };
     let mut lines = vec![
@@ -277,7 +318,7 @@ fn print_banner(args: &UpArgs, manager: &str, workers: &[String], token_file: Op
             },
             args.scheduler
         ),
-        format!("  manager  http://{manager}"),
+        format!("  manager  {scheme}://{manager}"),
     ];
     lines.extend(workers.iter().cloned());
     lines.push(String::new());
@@ -291,6 +332,12 @@ fn print_banner(args: &UpArgs, manager: &str, workers: &[String], token_file: Op
         None => lines.push(
             "No tokens (--insecure): anyone who can reach these ports can run containers.".into(),
         ),
+    }
+    if let Some(ca) = ca {
+        lines.push(format!(
+            "HTTPS, with mutual TLS to the workers; the CA is in {} (the CLI trusts it by itself).",
+            home_relative(ca)
+        ));
     }
     lines.push("Try:".into());
     lines.push(format!("  {try_run}"));

@@ -56,13 +56,21 @@ pub fn body(name: &str, host: &str, port: u16, advertise: Option<&str>) -> serde
 /// token the manager presents to its workers.
 pub async fn join(
     config: &JoinConfig,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     name: &str,
     host: &str,
     port: u16,
 ) -> Result<Option<String>, String> {
     let url = format!("{}/nodes", config.manager.trim_end_matches('/'));
     let body = body(name, host, port, config.advertise.as_deref());
-    let mut http = awc::Client::builder().timeout(JOIN_TIMEOUT);
+    // TLS for an `https://` manager; the connector takes plain HTTP either way.
+    let connector = match &tls {
+        Some(c) => awc::Connector::new().rustls_0_23(c.clone()),
+        None => awc::Connector::new(),
+    };
+    let mut http = awc::Client::builder()
+        .connector(connector)
+        .timeout(JOIN_TIMEOUT);
     if let Some(token) = &config.token {
         http = http.bearer_auth(token);
     }

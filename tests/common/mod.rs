@@ -92,6 +92,7 @@ pub fn unique(prefix: &str) -> String {
 /// A `cube` child process; SIGKILLed when dropped. Its log goes to a file kept for failures.
 pub struct CubeProcess {
     child: Option<Child>,
+    scheme: String,
     pub addr: String,
     pub log: PathBuf,
 }
@@ -132,14 +133,16 @@ impl CubeProcess {
                     use std::io::Write;
                     let _ = writeln!(f, "{line}");
                 }
-                if let Some(rest) = line.split("listening on http://").nth(1) {
+                if let Some(rest) = line.split("listening on ").nth(1)
+                    && let Some((scheme, rest)) = rest.split_once("://")
+                {
                     let addr = rest.split_whitespace().next().unwrap_or("").to_string();
-                    let _ = tx.send(addr);
+                    let _ = tx.send((scheme.to_string(), addr));
                 }
             }
         });
-        let addr = match rx.recv_timeout(PATIENCE) {
-            Ok(addr) => addr,
+        let (scheme, addr) = match rx.recv_timeout(PATIENCE) {
+            Ok(found) => found,
             Err(_) => {
                 let _ = child.kill();
                 panic!(
@@ -150,13 +153,15 @@ impl CubeProcess {
         };
         CubeProcess {
             child: Some(child),
+            scheme,
             addr,
             log,
         }
     }
 
+    /// `http://host:port`, or `https://` when it serves TLS.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     pub fn port(&self) -> u16 {
@@ -288,6 +293,30 @@ impl Http {
         Http { agent, token: None }
     }
 
+    /// A client of HTTPS servers whose certificates `ca` signed, presenting the client
+    /// certificate `identity` (certificate, key) when given, and `token` when given.
+    pub fn tls(ca: &Path, identity: Option<(&Path, &Path)>, token: Option<&str>) -> Http {
+        use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+        let pem = |p: &Path| std::fs::read(p).expect("a PEM file");
+        let ca = Certificate::from_pem(&pem(ca)).expect("a CA certificate");
+        let mut tls = TlsConfig::builder().root_certs(RootCerts::new_with_certs(&[ca]));
+        if let Some((cert, key)) = identity {
+            let cert = Certificate::from_pem(&pem(cert)).expect("a certificate");
+            let key = PrivateKey::from_pem(&pem(key)).expect("a key");
+            tls = tls.client_cert(Some(ClientCert::new_with_certs(&[cert], key)));
+        }
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .tls_config(tls.build())
+            .build()
+            .into();
+        Http {
+            agent,
+            token: token.map(|t| format!("Bearer {t}")),
+        }
+    }
+
     /// A client that presents `token` as `Authorization: Bearer` on every request.
     pub fn with_token(token: &str) -> Http {
         Http {
@@ -304,7 +333,14 @@ impl Http {
     }
 
     fn reply(res: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply {
-        let mut res = res.expect("the server answers");
+        Http::try_reply(res).expect("the server answers")
+    }
+
+    /// The reply, or the error of a request that got none (refused, TLS handshake failed).
+    fn try_reply(
+        res: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Reply, ureq::Error> {
+        let mut res = res?;
         let status = res.status().as_u16();
         let location = res
             .headers()
@@ -317,11 +353,16 @@ impl Http {
             .limit(256 << 20)
             .read_to_string()
             .unwrap_or_default();
-        Reply {
+        Ok(Reply {
             status,
             body,
             location,
-        }
+        })
+    }
+
+    /// GET that tells a request with no answer (refused, a failed TLS handshake) from a reply.
+    pub fn try_get(&self, url: &str) -> Result<Reply, ureq::Error> {
+        Http::try_reply(self.auth(self.agent.get(url)).call())
     }
 
     pub fn get(&self, url: &str) -> Reply {

@@ -45,6 +45,8 @@ pub struct ManagerSetup {
     pub workers_arbiter: actix::dev::ArbiterHandle,
     /// The token presented to workers.
     pub cluster_token: Option<String>,
+    /// Workers are called over HTTPS with this configuration.
+    pub worker_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 pub struct Manager {
@@ -56,6 +58,7 @@ pub struct Manager {
     proxies: Vec<Addr<WorkerProxy>>,
     workers_arbiter: actix::dev::ArbiterHandle,
     cluster_token: Option<String>,
+    worker_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     node_timeout: Duration,
     health_interval: Duration,
     health: Option<Addr<HealthChecker>>,
@@ -114,6 +117,7 @@ impl Manager {
             proxies: Vec::new(),
             workers_arbiter: setup.workers_arbiter,
             cluster_token: setup.cluster_token,
+            worker_tls: setup.worker_tls,
             node_timeout: setup.node_timeout,
             health_interval: setup.health_interval,
             health: None,
@@ -259,6 +263,16 @@ impl Manager {
         });
     }
 
+    /// How to reach the worker at `host:port`: over HTTPS when workers are.
+    fn link(&self, address: &str) -> WorkerLink {
+        let scheme = if self.worker_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        WorkerLink::Http(format!("{scheme}://{address}"))
+    }
+
     /// Start a proxy for a worker link, on the workers' thread.
     fn connect(&mut self, link: WorkerLink, ctx: &mut Context<Self>) -> Addr<WorkerProxy> {
         let endpoint = self.core.add_endpoint(&link.address());
@@ -270,6 +284,7 @@ impl Manager {
         let target = WorkerTarget {
             link,
             token: self.cluster_token.clone(),
+            tls: self.worker_tls.clone(),
         };
         // The client is made on the proxy's thread: it stays on the thread that made it.
         let proxy = WorkerProxy::start_in_arbiter(&self.workers_arbiter, move |_| {
@@ -335,7 +350,8 @@ impl Actor for Manager {
         for (name, address) in self.core.bound_addresses() {
             if address.contains(':') && !address.starts_with("in-process") {
                 info!("manager: watching worker {name} at {address} (known from the store)");
-                self.connect(WorkerLink::Http(format!("http://{address}")), ctx);
+                let link = self.link(&address);
+                self.connect(link, ctx);
             }
         }
         self.step(ctx);
@@ -563,7 +579,8 @@ impl Handler<JoinNode> for Manager {
         let outcome = self.core.join(&msg.name, &msg.address);
         if outcome.is_ok() {
             info!("worker {} joins at {}", msg.name, msg.address);
-            self.connect(WorkerLink::Http(format!("http://{}", msg.address)), ctx);
+            let link = self.link(&msg.address);
+            self.connect(link, ctx);
         }
         let durable = self.carry_out(ctx, true);
         let cluster_token = self.cluster_token.clone();
