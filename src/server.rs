@@ -149,6 +149,14 @@ impl WorkerHandle {
     }
 }
 
+/// Time a client has to send a request's head (line and headers) once it connects.
+pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client has to close after its connection is shut down.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an idle keep-alive connection stays open. Longer than the manager's heartbeat
+/// (1 s), so its connections to workers are reused.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
 /// Bind `host:port` (port 0 picks a free one), before serving: a worker that joins a manager
 /// learns its port, and connections that arrive before it serves wait in the backlog.
 fn bind(host: &str, port: u16) -> Result<std::net::TcpListener, ServeError> {
@@ -177,7 +185,13 @@ where
             .configure(configure.clone())
             .default_service(web::to(crate::http::no_route))
     })
-    .workers(threads);
+    .workers(threads)
+    // A client that is slow to send its request head, or half-sends it, is answered 408 and
+    // dropped; a connection costs no thread while it waits (every one is async), and a
+    // request body gets its own deadline where it is read (`http::read_body`).
+    .client_request_timeout(REQUEST_HEAD_TIMEOUT)
+    .client_disconnect_timeout(DISCONNECT_TIMEOUT)
+    .keep_alive(KEEP_ALIVE);
     let server = match tls {
         Some(tls) => server.listen_rustls_0_23(listener, tls),
         None => server.listen(listener),
@@ -248,6 +262,8 @@ pub async fn open_runtime(config: &WorkerConfig) -> Result<Arc<dyn Runtime>, Ser
 /// Start a worker: open its store, connect its runtime, start the actor (which reconciles with
 /// the runtime) and serve its API. Must run inside an actix system.
 pub async fn start_worker(config: WorkerConfig) -> Result<WorkerHandle, ServeError> {
+    crate::node::check_name(&config.name)
+        .map_err(|e| ServeError::Config(format!("the worker name {:?}: {e}", config.name)))?;
     std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
         path: config.data_dir.clone(),
         source,

@@ -363,6 +363,18 @@ impl WorkerArgs {
 /// `<hostname>-<port>`: the same on every restart, different for workers side by side.
 pub fn default_worker_name(port: u16) -> String {
     let host = sysinfo::System::host_name().unwrap_or_else(|| "worker".into());
+    // Within a node name's length and alphabet, whatever the host is called.
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(crate::node::MAX_NAME_LEN - 6)
+        .collect();
     format!("{host}-{port}")
 }
 

@@ -12,6 +12,10 @@
 //! | `POST /nodes` | a worker joins: `{name, address}` or `{name, port}`; 201 once committed |
 //! | `DELETE /nodes/{name}` | forget a node with no tasks: 204; 409 naming its tasks |
 //! | `GET /health` | 200 once recovery is complete, 503 before |
+//!
+//! Every query field is taken as text and parsed by the handler, so a bad value is a 400 naming
+//! the field, the value and what is accepted (see [`super::integer`]); no input makes a handler
+//! panic or overflow.
 
 use actix::Addr;
 use actix_web::http::StatusCode;
@@ -20,7 +24,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 
 use super::worker::LogsQuery;
-use super::{ApiError, endpoint, read_body};
+use super::{ApiError, endpoint, integer, path_task_id, read_body, shown};
 use crate::actors::client::CallError;
 use crate::actors::client::WorkerClient;
 use crate::actors::manager::core::NodeRefusal;
@@ -28,7 +32,12 @@ use crate::actors::manager::{
     CountTasks, ForgetNode, GetTask, JoinNode, ListNodes, ListTasks, LogsOf, Manager, ManagerError,
     StopTask, Submit,
 };
-use crate::task::{Desired, State, parse_submission, parse_task_id};
+use crate::task::{Desired, State, parse_submission};
+
+/// The most tasks one page of `GET /tasks?limit=` holds. A larger limit is refused (400), not
+/// cut: a client that reads a short page as the last one must never be told less than it asked
+/// for. Without `limit` every task comes.
+pub const MAX_LIST_LIMIT: usize = 5000;
 
 /// What the handlers reach.
 #[derive(Clone)]
@@ -104,38 +113,53 @@ async fn submit(
 struct ListQuery {
     state: Option<String>,
     worker: Option<String>,
-    limit: Option<usize>,
+    limit: Option<String>,
     after: Option<String>,
 }
 
-async fn list_tasks(
-    api: web::Data<ManagerApi>,
-    query: web::Query<ListQuery>,
-) -> Result<HttpResponse, ApiError> {
-    let query = query.into_inner();
+/// The filters of `GET /tasks`, checked: `state` one of the five states; `worker` any name
+/// (one no node has matches nothing); `limit` 1 to [`MAX_LIST_LIMIT`] (0 and more than the
+/// maximum are a 400; without it, every task); `after` a task id (it need not exist).
+fn list_filters(query: ListQuery) -> Result<ListTasks, ApiError> {
     let state = match query.state.as_deref() {
         None => None,
         Some(s) => Some(State::parse(s).ok_or_else(|| {
             ApiError::bad_request(format!(
-                "state={s:?} is not a state; expected Pending, Scheduled, Running, Completed or Failed"
+                "state={} is not a state; expected Pending, Scheduled, Running, Completed or Failed",
+                shown(s)
             ))
         })?),
     };
-    let after = match query.after.as_deref() {
-        None => None,
-        Some(a) => {
-            Some(parse_task_id(a).map_err(|e| ApiError::bad_request(format!("after: {e}")))?)
-        }
-    };
-    let tasks = api
-        .manager
-        .send(ListTasks {
-            state,
-            worker: query.worker,
-            after,
-            limit: query.limit,
+    let limit = query
+        .limit
+        .map(|l| {
+            integer(
+                "limit",
+                &l,
+                1..=MAX_LIST_LIMIT,
+                " (page on with after=<the last id>; leave limit out for every task)",
+            )
         })
-        .await?;
+        .transpose()?;
+    let after = query
+        .after
+        .map(|a| super::uuid("after", &a, "a task id"))
+        .transpose()?;
+    Ok(ListTasks {
+        state,
+        worker: query.worker,
+        after,
+        limit,
+    })
+}
+
+/// Tasks ordered by id; see [`list_filters`] for the query.
+async fn list_tasks(
+    api: web::Data<ManagerApi>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let filters = list_filters(query.into_inner())?;
+    let tasks = api.manager.send(filters).await?;
     Ok(HttpResponse::Ok().json(tasks))
 }
 
@@ -143,7 +167,7 @@ async fn get_task(
     api: web::Data<ManagerApi>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_task_id(&id)?;
+    let id = path_task_id(&id)?;
     let task = api
         .manager
         .send(GetTask(id))
@@ -156,20 +180,24 @@ async fn stop_task(
     api: web::Data<ManagerApi>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_task_id(&id)?;
+    let id = path_task_id(&id)?;
     let task = api.manager.send(StopTask(id)).await??;
     Ok(HttpResponse::Accepted().json(task))
 }
 
+/// The container's output, read from its worker; `tail` (0 to
+/// [`super::worker::MAX_LOG_TAIL`] lines) and `follow` are checked here, before any worker is
+/// asked (see [`LogsQuery::checked`]).
 async fn task_logs(
     api: web::Data<ManagerApi>,
     id: web::Path<String>,
     query: web::Query<LogsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_task_id(&id)?;
+    let id = path_task_id(&id)?;
+    let (tail, follow) = query.into_inner().checked()?;
     let target = api.manager.send(LogsOf(id)).await??;
     let stream = WorkerClient::new(target)
-        .logs(id, query.tail, query.follow)
+        .logs(id, tail, follow)
         .await
         .map_err(|e| match e {
             CallError::NotFound(_) => ApiError::not_found(format!(
@@ -189,8 +217,6 @@ async fn nodes(api: web::Data<ManagerApi>) -> Result<HttpResponse, ApiError> {
 }
 
 /// What a joining worker sends.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct JoinBody {
     name: String,
     /// `host:port` the manager reaches the worker at; or only its `port`, at the address the
@@ -199,17 +225,72 @@ struct JoinBody {
     port: Option<u16>,
 }
 
+const JOIN_EXPECTED: &str =
+    "expected {\"name\": \"w1\", \"address\": \"host:port\"} or {\"name\": \"w1\", \"port\": 5556}";
+
+/// Read a join, field by field, so every refusal names its field: `name` a string, `address` a
+/// string (or null), `port` an integer from 1 to 65535 (or null), nothing else.
+fn parse_join(body: &[u8]) -> Result<JoinBody, ApiError> {
+    use serde_json::Value;
+    let bad = |what: String| ApiError::bad_request(format!("{what}; {JOIN_EXPECTED}"));
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        bad(format!(
+            "the body is not a join: it is not valid JSON ({e})"
+        ))
+    })?;
+    let Value::Object(mut map) = value else {
+        return Err(bad("the body is not a join: it is not a JSON object".into()));
+    };
+    if let Some(key) = map
+        .keys()
+        .find(|k| !matches!(k.as_str(), "name" | "address" | "port"))
+    {
+        return Err(bad(format!("{} is not a field of a join", shown(key))));
+    }
+    let name = match map.remove("name") {
+        Some(Value::String(name)) => name,
+        None | Some(Value::Null) => return Err(bad("name is missing".into())),
+        Some(other) => {
+            return Err(bad(format!(
+                "name is {}, not a string",
+                shown(&other.to_string())
+            )));
+        }
+    };
+    let address = match map.remove("address") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(a)) => Some(a),
+        Some(other) => {
+            return Err(bad(format!(
+                "address is {}, not a string",
+                shown(&other.to_string())
+            )));
+        }
+    };
+    let port = match map.remove("port") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(integer("port", &n.to_string(), 1..=u16::MAX, "")?),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "port is {}, not a number; expected an integer from 1 to 65535",
+                shown(&other.to_string())
+            )));
+        }
+    };
+    Ok(JoinBody {
+        name,
+        address,
+        port,
+    })
+}
+
 async fn join_node(
     api: web::Data<ManagerApi>,
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let body = read_body(&req, payload).await?;
-    let join: JoinBody = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the body is not a join: {e}; expected {{\"name\": \"w1\", \"address\": \"host:port\"}} or {{\"name\": \"w1\", \"port\": 5556}}"
-        ))
-    })?;
+    let join = parse_join(&body)?;
     crate::node::check_name(&join.name).map_err(|e| ApiError::bad_request(format!("name: {e}")))?;
     let address = match (join.address, join.port) {
         (Some(a), None) => {
@@ -217,7 +298,7 @@ async fn join_node(
                 .map_err(|e| ApiError::bad_request(format!("address: {e}")))?;
             a
         }
-        (None, Some(port)) if port > 0 => {
+        (None, Some(port)) => {
             let peer = req.peer_addr().ok_or_else(|| {
                 ApiError::bad_request(
                     "the request's address is unknown; give address: \"host:port\"",
@@ -252,11 +333,17 @@ async fn join_node(
         })))
 }
 
+/// Forget a node; its name is checked as a join checks it (1 to 63 letters, digits, `.`, `_`
+/// or `-`), so a name no node can have is a 400, not a 404.
 async fn forget_node(
     api: web::Data<ManagerApi>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    api.manager.send(ForgetNode(name.into_inner())).await??;
+    let name = name.into_inner();
+    crate::node::check_name(&name).map_err(|e| {
+        ApiError::bad_request(format!("the node name {} in the path: {e}", shown(&name)))
+    })?;
+    api.manager.send(ForgetNode(name)).await??;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -266,4 +353,103 @@ async fn health(api: web::Data<ManagerApi>) -> Result<HttpResponse, ApiError> {
     let counts = api.manager.send(CountTasks).await?;
     let tasks: usize = counts.values().sum();
     Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok", "tasks": tasks})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(
+        limit: Option<&str>,
+        after: Option<&str>,
+        state: Option<&str>,
+    ) -> Result<ListTasks, String> {
+        list_filters(ListQuery {
+            state: state.map(str::to_string),
+            worker: None,
+            limit: limit.map(str::to_string),
+            after: after.map(str::to_string),
+        })
+        .map_err(|e| e.message)
+    }
+
+    #[test]
+    fn a_page_holds_1_to_5000_tasks() {
+        assert_eq!(
+            list(Some("5000"), None, None).unwrap().limit,
+            Some(MAX_LIST_LIMIT)
+        );
+        assert_eq!(list(Some("1"), None, None).unwrap().limit, Some(1));
+        assert_eq!(list(None, None, None).unwrap().limit, None);
+        for (limit, after, state, says) in [
+            (
+                Some("0"),
+                None,
+                None,
+                "limit=0 is out of range; expected an integer from 1 to 5000",
+            ),
+            (Some("5001"), None, None, "limit=5001 is out of range"),
+            (Some("-1"), None, None, "limit=-1 is out of range"),
+            (Some("1e99"), None, None, "limit=1e99 is not an integer"),
+            (Some("abc"), None, None, "limit=abc is not a number"),
+            (None, Some("abc"), None, "after=abc is not a task id"),
+            (
+                None,
+                None,
+                Some("Sleeping"),
+                "state=Sleeping is not a state",
+            ),
+        ] {
+            let Err(m) = list(limit, after, state) else {
+                panic!("{limit:?} {after:?} {state:?} was taken");
+            };
+            assert!(m.contains(says), "{m}");
+        }
+    }
+
+    #[test]
+    fn a_join_names_the_field_it_refuses() {
+        let join = parse_join(br#"{"name": "w1", "port": 65535}"#).unwrap();
+        assert_eq!((join.name.as_str(), join.port), ("w1", Some(65535)));
+        let join = parse_join(br#"{"name": "w1", "address": "h:1", "port": null}"#).unwrap();
+        assert_eq!(join.address.as_deref(), Some("h:1"));
+        for (body, says) in [
+            (
+                r#"{"name": "w1", "port": 0}"#,
+                "port=0 is out of range; expected an integer from 1 to 65535",
+            ),
+            (
+                r#"{"name": "w1", "port": 65536}"#,
+                "port=65536 is out of range",
+            ),
+            (r#"{"name": "w1", "port": -1}"#, "port=-1 is out of range"),
+            (r#"{"name": "w1", "port": 1e99}"#, "is not an integer"),
+            (
+                r#"{"name": "w1", "port": 5.5}"#,
+                "port=5.5 is not an integer",
+            ),
+            (
+                r#"{"name": "w1", "port": "5556"}"#,
+                "port is \"5556\", not a number",
+            ),
+            (r#"{"name": 7, "port": 1}"#, "name is 7, not a string"),
+            (r#"{"port": 1}"#, "name is missing"),
+            (
+                r#"{"name": "w1", "address": 1}"#,
+                "address is 1, not a string",
+            ),
+            (
+                r#"{"name": "w1", "extra": 1}"#,
+                "extra is not a field of a join",
+            ),
+            (r#"[1]"#, "not a JSON object"),
+            (r#"{"#, "not valid JSON"),
+        ] {
+            let Err(e) = parse_join(body.as_bytes()) else {
+                panic!("{body} was taken");
+            };
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert!(e.message.contains(says), "{body}: {}", e.message);
+        }
+    }
 }

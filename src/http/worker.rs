@@ -9,6 +9,10 @@
 //! | `GET /tasks/{id}/logs` | the container's output (`?tail=N`, `?follow=true`) |
 //! | `GET /stats` | the machine's cpus, memory, disk, load and task count |
 //! | `GET /health` | `{"status":"ok","name":…}` |
+//!
+//! Every query field is taken as text and parsed by the handler, so a bad value is a 400 naming
+//! the field, the value and what is accepted (see [`super::integer`]); no input makes a handler
+//! panic or overflow.
 
 use std::time::Duration;
 
@@ -17,14 +21,17 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use serde::Deserialize;
-use uuid::Uuid;
 
-use super::{ApiError, endpoint, read_body};
+use super::{ApiError, boolean, endpoint, integer, path_task_id, read_body, shown};
 use crate::actors::worker::{
     GetStats, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, StartAttempt, StopAttempt,
     WatchChanges, Worker, WorkerError,
 };
-use crate::task::{Desired, parse_submission, parse_task_id};
+use crate::task::{Desired, parse_submission};
+
+/// The most log lines `?tail=` asks for; a larger tail is refused (400), not cut, so a client
+/// never takes a short answer for the whole log. Without `tail` the whole log comes.
+pub const MAX_LOG_TAIL: usize = 100_000;
 
 /// What the handlers reach.
 #[derive(Clone)]
@@ -94,41 +101,66 @@ async fn start_task(
 
 #[derive(Deserialize)]
 struct ListQuery {
-    since: Option<u64>,
+    since: Option<String>,
     /// Seconds to wait for a change.
-    wait: Option<f64>,
-    instance: Option<Uuid>,
+    wait: Option<String>,
+    instance: Option<String>,
 }
 
+/// The change feed's parameters, checked: `since` any `u64` (a sequence number ahead of the
+/// worker's, or of another instance, reads from the start); `wait` seconds `>= 0`, cut to
+/// [`MAX_WATCH_WAIT`] before it becomes a `Duration` (so `1e20` is no overflow), NaN, infinite
+/// or negative a 400; `instance` a UUID.
+fn feed_params(query: ListQuery) -> Result<Option<WatchChanges>, ApiError> {
+    let since = query
+        .since
+        .map(|s| {
+            integer(
+                "since",
+                &s,
+                0..=u64::MAX,
+                " (a sequence number from an earlier answer, or 0)",
+            )
+        })
+        .transpose()?;
+    let wait = match query.wait.as_deref() {
+        None => Duration::ZERO,
+        Some(raw) => {
+            let max = MAX_WATCH_WAIT.as_secs_f64();
+            let refuse = |problem: &str| {
+                ApiError::bad_request(format!(
+                    "wait={} {problem}; expected seconds >= 0 (a wait over {max} is cut to {max})",
+                    shown(raw)
+                ))
+            };
+            match raw.parse::<f64>() {
+                Ok(w) if w.is_finite() && w >= 0.0 => Duration::from_secs_f64(w.min(max)),
+                Ok(_) => return Err(refuse("is out of range")),
+                Err(_) => return Err(refuse("is not a number")),
+            }
+        }
+    };
+    let instance = query
+        .instance
+        .map(|i| super::uuid("instance", &i, "a worker instance id"))
+        .transpose()?;
+    Ok(since.map(|since| WatchChanges {
+        since,
+        instance,
+        wait,
+    }))
+}
+
+/// Every task, or with `?since=` the change feed (see [`feed_params`] for the bounds).
 async fn list_tasks(
     api: web::Data<WorkerApi>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(since) = query.since else {
+    let Some(watch) = feed_params(query.into_inner())? else {
         let tasks = api.worker.send(ReadTasks).await?;
         return Ok(HttpResponse::Ok().json(tasks));
     };
-    let wait = match query.wait {
-        None => Duration::ZERO,
-        // Any wait is cut to the longest the worker holds a long-poll, so an absurd one (1e20
-        // seconds) is not an overflow.
-        Some(w) if w.is_finite() && w >= 0.0 => {
-            Duration::from_secs_f64(w.min(MAX_WATCH_WAIT.as_secs_f64()))
-        }
-        Some(w) => {
-            return Err(ApiError::bad_request(format!(
-                "wait={w} is not a duration; expected seconds >= 0"
-            )));
-        }
-    };
-    let changes = api
-        .worker
-        .send(WatchChanges {
-            since,
-            instance: query.instance,
-            wait,
-        })
-        .await?;
+    let changes = api.worker.send(watch).await?;
     Ok(HttpResponse::Ok().json(changes))
 }
 
@@ -136,7 +168,7 @@ async fn get_task(
     api: web::Data<WorkerApi>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_task_id(&id)?;
+    let id = path_task_id(&id)?;
     let task = api
         .worker
         .send(ReadTask(id))
@@ -147,45 +179,67 @@ async fn get_task(
 
 #[derive(Deserialize)]
 struct StopQuery {
-    attempt: Option<u32>,
+    attempt: Option<String>,
 }
 
+/// Stop the task; with `?attempt=N` (1 to `u32::MAX`: a worker numbers attempts from 1, so 0
+/// is a 400) only if N is the attempt it runs, fencing every attempt up to N.
 async fn stop_task(
     api: web::Data<WorkerApi>,
     id: web::Path<String>,
     query: web::Query<StopQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_task_id(&id)?;
-    let task = api
-        .worker
-        .send(StopAttempt {
-            id,
-            attempt: query.attempt,
-        })
-        .await??;
+    let id = path_task_id(&id)?;
+    let attempt = query
+        .into_inner()
+        .attempt
+        .map(|a| integer("attempt", &a, 1..=u32::MAX, ""))
+        .transpose()?;
+    let task = api.worker.send(StopAttempt { id, attempt }).await??;
     Ok(HttpResponse::Accepted().json(task))
 }
 
+/// The query of `GET /tasks/{id}/logs`, on the manager and the worker alike.
 #[derive(Deserialize)]
 pub(crate) struct LogsQuery {
-    pub tail: Option<usize>,
-    #[serde(default)]
-    pub follow: bool,
+    tail: Option<String>,
+    follow: Option<String>,
 }
 
+impl LogsQuery {
+    /// `(tail, follow)`, checked: `tail` 0 to [`MAX_LOG_TAIL`] lines (more is a 400, not cut;
+    /// without it the whole log), `follow` `true` or `false` (default `false`).
+    pub(crate) fn checked(self) -> Result<(Option<usize>, bool), ApiError> {
+        let tail = self
+            .tail
+            .map(|t| {
+                integer(
+                    "tail",
+                    &t,
+                    0..=MAX_LOG_TAIL,
+                    " (lines; leave tail out for the whole log)",
+                )
+            })
+            .transpose()?;
+        let follow = match self.follow {
+            None => false,
+            Some(f) => boolean("follow", &f)?,
+        };
+        Ok((tail, follow))
+    }
+}
+
+/// The container's output; see [`LogsQuery::checked`] for `tail` and `follow`.
 async fn task_logs(
     api: web::Data<WorkerApi>,
     id: web::Path<String>,
     query: web::Query<LogsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = parse_task_id(&id)?;
+    let id = path_task_id(&id)?;
+    let (tail, follow) = query.into_inner().checked()?;
     let stream = api
         .worker
-        .send(ReadLogs {
-            id,
-            tail: query.tail,
-            follow: query.follow,
-        })
+        .send(ReadLogs { id, tail, follow })
         .await??
         .map(|chunk| chunk.map_err(|e| ApiError::internal(e.to_string())));
     Ok(HttpResponse::Ok()
@@ -200,4 +254,88 @@ async fn stats(api: web::Data<WorkerApi>) -> Result<HttpResponse, ApiError> {
 
 async fn health(api: web::Data<WorkerApi>) -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok", "name": api.name}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(since: Option<&str>, wait: Option<&str>) -> Result<Option<WatchChanges>, String> {
+        feed_params(ListQuery {
+            since: since.map(str::to_string),
+            wait: wait.map(str::to_string),
+            instance: None,
+        })
+        .map_err(|e| e.message)
+    }
+
+    #[test]
+    fn the_feed_takes_any_since_and_cuts_the_wait_before_it_is_a_duration() {
+        let w = feed(Some("18446744073709551615"), Some("1e300"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((w.since, w.wait), (u64::MAX, MAX_WATCH_WAIT));
+        assert!(feed(None, None).unwrap().is_none());
+        for (since, wait, says) in [
+            (
+                Some("-5"),
+                None,
+                "since=-5 is out of range; expected an integer from 0 to 18446744073709551615",
+            ),
+            (
+                Some("18446744073709551616"),
+                None,
+                "since=18446744073709551616 is out of range",
+            ),
+            (Some("abc"), None, "since=abc is not a number"),
+            (
+                Some("0"),
+                Some("NaN"),
+                "wait=NaN is out of range; expected seconds >= 0",
+            ),
+            (Some("0"), Some("-1"), "wait=-1 is out of range"),
+            (Some("0"), Some("inf"), "wait=inf is out of range"),
+            (Some("0"), Some("soon"), "wait=soon is not a number"),
+            // A bad wait is refused even without since.
+            (None, Some("-1"), "wait=-1"),
+        ] {
+            let Err(m) = feed(since, wait) else {
+                panic!("{since:?} {wait:?} was taken");
+            };
+            assert!(m.contains(says), "{m}");
+        }
+    }
+
+    #[test]
+    fn logs_take_a_bounded_tail_and_a_boolean_follow() {
+        let q = |tail: Option<&str>, follow: Option<&str>| {
+            LogsQuery {
+                tail: tail.map(str::to_string),
+                follow: follow.map(str::to_string),
+            }
+            .checked()
+            .map_err(|e| e.message)
+        };
+        assert_eq!(q(None, None), Ok((None, false)));
+        assert_eq!(q(Some("0"), Some("true")), Ok((Some(0), true)));
+        assert_eq!(q(Some("100000"), None), Ok((Some(MAX_LOG_TAIL), false)));
+        for (tail, follow, says) in [
+            (
+                Some("abc"),
+                None,
+                "tail=abc is not a number; expected an integer from 0 to 100000",
+            ),
+            (Some("100001"), None, "tail=100001 is out of range"),
+            (Some("-1"), None, "tail=-1 is out of range"),
+            (
+                None,
+                Some("maybe"),
+                "follow=maybe is not a boolean; expected true or false",
+            ),
+            (None, Some(""), "follow= is not a boolean"),
+        ] {
+            let m = q(tail, follow).unwrap_err();
+            assert!(m.contains(says), "{m}");
+        }
+    }
 }
