@@ -1,6 +1,6 @@
 """What the benchmark scripts share: where the binary is, free ports, a JSON HTTP client and
 the demo image (built from Debian's static busybox when missing: there is no registry)."""
-import json, os, shutil, socket, subprocess, tempfile, urllib.request
+import json, os, shutil, socket, ssl, subprocess, tempfile, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUBE = os.environ.get("CUBE_BIN", os.path.join(ROOT, "target", "release", "cube"))
@@ -24,7 +24,9 @@ def http_status(method, url, body=None, timeout=120):
     if os.environ.get("CUBE_TOKEN"):
         headers["Authorization"] = "Bearer " + os.environ["CUBE_TOKEN"]
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
-    with urllib.request.urlopen(req, timeout=timeout) as r:
+    # An https:// manager is trusted through $CUBE_CA_CERT, as the CLI does.
+    context = ssl.create_default_context(cafile=os.environ["CUBE_CA_CERT"]) if url.startswith("https") else None
+    with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
         return r.status, json.loads(r.read() or b"null")
 
 

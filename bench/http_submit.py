@@ -2,13 +2,14 @@
 """Durable POST /tasks over real HTTP, measured with wrk (Debian's package), then the proof that
 every acknowledged submission survives a SIGKILL of the manager.
 
-    cargo build --release && python3 bench/http_submit.py [--connections 64] [--seconds 10] [--security off|token]
+    cargo build --release && python3 bench/http_submit.py [--connections 64] [--seconds 10] [--security off|token|tls]
 
 1. Starts `cube up --runtime fake --workers 8` (manager over HTTP with in-process workers) on a
    free port, runs wrk for --seconds with 2 threads and --connections connections, each request
    a new task with a client-chosen id, and prints wrk's throughput and latency percentiles.
    `--security off` (the default) runs it `--insecure`; `token` with the API token `cube up`
-   makes, presented on every request, to measure what checking it costs.
+   makes, presented on every request, to measure what checking it costs; `tls` with the token
+   over HTTPS (`cube up --tls`).
 2. Runs wrk again and SIGKILLs the manager in the middle of it, restarts it on the same data
    directory, and checks that every id wrk saw acknowledged (2xx) is there.
 """
@@ -23,18 +24,20 @@ SECURITY = "off"
 def start(port, data):
     home = os.path.join(data, "home")
     os.makedirs(home, exist_ok=True)
-    flags = ["--insecure"] if SECURITY == "off" else []
+    flags = {"off": ["--insecure"], "token": [], "tls": ["--tls"]}[SECURITY]
     p = subprocess.Popen([CUBE, "up", "--runtime", "fake", "--workers", "8", "--port", str(port), "--data-dir", data,
                           *flags],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          env={**os.environ, "RUST_LOG": "warn", "HOME": home})
     token_file = os.path.join(home, ".config", "cube", f"127.0.0.1-{port}.token")
+    if SECURITY == "tls":
+        os.environ["CUBE_CA_CERT"] = os.path.join(home, ".config", "cube", f"127.0.0.1-{port}.ca.pem")
     for _ in range(400):
         try:
-            if SECURITY == "token":
+            if SECURITY != "off":
                 with open(token_file) as f:
                     os.environ["CUBE_TOKEN"] = f.read().strip()
-            if len([n for n in http("GET", f"http://127.0.0.1:{port}/nodes") if n["status"] == "Ready"]) == 8:
+            if len([n for n in http("GET", f"{base(port)}/nodes") if n["status"] == "Ready"]) == 8:
                 return p
         except Exception:
             pass
@@ -43,9 +46,13 @@ def start(port, data):
     sys.exit("cube up did not come up")
 
 
+def base(port):
+    return f"{'https' if SECURITY == 'tls' else 'http'}://127.0.0.1:{port}"
+
+
 def wrk(port, seconds, connections, acked_dir):
     return subprocess.Popen(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "--timeout", "10s",
-                             "-s", LUA, f"http://127.0.0.1:{port}"],
+                             "-s", LUA, base(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "ACKED_DIR": acked_dir})
 
@@ -63,11 +70,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--security", choices=["off", "token"], default="off")
+    ap.add_argument("--security", choices=["off", "token", "tls"], default="off")
     args = ap.parse_args()
     global SECURITY
     SECURITY = args.security
     os.environ.pop("CUBE_TOKEN", None)
+    os.environ.pop("CUBE_CA_CERT", None)
     if not shutil.which("wrk"):
         sys.exit("wrk is missing: apt-get install wrk")
     tmp = tempfile.mkdtemp()
@@ -94,7 +102,7 @@ def main():
         load.communicate()
         acked = acked_ids(d2)
         cube = start(port, d2)
-        stored = {t["id"] for t in http("GET", f"http://127.0.0.1:{port}/tasks")}
+        stored = {t["id"] for t in http("GET", f"{base(port)}/tasks")}
         cube.kill()
         cube.wait()
         lost = acked - stored
