@@ -576,7 +576,8 @@ impl Handler<JoinNode> for Manager {
     type Result = ResponseFuture<Result<Joined, ManagerError>>;
 
     fn handle(&mut self, msg: JoinNode, ctx: &mut Context<Self>) -> Self::Result {
-        let outcome = self.core.join(&msg.name, &msg.address);
+        let now = self.clock.now();
+        let outcome = self.core.join(now, &msg.name, &msg.address);
         if outcome.is_ok() {
             info!("worker {} joins at {}", msg.name, msg.address);
             let link = self.link(&msg.address);

@@ -156,6 +156,11 @@ pub enum NodeRefusal {
         "the name {name} is bound to the worker at {address}, which still answers; give each worker its own --name"
     )]
     NameTaken { name: String, address: String },
+    /// The address answers as another node that is not Down.
+    #[error(
+        "the worker at {address} answers as {name}, which is not Down; give this worker its own address, or forget {name} first"
+    )]
+    AddressTaken { address: String, name: String },
     /// Tasks are placed on the node.
     #[error(
         "node {name} still has {} task(s): {}; stop them, or wait until the node is Down and they have moved",

@@ -151,7 +151,7 @@ impl Core {
     /// A worker joins as `name` at `address` (`cube worker --join`): the name is bound to the
     /// address in the store, so the manager watches it from now on and after any restart.
     /// `Ok(true)` when that changed anything. The shell then watches the address.
-    pub fn join(&mut self, name: &str, address: &str) -> Result<bool, NodeRefusal> {
+    pub fn join(&mut self, now: Now, name: &str, address: &str) -> Result<bool, NodeRefusal> {
         if let Some(&nid) = self.node_ids.get(name) {
             let node = &self.nodes[nid];
             if node.address == address {
@@ -166,9 +166,35 @@ impl Core {
                 });
             }
         }
+        // The address answers as another node that is not Down: this name would never come up.
+        let holder = self
+            .endpoints
+            .iter()
+            .filter(|e| !e.forgotten && e.address == address)
+            .find_map(|e| e.name.clone())
+            .filter(|other| other != name);
+        if let Some(other) = holder
+            && let Some(&oid) = self.node_ids.get(&other)
+            && self.nodes[oid].status != NodeStatus::Down
+        {
+            return Err(NodeRefusal::AddressTaken {
+                address: address.to_string(),
+                name: other,
+            });
+        }
         let nid = self.node_id(name);
+        // The name leaves its old address (Down, as checked): that one is no longer watched,
+        // and the name binds to the new address as soon as it is.
+        if let Some(old) = self.nodes[nid].endpoint.take() {
+            self.endpoints[old].name = None;
+            self.endpoints[old].forgotten = true;
+            self.effects.push(Effect::Disconnect(old));
+        }
         self.nodes[nid].address = address.to_string();
         self.dirty_nodes.push(nid);
+        // Down after a node timeout unless an endpoint claims it (nothing may answer there).
+        self.timers
+            .arm(now.mono + self.config.node_timeout, Timer::Unwatched(nid));
         Ok(true)
     }
 

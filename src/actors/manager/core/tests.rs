@@ -781,11 +781,11 @@ fn records_are_written_for_every_change_a_user_can_see() {
 #[test]
 fn a_joining_worker_is_bound_durably_and_a_live_name_is_not_taken() {
     let mut h = Harness::new();
-    assert_eq!(h.core.join("w1", "10.0.0.1:5556"), Ok(true));
+    assert_eq!(h.core.join(h.now(), "w1", "10.0.0.1:5556"), Ok(true));
     let writes = h.core.take_writes();
     assert_eq!(writes.nodes, vec![("w1".into(), "10.0.0.1:5556".into())]);
     assert_eq!(
-        h.core.join("w1", "10.0.0.1:5556"),
+        h.core.join(h.now(), "w1", "10.0.0.1:5556"),
         Ok(false),
         "joining again is a no-op"
     );
@@ -795,7 +795,7 @@ fn a_joining_worker_is_bound_durably_and_a_live_name_is_not_taken() {
     assert_eq!(view[0].status, NodeStatus::Ready);
     // Another address claims the live name: refused, naming the holder.
     assert_eq!(
-        h.core.join("w1", "10.0.0.2:5556"),
+        h.core.join(h.now(), "w1", "10.0.0.2:5556"),
         Err(NodeRefusal::NameTaken {
             name: "w1".into(),
             address: "10.0.0.1:5556".into()
@@ -804,7 +804,7 @@ fn a_joining_worker_is_bound_durably_and_a_live_name_is_not_taken() {
     // Once the holder is Down the name moves.
     let now = h.now();
     h.core.node_down(now, ep);
-    assert_eq!(h.core.join("w1", "10.0.0.2:5556"), Ok(true));
+    assert_eq!(h.core.join(h.now(), "w1", "10.0.0.2:5556"), Ok(true));
     let ep2 = h.worker("10.0.0.2:5556", "w1");
     let view = h.core.endpoints();
     let bound: Vec<_> = view.iter().filter(|v| v.endpoint == ep2).collect();
@@ -858,7 +858,55 @@ fn a_node_is_forgotten_only_without_tasks_and_then_for_good() {
     assert_eq!(h.core.endpoints().len(), 1);
     assert!(h.core.bound_addresses().iter().all(|(n, _)| n != "w1"));
     // The name can join again, as a new node.
-    assert_eq!(h.core.join("w1", "10.0.0.1:5556"), Ok(true));
+    assert_eq!(h.core.join(h.now(), "w1", "10.0.0.1:5556"), Ok(true));
     h.worker("10.0.0.1:5556", "w1");
     assert_eq!(h.core.endpoints().len(), 2);
+}
+
+#[test]
+fn a_join_at_an_address_held_by_another_live_name_is_refused_and_nothing_stays_connecting() {
+    let mut h = Harness::new();
+    // a joins at an address where nothing answers yet; the shell watches it.
+    assert_eq!(h.core.join(h.now(), "a", "10.0.0.1:5556"), Ok(true));
+    let ep = h.core.add_endpoint("10.0.0.1:5556");
+    assert!(matches!(
+        h.core.join(h.now(), "b", "10.0.0.1:5556"),
+        Err(NodeRefusal::AddressTaken { .. })
+    ));
+    // Nothing answers: a is Down after the node timeout (its proxy says so).
+    h.advance(TIMEOUT);
+    let now = h.now();
+    h.core.node_down(now, ep);
+    assert_eq!(h.core.join(h.now(), "b", "10.0.0.1:5556"), Ok(true));
+    h.advance(TIMEOUT);
+    let statuses: Vec<_> = h
+        .core
+        .endpoints()
+        .into_iter()
+        .map(|v| (v.name.unwrap_or_default(), v.status))
+        .collect();
+    assert!(
+        statuses.iter().all(|(_, s)| *s == NodeStatus::Down),
+        "{statuses:?}"
+    );
+    assert!(statuses.iter().any(|(n, _)| n == "b"), "{statuses:?}");
+}
+
+#[test]
+fn a_down_name_that_joins_at_a_new_address_moves_there() {
+    let mut h = Harness::new();
+    let old = h.worker("10.0.0.1:5556", "w1");
+    let now = h.now();
+    h.core.node_down(now, old);
+    h.take();
+    assert_eq!(h.core.join(h.now(), "w1", "10.0.0.9:5556"), Ok(true));
+    assert!(h.take().contains(&Effect::Disconnect(old)));
+    let new = h.core.add_endpoint("10.0.0.9:5556");
+    let views = h.core.endpoints();
+    assert_eq!(views.len(), 1, "{views:?}");
+    assert_eq!(views[0].name.as_deref(), Some("w1"));
+    assert_eq!(views[0].address, "10.0.0.9:5556");
+    let now = h.now();
+    h.core.node_up(now, new, "w1");
+    assert_eq!(h.core.endpoints()[0].status, NodeStatus::Ready);
 }
