@@ -25,7 +25,7 @@ pub struct Capacity {
 }
 
 /// A worker's report about its machine (`GET /stats`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeStats {
     /// The worker's name.
     pub name: String,
@@ -33,11 +33,16 @@ pub struct NodeStats {
     pub cpus: f64,
     /// Share of all cores busy since the previous report, 0.0 to 1.0.
     pub cpu_usage: f64,
+    /// Bytes of memory in all.
     pub memory_total: u64,
+    /// Bytes of memory free for use.
     pub memory_available: u64,
+    /// Bytes of the disk that holds the worker's data directory.
     pub disk_total: u64,
+    /// Bytes free on that disk.
     pub disk_free: u64,
     /// Load averages over 1, 5 and 15 minutes.
+    #[schema(min_items = 3, max_items = 3)]
     pub load: [f64; 3],
     /// Tasks the worker runs now (Scheduled or Running).
     pub tasks: usize,
@@ -137,7 +142,7 @@ impl Handler<Sample> for StatsSampler {
 }
 
 /// Where a worker stands, as `GET /nodes` shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum NodeStatus {
     /// Not heard from yet since the manager started watching it.
     Connecting,

@@ -85,6 +85,21 @@ impl State {
     }
 }
 
+/// The JSON of a state is its name (the Go Cube's integers are accepted on input only).
+impl utoipa::PartialSchema for State {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(State::ALL.map(State::as_str)))
+            .description(Some(
+                "Where a task is in its life: Pending → Scheduled → Running → Completed | Failed.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for State {}
+
 impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -182,6 +197,24 @@ impl RestartPolicy {
     }
 }
 
+/// The JSON of a policy is its name; input also takes Docker's names (see [`RestartPolicy::parse`]).
+impl utoipa::PartialSchema for RestartPolicy {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let all = [
+            RestartPolicy::Never,
+            RestartPolicy::OnFailure,
+            RestartPolicy::Always,
+        ];
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .enum_values(Some(all.map(RestartPolicy::as_str)))
+            .description(Some("What to do when the task's container ends."))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RestartPolicy {}
+
 impl Serialize for RestartPolicy {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
@@ -201,7 +234,7 @@ impl<'de> Deserialize<'de> for RestartPolicy {
 
 /// One task: the user's spec plus what Cube knows of its current attempt. This is the JSON of
 /// README's "Contracts", used unchanged by the HTTP APIs, the store and the CLI.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
     pub id: Uuid,
     pub name: String,
@@ -381,7 +414,9 @@ fn default_name(image: &str, id: Uuid) -> String {
 }
 
 /// What the user wants of a task, as its `desired` field shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Goal {
     /// Keep it running, under its restart policy.
@@ -463,6 +498,28 @@ pub fn check_image(image: &str) -> Result<(), String> {
             "the repository name contains {bad:?}; expected letters, digits, '.', '_', '-', '/' and a registry's host:port"
         ));
     }
+    // As Docker's grammar reads it: an optional registry (a first component with '.' or ':',
+    // or "localhost"), then path components in lower case. A first component that is no
+    // registry may still be a path component ("a.b/c").
+    let mut components: Vec<&str> = name.split('/').collect();
+    if components.len() > 1 {
+        let first = components[0];
+        let looks_like_registry = first.contains(['.', ':'])
+            || first == "localhost"
+            || first.chars().any(|c| c.is_ascii_uppercase());
+        if looks_like_registry && registry_ok(first) {
+            components.remove(0);
+        } else if looks_like_registry && !path_component_ok(first) {
+            return Err(format!(
+                "the registry {first:?} is not valid; expected a host name or address with an optional :port"
+            ));
+        }
+    }
+    if let Some(bad) = components.iter().find(|c| !path_component_ok(c)) {
+        return Err(format!(
+            "the repository name component {bad:?} is not valid; expected lower-case letters and digits, separated by one '.', '_' or '__', or by dashes, e.g. \"cube-demo/busybox\""
+        ));
+    }
     if let Some(tag) = tag {
         let valid = tag
             .chars()
@@ -476,14 +533,72 @@ pub fn check_image(image: &str) -> Result<(), String> {
         }
     }
     if let Some(digest) = digest
-        && (!digest.contains(':') || digest.len() > 256)
+        && !digest_ok(digest)
     {
         return Err(format!(
-            "the digest {:?} is not valid; expected algorithm:hex, e.g. sha256:…",
+            "the digest {:?} is not valid; expected algorithm:hex with at least 32 hex digits, e.g. sha256:…",
             digest.chars().take(40).collect::<String>()
         ));
     }
     Ok(())
+}
+
+/// A path component of a repository name: `[a-z0-9]+` runs joined by `.`, `_`, `__` or dashes.
+fn path_component_ok(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let mut i = 0;
+    loop {
+        let run = i;
+        while i < bytes.len() && alnum(bytes[i]) {
+            i += 1;
+        }
+        if i == run {
+            return false;
+        }
+        if i == bytes.len() {
+            return true;
+        }
+        let sep = i;
+        while i < bytes.len() && !alnum(bytes[i]) {
+            i += 1;
+        }
+        let sep = &component[sep..i];
+        let ok = matches!(sep, "." | "_" | "__") || sep.bytes().all(|b| b == b'-');
+        if !ok || i == bytes.len() {
+            return false;
+        }
+    }
+}
+
+/// A registry: host name labels (or an IPv4 address) and an optional numeric port.
+fn registry_ok(registry: &str) -> bool {
+    let (host, port) = match registry.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (registry, None),
+    };
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    port_ok && host.split('.').all(label_ok)
+}
+
+/// A digest: `algorithm:hex`, the algorithm's parts joined by `+`, `.`, `_` or `-`, at least
+/// 32 hex digits.
+fn digest_ok(digest: &str) -> bool {
+    let Some((algorithm, hex)) = digest.split_once(':') else {
+        return false;
+    };
+    let algorithm_ok = algorithm.split(['+', '.', '_', '-']).all(|part| {
+        part.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+            && part.bytes().all(|b| b.is_ascii_alphanumeric())
+    });
+    algorithm_ok && (32..=128).contains(&hex.len()) && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Parse a task id from a URL or a file.
@@ -551,9 +666,19 @@ fn json_kind(v: &Value) -> &'static str {
 fn from_value<T: de::DeserializeOwned>(value: Value) -> Result<T, InputError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
+        let inner = e.into_inner().to_string();
+        // The shapes a field may take, in place of serde's words for an untagged enum.
+        let inner = match inner.strip_prefix("data did not match any variant of untagged enum ") {
+            Some("PortList") => {
+                "expected a list of ports like [\"8080/tcp\"], or an object with them as keys"
+                    .into()
+            }
+            Some("HostPort") => "expected a host port: a number, or a string of digits".into(),
+            Some(_) => "has a shape that is not accepted here".into(),
+            None => inner,
+        };
         if path == "." {
-            InputError(inner.to_string())
+            InputError(inner)
         } else {
             InputError::at(&path, inner)
         }
@@ -561,17 +686,50 @@ fn from_value<T: de::DeserializeOwned>(value: Value) -> Result<T, InputError> {
 }
 
 /// The TaskEvent as it may arrive: every field optional, both spellings accepted.
-#[derive(Deserialize)]
+///
+/// Its schema (`TaskEventInput` in the OpenAPI documents) describes the snake_case spelling;
+/// fields it does not name are ignored, as the server ignores them.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[schema(as = TaskEventInput)]
 struct EventInput {
+    /// The event's id (a UUID); ignored, Cube makes its own.
     #[serde(default, alias = "ID")]
     id: Option<String>,
+    /// What to do: run the task (the default) or stop it, as DELETE does.
     #[serde(default, alias = "State")]
+    #[schema(schema_with = asked_state_schema)]
     state: Option<State>,
+    /// Accepted for compatibility and ignored: Cube stamps its own time.
     #[serde(default, alias = "Timestamp")]
     #[allow(dead_code)] // accepted for compatibility; Cube stamps its own time
+    #[schema(value_type = Option<Value>)]
     timestamp: Option<Value>,
     #[serde(alias = "Task")]
     task: TaskInput,
+}
+
+/// The `state` a TaskEvent may ask for: `Running` (run it; `Pending` and `Scheduled` of Go-Cube
+/// files mean the same) or `Completed` (stop it), any case, or the Go Cube's integers 0 to 3.
+/// `Failed` (4) cannot be asked for.
+fn asked_state_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .examples(["Running", "Completed"]),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .maximum(Some(3)),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some(
+            "Running (run the task, the default) or Completed (stop it, as DELETE does), in any case; Pending and Scheduled mean Running; the Go Cube's integers 0 to 3 are accepted too. Failed cannot be asked for.",
+        ))
+        .into()
 }
 
 impl EventInput {
@@ -604,38 +762,68 @@ impl EventInput {
 /// A task as it may arrive: every field optional, both spellings, Go's shapes for ports, maps
 /// that may be `null`. Fields Cube fills in itself (state, times, container, host ports) are
 /// accepted and ignored.
-#[derive(Deserialize)]
+///
+/// Its schema (`TaskInput` in the OpenAPI documents) describes the snake_case spelling, and is
+/// never stricter than this parser: every field but `image` may be left out or `null`, and
+/// fields it does not name are ignored, as the server ignores them. Limits it cannot state (a
+/// valid image reference, port syntax) are checked by [`TaskInput::into_task`] with a 400.
+#[derive(Deserialize, utoipa::ToSchema)]
 struct TaskInput {
+    /// A client-chosen task id (a UUID) makes the submission idempotent; without one (or with
+    /// `""` or the nil UUID) Cube makes one.
     #[serde(default, alias = "ID")]
     id: Option<String>,
+    /// Defaults to the image's name and the id's first digits.
     #[serde(default, alias = "Name")]
     name: Option<String>,
+    /// The image to run, a Docker reference (at most 255 characters of repository name, 128 of
+    /// tag), e.g. `cube-demo/busybox:latest`.
     #[serde(default, alias = "Image")]
+    #[schema(required = true, value_type = String, min_length = 1, example = "cube-demo/busybox:latest")]
     image: Option<String>,
     #[serde(default, alias = "Cmd")]
     cmd: Option<Vec<String>>,
+    /// `KEY=VALUE` entries.
     #[serde(default, alias = "Env")]
     env: Option<Vec<String>>,
+    /// Cores to reserve, `>= 0`.
     #[serde(default, alias = "Cpu", alias = "CPU")]
+    #[schema(minimum = 0)]
     cpu: Option<f64>,
+    /// Bytes of memory to reserve (and the container's limit).
     #[serde(default, alias = "Memory")]
     memory: Option<u64>,
+    /// Bytes of disk to reserve.
     #[serde(default, alias = "Disk")]
     disk: Option<u64>,
     #[serde(default, alias = "ExposedPorts")]
+    #[schema(schema_with = exposed_ports_schema)]
     exposed_ports: Option<PortList>,
+    /// Container port → host port (a number from 1 to 65535, or `""` to let Docker choose);
+    /// a binding exposes its port.
     #[serde(default, alias = "PortBindings")]
+    #[schema(schema_with = port_bindings_schema)]
     port_bindings: Option<BTreeMap<String, Option<HostPort>>>,
+    /// `never`, `on-failure` (the default) or `always`; Docker's `no`, `unless-stopped` and
+    /// `on-failure:N` are accepted too.
     #[serde(default, alias = "RestartPolicy")]
+    #[schema(example = "on-failure")]
     restart_policy: Option<String>,
+    /// Restarts allowed (default 3).
     #[serde(default, alias = "MaxRestarts")]
     max_restarts: Option<u32>,
+    /// An HTTP path checked on the first exposed port; needs an exposed port.
     #[serde(default, alias = "HealthCheck")]
     health_check: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL (default 5).
     #[serde(default, alias = "StopTimeout")]
+    #[schema(maximum = 3600)]
     stop_timeout_s: Option<u64>,
+    /// Most processes the container may run (default 4096).
     #[serde(default, alias = "PidsLimit")]
+    #[schema(minimum = 1, maximum = 4194304)]
     pids_limit: Option<u64>,
+    /// The attempt to run: a worker runs the one it is sent; the manager numbers its own.
     #[serde(default, alias = "Attempt")]
     attempt: Option<u32>,
 }
@@ -654,6 +842,85 @@ enum PortList {
 enum HostPort {
     Text(String),
     Number(u64),
+}
+
+/// The schema of [`PortList`], or `null`.
+fn exposed_ports_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ArrayBuilder::new()
+                .items(ObjectBuilder::new().schema_type(Type::String))
+                .examples([serde_json::json!(["8080/tcp"])]),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Object))
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some(
+            "Container ports, \"PORT/tcp\", \"PORT/udp\" or \"PORT/sctp\" with PORT from 1 to 65535 (a port without protocol is TCP): a list, or the Go Cube's set ({\"8080/tcp\": {}}).",
+        ))
+        .into()
+}
+
+/// The schema of `port_bindings`: container port → [`HostPort`] or `null`; or `null`.
+fn port_bindings_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    let host_port = OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(u16::MAX)),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null));
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .additional_properties(Some(
+                    utoipa::openapi::schema::Schema::OneOf(host_port.build()),
+                ))
+                .examples([serde_json::json!({"8080/tcp": "18080"})]),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some(
+            "Container port → the host port asked for: a number from 1 to 65535 (or the same as a string), or \"\" or null to let Docker choose. A binding exposes its port.",
+        ))
+        .into()
+}
+
+/// The body of `POST /tasks` on either API, for the OpenAPI documents: a TaskEvent
+/// (`{"task": {…}}`) or a bare task (`{"image": …}`), as [`parse_submission`] reads it. The
+/// Go Cube's PascalCase spellings (`Task`, `Image`, …) are accepted too and not described.
+pub struct Submission;
+
+impl utoipa::PartialSchema for Submission {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::ToSchema;
+        use utoipa::openapi::schema::{AnyOfBuilder, Ref};
+        AnyOfBuilder::new()
+            .item(Ref::from_schema_name(EventInput::name()))
+            .item(Ref::from_schema_name(TaskInput::name()))
+            .description(Some(
+                "A TaskEvent ({\"task\": {…}}) or a bare task ({\"image\": …}).",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Submission {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::{PartialSchema, ToSchema};
+        schemas.push((EventInput::name().into(), EventInput::schema()));
+        schemas.push((TaskInput::name().into(), TaskInput::schema()));
+        <EventInput as ToSchema>::schemas(schemas);
+        <TaskInput as ToSchema>::schemas(schemas);
+    }
 }
 
 impl TaskInput {
@@ -722,14 +989,19 @@ impl TaskInput {
                 Some(HostPort::Number(n)) => n.to_string(),
                 Some(HostPort::Text(t)) => t.trim().to_string(),
             };
-            if !host.is_empty() && !matches!(host.parse::<u16>(), Ok(1..)) {
-                return Err(InputError::at(
-                    &field("port_bindings"),
-                    format!(
-                        "host port {host:?} for {port} is not a port; expected a number from 1 to 65535, or \"\" to let Docker choose"
-                    ),
-                ));
-            }
+            let host = match host.parse::<u16>() {
+                _ if host.is_empty() => host,
+                // Digits only ("+8081" is refused, as Docker does), written back as the number.
+                Ok(n @ 1..) if host.bytes().all(|b| b.is_ascii_digit()) => n.to_string(),
+                _ => {
+                    return Err(InputError::at(
+                        &field("port_bindings"),
+                        format!(
+                            "host port {host:?} for {port} is not a port; expected a number from 1 to 65535, or \"\" to let Docker choose"
+                        ),
+                    ));
+                }
+            };
             // A binding implies the port is exposed, as with `docker run -p`.
             if !exposed.contains(&port) {
                 exposed.push(port.clone());
@@ -819,13 +1091,17 @@ pub fn normalize_port(p: &str) -> Result<String, String> {
         Some((n, proto)) => (n, proto.to_ascii_lowercase()),
         None => (p, "tcp".to_string()),
     };
-    let ok_num = matches!(num.parse::<u16>(), Ok(1..));
-    if !ok_num || !matches!(proto.as_str(), "tcp" | "udp" | "sctp") {
-        return Err(format!(
+    // Digits only (Docker's parser refuses "+80"), written back as the number ("080" is 80).
+    let number = match num.parse::<u16>() {
+        Ok(n @ 1..) if num.bytes().all(|b| b.is_ascii_digit()) => Some(n),
+        _ => None,
+    };
+    match number {
+        Some(n) if matches!(proto.as_str(), "tcp" | "udp" | "sctp") => Ok(format!("{n}/{proto}")),
+        _ => Err(format!(
             "{p:?} is not a container port; expected \"PORT/tcp\" or \"PORT/udp\" with PORT from 1 to 65535"
-        ));
+        )),
     }
-    Ok(format!("{num}/{proto}"))
 }
 
 #[cfg(test)]
@@ -925,8 +1201,10 @@ mod tests {
             "cube-demo/busybox:latest",
             "busybox",
             "registry.local:5000/team/app:1.2.3-rc_1",
-            "busybox@sha256:0123abcd",
+            "busybox@sha256:0123456789abcdef0123456789abcdef01234567",
             "img",
+            "localhost/app",
+            "Registry.Example:443/a__b/c-d--e/f.g",
         ] {
             assert_eq!(check_image(good), Ok(()), "{good}");
         }
@@ -940,6 +1218,12 @@ mod tests {
             ("busybox:-x", "tag"),
             (":latest", "no repository name"),
             ("busybox@nodigest", "digest"),
+            ("busybox@sha256:zz", "digest"),
+            ("BusyBox", "component \"BusyBox\""),
+            ("a//b", "component \"\""),
+            ("-a", "component \"-a\""),
+            ("a/b.", "component \"b.\""),
+            ("bad_host.:1/app", "registry"),
         ] {
             let err = check_image(bad).expect_err(bad);
             assert!(err.contains(says), "{bad}: {err}");

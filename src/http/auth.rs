@@ -241,7 +241,14 @@ pub async fn require_token(
     };
     match refusal {
         Some(err) => {
-            let response = actix_web::ResponseError::error_response(&err);
+            let mut response = actix_web::ResponseError::error_response(&err);
+            if response.status() == StatusCode::UNAUTHORIZED {
+                // RFC 6750: say which scheme would be accepted.
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
             Ok(req.into_response(response))
         }
         None => Ok(next.call(req).await?.map_into_boxed_body()),

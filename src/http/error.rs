@@ -12,9 +12,11 @@ pub struct ApiError {
     pub message: String,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: &'a str,
+/// The body of every error answer of both APIs.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    /// What is wrong, naming the field or value, and what is expected.
+    pub error: &'a str,
 }
 
 impl ApiError {
@@ -57,7 +59,7 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(Body {
+        HttpResponse::build(self.status).json(ErrorBody {
             error: &self.message,
         })
     }

@@ -12,6 +12,7 @@
 //! | `POST /nodes` | a worker joins: `{name, address}` or `{name, port}`; 201 once committed |
 //! | `DELETE /nodes/{name}` | forget a node with no tasks: 204; 409 naming its tasks |
 //! | `GET /health` | 200 once recovery is complete, 503 before |
+//! | `GET /openapi.json` | this API's OpenAPI document ([`super::openapi`]) |
 //!
 //! Every query field is taken as text and parsed by the handler, so a bad value is a 400 naming
 //! the field, the value and what is accepted (see [`super::integer`]); no input makes a handler
@@ -21,7 +22,7 @@ use actix::Addr;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::worker::LogsQuery;
 use super::{ApiError, endpoint, integer, path_task_id, read_body, shown};
@@ -81,7 +82,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(join_node)),
         )
         .service(endpoint("/nodes/{name}").route(web::delete().to(forget_node)))
-        .service(endpoint("/health").route(web::get().to(health)));
+        .service(endpoint("/health").route(web::get().to(health)))
+        .service(endpoint("/openapi.json").route(web::get().to(super::openapi::manager)));
 }
 
 async fn submit(
@@ -216,13 +218,47 @@ async fn nodes(api: web::Data<ManagerApi>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(nodes))
 }
 
-/// What a joining worker sends.
-struct JoinBody {
+/// What a joining worker sends: its name and either its `address` or its `port`, nothing else.
+// Read by `parse_join`, field by field; the derive gives its schema only.
+#[derive(utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = NodeJoin)]
+pub(crate) struct JoinBody {
+    /// The worker's name: 1 to 63 letters, digits, `.`, `_` or `-`.
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,63}$", example = "w1")]
     name: String,
     /// `host:port` the manager reaches the worker at; or only its `port`, at the address the
     /// request came from.
+    #[schema(
+        pattern = r"^[\[\]A-Za-z0-9.:_-]+:\+?[0-9]+$",
+        example = "10.0.0.2:5556"
+    )]
     address: Option<String>,
+    /// The worker's port, at the address the request comes from.
+    #[schema(minimum = 1)]
     port: Option<u16>,
+}
+
+/// The answer to a join.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct NodeJoined {
+    /// The worker's name.
+    name: String,
+    /// `host:port` the manager reaches it at.
+    address: String,
+    /// The token the manager presents to its workers, for the worker to require; `null` when
+    /// the manager has none.
+    cluster_token: Option<String>,
+}
+
+/// The answer of `GET /health`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct ManagerHealth {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    status: &'static str,
+    /// Tasks the manager knows, in every state.
+    tasks: usize,
 }
 
 const JOIN_EXPECTED: &str =
@@ -326,11 +362,11 @@ async fn join_node(
     };
     Ok(HttpResponse::build(status)
         .insert_header(("Location", format!("/nodes/{}", join.name)))
-        .json(serde_json::json!({
-            "name": join.name,
-            "address": address,
-            "cluster_token": joined.cluster_token,
-        })))
+        .json(NodeJoined {
+            name: join.name,
+            address,
+            cluster_token: joined.cluster_token,
+        }))
 }
 
 /// Forget a node; its name is checked as a join checks it (1 to 63 letters, digits, `.`, `_`
@@ -352,7 +388,10 @@ async fn forget_node(
 async fn health(api: web::Data<ManagerApi>) -> Result<HttpResponse, ApiError> {
     let counts = api.manager.send(CountTasks).await?;
     let tasks: usize = counts.values().sum();
-    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok", "tasks": tasks})))
+    Ok(HttpResponse::Ok().json(ManagerHealth {
+        status: "ok",
+        tasks,
+    }))
 }
 
 #[cfg(test)]

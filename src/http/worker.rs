@@ -9,6 +9,7 @@
 //! | `GET /tasks/{id}/logs` | the container's output (`?tail=N`, `?follow=true`) |
 //! | `GET /stats` | the machine's cpus, memory, disk, load and task count |
 //! | `GET /health` | `{"status":"ok","name":…}` |
+//! | `GET /openapi.json` | this API's OpenAPI document ([`super::openapi`]) |
 //!
 //! Every query field is taken as text and parsed by the handler, so a bad value is a 400 naming
 //! the field, the value and what is accepted (see [`super::integer`]); no input makes a handler
@@ -20,7 +21,7 @@ use actix::Addr;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ApiError, boolean, endpoint, integer, path_task_id, read_body, shown};
 use crate::actors::worker::{
@@ -68,7 +69,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(endpoint("/tasks/{id}/logs").route(web::get().to(task_logs)))
         .service(endpoint("/stats").route(web::get().to(stats)))
-        .service(endpoint("/health").route(web::get().to(health)));
+        .service(endpoint("/health").route(web::get().to(health)))
+        .service(endpoint("/openapi.json").route(web::get().to(super::openapi::worker)));
 }
 
 async fn start_task(
@@ -252,8 +254,21 @@ async fn stats(api: web::Data<WorkerApi>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(stats))
 }
 
+/// The answer of `GET /health`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct WorkerHealth<'a> {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    status: &'a str,
+    /// The worker's name.
+    name: &'a str,
+}
+
 async fn health(api: web::Data<WorkerApi>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok", "name": api.name}))
+    HttpResponse::Ok().json(WorkerHealth {
+        status: "ok",
+        name: &api.name,
+    })
 }
 
 #[cfg(test)]

@@ -153,19 +153,28 @@ pub struct CountTasks;
 pub struct LogsOf(pub Uuid);
 
 /// A node as `GET /nodes` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeReport {
+    /// The worker's name.
     pub name: String,
+    /// `host:port` the manager reaches it at.
     pub address: String,
     pub status: NodeStatus,
+    /// Cores, as the worker reports them.
     pub cpus: f64,
+    /// Cores the scheduler has booked for tasks on it.
     pub cpu_allocated: f64,
+    /// Bytes of memory.
     pub memory: u64,
     pub memory_allocated: u64,
+    /// Bytes of disk.
     pub disk: u64,
     pub disk_allocated: u64,
+    /// Tasks placed on it.
     pub tasks: usize,
+    /// When it last answered; `null` if never.
     pub last_seen: Option<DateTime<Utc>>,
+    /// Why it is not Ready, when it is not.
     pub reason: Option<String>,
 }
 

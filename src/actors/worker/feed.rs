@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::task::Task;
 
 /// An answer of the change feed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Changes {
     /// The worker's name, so every answer says who it comes from.
     #[serde(default)]

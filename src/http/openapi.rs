@@ -1,0 +1,872 @@
+//! The OpenAPI 3.1 documents of both APIs, served at `GET /openapi.json` on each (open, like
+//! `/health`).
+//!
+//! The schemas come from the types the handlers serve and read ([`Task`], [`NodeReport`],
+//! [`NodeStats`], [`Changes`], the error body, the task input of [`crate::task`]), derived with
+//! utoipa; the operations are declared below, one doc-only function each, with the bounds the
+//! handlers enforce and every answer each can give. Two rules hold them to the server, and
+//! `bench/fuzz_api.sh` checks both against a live manager and worker with schemathesis:
+//!
+//! - **Never stricter than the server.** Whatever a handler accepts is valid here (unknown body
+//!   fields, `null` for an optional field, a state in any case), so data that breaks a schema is
+//!   data the server refuses with a 4xx.
+//! - **Answers exactly as sent.** Every field of an answer is always present (none is skipped
+//!   when serializing), so every property of an answer's schema is required, `null` where the
+//!   field is an `Option`; unsigned integers carry their range as `minimum`/`maximum`.
+
+use std::sync::LazyLock;
+
+use actix_web::HttpResponse;
+use serde_json::Value;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, response::Response};
+
+use super::error::ErrorBody;
+use super::manager::{JoinBody, ManagerHealth, NodeJoined};
+use super::worker::WorkerHealth;
+use crate::actors::manager::NodeReport;
+use crate::actors::worker::Changes;
+use crate::node::{NodeStats, NodeStatus};
+use crate::task::{Goal, RestartPolicy, State, Submission, Task};
+
+/// `GET /openapi.json` on the manager API.
+pub async fn manager() -> HttpResponse {
+    static DOC: LazyLock<String> = LazyLock::new(|| manager_document().to_string());
+    json(&DOC)
+}
+
+/// `GET /openapi.json` on the worker API.
+pub async fn worker() -> HttpResponse {
+    static DOC: LazyLock<String> = LazyLock::new(|| worker_document().to_string());
+    json(&DOC)
+}
+
+fn json(doc: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(doc)
+}
+
+/// The manager API's document.
+pub fn manager_document() -> Value {
+    finish(ManagerDoc::openapi())
+}
+
+/// The worker API's document.
+pub fn worker_document() -> Value {
+    finish(WorkerDoc::openapi())
+}
+
+/// The schemas that describe input: only these may leave fields out.
+const INPUT_SCHEMAS: &[&str] = &["TaskInput", "TaskEventInput", "NodeJoin"];
+
+/// The document as served: every property of an answer required, and each unsigned integer's
+/// range stated as keywords (its `format` alone binds no JSON Schema validator).
+fn finish(doc: utoipa::openapi::OpenApi) -> Value {
+    let mut doc = serde_json::to_value(doc).expect("an OpenAPI document serializes");
+    if let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(Value::as_object_mut)
+    {
+        for (name, schema) in schemas.iter_mut() {
+            if INPUT_SCHEMAS.contains(&name.as_str()) {
+                continue;
+            }
+            if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+                let all: Vec<Value> = properties.keys().cloned().map(Value::String).collect();
+                schema["required"] = Value::Array(all);
+            }
+        }
+    }
+    bound_unsigned(&mut doc);
+    doc
+}
+
+/// Give every unsigned integer schema its `maximum`, and its format the usual name (utoipa 5.5
+/// spells `u64` as `u-int64`).
+fn bound_unsigned(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let unsigned: Option<(&str, u64)> = match map.get("format").and_then(Value::as_str) {
+                Some("u-int8" | "uint8") => Some(("uint8", u8::MAX.into())),
+                Some("u-int16" | "uint16") => Some(("uint16", u16::MAX.into())),
+                Some("u-int32" | "uint32") => Some(("uint32", u32::MAX.into())),
+                Some("u-int64" | "uint64") => Some(("uint64", u64::MAX)),
+                _ => None,
+            };
+            if let Some((format, max)) = unsigned {
+                map.insert("format".into(), format.into());
+                map.entry("maximum").or_insert(Value::from(max));
+                map.entry("minimum").or_insert(Value::from(0));
+            }
+            map.values_mut().for_each(bound_unsigned);
+        }
+        Value::Array(items) => items.iter_mut().for_each(bound_unsigned),
+        _ => {}
+    }
+}
+
+/// The `bearerAuth` scheme: `Authorization: Bearer <token>`.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearerAuth",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A token of the API: on the manager one of --token-file or CUBE_TOKEN (a read token may only GET), on a worker the cluster token. Needed only when the API has tokens; /health and /openapi.json never need one.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// An error answer: `{"error": "…"}` as JSON.
+fn error_response(description: &str) -> Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .build()
+}
+
+/// Error answers shared by many operations, as named responses.
+macro_rules! error_responses {
+    ($($name:ident = $description:literal;)*) => {$(
+        #[doc = $description]
+        #[allow(dead_code)] // named in `responses(...)` only
+        struct $name;
+
+        impl<'s> utoipa::ToResponse<'s> for $name {
+            fn response() -> (&'s str, RefOr<Response>) {
+                (stringify!($name), error_response($description).into())
+            }
+        }
+    )*};
+}
+
+error_responses! {
+    BadRequest = "Malformed input: the error names the field or value and what is expected.";
+    Unauthorized = "No valid `Authorization: Bearer` token (only on an API that has tokens).";
+    Forbidden = "A read token asked to write: this needs a write token.";
+    TaskNotFound = "No task has this id.";
+    RequestTimeout = "The body did not arrive within 10 s of the request's head.";
+    PayloadTooLarge = "The body is larger than 1 MiB.";
+    Unavailable = "Not now: the server is shutting down, or a worker it needs does not answer; try again.";
+}
+
+/// What the worker's `GET /tasks` answers: every task, or with `since` the change feed.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // a schema only
+#[serde(untagged)]
+enum WorkerTasks {
+    All(Vec<Task>),
+    Feed(Changes),
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Cube manager API",
+        description = "Submit, list, stop and read tasks; join and forget workers. README.md (Contracts) describes each answer; every error is {\"error\": \"…\"}.",
+        license(name = "MIT"),
+    ),
+    paths(
+        manager_api::submit,
+        manager_api::list_tasks,
+        manager_api::get_task,
+        manager_api::stop_task,
+        manager_api::task_logs,
+        manager_api::nodes,
+        manager_api::join_node,
+        manager_api::forget_node,
+        manager_api::health,
+        manager_api::openapi,
+    ),
+    components(
+        schemas(ErrorBody, Task, State, Goal, RestartPolicy, NodeReport, NodeStatus),
+        responses(
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            TaskNotFound,
+            RequestTimeout,
+            PayloadTooLarge,
+            Unavailable
+        ),
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "tasks", description = "What runs where"),
+        (name = "nodes", description = "The workers"),
+        (name = "meta", description = "Liveness and this document; no token needed"),
+    ),
+)]
+struct ManagerDoc;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Cube worker API",
+        description = "What the manager asks of a worker: start and stop attempts, the change feed, logs and the machine's capacity. Every error is {\"error\": \"…\"}.",
+        license(name = "MIT"),
+    ),
+    paths(
+        worker_api::start_task,
+        worker_api::list_tasks,
+        worker_api::get_task,
+        worker_api::stop_task,
+        worker_api::task_logs,
+        worker_api::stats,
+        worker_api::health,
+        worker_api::openapi,
+    ),
+    components(
+        schemas(ErrorBody, Task, State, Goal, RestartPolicy, Changes, NodeStats),
+        responses(
+            BadRequest,
+            Unauthorized,
+            Forbidden,
+            TaskNotFound,
+            RequestTimeout,
+            PayloadTooLarge,
+            Unavailable
+        ),
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "tasks", description = "Attempts this worker runs"),
+        (name = "meta", description = "Liveness and this document; no token needed"),
+    ),
+)]
+struct WorkerDoc;
+
+/// The manager's operations (`super::manager::configure` mounts their handlers); each
+/// function exists for its `#[utoipa::path]` only.
+#[allow(dead_code)]
+mod manager_api {
+    use super::*;
+
+    /// Submit a task
+    ///
+    /// A TaskEvent or a bare task. Answered once the task is committed (fsync'd); a
+    /// client-chosen id makes the submission idempotent. An event with `state: Completed` asks
+    /// for a stop instead, as `DELETE /tasks/{id}` does.
+    #[utoipa::path(
+        post,
+        path = "/tasks",
+        tag = "tasks",
+        request_body(content = Submission, content_type = "application/json"),
+        responses(
+            (status = 201, description = "The task is new, and committed.", body = Task,
+                headers(("Location" = String, description = "The task's URL, /tasks/{id}."))),
+            (status = 200, description = "A task with this id and the same spec exists.", body = Task,
+                headers(("Location" = String, description = "The task's URL, /tasks/{id}."))),
+            (status = 202, description = "The event asked for a stop: committed, as DELETE.", body = Task,
+                headers(("Location" = String, description = "The task's URL, /tasks/{id}."))),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 403, response = Forbidden),
+            (status = 404, description = "A stop was asked for a task that does not exist.", body = ErrorBody),
+            (status = 408, response = RequestTimeout),
+            (status = 409, description = "The id is taken by a task with another spec.", body = ErrorBody),
+            (status = 413, response = PayloadTooLarge),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn submit() {}
+
+    /// List tasks
+    ///
+    /// Tasks ordered by id, filtered by `state` and `worker`; `limit` and `after` page
+    /// through them.
+    #[utoipa::path(
+        get,
+        path = "/tasks",
+        tag = "tasks",
+        params(
+            ("state" = Option<String>, Query, pattern = "^(?:[Pp][Ee][Nn][Dd][Ii][Nn][Gg]|[Ss][Cc][Hh][Ee][Dd][Uu][Ll][Ee][Dd]|[Rr][Uu][Nn][Nn][Ii][Nn][Gg]|[Cc][Oo][Mm][Pp][Ll][Ee][Tt][Ee][Dd]|[Ff][Aa][Ii][Ll][Ee][Dd])$",
+                example = "Running",
+                description = "Only tasks in this state: Pending, Scheduled, Running, Completed or Failed, in any case."),
+            ("worker" = Option<String>, Query, description = "Only tasks placed on this worker (a name no node has matches nothing)."),
+            ("limit" = Option<usize>, Query, minimum = 1, maximum = 5000,
+                description = "At most this many tasks (without it, every task); page on with after=<the last id>."),
+            ("after" = Option<uuid::Uuid>, Query, description = "Only tasks whose id sorts after this one (it need not exist)."),
+        ),
+        responses(
+            (status = 200, description = "The tasks, ordered by id.", body = [Task]),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn list_tasks() {}
+
+    /// Get a task
+    #[utoipa::path(
+        get,
+        path = "/tasks/{id}",
+        tag = "tasks",
+        params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+        responses(
+            (status = 200, description = "The task.", body = Task),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 404, response = TaskNotFound),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn get_task() {}
+
+    /// Stop a task
+    ///
+    /// Answered once the stop is committed: the task shows `desired: stopped` at once and is
+    /// Completed once its worker reports the container gone. Stopping a stopped task is
+    /// answered the same.
+    #[utoipa::path(
+        delete,
+        path = "/tasks/{id}",
+        tag = "tasks",
+        params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+        responses(
+            (status = 202, description = "The stop is committed.", body = Task),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 403, response = Forbidden),
+            (status = 404, response = TaskNotFound),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn stop_task() {}
+
+    /// Read a task's output
+    ///
+    /// The container's output, read from its worker, as it comes (with `follow`, until the
+    /// container ends).
+    #[utoipa::path(
+        get,
+        path = "/tasks/{id}/logs",
+        tag = "tasks",
+        params(
+            ("id" = uuid::Uuid, Path, description = "The task's id."),
+            ("tail" = Option<usize>, Query, minimum = 0, maximum = 100000,
+                description = "Only the last this many lines (without it, the whole log)."),
+            ("follow" = Option<bool>, Query, description = "Keep streaming until the container ends (default false)."),
+        ),
+        responses(
+            (status = 200, description = "The output, streamed.", body = String, content_type = "text/plain"),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 404, description = "No task has this id, or it has no container to read from.", body = ErrorBody),
+            (status = 409, description = "The task is not placed on a worker (yet).", body = ErrorBody),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn task_logs() {}
+
+    /// List the workers
+    #[utoipa::path(
+        get,
+        path = "/nodes",
+        tag = "nodes",
+        responses(
+            (status = 200, description = "Every worker, with capacity, allocation and status.", body = [NodeReport]),
+            (status = 401, response = Unauthorized),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn nodes() {}
+
+    /// A worker joins
+    ///
+    /// Binds the name to the address durably and watches the worker from then on. Give either
+    /// `address` or `port`, not both.
+    #[utoipa::path(
+        post,
+        path = "/nodes",
+        tag = "nodes",
+        request_body(content = JoinBody, content_type = "application/json"),
+        responses(
+            (status = 201, description = "The name is new (or moved to this address), and committed.", body = NodeJoined,
+                headers(("Location" = String, description = "The node's URL, /nodes/{name}."))),
+            (status = 200, description = "The name was bound to this address already.", body = NodeJoined,
+                headers(("Location" = String, description = "The node's URL, /nodes/{name}."))),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 403, response = Forbidden),
+            (status = 408, response = RequestTimeout),
+            (status = 409, description = "The name is bound to another address that still answers.", body = ErrorBody),
+            (status = 413, response = PayloadTooLarge),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn join_node() {}
+
+    /// Forget a worker
+    #[utoipa::path(
+        delete,
+        path = "/nodes/{name}",
+        tag = "nodes",
+        params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,63}$", description = "The worker's name.")),
+        responses(
+            (status = 204, description = "Forgotten, and committed."),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 403, response = Forbidden),
+            (status = 404, description = "No node has this name.", body = ErrorBody),
+            (status = 409, description = "Tasks are placed on the node (the error names them).", body = ErrorBody),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn forget_node() {}
+
+    /// Liveness
+    ///
+    /// 200 once the manager has recovered every task and node from its store.
+    #[utoipa::path(
+        get,
+        path = "/health",
+        tag = "meta",
+        responses(
+            (status = 200, description = "Recovered, and answering.", body = ManagerHealth),
+            (status = 503, response = Unavailable),
+        ),
+    )]
+    fn health() {}
+
+    /// This document
+    #[utoipa::path(
+        get,
+        path = "/openapi.json",
+        tag = "meta",
+        responses((status = 200, description = "The OpenAPI document of this API.", body = Object)),
+    )]
+    fn openapi() {}
+}
+
+/// A worker's operations (`super::worker::configure` mounts their handlers); each function
+/// exists for its `#[utoipa::path]` only.
+#[allow(dead_code)]
+mod worker_api {
+    use super::*;
+
+    /// Start an attempt
+    ///
+    /// Runs the task's `attempt` here, at most once: a repeat answers the attempt it knows.
+    /// An event with `state: Completed` stops the task instead.
+    #[utoipa::path(
+        post,
+        path = "/tasks",
+        tag = "tasks",
+        request_body(content = Submission, content_type = "application/json"),
+        responses(
+            (status = 201, description = "A new attempt, accepted and committed.", body = Task,
+                headers(("Location" = String, description = "The task's URL, /tasks/{id}."))),
+            (status = 200, description = "This attempt is known already.", body = Task,
+                headers(("Location" = String, description = "The task's URL, /tasks/{id}."))),
+            (status = 202, description = "The event asked for a stop: committed.", body = Task),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 403, response = Forbidden),
+            (status = 404, description = "A stop was asked for a task this worker never had (remembered all the same).", body = ErrorBody),
+            (status = 408, response = RequestTimeout),
+            (status = 409, description = "The attempt is older than the one this worker runs, or a stop fenced it.", body = ErrorBody),
+            (status = 413, response = PayloadTooLarge),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn start_task() {}
+
+    /// Every task, or the change feed
+    ///
+    /// Without `since`, every task the worker has written to its store. With `since`, the
+    /// change feed: the tasks changed after that sequence number (all of them, `full: true`,
+    /// for `since=0` or another `instance`), waiting up to `wait` seconds for one.
+    #[utoipa::path(
+        get,
+        path = "/tasks",
+        tag = "tasks",
+        params(
+            ("since" = Option<u64>, Query, description = "A sequence number from an earlier answer, or 0: answer the change feed."),
+            ("wait" = Option<f64>, Query, minimum = 0,
+                description = "Seconds to wait for a change (a wait over 60 is cut to 60; default 0)."),
+            ("instance" = Option<uuid::Uuid>, Query, description = "The worker instance `since` belongs to."),
+        ),
+        responses(
+            (status = 200, description = "Every task (an array), or with since the change feed (an object).", body = WorkerTasks),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn list_tasks() {}
+
+    /// Get a task
+    #[utoipa::path(
+        get,
+        path = "/tasks/{id}",
+        tag = "tasks",
+        params(("id" = uuid::Uuid, Path, description = "The task's id.")),
+        responses(
+            (status = 200, description = "The task as this worker last wrote it.", body = Task),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 404, description = "This worker never had the task.", body = ErrorBody),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn get_task() {}
+
+    /// Stop a task
+    ///
+    /// With `attempt`, fences every attempt up to it for good and stops the current one if it
+    /// is one of them.
+    #[utoipa::path(
+        delete,
+        path = "/tasks/{id}",
+        tag = "tasks",
+        params(
+            ("id" = uuid::Uuid, Path, description = "The task's id."),
+            ("attempt" = Option<u32>, Query, minimum = 1, description = "Stop only this attempt (and fence every one up to it)."),
+        ),
+        responses(
+            (status = 202, description = "The stop is committed.", body = Task),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 403, response = Forbidden),
+            (status = 404, description = "This worker never had the task (the fence is remembered all the same).", body = ErrorBody),
+            (status = 409, description = "The worker runs a newer attempt.", body = ErrorBody),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn stop_task() {}
+
+    /// Read a task's output
+    #[utoipa::path(
+        get,
+        path = "/tasks/{id}/logs",
+        tag = "tasks",
+        params(
+            ("id" = uuid::Uuid, Path, description = "The task's id."),
+            ("tail" = Option<usize>, Query, minimum = 0, maximum = 100000,
+                description = "Only the last this many lines (without it, the whole log)."),
+            ("follow" = Option<bool>, Query, description = "Keep streaming until the container ends (default false)."),
+        ),
+        responses(
+            (status = 200, description = "The output, streamed.", body = String, content_type = "text/plain"),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 404, description = "This worker never had the task, or it has no container.", body = ErrorBody),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn task_logs() {}
+
+    /// The machine
+    #[utoipa::path(
+        get,
+        path = "/stats",
+        tag = "tasks",
+        responses(
+            (status = 200, description = "The machine's cpus, memory, disk, load and task count.", body = NodeStats),
+            (status = 401, response = Unauthorized),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn stats() {}
+
+    /// Liveness
+    #[utoipa::path(
+        get,
+        path = "/health",
+        tag = "meta",
+        responses((status = 200, description = "The worker answers.", body = WorkerHealth)),
+    )]
+    fn health() {}
+
+    /// This document
+    #[utoipa::path(
+        get,
+        path = "/openapi.json",
+        tag = "meta",
+        responses((status = 200, description = "The OpenAPI document of this API.", body = Object)),
+    )]
+    fn openapi() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use actix_web::test as web_test;
+    use actix_web::{App, http::Method};
+    use chrono::Utc;
+
+    use super::*;
+
+    const METHODS: [Method; 5] = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::DELETE,
+        Method::PATCH,
+    ];
+
+    /// `(method, path)` of every operation of a document.
+    fn operations(doc: &Value) -> Vec<(String, String)> {
+        let mut ops = Vec::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("a path item").keys() {
+                ops.push((method.to_uppercase(), path.clone()));
+            }
+        }
+        ops.sort();
+        ops
+    }
+
+    /// The paths a `configure` function mounts, read from its source: each is an `endpoint`.
+    fn mounted_paths(source: &str) -> Vec<String> {
+        let configure = source
+            .split("pub fn configure")
+            .nth(1)
+            .and_then(|rest| rest.split("\n}\n").next())
+            .expect("a configure function");
+        let mut paths: Vec<String> = configure
+            .split("endpoint(\"")
+            .skip(1)
+            .map(|s| s.split('"').next().unwrap().to_string())
+            .collect();
+        paths.sort();
+        paths
+    }
+
+    /// Every path `configure` mounts is documented, and each answers exactly the documented
+    /// methods: any other is the endpoint's 405. (The handlers have no actors to reach here, so
+    /// a mounted route answers 500 for want of its app data, or 200 for /openapi.json.)
+    async fn documents_every_route(
+        doc: &Value,
+        source: &str,
+        configure: fn(&mut actix_web::web::ServiceConfig),
+    ) {
+        let documented = operations(doc);
+        let mut paths: Vec<String> = documented.iter().map(|(_, p)| p.clone()).collect();
+        paths.sort();
+        paths.dedup();
+        assert_eq!(paths, mounted_paths(source));
+        let app = web_test::init_service(App::new().configure(configure)).await;
+        for path in &paths {
+            let uri = path
+                .replace("{id}", "1f0c3d6e-8a4b-4e0f-9a7c-2b5d8e1f4a6c")
+                .replace("{name}", "w1");
+            for method in METHODS {
+                let req = web_test::TestRequest::default()
+                    .method(method.clone())
+                    .uri(&uri)
+                    .to_request();
+                let status = web_test::call_service(&app, req).await.status();
+                let is_documented = documented.contains(&(method.to_string(), path.clone()));
+                assert_eq!(
+                    status != 405 && status != 404,
+                    is_documented,
+                    "{method} {path} answers {status}"
+                );
+            }
+        }
+    }
+
+    #[actix_web::test]
+    async fn the_manager_document_has_every_route_the_manager_mounts() {
+        let doc = manager_document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert!(serde_json::to_string(&doc).unwrap().len() > 1000);
+        documents_every_route(
+            &doc,
+            include_str!("manager.rs"),
+            super::super::manager::configure,
+        )
+        .await;
+    }
+
+    #[actix_web::test]
+    async fn the_worker_document_has_every_route_the_worker_mounts() {
+        let doc = worker_document();
+        assert_eq!(doc["openapi"], "3.1.0");
+        documents_every_route(
+            &doc,
+            include_str!("worker.rs"),
+            super::super::worker::configure,
+        )
+        .await;
+    }
+
+    #[actix_web::test]
+    async fn openapi_json_is_served() {
+        let app =
+            web_test::init_service(App::new().configure(super::super::worker::configure)).await;
+        let req = web_test::TestRequest::get()
+            .uri("/openapi.json")
+            .to_request();
+        let resp = web_test::call_service(&app, req).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers().get("content-type").unwrap(),
+            "application/json"
+        );
+        let body: Value = serde_json::from_slice(&web_test::read_body(resp).await).unwrap();
+        assert_eq!(body, worker_document());
+    }
+
+    /// Only /health and /openapi.json are open; every other operation needs the bearer token
+    /// and says it may answer 401, and 403 when it writes.
+    #[test]
+    fn every_operation_but_the_open_ones_needs_a_token() {
+        for doc in [manager_document(), worker_document()] {
+            assert_eq!(
+                doc["components"]["securitySchemes"]["bearerAuth"]["scheme"],
+                "bearer"
+            );
+            for (method, path) in operations(&doc) {
+                let op = &doc["paths"][&path][method.to_lowercase()];
+                let open = super::super::auth::OPEN_PATHS.contains(&path.as_str());
+                assert_eq!(op["security"].is_null(), open, "{method} {path}");
+                assert_eq!(op["responses"]["401"].is_null(), open, "{method} {path}");
+                assert_eq!(
+                    op["responses"]["403"].is_null(),
+                    open || method == "GET",
+                    "{method} {path}"
+                );
+                for (status, response) in op["responses"].as_object().unwrap() {
+                    if status.starts_with('4') || status.starts_with('5') {
+                        let response = response
+                            .get("$ref")
+                            .and_then(Value::as_str)
+                            .map(|r| &doc["components"]["responses"][&r[23..]])
+                            .unwrap_or(response);
+                        assert_eq!(
+                            response["content"]["application/json"]["schema"]["$ref"],
+                            "#/components/schemas/ErrorBody",
+                            "{method} {path} {status}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// An answer's schema names exactly the fields the type serializes, all required.
+    fn assert_answer_schema(doc: &Value, name: &str, sample: impl serde::Serialize) {
+        let sample = serde_json::to_value(sample).unwrap();
+        let schema = &doc["components"]["schemas"][name];
+        let mut fields: Vec<&String> = sample.as_object().unwrap().keys().collect();
+        let mut properties: Vec<&String> =
+            schema["properties"].as_object().unwrap().keys().collect();
+        let mut required: Vec<&str> = schema["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        fields.sort();
+        properties.sort();
+        required.sort();
+        assert_eq!(fields, properties, "{name}");
+        assert_eq!(
+            required,
+            fields.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+            "{name}"
+        );
+    }
+
+    #[test]
+    fn answers_are_described_field_for_field() {
+        let (manager, worker) = (manager_document(), worker_document());
+        let task = Task::new("cube-demo/busybox:latest");
+        assert_answer_schema(&manager, "Task", &task);
+        assert_answer_schema(&worker, "Task", &task);
+        let stats = NodeStats::simulated(
+            "w1",
+            crate::node::Capacity {
+                cpus: 2.0,
+                memory: 1 << 30,
+                disk: 1 << 40,
+            },
+            0,
+        );
+        assert_answer_schema(&worker, "NodeStats", &stats);
+        let changes = Changes {
+            name: "w1".into(),
+            instance: uuid::Uuid::new_v4(),
+            seq: 1,
+            full: true,
+            tasks: vec![task],
+        };
+        assert_answer_schema(&worker, "Changes", &changes);
+        let node = NodeReport {
+            name: "w1".into(),
+            address: "127.0.0.1:5556".into(),
+            status: NodeStatus::Ready,
+            cpus: 2.0,
+            cpu_allocated: 0.5,
+            memory: 1,
+            memory_allocated: 0,
+            disk: 1,
+            disk_allocated: 0,
+            tasks: 1,
+            last_seen: Some(Utc::now()),
+            reason: None,
+        };
+        assert_answer_schema(&manager, "NodeReport", &node);
+        assert_answer_schema(&manager, "ErrorBody", ErrorBody { error: "no" });
+        // A u64 may be as large as u64 allows; a u32 no larger than u32 does.
+        let memory = &manager["components"]["schemas"]["Task"]["properties"]["memory"];
+        assert_eq!(
+            (&memory["minimum"], &memory["maximum"]),
+            (&0.into(), &u64::MAX.into())
+        );
+        let attempt = &worker["paths"]["/tasks/{id}"]["delete"]["parameters"][1]["schema"];
+        assert_eq!(
+            (&attempt["minimum"], &attempt["maximum"]),
+            (&1.into(), &u32::MAX.into())
+        );
+    }
+
+    /// `state` of `GET /tasks` takes each state's name in any case, as [`State::parse`] does.
+    #[test]
+    fn the_state_filter_takes_any_case() {
+        let any_case: Vec<String> = State::ALL
+            .iter()
+            .map(|s| {
+                s.as_str()
+                    .chars()
+                    .map(|c| format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase()))
+                    .collect()
+            })
+            .collect();
+        let pattern = format!("^(?:{})$", any_case.join("|"));
+        let state = &manager_document()["paths"]["/tasks"]["get"]["parameters"][0];
+        assert_eq!(state["name"], "state");
+        assert_eq!(state["schema"]["pattern"], pattern.as_str());
+    }
+}
