@@ -87,9 +87,12 @@ fn a_delete_while_the_worker_is_away_is_carried_out_when_it_returns() {
     assert_eq!(r.status, 202, "{}", r.body);
     let answer = r.json();
     assert_eq!(answer["desired"], "stopped", "{answer}");
-    assert_eq!(
-        answer["state"], "Running",
-        "not Completed before its worker says so"
+    // Running, or Scheduled when the manager was killed before its record of Running was
+    // committed (reports are written behind, and the worker's next report restores it): never
+    // Completed before the worker says the copy is gone.
+    assert!(
+        answer["state"] == "Running" || answer["state"] == "Scheduled",
+        "not Completed before its worker says so: {answer}"
     );
     assert_eq!(c.running_copies(&id), 1);
     // The worker returns (the manager knows it from its store): the stop is carried out.
