@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 
+pub mod lock;
 pub mod table;
 
 pub use table::{Key, Record, Table};
@@ -219,6 +220,8 @@ struct Shared {
     tables: HashMap<&'static str, Db>,
     path: PathBuf,
     stats: Stats,
+    /// Declared after `env`, so the environment is closed before the directory is let go.
+    _lock: lock::DirLock,
 }
 
 /// One queued batch and where to send its outcome.
@@ -317,6 +320,10 @@ impl Store {
         let max_dbs = u32::try_from(names.len())
             .map_err(|_| open_err(format!("too many tables ({})", names.len())))?;
 
+        // One process per directory: two managers on one store would place and stop the same
+        // tasks. LMDB's own lock file lets several processes share an environment; this does not.
+        let dir_lock = lock::DirLock::acquire(dir).map_err(open_err)?;
+
         let mut options = EnvOpenOptions::new().read_txn_without_tls();
         options.map_size(map_size).max_dbs(max_dbs);
         // SAFETY: LMDB memory-maps the data file; the map stays valid as long as nothing else
@@ -356,6 +363,7 @@ impl Store {
             env,
             tables,
             stats: Stats::default(),
+            _lock: dir_lock,
         });
 
         let (queue, jobs) = mpsc::channel::<Job>();

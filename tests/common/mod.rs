@@ -164,6 +164,11 @@ impl CubeProcess {
         format!("{}://{}", self.scheme, self.addr)
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn port(&self) -> u16 {
         self.addr
             .rsplit(':')
