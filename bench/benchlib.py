@@ -34,6 +34,26 @@ def http(method, url, body=None, timeout=120):
     return http_status(method, url, body, timeout)[1]
 
 
+def http_all(url, timeout=120):
+    """Every page of a listing (GET /tasks): each answer's Link header names the next."""
+    items = []
+    origin = url.split("/", 3)[:3]
+    sep = "&" if "?" in url else "?"
+    next_url = f"{url}{sep}limit=5000"
+    while next_url:
+        headers = {}
+        if os.environ.get("CUBE_TOKEN"):
+            headers["Authorization"] = "Bearer " + os.environ["CUBE_TOKEN"]
+        context = ssl.create_default_context(cafile=os.environ["CUBE_CA_CERT"]) if url.startswith("https") else None
+        req = urllib.request.Request(next_url, headers=headers)
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
+            items.extend(json.loads(r.read()))
+            link = r.headers.get("Link", "")
+        target = link.split(">", 1)[0].lstrip("<") if 'rel="next"' in link else ""
+        next_url = "/".join(origin) + target if target.startswith("/") else None
+    return items
+
+
 def remove_by_label(label):
     ids = sh("docker", "ps", "-aq", "--filter", f"label={label}").stdout.split()
     if ids:

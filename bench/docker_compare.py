@@ -11,7 +11,7 @@ again if this script turned it on.
 """
 import argparse, concurrent.futures, json, shutil, statistics, subprocess, sys, tempfile, time, uuid
 
-from benchlib import CUBE, IMAGE, ensure_image, free_port, http, remove_by_label, sh
+from benchlib import CUBE, IMAGE, ensure_image, free_port, http, http_all, remove_by_label, sh
 
 
 
@@ -48,7 +48,7 @@ def cube_round(n):
         t0 = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda _: http("POST", url + "/tasks", {"task": {"image": IMAGE, "cmd": ["sleep", "600"], "stop_timeout_s": 0}}), range(n)))
-        while len(http("GET", url + "/tasks?state=Running")) < n:
+        while len(http_all(url + "/tasks?state=Running")) < n:
             time.sleep(0.01)
         return time.perf_counter() - t0
     finally:

@@ -15,7 +15,7 @@ every acknowledged submission survives a SIGKILL of the manager.
 """
 import argparse, json, os, re, shutil, signal, subprocess, sys, tempfile, time
 
-from benchlib import CUBE, ROOT, free_port, http
+from benchlib import CUBE, ROOT, free_port, http, http_all
 
 LUA = os.path.join(ROOT, "bench", "submit.lua")
 SECURITY = "off"
@@ -102,7 +102,7 @@ def main():
         load.communicate()
         acked = acked_ids(d2)
         cube = start(port, d2)
-        stored = {t["id"] for t in http("GET", f"{base(port)}/tasks")}
+        stored = {t["id"] for t in http_all(f"{base(port)}/tasks")}
         cube.kill()
         cube.wait()
         lost = acked - stored

@@ -13,7 +13,7 @@ measured is Cube's own recovery, not Docker's start time).
 """
 import argparse, concurrent.futures, json, shutil, signal, subprocess, sys, tempfile, time
 
-from benchlib import CUBE, free_port, http, http_status
+from benchlib import CUBE, free_port, http, http_all, http_status
 
 
 
@@ -54,7 +54,7 @@ def main():
         body = {"task": {"image": "cube-sim/task:latest", "cmd": ["sleep", "3600"]}}
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda _: http("POST", url + "/tasks", body), range(args.tasks)))
-        wait(lambda: len(http("GET", url + "/tasks?state=Running")) == args.tasks, timeout=300, step=0.2)
+        wait(lambda: len(http_all(url + "/tasks?state=Running")) == args.tasks, timeout=300, step=0.2)
 
         procs["m"].send_signal(signal.SIGKILL)
         procs["m"].wait()
@@ -62,9 +62,9 @@ def main():
         procs["m"] = subprocess.Popen(mcmd, stderr=subprocess.DEVNULL)
         wait(lambda: http_status("GET", url + "/health")[0] == 200, step=0.001)
         health_s = time.perf_counter() - t0
-        wait(lambda: len(http("GET", url + "/tasks")) == args.tasks, step=0.001)
+        wait(lambda: len(http_all(url + "/tasks")) == args.tasks, step=0.001)
         listed_s = time.perf_counter() - t0
-        wait(lambda: len(http("GET", url + "/tasks?state=Running")) == args.tasks, step=0.01)
+        wait(lambda: len(http_all(url + "/tasks?state=Running")) == args.tasks, step=0.01)
         running_s = time.perf_counter() - t0
 
         tasks = http("GET", url + "/tasks?state=Running")

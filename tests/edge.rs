@@ -105,7 +105,6 @@ const UUID: &str = "expected a UUID";
 fn the_manager_refuses_every_bad_field_by_name() {
     let e = start();
     let id = uuid::Uuid::new_v4();
-    let long = "9".repeat(5000);
     let long_name = "a".repeat(300);
     let table: Vec<(Method, String, &[&str])> = vec![
         (
@@ -117,11 +116,6 @@ fn the_manager_refuses_every_bad_field_by_name() {
             Get,
             "/tasks?limit=0".into(),
             &["limit=0 is out of range", LIMIT],
-        ),
-        (
-            Get,
-            "/tasks?limit=5001".into(),
-            &["limit=5001 is out of range", LIMIT],
         ),
         (
             Get,
@@ -139,11 +133,6 @@ fn the_manager_refuses_every_bad_field_by_name() {
             &["limit=abc is not a number", LIMIT],
         ),
         (Get, "/tasks?limit=".into(), &["limit= is empty", LIMIT]),
-        (
-            Get,
-            format!("/tasks?limit={long}"),
-            &["is out of range", LIMIT],
-        ),
         (
             Get,
             "/tasks?limit=1&limit=2".into(),
@@ -371,6 +360,11 @@ fn the_edge_values_themselves_are_accepted() {
     let e = start();
     let (m, w) = (e.manager.url(), e.worker.url());
 
+    // A limit above the maximum is cut to it, never refused.
+    for limit in ["5001", "99999999999999999999999"] {
+        let r = e.http.get(&format!("{m}/tasks?limit={limit}"));
+        assert_eq!(r.status, 200, "limit={limit}: {}", r.body);
+    }
     let r = e.http.get(&format!("{m}/tasks?limit=5000"));
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.json().is_array());

@@ -170,7 +170,7 @@ fn a_manager_killed_mid_burst_keeps_every_acknowledged_task_exactly_once() {
         client.join().expect("client thread");
     }
     let acked = acked.lock().expect("lock").clone();
-    let all: Value = c.http.get(&c.url("/tasks")).json();
+    let all: Value = c.http.get(&c.url("/tasks?limit=5000")).json();
     let known: HashMap<String, Value> = all
         .as_array()
         .expect("tasks")

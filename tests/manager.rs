@@ -150,7 +150,7 @@ fn a_client_chosen_id_makes_submission_idempotent() {
     let r = c.http.post(&c.url("/tasks"), &other);
     assert_eq!(r.status, 409, "{}", r.body);
     wait_state(&c.http, &c.url(&format!("/tasks/{id}")), "Running");
-    let all: Value = c.http.get(&c.url("/tasks")).json();
+    let all: Value = c.http.get(&c.url("/tasks?limit=5000")).json();
     assert_eq!(all.as_array().map(Vec::len), Some(1));
 }
 
@@ -213,7 +213,7 @@ fn tasks_survive_a_manager_sigkill_and_can_still_be_stopped() {
     let late = c.submit(sleeper());
     c.restart_manager();
     assert_eq!(c.http.get(&c.url("/health")).status, 200);
-    let all: Value = c.http.get(&c.url("/tasks")).json();
+    let all: Value = c.http.get(&c.url("/tasks?limit=5000")).json();
     assert_eq!(all.as_array().map(Vec::len), Some(5), "{all}");
     for t in tasks.iter().chain(std::iter::once(&late)) {
         wait_state(&c.http, &c.task_url(t), "Running");

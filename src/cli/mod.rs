@@ -426,6 +426,12 @@ pub struct OutputArgs {
 pub struct StatusArgs {
     /// A task id; all tasks when absent.
     pub id: Option<String>,
+    /// Only tasks in this state (Pending, Scheduled, Running, Completed, Failed).
+    #[arg(long, conflicts_with = "id")]
+    pub state: Option<String>,
+    /// Only tasks placed on this worker.
+    #[arg(long, conflicts_with = "id")]
+    pub worker: Option<String>,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -587,6 +593,24 @@ struct ErrorBody {
 }
 
 /// The `error` of an error answer, or the body itself when it is not the JSON error shape.
+/// The target of a `Link` header's `rel="next"`, a path on the same server.
+fn next_page(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.trim().split_once(';')?;
+        params
+            .split(';')
+            .any(|p| p.trim() == "rel=\"next\"" || p.trim() == "rel=next")
+            .then(|| {
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string()
+            })
+            .filter(|t| t.starts_with('/'))
+    })
+}
+
 fn error_message(body: &[u8]) -> String {
     serde_json::from_slice::<ErrorBody>(body)
         .map(|b| b.error)
@@ -699,6 +723,41 @@ impl Client {
         .await
     }
 
+    /// A listing, every page of it: each answer's `Link: <…>; rel="next"` names the next.
+    pub async fn get_pages<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Vec<T>, String> {
+        let mut all = Vec::new();
+        let mut next = Some(path.to_string());
+        while let Some(path) = next.take() {
+            let mut res = self
+                .http()?
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .map_err(|e| self.unreachable(e))?;
+            next = res
+                .headers()
+                .get(awc::http::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_page);
+            let status = res.status().as_u16();
+            let body = res
+                .body()
+                .limit(1 << 30)
+                .await
+                .map_err(|e| format!("the manager's answer could not be read: {e}"))?;
+            if status >= 400 {
+                return Err(error_message(&body));
+            }
+            let page: Vec<T> = serde_json::from_slice(&body)
+                .map_err(|e| format!("unexpected answer from the manager: {e}"))?;
+            all.extend(page);
+        }
+        Ok(all)
+    }
+
     /// A DELETE whose answer has no body (204).
     pub async fn delete_empty(&self, path: &str) -> Result<(), String> {
         self.send(self.http()?.delete(format!("{}{path}", self.base)), None)
@@ -762,7 +821,23 @@ async fn run_task(client: &Client, args: RunArgs) -> Result<(), String> {
 async fn status(client: &Client, args: StatusArgs) -> Result<(), String> {
     let tasks: Vec<Task> = match &args.id {
         Some(id) => vec![client.get(&format!("/tasks/{}", task_id(id)?)).await?],
-        None => client.get("/tasks").await?,
+        None => {
+            let mut query = Vec::new();
+            if let Some(state) = &args.state {
+                let state = State::parse(state).ok_or_else(|| {
+                    format!("--state {state:?} is not a state; expected Pending, Scheduled, Running, Completed or Failed")
+                })?;
+                query.push(format!("state={state}"));
+            }
+            if let Some(worker) = &args.worker {
+                crate::node::check_name(worker).map_err(|e| format!("--worker: {e}"))?;
+                query.push(format!("worker={worker}"));
+            }
+            query.push(format!("limit={}", crate::http::manager::MAX_LIST_LIMIT));
+            client
+                .get_pages(&format!("/tasks?{}", query.join("&")))
+                .await?
+        }
     };
     if args.output.output == Output::Json {
         let json = if args.id.is_some() {
@@ -955,6 +1030,20 @@ mod tests {
         );
         let other = token_path("cube.example:7000").expect("a path");
         assert!(other.ends_with("cube.example-7000.token"), "{other:?}");
+    }
+
+    #[test]
+    fn the_next_page_is_read_from_the_link_header() {
+        assert_eq!(
+            next_page("</tasks?limit=5&after=x>; rel=\"next\"").as_deref(),
+            Some("/tasks?limit=5&after=x")
+        );
+        assert_eq!(
+            next_page("</a>; rel=\"prev\", </b>; rel=next").as_deref(),
+            Some("/b")
+        );
+        assert_eq!(next_page("<http://elsewhere/x>; rel=\"next\""), None);
+        assert_eq!(next_page("garbage"), None);
     }
 
     #[test]

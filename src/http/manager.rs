@@ -4,7 +4,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `POST /tasks` | 201 + `Location` once committed; same id and spec: 200; other spec: 409 |
-//! | `GET /tasks` | tasks ordered by id; `?state=`, `?worker=`, `?limit=N&after=ID` |
+//! | `GET /tasks` | a page of tasks ordered by id (500; `?limit=` up to 5000), `?state=`, `?worker=`, `?after=ID`; `Link` names the next page |
 //! | `GET /tasks/{id}` | one task |
 //! | `DELETE /tasks/{id}` | 202; stopped and removed, then Completed |
 //! | `GET /tasks/{id}/logs` | the container's output (`?tail=N`, `?follow=true`) |
@@ -35,10 +35,12 @@ use crate::actors::manager::{
 };
 use crate::task::{Desired, State, parse_submission};
 
-/// The most tasks one page of `GET /tasks?limit=` holds. A larger limit is refused (400), not
-/// cut: a client that reads a short page as the last one must never be told less than it asked
-/// for. Without `limit` every task comes.
+/// The most tasks one page of `GET /tasks` holds: a larger `limit` is cut to it. Whether more
+/// follow is said by the `Link: <…>; rel="next"` header, never by the page's length.
 pub const MAX_LIST_LIMIT: usize = 5000;
+/// The page `GET /tasks` gives without `limit`: a listing never copies the whole table on the
+/// thread the Manager shares with the Scheduler.
+pub const DEFAULT_LIST_LIMIT: usize = 500;
 
 /// What the handlers reach.
 #[derive(Clone)]
@@ -120,8 +122,9 @@ struct ListQuery {
 }
 
 /// The filters of `GET /tasks`, checked: `state` one of the five states; `worker` any name
-/// (one no node has matches nothing); `limit` 1 to [`MAX_LIST_LIMIT`] (0 and more than the
-/// maximum are a 400; without it, every task); `after` a task id (it need not exist).
+/// (one no node has matches nothing); `limit` a positive integer, cut to [`MAX_LIST_LIMIT`]
+/// ([`DEFAULT_LIST_LIMIT`] without it); `after` a task id (it need not exist). The request to
+/// the Manager asks for one more than the page, to know whether a next page follows.
 fn list_filters(query: ListQuery) -> Result<ListTasks, ApiError> {
     let state = match query.state.as_deref() {
         None => None,
@@ -132,17 +135,28 @@ fn list_filters(query: ListQuery) -> Result<ListTasks, ApiError> {
             ))
         })?),
     };
-    let limit = query
-        .limit
-        .map(|l| {
-            integer(
-                "limit",
-                &l,
-                1..=MAX_LIST_LIMIT,
-                " (page on with after=<the last id>; leave limit out for every task)",
-            )
-        })
-        .transpose()?;
+    let limit = match query.limit {
+        None => DEFAULT_LIST_LIMIT,
+        Some(l) => {
+            let digits = l.strip_prefix('+').unwrap_or(&l);
+            let positive = !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && digits.bytes().any(|b| b != b'0');
+            if positive {
+                // Any positive integer, however large, asks for a full page.
+                digits
+                    .parse::<usize>()
+                    .map_or(MAX_LIST_LIMIT, |n| n.min(MAX_LIST_LIMIT))
+            } else {
+                integer(
+                    "limit",
+                    &l,
+                    1..=MAX_LIST_LIMIT,
+                    " (a larger limit is cut to 5000; the Link header names the next page)",
+                )?
+            }
+        }
+    };
     let after = query
         .after
         .map(|a| super::uuid("after", &a, "a task id"))
@@ -151,8 +165,36 @@ fn list_filters(query: ListQuery) -> Result<ListTasks, ApiError> {
         state,
         worker: query.worker,
         after,
-        limit,
+        // One more than the page, to know whether another follows.
+        limit: Some(limit + 1),
     })
+}
+
+/// `Link: </tasks?…&after=ID>; rel="next"` for the page after `last`, with the same filters.
+fn next_link(filters: &ListTasks, limit: usize, last: uuid::Uuid) -> String {
+    let mut query = Vec::new();
+    if let Some(state) = filters.state {
+        query.push(format!("state={}", state.as_str()));
+    }
+    if let Some(worker) = &filters.worker {
+        query.push(format!("worker={}", percent_encode(worker)));
+    }
+    query.push(format!("limit={limit}"));
+    query.push(format!("after={last}"));
+    format!("</tasks?{}>; rel=\"next\"", query.join("&"))
+}
+
+/// A query value with everything but RFC 3986's unreserved characters percent-encoded.
+fn percent_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// Tasks ordered by id; see [`list_filters`] for the query.
@@ -161,8 +203,24 @@ async fn list_tasks(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let filters = list_filters(query.into_inner())?;
-    let tasks = api.manager.send(filters).await?;
-    Ok(HttpResponse::Ok().json(tasks))
+    let limit = filters.limit.unwrap_or(DEFAULT_LIST_LIMIT + 1) - 1;
+    let link_filters = ListTasks {
+        state: filters.state,
+        worker: filters.worker.clone(),
+        ..ListTasks::default()
+    };
+    let mut tasks = api.manager.send(filters).await?;
+    let mut response = HttpResponse::Ok();
+    if tasks.len() > limit {
+        tasks.truncate(limit);
+        if let Some(last) = tasks.last() {
+            response.insert_header((
+                actix_web::http::header::LINK,
+                next_link(&link_filters, limit, last.id),
+            ));
+        }
+    }
+    Ok(response.json(tasks))
 }
 
 async fn get_task(
@@ -413,13 +471,25 @@ mod tests {
     }
 
     #[test]
-    fn a_page_holds_1_to_5000_tasks() {
+    fn a_page_holds_1_to_5000_tasks_500_by_default() {
+        let page = |limit| list(limit, None, None).unwrap().limit.map(|n| n - 1);
+        assert_eq!(page(Some("5000")), Some(MAX_LIST_LIMIT));
+        assert_eq!(page(Some("5001")), Some(MAX_LIST_LIMIT), "cut, not refused");
+        assert_eq!(page(Some("99999999999999999999999")), Some(MAX_LIST_LIMIT));
+        assert_eq!(page(Some("1")), Some(1));
+        assert_eq!(page(None), Some(DEFAULT_LIST_LIMIT));
         assert_eq!(
-            list(Some("5000"), None, None).unwrap().limit,
-            Some(MAX_LIST_LIMIT)
+            next_link(
+                &ListTasks {
+                    state: Some(State::Running),
+                    worker: Some("w 1/x".into()),
+                    ..ListTasks::default()
+                },
+                10,
+                uuid::Uuid::nil()
+            ),
+            "</tasks?state=Running&worker=w%201%2Fx&limit=10&after=00000000-0000-0000-0000-000000000000>; rel=\"next\""
         );
-        assert_eq!(list(Some("1"), None, None).unwrap().limit, Some(1));
-        assert_eq!(list(None, None, None).unwrap().limit, None);
         for (limit, after, state, says) in [
             (
                 Some("0"),
@@ -427,7 +497,7 @@ mod tests {
                 None,
                 "limit=0 is out of range; expected an integer from 1 to 5000",
             ),
-            (Some("5001"), None, None, "limit=5001 is out of range"),
+            (Some("00"), None, None, "limit=00 is out of range"),
             (Some("-1"), None, None, "limit=-1 is out of range"),
             (Some("1e99"), None, None, "limit=1e99 is not an integer"),
             (Some("abc"), None, None, "limit=abc is not a number"),

@@ -273,6 +273,8 @@ pub struct Reply {
     pub status: u16,
     pub body: String,
     pub location: Option<String>,
+    /// The `Link` header (the next page of a listing).
+    pub link: Option<String>,
 }
 
 impl Reply {
@@ -347,11 +349,13 @@ impl Http {
     ) -> Result<Reply, ureq::Error> {
         let mut res = res?;
         let status = res.status().as_u16();
-        let location = res
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        let header = |name: &str| {
+            res.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (location, link) = (header("location"), header("link"));
         let body = res
             .body_mut()
             .with_config()
@@ -362,6 +366,7 @@ impl Http {
             status,
             body,
             location,
+            link,
         })
     }
 
