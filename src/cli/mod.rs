@@ -26,6 +26,7 @@ use crate::server::{
 };
 use crate::task::{Goal, State, Task};
 
+mod snapshot;
 mod up;
 
 /// Seconds `cube run --wait` waits for a task to run (or end) unless told otherwise.
@@ -76,6 +77,8 @@ pub enum Command {
     Node(NodeArgs),
     /// Print a task's container output.
     Logs(LogsArgs),
+    /// Save a consistent copy of the manager's store, or restore one.
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 #[derive(Debug, Args)]
@@ -517,6 +520,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Command::Node(args) => nodes(&client, args.output).await?,
         Command::Logs(args) => logs(&client, args).await?,
+        Command::Snapshot(args) => snapshot::run(&client, args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -756,6 +760,13 @@ impl Client {
             all.extend(page);
         }
         Ok(all)
+    }
+
+    /// A POST with no body whose answer is bytes, not JSON (a snapshot).
+    pub async fn post_raw(&self, path: &str) -> Result<bytes::Bytes, String> {
+        self.send(self.http()?.post(format!("{}{path}", self.base)), None)
+            .await
+            .map(|(_, body)| body)
     }
 
     /// A DELETE whose answer has no body (204).

@@ -40,7 +40,8 @@ pub use table::{Key, Record, Table};
 
 use heed::types::Bytes;
 use heed::{
-    CommitOrAbort, CommitToken, Database, Env, EnvOpenOptions, MdbError, OnCommit, WithoutTls,
+    CommitOrAbort, CommitToken, CompactionOption, Database, Env, EnvOpenOptions, MdbError,
+    OnCommit, WithoutTls,
 };
 use tokio::sync::oneshot;
 
@@ -449,6 +450,28 @@ impl Store {
     /// The (canonical) directory holding the store.
     pub fn path(&self) -> &Path {
         &self.inner.shared.path
+    }
+
+    /// Write a consistent, compacted copy of the whole store to `file` (a new file): LMDB copies
+    /// from one read transaction, so writers go on meanwhile and the copy is what was committed
+    /// when it began. Blocking: call it off any async thread. The copy is a complete LMDB data
+    /// file (`data.mdb`) that [`Store::open`] opens once it is put in a directory of its own.
+    pub fn snapshot(&self, file: &Path) -> Result<u64, StoreError> {
+        let failed = |reason: String| StoreError::Open {
+            path: file.to_owned(),
+            reason,
+        };
+        let copy = self
+            .inner
+            .shared
+            .env
+            .copy_to_path(file, CompactionOption::Enabled)
+            .map_err(|e| failed(format!("cannot write the snapshot: {e}")))?;
+        copy.sync_all()
+            .map_err(|e| failed(format!("cannot sync the snapshot: {e}")))?;
+        copy.metadata()
+            .map(|m| m.len())
+            .map_err(|e| failed(e.to_string()))
     }
 
     /// Transactions the writer has committed since the store was opened.

@@ -10,6 +10,7 @@
 //! | `GET /tasks/{id}/logs` | the container's output (`?tail=N`, `?follow=true`) |
 //! | `GET /nodes` | every worker with capacity, allocation and status |
 //! | `POST /nodes` | a worker joins: `{name, address}` or `{name, port}`; 201 once committed |
+//! | `POST /snapshot` | a consistent, compacted copy of the store (`cube snapshot save`) |
 //! | `DELETE /nodes/{name}` | forget a node with no tasks: 204; 409 naming its tasks |
 //! | `GET /health` | 200 once recovery is complete, 503 before |
 //! | `GET /openapi.json` | this API's OpenAPI document ([`super::openapi`]) |
@@ -31,7 +32,7 @@ use crate::actors::client::WorkerClient;
 use crate::actors::manager::core::NodeRefusal;
 use crate::actors::manager::{
     CountTasks, ForgetNode, GetTask, JoinNode, ListNodes, ListTasks, LogsOf, Manager, ManagerError,
-    StopTask, Submit,
+    Snapshot, StopTask, Submit,
 };
 use crate::task::{Desired, State, parse_submission};
 
@@ -84,6 +85,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(join_node)),
         )
         .service(endpoint("/nodes/{name}").route(web::delete().to(forget_node)))
+        .service(endpoint("/snapshot").route(web::post().to(snapshot)))
         .service(endpoint("/health").route(web::get().to(health)))
         .service(endpoint("/openapi.json").route(web::get().to(super::openapi::manager)));
 }
@@ -429,6 +431,36 @@ async fn join_node(
 
 /// Forget a node; its name is checked as a join checks it (1 to 63 letters, digits, `.`, `_`
 /// or `-`), so a name no node can have is a 400, not a 404.
+/// A consistent, compacted copy of the store (`cube snapshot save`), streamed as it is read.
+async fn snapshot(api: web::Data<ManagerApi>) -> Result<HttpResponse, ApiError> {
+    let (file, size) = api.manager.send(Snapshot).await??;
+    let chunks = futures_util::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let read = web::block(move || {
+            let mut buf = vec![0u8; 256 * 1024];
+            let n = std::io::Read::read(&mut file, &mut buf)?;
+            buf.truncate(n);
+            Ok::<_, std::io::Error>((file, buf))
+        })
+        .await;
+        let failed = |e: String| ApiError::unavailable(format!("reading the snapshot: {e}"));
+        match read {
+            Ok(Ok((_, buf))) if buf.is_empty() => None,
+            Ok(Ok((file, buf))) => Some((Ok(web::Bytes::from(buf)), Some(file))),
+            Ok(Err(e)) => Some((Err(failed(e.to_string())), None)),
+            Err(e) => Some((Err(failed(e.to_string())), None)),
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header((
+            actix_web::http::header::CONTENT_DISPOSITION,
+            "attachment; filename=\"cube-manager.snapshot\"",
+        ))
+        .no_chunking(size)
+        .streaming(chunks))
+}
+
 async fn forget_node(
     api: web::Data<ManagerApi>,
     name: web::Path<String>,

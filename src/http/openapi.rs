@@ -190,6 +190,7 @@ enum WorkerTasks {
         manager_api::nodes,
         manager_api::join_node,
         manager_api::forget_node,
+        manager_api::snapshot,
         manager_api::health,
         manager_api::openapi,
     ),
@@ -438,6 +439,25 @@ mod manager_api {
         security(("bearerAuth" = [])),
     )]
     fn forget_node() {}
+
+    /// Snapshot the store
+    ///
+    /// A consistent, compacted copy of the manager's store while it serves (LMDB's copy with
+    /// compaction), for `cube snapshot restore`.
+    #[utoipa::path(
+        post,
+        path = "/snapshot",
+        tag = "store",
+        responses(
+            (status = 200, description = "The snapshot: an LMDB data file.", content_type = "application/octet-stream", body = Vec<u8>),
+            (status = 401, response = Unauthorized),
+            (status = 403, response = Forbidden),
+            (status = 500, description = "The store could not be copied.", body = ErrorBody),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn snapshot() {}
 
     /// Liveness
     ///

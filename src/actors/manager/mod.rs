@@ -208,6 +208,13 @@ pub struct Joined {
 #[rtype(result = "Result<(), ManagerError>")]
 pub struct ForgetNode(pub String);
 
+/// A consistent, compacted copy of the manager's store, made on a blocking thread while the
+/// Manager goes on serving: answers with the copy open for reading (its file already removed,
+/// so nothing is left behind whatever happens to the reader) and its size.
+#[derive(Message)]
+#[rtype(result = "Result<(std::fs::File, u64), ManagerError>")]
+pub struct Snapshot;
+
 /// Watch a worker (one more WorkerProxy); answers with its proxy.
 #[derive(Message)]
 #[rtype(result = "Addr<WorkerProxy>")]

@@ -17,7 +17,7 @@ use super::core::{self, Core, Effect, Writes};
 use super::{
     CallsDone, Connect, CountTasks, EVENTS, ForgetNode, GetTask, JoinNode, Joined, ListNodes,
     ListTasks, LogsOf, ManagerError, NODES, NodeDown, NodeRecord, NodeReport, NodeUp, Report,
-    StopTask, Submit, Submitted, TASKS,
+    Snapshot, StopTask, Submit, Submitted, TASKS,
 };
 use crate::actors::CoreTimer;
 use crate::actors::client::{WorkerClient, WorkerLink, WorkerTarget};
@@ -469,6 +469,33 @@ impl Handler<ListTasks> for Manager {
             .take(msg.limit.unwrap_or(usize::MAX))
             .cloned()
             .collect()
+    }
+}
+
+impl Handler<Snapshot> for Manager {
+    type Result = ResponseFuture<Result<(std::fs::File, u64), ManagerError>>;
+
+    fn handle(&mut self, _: Snapshot, _: &mut Context<Self>) -> Self::Result {
+        let store = self.store.clone();
+        Box::pin(async move {
+            let copy = tokio::task::spawn_blocking(move || {
+                let path = store
+                    .path()
+                    .join(format!("snapshot-{}.tmp", Uuid::new_v4().simple()));
+                let size = store.snapshot(&path)?;
+                let opened = std::fs::File::open(&path);
+                let _ = std::fs::remove_file(&path);
+                let file = opened.map_err(|e| StoreError::Open {
+                    path: path.clone(),
+                    reason: format!("cannot read the snapshot back: {e}"),
+                })?;
+                Ok::<_, StoreError>((file, size))
+            });
+            match copy.await {
+                Ok(res) => res.map_err(ManagerError::Store),
+                Err(_) => Err(ManagerError::Gone),
+            }
+        })
     }
 }
 
