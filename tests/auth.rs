@@ -3,13 +3,11 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::Command;
 
 use common::{
-    Containers, CubeProcess, Http, eventually, sleeper, test_image, unique, wait_state,
-    worker_process_with,
+    Containers, CubeProcess, Http, eventually, free_port, run_cube, run_sleeper, test_image,
+    unique, worker_process_with,
 };
 use serde_json::{Value, json};
 
@@ -174,36 +172,10 @@ fn workers_accept_only_the_cluster_token_the_manager_presents() {
         &["--workers", &worker.addr],
         &[("CUBE_CLUSTER_TOKEN", CLUSTER)],
     );
-    let http = Http::with_token(WRITE);
-    let created = http.post(
-        &format!("{}/tasks", manager.url()),
-        json!({ "task": sleeper() }).to_string(),
-    );
-    assert_eq!(created.status, 201, "{}", created.body);
-    let task_url = format!(
-        "{}/tasks/{}",
-        manager.url(),
-        created.json()["id"].as_str().expect("an id")
-    );
-    let running = wait_state(&http, &task_url, "Running");
+    let running = run_sleeper(&Http::with_token(WRITE), &manager.url());
     assert_eq!(running["worker"], Value::String(name.clone()));
     assert!(!manager.log_text().contains(CLUSTER));
     assert!(!worker.log_text().contains(CLUSTER));
-}
-
-/// Run `cube <args>` to its end with `env`; its exit status and stderr.
-fn run_cube(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cube"))
-        .args(args)
-        .env_remove("CUBE_TOKEN")
-        .env_remove("CUBE_CLUSTER_TOKEN")
-        .envs(env.iter().copied())
-        .output()
-        .expect("run cube");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -274,13 +246,6 @@ fn beyond_loopback_both_refuse_to_start_without_tokens_unless_insecure() {
         &["--host", "0.0.0.0", "--insecure"],
     );
     assert!(worker.log_text().contains("without authentication"));
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 #[test]

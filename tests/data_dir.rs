@@ -4,47 +4,15 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
-use common::{CubeProcess, worker_process_with};
-
-/// `cube <args>` run to its end: whether it succeeded, and what it said.
-fn run(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cube"))
-        .args(args)
-        .env_remove("CUBE_TOKEN")
-        .env_remove("CUBE_CLUSTER_TOKEN")
-        .output()
-        .expect("run cube");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn manager(dir: &Path) -> CubeProcess {
-    let data = dir.join("manager");
-    CubeProcess::start(
-        &[
-            "manager",
-            "--port",
-            "0",
-            "--data-dir",
-            data.to_str().expect("utf-8"),
-        ],
-        dir,
-        "manager",
-    )
-}
+use common::{manager_process, run_cube, worker_process_with};
 
 #[test]
 fn a_second_manager_on_a_directory_in_use_refuses_to_start_until_the_first_is_gone() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut first = manager(dir.path());
+    let mut first = manager_process(dir.path(), "manager", &[]);
     let data = dir.path().join("manager");
     let data = data.to_str().expect("utf-8");
-    let (ok, err) = run(&["manager", "--port", "0", "--data-dir", data]);
+    let (ok, err) = run_cube(&["manager", "--port", "0", "--data-dir", data], &[]);
     assert!(!ok, "a second manager started on {data}");
     let pid = first.pid().expect("running").to_string();
     assert!(
@@ -53,7 +21,7 @@ fn a_second_manager_on_a_directory_in_use_refuses_to_start_until_the_first_is_go
     );
     // A crash lets go of the directory: the next manager starts there.
     first.kill();
-    let _second = manager(dir.path());
+    let _second = manager_process(dir.path(), "manager", &[]);
 }
 
 #[test]
@@ -62,17 +30,20 @@ fn a_second_worker_on_a_directory_in_use_refuses_to_start() {
     let first = worker_process_with(dir.path(), "w1", 0, &["--runtime", "fake"]);
     let data = dir.path().join("w1");
     let data = data.to_str().expect("utf-8");
-    let (ok, err) = run(&[
-        "worker",
-        "--port",
-        "0",
-        "--name",
-        "w2",
-        "--runtime",
-        "fake",
-        "--data-dir",
-        data,
-    ]);
+    let (ok, err) = run_cube(
+        &[
+            "worker",
+            "--port",
+            "0",
+            "--name",
+            "w2",
+            "--runtime",
+            "fake",
+            "--data-dir",
+            data,
+        ],
+        &[],
+    );
     assert!(!ok, "a second worker started on {data}");
     let pid = first.pid().expect("running").to_string();
     assert!(

@@ -20,20 +20,7 @@ fn start() -> Edge {
     let dir = tempfile::tempdir().expect("temp dir");
     let name = unique("edge");
     let worker = worker_process_with(dir.path(), &name, 0, &["--runtime", "fake"]);
-    let data = dir.path().join("manager");
-    let manager = CubeProcess::start(
-        &[
-            "manager",
-            "--port",
-            "0",
-            "--workers",
-            &worker.addr,
-            "--data-dir",
-            data.to_str().expect("utf-8"),
-        ],
-        dir.path(),
-        "manager",
-    );
+    let manager = manager_process(dir.path(), "manager", &["--workers", &worker.addr]);
     Edge {
         manager,
         worker,

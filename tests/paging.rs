@@ -6,7 +6,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{CubeProcess, Http, eventually, unique, worker_process_with};
+use common::{Http, eventually, manager_process, unique, worker_process_with};
 use serde_json::{Value, json};
 
 const TASKS: usize = 1203;
@@ -24,20 +24,7 @@ fn listings_come_in_pages_that_the_link_header_chains_and_the_cli_follows() {
     let dir = tempfile::tempdir().expect("temp dir");
     let name = unique("pages");
     let worker = worker_process_with(dir.path(), &name, 0, &["--runtime", "fake"]);
-    let data = dir.path().join("manager");
-    let manager = CubeProcess::start(
-        &[
-            "manager",
-            "--port",
-            "0",
-            "--workers",
-            &worker.addr,
-            "--data-dir",
-            data.to_str().expect("utf-8"),
-        ],
-        dir.path(),
-        "manager",
-    );
+    let manager = manager_process(dir.path(), "manager", &["--workers", &worker.addr]);
     let http = Http::new();
     let base = manager.url();
     let mut submitted: Vec<String> = (0..TASKS)

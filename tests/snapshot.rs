@@ -6,39 +6,19 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::{CubeProcess, Http, eventually, unique, wait_state, worker_process_with};
+use common::{
+    CubeProcess, Http, eventually, manager_process, run_cube, unique, wait_state,
+    worker_process_with,
+};
 use serde_json::{Value, json};
 
 /// A manager on `dir/data`, watching `worker` when given.
 fn manager(dir: &Path, data: &str, worker: Option<&str>) -> CubeProcess {
-    let data = dir.join(data);
-    let mut args = vec![
-        "manager",
-        "--port",
-        "0",
-        "--data-dir",
-        data.to_str().expect("utf-8"),
-    ];
-    if let Some(worker) = worker {
-        args.extend(["--workers", worker]);
+    match worker {
+        Some(worker) => manager_process(dir, data, &["--workers", worker]),
+        None => manager_process(dir, data, &[]),
     }
-    CubeProcess::start(&args, dir, "manager")
-}
-
-fn cube(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cube"))
-        .args(args)
-        .env_remove("CUBE_TOKEN")
-        .output()
-        .expect("run cube");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 fn submit(http: &Http, base: &str) -> String {
@@ -62,13 +42,16 @@ fn a_snapshot_restored_into_a_new_manager_reconciles_with_the_running_worker() {
         wait_state(&http, &format!("{base}/tasks/{id}"), "Running");
     }
     let file = dir.path().join("cube.snapshot");
-    let (ok, said) = cube(&[
-        "--manager",
-        &base,
-        "snapshot",
-        "save",
-        file.to_str().expect("utf-8"),
-    ]);
+    let (ok, said) = run_cube(
+        &[
+            "--manager",
+            &base,
+            "snapshot",
+            "save",
+            file.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
     assert!(ok, "{said}");
     // Submitted after the snapshot: the restored manager never heard of it.
     let later = submit(&http, &base);
@@ -79,35 +62,44 @@ fn a_snapshot_restored_into_a_new_manager_reconciles_with_the_running_worker() {
     // stop every copy it does not know).
     let busy = manager(dir.path(), "busy", None);
     let busy_dir = dir.path().join("busy");
-    let (ok, said) = cube(&[
-        "snapshot",
-        "restore",
-        file.to_str().expect("utf-8"),
-        "--data-dir",
-        busy_dir.to_str().expect("utf-8"),
-    ]);
+    let (ok, said) = run_cube(
+        &[
+            "snapshot",
+            "restore",
+            file.to_str().expect("utf-8"),
+            "--data-dir",
+            busy_dir.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
     assert!(!ok && said.contains("stop the manager first"), "{said}");
     drop(busy);
     // Nor is something that is not a snapshot.
     let junk = dir.path().join("junk");
     std::fs::write(&junk, "not a store").expect("write");
-    let (ok, said) = cube(&[
-        "snapshot",
-        "restore",
-        junk.to_str().expect("utf-8"),
-        "--data-dir",
-        dir.path().join("x").to_str().expect("utf-8"),
-    ]);
+    let (ok, said) = run_cube(
+        &[
+            "snapshot",
+            "restore",
+            junk.to_str().expect("utf-8"),
+            "--data-dir",
+            dir.path().join("x").to_str().expect("utf-8"),
+        ],
+        &[],
+    );
     assert!(!ok && said.contains("not a snapshot"), "{said}");
 
     let restored_dir = dir.path().join("restored");
-    let (ok, said) = cube(&[
-        "snapshot",
-        "restore",
-        file.to_str().expect("utf-8"),
-        "--data-dir",
-        restored_dir.to_str().expect("utf-8"),
-    ]);
+    let (ok, said) = run_cube(
+        &[
+            "snapshot",
+            "restore",
+            file.to_str().expect("utf-8"),
+            "--data-dir",
+            restored_dir.to_str().expect("utf-8"),
+        ],
+        &[],
+    );
     assert!(ok && said.contains("restored 5 task(s)"), "{said}");
     let restored = manager(dir.path(), "restored", Some(&worker.addr));
     let base = restored.url();

@@ -3,13 +3,14 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Containers, CubeProcess, Http, eventually, sleeper, test_image, unique, wait_state};
+use common::{
+    Containers, CubeProcess, Http, eventually, free_port, run_sleeper, test_image, unique,
+};
 use cube::tls::{LocalPki, TlsFiles};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const WRITE: &str = "write-token-0123456789abcdef";
 const CLUSTER: &str = "cluster-token-0123456789abcdef";
@@ -115,18 +116,7 @@ fn a_manager_and_a_worker_talk_over_mutual_tls_and_nobody_else_gets_in() {
     // The manager calls it over mutual TLS and runs a task there; its own API is HTTPS.
     let manager = manager(dir.path(), &worker.addr, &tls_args(&certs.files("manager")));
     assert!(manager.url().starts_with("https://"));
-    let http = Http::tls(&certs.ca, None, Some(WRITE));
-    let created = http.post(
-        &format!("{}/tasks", manager.url()),
-        json!({ "task": sleeper() }).to_string(),
-    );
-    assert_eq!(created.status, 201, "{}", created.body);
-    let task_url = format!(
-        "{}/tasks/{}",
-        manager.url(),
-        created.json()["id"].as_str().expect("an id")
-    );
-    let running = wait_state(&http, &task_url, "Running");
+    let running = run_sleeper(&Http::tls(&certs.ca, None, Some(WRITE)), &manager.url());
     assert_eq!(running["worker"], Value::String(name.clone()));
 
     // The CLI trusts the CA it is given, and says what is missing when it has none.
@@ -162,13 +152,6 @@ fn a_manager_and_a_worker_talk_over_mutual_tls_and_nobody_else_gets_in() {
         nodes[0]["reason"].is_string().then_some(nodes)
     });
     assert_ne!(nodes[0]["status"], "Ready", "{nodes}");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 #[test]

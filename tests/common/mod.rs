@@ -81,6 +81,59 @@ pub fn worker_process_with(dir: &Path, name: &str, port: u16, extra: &[&str]) ->
     CubeProcess::start(&args, dir, name)
 }
 
+/// A `cube manager` on a free port with its store in `dir/data`, and more flags (`--workers`,
+/// tokens, TLS).
+pub fn manager_process(dir: &Path, data: &str, extra: &[&str]) -> CubeProcess {
+    let data = dir.join(data);
+    let mut args = vec![
+        "manager",
+        "--port",
+        "0",
+        "--data-dir",
+        data.to_str().expect("utf-8"),
+    ];
+    args.extend_from_slice(extra);
+    CubeProcess::start(&args, dir, "manager")
+}
+
+/// Run `cube <args>` to its end with `env` (and none of the caller's tokens): whether it
+/// succeeded, and everything it printed (stdout, then stderr).
+pub fn run_cube(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_cube"))
+        .args(args)
+        .env_remove("CUBE_TOKEN")
+        .env_remove("CUBE_CLUSTER_TOKEN")
+        .env_remove("CUBE_CA_CERT")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run cube");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// A loopback port nothing listens on now (for `cube up`, whose port must be known before).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Submit a [`sleeper`] to the manager at `manager` and wait until it is Running; the task.
+pub fn run_sleeper(http: &Http, manager: &str) -> Value {
+    let created = http.post(
+        &format!("{manager}/tasks"),
+        serde_json::json!({ "task": sleeper() }).to_string(),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.json()["id"].as_str().expect("an id").to_string();
+    wait_state(http, &format!("{manager}/tasks/{id}"), "Running")
+}
+
 /// A unique name for this test's worker(s), so its containers can be told apart and removed.
 pub fn unique(prefix: &str) -> String {
     format!(
