@@ -511,18 +511,8 @@ pub async fn start_manager(config: ManagerConfig) -> Result<ManagerHandle, Serve
     .transpose()
     .map_err(ServeError::Config)?;
     let actors = ManagerActors::start(&config)?;
-    let worker_scheme = if config.tls_ca.is_some() {
-        "https"
-    } else {
-        "http"
-    };
     for address in &config.workers {
-        let url = if address.contains("://") {
-            address.trim_end_matches('/').to_string()
-        } else {
-            format!("{worker_scheme}://{address}")
-        };
-        actors.add_worker(WorkerLink::Http(url));
+        actors.add_worker(WorkerLink::http(address, config.tls_ca.is_some()));
     }
     auth::check_exposure("manager", &config.host, &config.tokens, config.insecure)
         .map_err(ServeError::Config)?;

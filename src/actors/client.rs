@@ -30,6 +30,16 @@ pub enum WorkerLink {
 }
 
 impl WorkerLink {
+    /// The worker process at `address`: a URL as given, or `host:port` reached over HTTPS
+    /// when `tls` (the manager has `--tls-ca`), over HTTP otherwise.
+    pub fn http(address: &str, tls: bool) -> WorkerLink {
+        if address.contains("://") {
+            return WorkerLink::Http(address.trim_end_matches('/').to_string());
+        }
+        let scheme = if tls { "https" } else { "http" };
+        WorkerLink::Http(format!("{scheme}://{address}"))
+    }
+
     /// The address shown in `/nodes`: `host:port`, or `in-process/<name>` for a worker actor in
     /// this process (no colon: there is nothing to reach over the network).
     pub fn address(&self) -> String {

@@ -265,12 +265,7 @@ impl Manager {
 
     /// How to reach the worker at `host:port`: over HTTPS when workers are.
     fn link(&self, address: &str) -> WorkerLink {
-        let scheme = if self.worker_tls.is_some() {
-            "https"
-        } else {
-            "http"
-        };
-        WorkerLink::Http(format!("{scheme}://{address}"))
+        WorkerLink::http(address, self.worker_tls.is_some())
     }
 
     /// Start a proxy for a worker link, on the workers' thread.
