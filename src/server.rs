@@ -377,6 +377,9 @@ pub struct ManagerConfig {
     pub data_dir: PathBuf,
     pub health_interval: Duration,
     pub node_timeout: Duration,
+    /// Finished tasks are kept this long, and at most this many, then collected.
+    pub retention: Duration,
+    pub retention_count: usize,
     /// The tokens its API accepts; none serves it open (loopback only, unless `insecure`).
     pub tokens: Tokens,
     /// The token it presents to its workers.
@@ -401,6 +404,8 @@ impl ManagerConfig {
             data_dir: data_dir.into(),
             health_interval: DEFAULT_HEALTH_INTERVAL,
             node_timeout: DEFAULT_NODE_TIMEOUT,
+            retention: crate::actors::manager::core::DEFAULT_RETENTION,
+            retention_count: crate::actors::manager::core::DEFAULT_RETENTION_COUNT,
             tokens: Tokens::default(),
             cluster_token: None,
             insecure: false,
@@ -444,6 +449,8 @@ impl ManagerActors {
             workers_arbiter: workers_arbiter.clone(),
             cluster_token: config.cluster_token.clone(),
             worker_tls: worker_tls(config)?,
+            retention: config.retention,
+            retention_count: config.retention_count,
         })?;
         let manager = Manager::start_in_arbiter(&arbiter, move |_| manager);
         Ok(ManagerActors {

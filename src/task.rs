@@ -56,6 +56,14 @@ impl State {
         State::Failed,
     ];
 
+    /// How many states there are.
+    pub const COUNT: usize = 5;
+
+    /// The state's place in [`State::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The state's name as the API spells it.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -92,7 +92,7 @@ pub struct ManagerArgs {
     #[arg(long, env = "CUBE_WORKERS", value_delimiter = ',')]
     pub workers: Option<Vec<String>>,
     /// A TOML file with any of: host, port, workers, scheduler, data_dir, health_interval,
-    /// node_timeout. Flags and environment win over it.
+    /// node_timeout, retention, retention_count. Flags and environment win over it.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Placement policy: epvm, roundrobin (round-robin), binpack (bin-pack) or spread.
@@ -107,6 +107,14 @@ pub struct ManagerArgs {
     /// Seconds a worker may be silent before it is Down and its tasks move.
     #[arg(long)]
     pub node_timeout: Option<f64>,
+    /// How long finished tasks (Completed, or Failed with no restart left) are kept before
+    /// they are collected: `30s`, `90m`, `24h`, `7d` [default: 24h]. A collected task's id
+    /// stays reserved for 7 times as long.
+    #[arg(long, value_parser = parse_duration)]
+    pub retention: Option<Duration>,
+    /// The most finished tasks kept; the oldest beyond it are collected [default: 100000].
+    #[arg(long)]
+    pub retention_count: Option<usize>,
     /// Tokens the API accepts: TOML (`[[token]]` with `token` and `role`) or `ROLE TOKEN` a
     /// line, roles `read` (GET only) and `write`. CUBE_TOKEN (or --token) adds a write token.
     #[arg(long)]
@@ -140,6 +148,8 @@ struct ManagerFile {
     data_dir: Option<PathBuf>,
     health_interval: Option<f64>,
     node_timeout: Option<f64>,
+    retention: Option<String>,
+    retention_count: Option<usize>,
 }
 
 impl ManagerArgs {
@@ -183,6 +193,14 @@ impl ManagerArgs {
         if let Some(s) = self.node_timeout.or(file.node_timeout) {
             config.node_timeout = seconds("node timeout", s)?;
         }
+        if let Some(r) = self.retention {
+            config.retention = r;
+        } else if let Some(text) = &file.retention {
+            config.retention = parse_duration(text).map_err(|e| format!("retention: {e}"))?;
+        }
+        if let Some(n) = self.retention_count.or(file.retention_count) {
+            config.retention_count = n;
+        }
         if let Some(path) = &self.token_file {
             config.tokens = Tokens::from_file(path)?;
         }
@@ -198,6 +216,24 @@ impl ManagerArgs {
         config.tls_key = self.tls_key.clone();
         config.tls_ca = self.tls_ca.clone();
         Ok(config)
+    }
+}
+
+/// A duration as people write it: `30s`, `90m`, `24h`, `7d`, `1h 30m`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let parsed = match text.parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string()),
+    };
+    match parsed {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(format!(
+            "{text:?} is zero; expected a duration > 0 such as 30s, 90m, 24h or 7d"
+        )),
+        Err(e) => Err(format!(
+            "{text:?} is not a duration ({e}); expected a number with a unit such as 30s, 90m, 24h or 7d, or a number of seconds"
+        )),
     }
 }
 

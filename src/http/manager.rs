@@ -54,6 +54,9 @@ impl From<ManagerError> for ApiError {
         let status = match &e {
             ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
             ManagerError::Conflict(_) => StatusCode::CONFLICT,
+            // Reading or stopping a collected task: it is not there (a submission reusing its
+            // id is a conflict, see `submit`).
+            ManagerError::Collected(_) => StatusCode::NOT_FOUND,
             ManagerError::NotPlaced(_) => StatusCode::CONFLICT,
             ManagerError::WorkerGone(_) => StatusCode::SERVICE_UNAVAILABLE,
             ManagerError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -104,7 +107,12 @@ async fn submit(
             .insert_header(("Location", format!("/tasks/{}", task.id)))
             .json(task));
     }
-    let submitted = api.manager.send(Submit(event.task)).await??;
+    let submitted = match api.manager.send(Submit(event.task)).await? {
+        Err(e @ ManagerError::Collected(_)) => {
+            return Err(ApiError::new(StatusCode::CONFLICT, e.to_string()));
+        }
+        other => other?,
+    };
     let status = if submitted.created {
         StatusCode::CREATED
     } else {
@@ -230,11 +238,7 @@ async fn get_task(
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_task_id(&id)?;
-    let task = api
-        .manager
-        .send(GetTask(id))
-        .await?
-        .ok_or(ManagerError::NotFound(id))?;
+    let task = api.manager.send(GetTask(id)).await??;
     Ok(HttpResponse::Ok().json(task))
 }
 

@@ -34,8 +34,15 @@ pub const TASKS: Table<u64, Task> = Table::new("tasks");
 pub const EVENTS: Table<u64, Intent> = Table::new("events");
 /// Registered workers: name → the address the name is bound to.
 pub const NODES: Table<String, NodeRecord> = Table::new("nodes");
+/// Collected tasks: id → tombstone, which keeps the id reserved for a while (ARCHITECTURE.md
+/// §10).
+pub const COLLECTED: Table<Uuid, core::Tombstone> = Table::new("collected");
 /// Every table of the manager's store.
-pub const TABLES: &[&str] = &[TASKS.name(), EVENTS.name(), NODES.name()];
+pub const TABLES: &[&str] = &[TASKS.name(), EVENTS.name(), NODES.name(), COLLECTED.name()];
+
+impl Record for core::Tombstone {
+    const VERSION: u8 = 1;
+}
 
 /// A registered worker, as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +85,9 @@ pub enum ManagerError {
     /// The id is taken by a task with another spec.
     #[error("task {0} exists already with another spec; submit it unchanged, or use a new id")]
     Conflict(Uuid),
+    /// The task finished and was collected; its id stays reserved.
+    #[error("{}", core::collected_message(.0))]
+    Collected(Box<core::Tombstone>),
     /// The task has not been placed on a worker (yet), so there is nothing to read.
     #[error("task {0} has not been placed on a worker yet")]
     NotPlaced(Uuid),
@@ -100,6 +110,7 @@ impl From<core::Refusal> for ManagerError {
         match r {
             core::Refusal::NotFound(id) => ManagerError::NotFound(id),
             core::Refusal::Conflict(id) => ManagerError::Conflict(id),
+            core::Refusal::Collected(t) => ManagerError::Collected(t),
         }
     }
 }
@@ -125,9 +136,9 @@ pub struct Submitted {
 #[rtype(result = "Result<Task, ManagerError>")]
 pub struct StopTask(pub Uuid);
 
-/// One task.
+/// One task: not found, or collected after its retention.
 #[derive(Message)]
-#[rtype(result = "Option<Task>")]
+#[rtype(result = "Result<Task, ManagerError>")]
 pub struct GetTask(pub Uuid);
 
 /// Tasks ordered by id, filtered, one page at a time.

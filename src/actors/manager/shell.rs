@@ -5,7 +5,7 @@
 //! thousands of submissions wait at once, and an actor polls every future spawned in its
 //! context on each wake-up.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -15,9 +15,9 @@ use uuid::Uuid;
 
 use super::core::{self, Core, Effect, Writes};
 use super::{
-    CallsDone, Connect, CountTasks, EVENTS, ForgetNode, GetTask, JoinNode, Joined, ListNodes,
-    ListTasks, LogsOf, ManagerError, NODES, NodeDown, NodeRecord, NodeReport, NodeUp, Report,
-    Snapshot, StopTask, Submit, Submitted, TASKS,
+    COLLECTED, CallsDone, Connect, CountTasks, EVENTS, ForgetNode, GetTask, JoinNode, Joined,
+    ListNodes, ListTasks, LogsOf, ManagerError, NODES, NodeDown, NodeRecord, NodeReport, NodeUp,
+    Report, Snapshot, StopTask, Submit, Submitted, TASKS,
 };
 use crate::actors::CoreTimer;
 use crate::actors::client::{WorkerClient, WorkerLink, WorkerTarget};
@@ -47,6 +47,9 @@ pub struct ManagerSetup {
     pub cluster_token: Option<String>,
     /// Workers are called over HTTPS with this configuration.
     pub worker_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Finished tasks are kept this long, and at most this many of them.
+    pub retention: Duration,
+    pub retention_count: usize,
 }
 
 pub struct Manager {
@@ -103,12 +106,15 @@ impl Manager {
             store.path().display(),
             nodes.len()
         );
-        let core = Core::recover(
-            core::Config::new(setup.node_timeout),
-            clock.now(),
-            records,
-            nodes,
-        );
+        let tombstones: Vec<core::Tombstone> = COLLECTED
+            .scan(&store)?
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        let config = core::Config::new(setup.node_timeout)
+            .with_retention(setup.retention, setup.retention_count);
+        let mut core = Core::recover(config, clock.now(), records, nodes);
+        core.restore_tombstones(clock.now(), tombstones);
         Ok(Manager {
             core,
             clock,
@@ -243,7 +249,10 @@ impl Manager {
         ctx.spawn(placing.into_actor(self).map(move |res, act, ctx| {
             let now = act.clock.now();
             match res {
-                Ok(placements) => act.core.placed(now, placements),
+                Ok((placements, room)) => {
+                    act.core.room_left(room);
+                    act.core.placed(now, placements);
+                }
                 Err(e) => {
                     warn!("manager: the scheduler did not answer: {e}");
                     act.core.place_failed(&ids);
@@ -313,6 +322,13 @@ fn batch_of(writes: &Writes) -> Result<Batch, StoreError> {
     }
     for name in &writes.forgotten {
         NODES.delete(&mut batch, name);
+    }
+    for (key, tomb) in &writes.collected {
+        TASKS.delete(&mut batch, key);
+        COLLECTED.put(&mut batch, &tomb.id, tomb)?;
+    }
+    for id in &writes.expired {
+        COLLECTED.delete(&mut batch, id);
     }
     for (name, address) in &writes.nodes {
         let record = NodeRecord {
@@ -441,10 +457,15 @@ impl Handler<StopTask> for Manager {
 }
 
 impl Handler<GetTask> for Manager {
-    type Result = Option<Task>;
+    type Result = Result<Task, ManagerError>;
 
     fn handle(&mut self, msg: GetTask, _: &mut Context<Self>) -> Self::Result {
-        self.core.task(msg.0).cloned()
+        let id = msg.0;
+        match (self.core.task(id), self.core.collected(id)) {
+            (Some(task), _) => Ok(task.clone()),
+            (None, Some(tomb)) => Err(ManagerError::Collected(Box::new(tomb.clone()))),
+            (None, None) => Err(ManagerError::NotFound(id)),
+        }
     }
 }
 
@@ -498,11 +519,14 @@ impl Handler<CountTasks> for Manager {
     type Result = MessageResult<CountTasks>;
 
     fn handle(&mut self, _: CountTasks, _: &mut Context<Self>) -> Self::Result {
-        let mut counts = BTreeMap::new();
-        for t in self.core.tasks() {
-            *counts.entry(t.state).or_insert(0) += 1;
-        }
-        MessageResult(counts)
+        let counts = self.core.counts();
+        MessageResult(
+            crate::task::State::ALL
+                .iter()
+                .filter(|s| counts[s.index()] > 0)
+                .map(|&s| (s, counts[s.index()]))
+                .collect(),
+        )
     }
 }
 
@@ -511,9 +535,13 @@ impl Handler<LogsOf> for Manager {
 
     fn handle(&mut self, msg: LogsOf, _: &mut Context<Self>) -> Self::Result {
         let id = msg.0;
-        let worker = match self.core.task(id) {
-            None => return Box::pin(async move { Err(ManagerError::NotFound(id)) }),
-            Some(t) => t.worker.clone(),
+        let worker = match (self.core.task(id), self.core.collected(id)) {
+            (Some(t), _) => t.worker.clone(),
+            (None, Some(tomb)) => {
+                let err = ManagerError::Collected(Box::new(tomb.clone()));
+                return Box::pin(async move { Err(err) });
+            }
+            (None, None) => return Box::pin(async move { Err(ManagerError::NotFound(id)) }),
         };
         let Some(worker) = worker else {
             return Box::pin(async move { Err(ManagerError::NotPlaced(id)) });
@@ -702,8 +730,9 @@ impl Handler<HealthChecked> for Manager {
 impl Handler<CapacityAvailable> for Manager {
     type Result = ();
 
-    fn handle(&mut self, _: CapacityAvailable, ctx: &mut Context<Self>) {
-        self.core.capacity_available();
+    fn handle(&mut self, msg: CapacityAvailable, ctx: &mut Context<Self>) {
+        let now = self.clock.now();
+        self.core.capacity_available(now, msg.0);
         self.step(ctx);
     }
 }

@@ -27,6 +27,29 @@ pub struct PlaceRequest {
 /// Where each task of a [`Book::place`] went.
 pub type Placements = Vec<(Uuid, Result<String, NoFit>)>;
 
+/// The free room of the ready nodes: in all (the most a set of tasks can take together) and on
+/// the roomiest node in each dimension (the most one task can take). Necessary conditions for a
+/// fit, never sufficient: the manager uses them to retry only the waiting tasks that might fit.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Room {
+    pub total: Resources,
+    pub largest: Resources,
+}
+
+impl Room {
+    /// Whether `task` might fit on some node, given what `taken` already asks of the total.
+    pub fn might_take(&self, taken: &Resources, task: &Resources) -> bool {
+        let within = |need: f64, have: f64| need <= 0.0 || need <= have + 1e-9;
+        let within_u = |need: u64, have: u64| need == 0 || need <= have;
+        within(task.cpu, self.largest.cpu)
+            && within_u(task.memory, self.largest.memory)
+            && within_u(task.disk, self.largest.disk)
+            && within(taken.cpu + task.cpu, self.total.cpu)
+            && within_u(taken.memory.saturating_add(task.memory), self.total.memory)
+            && within_u(taken.disk.saturating_add(task.disk), self.total.disk)
+    }
+}
+
 pub struct Book {
     policy: Box<dyn Policy>,
     nodes: Vec<NodeView>,
@@ -163,6 +186,26 @@ impl Book {
             any |= self.release_one(id);
         }
         any
+    }
+
+    /// The free room of the ready nodes, worked out now.
+    pub fn room(&self) -> Room {
+        let mut room = Room::default();
+        for n in self.nodes.iter().filter(|n| n.ready) {
+            let Some(cap) = n.capacity else {
+                continue;
+            };
+            let cpu = (cap.cpus - n.allocated.cpu).max(0.0);
+            let memory = cap.memory.saturating_sub(n.allocated.memory);
+            let disk = cap.disk.saturating_sub(n.allocated.disk);
+            room.total.cpu += cpu;
+            room.total.memory = room.total.memory.saturating_add(memory);
+            room.total.disk = room.total.disk.saturating_add(disk);
+            room.largest.cpu = room.largest.cpu.max(cpu);
+            room.largest.memory = room.largest.memory.max(memory);
+            room.largest.disk = room.largest.disk.max(disk);
+        }
+        room
     }
 
     /// Every node, in the order they became known.

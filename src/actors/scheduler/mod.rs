@@ -14,16 +14,16 @@ use actix::prelude::*;
 use log::info;
 use uuid::Uuid;
 
-pub use book::{Book, NoFit, PlaceRequest, Placements};
+pub use book::{Book, NoFit, PlaceRequest, Placements, Room};
 
 use super::policy::{NodeView, PolicyKind, Resources};
 use crate::node::Capacity;
 
 /// Sent to the listener when room may have appeared: a node became ready or grew, or a task
-/// released its reservation. Pending tasks are worth another try.
+/// released its reservation. Waiting tasks that might fit in the room are worth another try.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
-pub struct CapacityAvailable;
+pub struct CapacityAvailable(pub Room);
 
 pub struct Scheduler {
     book: Book,
@@ -40,7 +40,7 @@ impl Scheduler {
 
     fn announce(&self, room: bool) {
         if let Some(l) = self.listener.as_ref().filter(|_| room) {
-            l.do_send(CapacityAvailable);
+            l.do_send(CapacityAvailable(self.book.room()));
         }
     }
 }
@@ -107,14 +107,16 @@ impl Handler<NodeReady> for Scheduler {
 
 /// Choose a node for each task and book its reservation there. One message for a whole burst.
 #[derive(Message)]
-#[rtype(result = "Placements")]
+#[rtype(result = "(Placements, Room)")]
 pub struct Place(pub Vec<PlaceRequest>);
 
 impl Handler<Place> for Scheduler {
     type Result = MessageResult<Place>;
 
+    /// The placements, and the room left after them.
     fn handle(&mut self, msg: Place, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.book.place(msg.0))
+        let placements = self.book.place(msg.0);
+        MessageResult((placements, self.book.room()))
     }
 }
 

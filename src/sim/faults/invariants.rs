@@ -8,12 +8,17 @@ impl World {
     pub(super) fn check_always(&mut self) {
         let durable: BTreeMap<Uuid, &Task> = self.disk_tasks.values().map(|t| (t.id, t)).collect();
         for id in self.users.acked.keys() {
+            // Retention may collect a finished task: its record goes, its tombstone stays.
+            if self.collected_ever.contains(id) {
+                continue;
+            }
             if !durable.contains_key(id) {
                 let what = format!("acknowledged task {id} is not in the durable records");
                 return self.violated(what);
             }
             if let Some(m) = &self.manager
                 && m.core.task(*id).is_none()
+                && m.core.collected(*id).is_none()
             {
                 let what = format!("acknowledged task {id} is unknown to the running manager");
                 return self.violated(what);
@@ -53,6 +58,19 @@ impl World {
         }
         if let Some(p) = problems.into_iter().next() {
             return self.violated(p);
+        }
+        if let Some(m) = &self.manager {
+            let mut recount = [0; State::COUNT];
+            for t in m.core.tasks() {
+                recount[t.state.index()] += 1;
+            }
+            if m.core.counts() != recount {
+                let what = format!(
+                    "the manager counts {:?} tasks by state, but holds {recount:?}",
+                    m.core.counts()
+                );
+                return self.violated(what);
+            }
         }
         if let Some(m) = &self.manager
             && m.sched_in_flight == 0

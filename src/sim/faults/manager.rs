@@ -22,8 +22,12 @@ impl World {
             "manager starts (incarnation {inc}) with {} records",
             records.len()
         ));
-        let mut core =
-            ManagerCore::recover(ManagerConfig::new(NODE_TIMEOUT), self.now(), records, nodes);
+        let mut config = ManagerConfig::new(NODE_TIMEOUT);
+        if self.retention {
+            config = config.with_retention(RETENTION, RETENTION_COUNT);
+        }
+        let mut core = ManagerCore::recover(config, self.now(), records, nodes);
+        core.restore_tombstones(self.now(), self.disk_tombs.values().cloned().collect());
         // Every worker is given by address, as with `--workers`.
         let endpoints = self
             .nodes
@@ -191,7 +195,26 @@ impl World {
             return;
         };
         for (key, task) in &held.writes.tasks {
+            if self.disk_tombs.contains_key(&task.id) {
+                let what = format!("collected task {} was written again", task.id);
+                return self.violated(what);
+            }
             self.disk_tasks.insert(*key, task.clone());
+        }
+        for (key, tomb) in &held.writes.collected {
+            match self.disk_tasks.remove(key) {
+                Some(t) if !is_final(&t) => {
+                    let what = format!("task {} was collected while {}", t.id, t.state);
+                    return self.violated(what);
+                }
+                _ => {}
+            }
+            self.count("tasks collected");
+            self.collected_ever.insert(tomb.id);
+            self.disk_tombs.insert(tomb.id, tomb.clone());
+        }
+        for id in &held.writes.expired {
+            self.disk_tombs.remove(id);
         }
         for (name, address) in &held.writes.nodes {
             self.disk_nodes.insert(name.clone(), address.clone());
@@ -290,21 +313,21 @@ impl World {
             }
             SchedMsg::Place(batch) => {
                 let placements = m.book.place(batch);
+                let room = m.book.room();
                 m.sched_in_flight += 1;
                 let d = self.ms(0, 2);
-                self.at(d, Ev::Placed(inc, placements));
+                self.at(d, Ev::Placed(inc, placements, room));
                 false
             }
             SchedMsg::Release(ids) => m.book.release(&ids),
             SchedMsg::Ready(name, ready) => m.book.set_ready(&name, ready),
             SchedMsg::Capacity(name, capacity) => m.book.set_capacity(&name, capacity),
         };
-        if room {
-            if let Some(m) = self.manager.as_mut() {
-                m.sched_in_flight += 1;
-            }
+        if room && let Some(m) = self.manager.as_mut() {
+            m.sched_in_flight += 1;
+            let room = m.book.room();
             let d = self.ms(0, 2);
-            self.at(d, Ev::Capacity(inc));
+            self.at(d, Ev::Capacity(inc, room));
         }
     }
 

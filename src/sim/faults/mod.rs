@@ -35,10 +35,10 @@ use uuid::Uuid;
 use crate::actors::client::CallError;
 use crate::actors::manager::core::{
     CallKind, Config as ManagerConfig, Core as ManagerCore, Effect as MEffect, EndpointId, Seen,
-    Submitted,
+    Submitted, Tombstone, is_final,
 };
 use crate::actors::policy::{PolicyKind, Resources};
-use crate::actors::scheduler::{Book, NoFit, PlaceRequest};
+use crate::actors::scheduler::{Book, NoFit, PlaceRequest, Room};
 use crate::actors::worker::WorkerError;
 use crate::actors::worker::core::{Core as WorkerCore, Effect as WEffect};
 use crate::actors::worker::feed::{Changes, Feed};
@@ -67,6 +67,11 @@ const CAPACITY: Capacity = Capacity {
 };
 /// A run that takes more events than this is stuck in a loop, which is a bug too.
 const MAX_EVENTS: u64 = 1_000_000;
+/// With retention on (odd seeds), finished tasks are kept this long, and at most this many, so
+/// that collection runs amid the faults (tombstones live 7 times as long).
+const RETENTION: Duration = Duration::from_secs(10);
+const RETENTION_COUNT: usize = 25;
+
 /// The simulated wall clock starts here (any fixed instant does).
 const EPOCH_SECS: i64 = 1_800_000_000;
 
@@ -228,8 +233,8 @@ enum Ev {
     /// A message arrives at the scheduler.
     Sched(u64, SchedMsg),
     /// The scheduler's answer arrives at the manager.
-    Placed(u64, Vec<(Uuid, Result<String, NoFit>)>),
-    Capacity(u64),
+    Placed(u64, Vec<(Uuid, Result<String, NoFit>)>, Room),
+    Capacity(u64, Room),
     Heartbeat(u64, usize),
     DownCheck(u64, usize),
     Watch(u64, usize, u64),
@@ -435,6 +440,9 @@ struct Users {
 
 struct World {
     options: Options,
+    /// Odd seeds run the manager with a short retention, so collection happens amid the
+    /// faults; even ones keep every task, as a long retention would.
+    retention: bool,
     rng: fastrand::Rng,
     now: Duration,
     seq: u64,
@@ -445,6 +453,10 @@ struct World {
     manager_inc: u64,
     disk_tasks: BTreeMap<u64, Task>,
     disk_nodes: BTreeMap<String, String>,
+    /// Tombstones of collected tasks, as the disk holds them.
+    disk_tombs: BTreeMap<Uuid, Tombstone>,
+    /// Every task whose collection was written.
+    collected_ever: BTreeSet<Uuid>,
     nodes: Vec<Node>,
     users: Users,
     next_req: u64,
@@ -487,6 +499,7 @@ impl World {
             })
             .collect();
         let mut world = World {
+            retention: seed % 2 == 1,
             options,
             rng,
             now: Duration::ZERO,
@@ -498,6 +511,8 @@ impl World {
             manager_inc: 0,
             disk_tasks: BTreeMap::new(),
             disk_nodes: BTreeMap::new(),
+            disk_tombs: BTreeMap::new(),
+            collected_ever: BTreeSet::new(),
             nodes,
             users: Users::default(),
             next_req: 0,
@@ -548,7 +563,7 @@ impl World {
             // nothing more and costs most of a run).
             let check = matches!(
                 ev,
-                Ev::ManagerCommit(_) | Ev::Sched(..) | Ev::Placed(..) | Ev::Capacity(_)
+                Ev::ManagerCommit(_) | Ev::Sched(..) | Ev::Placed(..) | Ev::Capacity(..)
             );
             self.handle(ev);
             if check && self.violation.is_none() {
@@ -605,7 +620,7 @@ impl World {
                 describe(&p.body)
             ),
             Ev::Sched(_, m) => format!("scheduler ← {}", describe_sched(m)),
-            Ev::Placed(_, p) => format!("manager ← placed {p:?}"),
+            Ev::Placed(_, p, _) => format!("manager ← placed {p:?}"),
             Ev::Docker(w, _, op) => format!("docker w{}: {}", w + 1, describe_op(op)),
             Ev::Exit(w, c, code) => {
                 format!("docker w{}: container {c} ends on its own ({code})", w + 1)
@@ -651,18 +666,20 @@ impl World {
             }
             Ev::ManagerCommit(id) => self.manager_committed(id),
             Ev::Sched(inc, msg) if Some(inc) == minc => self.scheduler(msg),
-            Ev::Placed(inc, placements) if Some(inc) == minc => {
+            Ev::Placed(inc, placements, room) if Some(inc) == minc => {
                 let now = self.now();
                 if let Some(m) = self.manager.as_mut() {
                     m.sched_in_flight -= 1;
+                    m.core.room_left(room);
                     m.core.placed(now, placements);
                 }
                 self.manager_step();
             }
-            Ev::Capacity(inc) if Some(inc) == minc => {
+            Ev::Capacity(inc, room) if Some(inc) == minc => {
+                let now = self.now();
                 if let Some(m) = self.manager.as_mut() {
                     m.sched_in_flight -= 1;
-                    m.core.capacity_available();
+                    m.core.capacity_available(now, room);
                 }
                 self.manager_step();
             }

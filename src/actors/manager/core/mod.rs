@@ -35,7 +35,7 @@ use uuid::Uuid;
 
 use crate::actors::client::CallError;
 use crate::actors::policy::Resources;
-use crate::actors::scheduler::{NoFit, PlaceRequest};
+use crate::actors::scheduler::{NoFit, PlaceRequest, Room};
 use crate::clock::{Now, Timers, backoff};
 use crate::node::NodeStatus;
 use crate::sim::planted::{Bug, planted};
@@ -78,6 +78,19 @@ pub struct Config {
     pub resync_interval: Duration,
     /// Most tasks in one placement request.
     pub place_batch: usize,
+    /// Finished tasks are kept this long after they finished, then collected.
+    pub retention: Duration,
+    /// At most this many finished tasks are kept; the oldest beyond it are collected.
+    pub retention_count: usize,
+    /// A collected task's tombstone (which keeps its id reserved) lives this long.
+    pub tombstone_life: Duration,
+    /// Most tombstones kept; the oldest beyond it are dropped early.
+    pub tombstone_count: usize,
+    /// How often collection looks for what is due.
+    pub collect_interval: Duration,
+    /// Most tasks collected (or tombstones dropped) in one step, so submissions never wait
+    /// behind a long collection.
+    pub collect_batch: usize,
 }
 
 /// Default time between full reports of a worker.
@@ -86,6 +99,18 @@ pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_CALL_RETRY: Duration = Duration::from_millis(500);
 /// Default size of a placement batch.
 pub const DEFAULT_PLACE_BATCH: usize = 8192;
+/// Default time a finished task is kept (Nomad's `job_gc_threshold` is 4 h; a day lets people
+/// read yesterday's results).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Default most finished tasks kept.
+pub const DEFAULT_RETENTION_COUNT: usize = 100_000;
+/// A tombstone lives this many times the retention.
+pub const TOMBSTONE_LIFE_FACTOR: u32 = 7;
+/// Tombstones kept at most, per finished task kept.
+pub const TOMBSTONE_COUNT_FACTOR: usize = 10;
+/// Default interval between collection steps, and size of one.
+pub const DEFAULT_COLLECT_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_COLLECT_BATCH: usize = 1000;
 
 impl Config {
     pub fn new(node_timeout: Duration) -> Config {
@@ -94,7 +119,22 @@ impl Config {
             call_retry: DEFAULT_CALL_RETRY,
             resync_interval: DEFAULT_RESYNC_INTERVAL,
             place_batch: DEFAULT_PLACE_BATCH,
+            retention: DEFAULT_RETENTION,
+            retention_count: DEFAULT_RETENTION_COUNT,
+            tombstone_life: DEFAULT_RETENTION * TOMBSTONE_LIFE_FACTOR,
+            tombstone_count: DEFAULT_RETENTION_COUNT * TOMBSTONE_COUNT_FACTOR,
+            collect_interval: DEFAULT_COLLECT_INTERVAL,
+            collect_batch: DEFAULT_COLLECT_BATCH,
         }
+    }
+
+    /// Keep finished tasks for `retention`, at most `count` of them; tombstones follow.
+    pub fn with_retention(mut self, retention: Duration, count: usize) -> Config {
+        self.retention = retention;
+        self.retention_count = count;
+        self.tombstone_life = retention.saturating_mul(TOMBSTONE_LIFE_FACTOR);
+        self.tombstone_count = count.saturating_mul(TOMBSTONE_COUNT_FACTOR).max(1);
+        self
     }
 }
 
@@ -179,12 +219,31 @@ pub struct Writes {
     pub nodes: Vec<(String, String)>,
     /// Names of nodes forgotten.
     pub forgotten: Vec<String>,
+    /// Tasks collected: (store key, tombstone) — the record goes, the tombstone stays.
+    pub collected: Vec<(u64, Tombstone)>,
+    /// Tombstones that lived their time.
+    pub expired: Vec<Uuid>,
 }
 
 impl Writes {
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty() && self.nodes.is_empty() && self.forgotten.is_empty()
+        self.tasks.is_empty()
+            && self.nodes.is_empty()
+            && self.forgotten.is_empty()
+            && self.collected.is_empty()
+            && self.expired.is_empty()
     }
+}
+
+/// What is left of a finished task once it was collected: enough to keep its id reserved and
+/// to say what became of it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tombstone {
+    pub id: Uuid,
+    /// Completed or Failed.
+    pub state: State,
+    pub finished_at: chrono::DateTime<chrono::Utc>,
+    pub collected_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// What became of a submission.
@@ -207,6 +266,24 @@ pub enum Refusal {
     /// The id is taken by a task with another spec.
     #[error("task {0} exists already with another spec; submit it unchanged, or use a new id")]
     Conflict(Uuid),
+    /// The task finished and was collected after the retention period; its id stays reserved.
+    #[error("{}", collected_message(.0))]
+    Collected(Box<Tombstone>),
+}
+
+/// What a user reads about a collected task.
+pub fn collected_message(t: &Tombstone) -> String {
+    format!(
+        "task {} finished ({}) at {} and was collected at {}, after the manager's retention \
+         period (--retention, --retention-count); its record is gone and its id stays \
+         reserved: submit new work under a new id",
+        t.id,
+        t.state,
+        t.finished_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        t.collected_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    )
 }
 
 /// What a worker last said about its copy of a task.
@@ -300,6 +377,10 @@ struct Entry {
     /// What each worker last said about its copy.
     copies: Vec<(NodeId, Seen)>,
     dirty: bool,
+    /// The state it is counted under (kept in step with the record by [`Core::touch`]).
+    counted: State,
+    /// Its key in the index of finished tasks, while it is final.
+    ended: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 struct Node {
@@ -335,6 +416,10 @@ enum Timer {
     Resync(NodeId),
     /// A node known only from the store, with no endpoint watching it.
     Unwatched(NodeId),
+    /// Collect finished tasks and expired tombstones that are due.
+    Collect,
+    /// Room appeared a moment ago: retry the waiting tasks that might fit.
+    Room,
 }
 
 /// A row of `GET /nodes`, as far as the core knows it.
@@ -362,6 +447,13 @@ pub struct Core {
     asking: bool,
     /// Room appeared while a request was out: its "fits nowhere" answers may be stale.
     room_while_asking: bool,
+    /// The free room as the scheduler last told it (none yet: anything might fit).
+    room: Option<Room>,
+    /// A retry of the waiting tasks is armed.
+    room_armed: bool,
+    /// The last retry held tasks back for want of room; retry again once its answer shows
+    /// what was placed.
+    held_back: bool,
     timers: Timers<Timer>,
     effects: Vec<Effect>,
     dirty_tasks: Vec<Uuid>,
@@ -370,6 +462,17 @@ pub struct Core {
     forgotten: Vec<String>,
     /// Reservations to give back, sent as one effect.
     releases: Vec<Uuid>,
+    /// Tasks by state, kept as records change.
+    counts: [usize; State::COUNT],
+    /// Final tasks (Completed, or Failed with no restart left) by when they finished: what
+    /// retention collects, oldest first.
+    ended: BTreeSet<(chrono::DateTime<chrono::Utc>, Uuid)>,
+    /// Collected tasks whose ids stay reserved, and the order they were collected in.
+    tombstones: HashMap<Uuid, Tombstone>,
+    tomb_order: VecDeque<Uuid>,
+    /// Collections and expired tombstones to write.
+    collected: Vec<(u64, Tombstone)>,
+    expired: Vec<Uuid>,
 }
 
 impl Core {
@@ -393,12 +496,21 @@ impl Core {
             waiting: VecDeque::new(),
             asking: false,
             room_while_asking: false,
+            room: None,
+            room_armed: false,
+            held_back: false,
             timers: Timers::default(),
             effects: Vec::new(),
             dirty_tasks: Vec::new(),
             dirty_nodes: Vec::new(),
             forgotten: Vec::new(),
             releases: Vec::new(),
+            counts: [0; State::COUNT],
+            ended: BTreeSet::new(),
+            tombstones: HashMap::new(),
+            tomb_order: VecDeque::new(),
+            collected: Vec::new(),
+            expired: Vec::new(),
         };
         for (name, address) in nodes {
             let id = core.node_id(&name);
@@ -421,8 +533,11 @@ impl Core {
             }
             core.order.insert(id);
             core.tasks.insert(id, entry);
+            core.count_in(id);
         }
         core.effects.push(Effect::Restore(restore));
+        core.timers
+            .arm(now.mono + core.config.collect_interval, Timer::Collect);
         // Every node starts unwatched until an endpoint claims it; one that none does in a
         // node timeout is Down.
         for nid in 0..core.nodes.len() {
@@ -494,6 +609,8 @@ impl Core {
             writes.nodes.push((n.name.clone(), n.address.clone()));
         }
         writes.forgotten = std::mem::take(&mut self.forgotten);
+        writes.collected = std::mem::take(&mut self.collected);
+        writes.expired = std::mem::take(&mut self.expired);
         writes
     }
 
@@ -512,6 +629,10 @@ impl Core {
                 self.forgotten.push(name);
             }
         }
+        // A collection not written leaves the record in the store: write its removal again
+        // (a task restored from that record after a crash is simply collected once more).
+        self.collected.extend(writes.collected);
+        self.expired.extend(writes.expired);
     }
 
     /// When the core next needs [`Core::tick`].
@@ -628,6 +749,9 @@ impl Core {
     /// durable; tell the core with [`Core::submit_committed`].
     pub fn submit(&mut self, now: Now, task: Task) -> Result<Submitted, Refusal> {
         let id = task.id;
+        if let Some(tomb) = self.tombstones.get(&id) {
+            return Err(Refusal::Collected(Box::new(tomb.clone())));
+        }
         if let Some(existing) = self.tasks.get(&id) {
             if !existing.task.same_spec(&task) {
                 return Err(Refusal::Conflict(id));
@@ -651,6 +775,7 @@ impl Core {
         self.next_key += 1;
         self.order.insert(id);
         self.tasks.insert(id, Entry::new(task.clone(), key));
+        self.count_in(id);
         self.touch(id);
         Ok(Submitted::Created(task))
     }
@@ -668,6 +793,7 @@ impl Core {
                     self.enqueue(id);
                 }
             } else if self.tasks.get(&id).is_some_and(|e| !e.acked) {
+                self.count_out(id);
                 self.tasks.remove(&id);
                 self.order.remove(&id);
             }
@@ -678,6 +804,9 @@ impl Core {
     /// A user's stop (DELETE /tasks/{id}): the task's goal becomes `stopped` for good. It is
     /// Completed once no copy runs; a policy restart never follows.
     pub fn stop(&mut self, now: Now, id: Uuid) -> Result<Task, Refusal> {
+        if let Some(tomb) = self.tombstones.get(&id) {
+            return Err(Refusal::Collected(Box::new(tomb.clone())));
+        }
         let e = self.tasks.get_mut(&id).ok_or(Refusal::NotFound(id))?;
         if e.task.desired != Goal::Stopped && e.task.state != State::Completed {
             info!("task {id}: stop asked for");
@@ -727,6 +856,11 @@ impl Core {
                         self.timers.arm(due, Timer::Resync(nid));
                     }
                 }
+                Timer::Collect => self.collect(now),
+                Timer::Room => {
+                    self.room_armed = false;
+                    self.retry_waiting();
+                }
                 Timer::Unwatched(nid) => {
                     let node = &self.nodes[nid];
                     if node.endpoint.is_none() && node.status == NodeStatus::Connecting {
@@ -759,6 +893,8 @@ impl Entry {
             watched: false,
             copies: Vec::new(),
             dirty: false,
+            counted: State::Pending,
+            ended: None,
         }
     }
 }
@@ -766,6 +902,8 @@ impl Entry {
 mod nodes;
 mod placement;
 mod reports;
+mod retention;
+pub use retention::is_final;
 mod rules;
 
 #[cfg(test)]

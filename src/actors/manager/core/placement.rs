@@ -3,12 +3,16 @@
 
 use super::*;
 
+/// Room announced within this long of another is retried once, with the later room.
+pub const ROOM_DEBOUNCE: Duration = Duration::from_millis(20);
+
 impl Core {
     /// The scheduler's answer to a [`Effect::Place`].
     pub fn placed(&mut self, now: Now, placements: Vec<(Uuid, Result<String, NoFit>)>) {
         self.asking = false;
         // Room announced while the scheduler chose may have overtaken this answer.
         let retry = std::mem::take(&mut self.room_while_asking);
+        let mut placed_any = false;
         for (id, result) in placements {
             let Some(e) = self.tasks.get_mut(&id) else {
                 if result.is_ok() {
@@ -34,6 +38,7 @@ impl Core {
                         continue;
                     }
                     self.assign(now, id, nid);
+                    placed_any = true;
                 }
                 Err(NoFit(reason)) if wanted => {
                     // The reason is live information, worked out again after a restart: it is
@@ -49,8 +54,10 @@ impl Core {
                 Err(_) => {}
             }
         }
-        if retry {
-            self.capacity_available();
+        // Retry the waiting tasks when room was announced meanwhile, or when the last retry
+        // held some back and this answer placed some (so the room is known afresh).
+        if retry || (std::mem::take(&mut self.held_back) && placed_any) {
+            self.retry_waiting();
         }
         self.kick();
     }
@@ -68,19 +75,56 @@ impl Core {
         }
     }
 
-    /// Room may have appeared: tasks that fit nowhere are worth another try.
-    pub fn capacity_available(&mut self) {
+    /// The room left after the scheduler's last answer (sent with it, before [`Core::placed`]).
+    pub fn room_left(&mut self, room: Room) {
+        self.room = Some(room);
+    }
+
+    /// Room may have appeared (a reservation was given back, a node came up or grew): the
+    /// waiting tasks that might fit in it are worth another try. Announcements a moment apart
+    /// make one retry ([`ROOM_DEBOUNCE`]), so a stream of releases never walks the waiting
+    /// tasks once each.
+    pub fn capacity_available(&mut self, now: Now, room: Room) {
+        self.room = Some(room);
         if self.asking {
             self.room_while_asking = true;
         }
+        if !self.room_armed {
+            self.room_armed = true;
+            self.timers.arm(now.mono + ROOM_DEBOUNCE, Timer::Room);
+        }
+    }
+
+    /// Queue the waiting tasks that might fit in the room, oldest first: each must fit on the
+    /// roomiest node, and all of them together in the room of every node. The rest keep
+    /// waiting, in order; if some were held back, another retry follows the answer.
+    pub(super) fn retry_waiting(&mut self) {
+        if self.asking {
+            self.room_while_asking = true;
+            return;
+        }
+        let mut taken = Resources::default();
+        let mut kept = VecDeque::new();
+        let mut held_back = false;
         while let Some(id) = self.waiting.pop_front() {
-            if let Some(e) = self.tasks.get_mut(&id)
-                && e.placing == Placing::Waiting
-            {
+            let Some(e) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            if e.placing != Placing::Waiting {
+                continue;
+            }
+            let need = resources(&e.task);
+            if self.room.is_none_or(|room| room.might_take(&taken, &need)) {
+                taken.add(&need);
                 e.placing = Placing::No;
                 self.enqueue(id);
+            } else {
+                held_back = true;
+                kept.push_back(id);
             }
         }
+        self.waiting = kept;
+        self.held_back = held_back;
         self.kick();
     }
 

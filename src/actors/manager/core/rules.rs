@@ -340,6 +340,7 @@ impl Core {
         }
     }
 
+    /// The record changed: write it with the step, and keep its count and index in step.
     pub(super) fn touch(&mut self, id: Uuid) {
         if let Some(e) = self.tasks.get_mut(&id)
             && !e.dirty
@@ -347,5 +348,6 @@ impl Core {
             e.dirty = true;
             self.dirty_tasks.push(id);
         }
+        self.recount(id);
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use uuid::Uuid;
 
+use super::placement::ROOM_DEBOUNCE;
 use super::*;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -30,9 +31,17 @@ impl Harness {
     }
 
     fn recover(records: Vec<(u64, Task)>, nodes: Vec<(String, String)>) -> Harness {
+        Harness::recover_with(Config::new(TIMEOUT), records, nodes)
+    }
+
+    fn recover_with(
+        config: Config,
+        records: Vec<(u64, Task)>,
+        nodes: Vec<(String, String)>,
+    ) -> Harness {
         let mut h = Harness {
             core: Core::recover(
-                Config::new(TIMEOUT),
+                config,
                 Now {
                     mono: Duration::ZERO,
                     wall: Utc.timestamp_opt(1_800_000_000, 0).unwrap(),
@@ -752,8 +761,91 @@ fn a_task_that_fits_nowhere_waits_with_the_reason_and_is_placed_when_room_appear
     assert_eq!(t.error.as_deref(), Some("no worker has room"));
     assert!(!h.take().iter().any(|e| matches!(e, Effect::Place(_))));
     h.worker("10.0.0.1:5556", "w1");
-    h.core.capacity_available();
+    let now = h.now();
+    h.core.capacity_available(now, room(4.0, 4.0));
+    assert!(
+        !h.take().iter().any(|e| matches!(e, Effect::Place(_))),
+        "announcements a moment apart make one retry"
+    );
+    h.advance(ROOM_DEBOUNCE);
     assert_eq!(h.place_on("w1"), vec![id]);
+}
+
+/// Room of `total` cores in all, `largest` on the roomiest node.
+fn room(total: f64, largest: f64) -> Room {
+    let r = |cpu| Resources {
+        cpu,
+        memory: 1 << 40,
+        disk: 1 << 40,
+    };
+    Room {
+        total: r(total),
+        largest: r(largest),
+    }
+}
+
+#[test]
+fn a_burst_of_room_retries_only_the_waiting_tasks_that_might_fit_and_then_the_rest() {
+    let mut h = Harness::new();
+    h.worker("10.0.0.1:5556", "w1");
+    let ids: Vec<Uuid> = (0..4)
+        .map(|_| {
+            let mut t = task("sleep");
+            t.cpu = 1.0;
+            h.submit(t)
+        })
+        .collect();
+    let mut big = task("sleep");
+    big.cpu = 8.0;
+    let big = h.submit(big);
+    // The cluster is full: every request is answered "fits nowhere".
+    loop {
+        let asked: Vec<Uuid> = h
+            .take()
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Place(batch) => Some(batch.into_iter().map(|r| r.id)),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        if asked.is_empty() {
+            break;
+        }
+        let now = h.now();
+        let full = asked
+            .into_iter()
+            .map(|id| (id, Err(NoFit("no worker has room".into()))))
+            .collect();
+        h.core.placed(now, full);
+    }
+    let now = h.now();
+    // Many releases in a burst: one retry, of the two tasks that fit in two free cores.
+    for _ in 0..100 {
+        h.core.capacity_available(now, room(2.0, 2.0));
+    }
+    h.advance(ROOM_DEBOUNCE);
+    let first = h.place_on("w1");
+    assert_eq!(first, ids[..2].to_vec());
+    // The answer shows room left: the held-back tasks that might fit follow; the big one
+    // fits on no node and keeps waiting.
+    h.core.room_left(room(2.0, 1.0));
+    let now = h.now();
+    h.core.placed(
+        now,
+        first.iter().map(|id| (*id, Ok("w1".to_string()))).collect(),
+    );
+    let effects = h.take();
+    let asked: Vec<Uuid> = effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Place(batch) => Some(batch.iter().map(|r| r.id).collect::<Vec<_>>()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(asked, ids[2..].to_vec());
+    assert_eq!(h.state(big), State::Pending);
 }
 
 #[test]
@@ -909,4 +1001,225 @@ fn a_down_name_that_joins_at_a_new_address_moves_there() {
     let now = h.now();
     h.core.node_up(now, new, "w1");
     assert_eq!(h.core.endpoints()[0].status, NodeStatus::Ready);
+}
+
+// ---- retention ---------------------------------------------------------------------------
+
+const RETENTION: Duration = Duration::from_secs(60);
+
+fn retaining(count: usize) -> Harness {
+    Harness::recover_with(
+        Config::new(TIMEOUT).with_retention(RETENTION, count),
+        Vec::new(),
+        Vec::new(),
+    )
+}
+
+/// A task run on `node` until it exits with `code`, as the worker reports it.
+fn finished_on(h: &mut Harness, ep: EndpointId, node: &str, t: Task, code: i64) -> Uuid {
+    let id = h.running_on(ep, node, t);
+    let mut r = seen(
+        &h.task(id),
+        1,
+        if code == 0 {
+            State::Completed
+        } else {
+            State::Failed
+        },
+    );
+    r.exit_code = Some(code);
+    h.report(ep, false, vec![r]);
+    id
+}
+
+#[test]
+fn a_finished_task_is_collected_after_the_retention_and_leaves_a_tombstone() {
+    let mut h = retaining(1000);
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let id = finished_on(&mut h, ep, "w1", task("true"), 0);
+    assert_eq!(h.state(id), State::Completed);
+    h.advance(RETENTION / 2);
+    assert!(h.core.task(id).is_some(), "kept during the retention");
+    h.advance(RETENTION);
+    assert!(h.core.task(id).is_none(), "collected after it");
+    let tomb = h.core.collected(id).expect("a tombstone").clone();
+    assert_eq!((tomb.id, tomb.state), (id, State::Completed));
+    assert_eq!(h.core.counts()[State::Completed.index()], 0);
+    // The id stays reserved, and reads and stops say it was collected.
+    let mut again = task("true");
+    again.id = id;
+    let now = h.now();
+    assert!(matches!(
+        h.core.submit(now, again),
+        Err(Refusal::Collected(_))
+    ));
+    assert!(matches!(h.core.stop(now, id), Err(Refusal::Collected(_))));
+    // The tombstone lives its time, then the id is free.
+    h.advance(RETENTION * TOMBSTONE_LIFE_FACTOR);
+    assert!(h.core.collected(id).is_none());
+}
+
+#[test]
+fn the_collection_is_written_as_a_removal_and_a_tombstone() {
+    let mut h = retaining(1000);
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let id = finished_on(&mut h, ep, "w1", task("true"), 0);
+    let key = h.core.tasks[&id].key;
+    h.mono += RETENTION * 2;
+    let now = h.now();
+    h.core.tick(now);
+    let writes = h.core.take_writes();
+    assert_eq!(writes.collected.len(), 1);
+    assert_eq!(writes.collected[0].0, key);
+    assert_eq!(writes.collected[0].1.id, id);
+    // Not written: written again with the next step.
+    h.core.unwritten(writes);
+    assert_eq!(h.core.take_writes().collected.len(), 1);
+}
+
+#[test]
+fn a_task_with_restarts_left_or_running_is_never_collected() {
+    let mut h = retaining(0);
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let mut retried = task("false");
+    retried.restart_policy = RestartPolicy::OnFailure;
+    retried.max_restarts = 3;
+    let failing = finished_on(&mut h, ep, "w1", retried, 1);
+    assert_eq!(h.state(failing), State::Failed);
+    let running = h.running_on(ep, "w1", task("sleep"));
+    h.advance(Duration::from_millis(500));
+    assert!(h.core.task(failing).is_some(), "a restart is due");
+    assert!(h.core.task(running).is_some());
+    let mut once = task("false");
+    once.restart_policy = RestartPolicy::Never;
+    let gone = finished_on(&mut h, ep, "w1", once, 1);
+    h.advance(Duration::from_secs(1));
+    assert!(
+        h.core.task(gone).is_none(),
+        "failed for good, and over the count"
+    );
+}
+
+#[test]
+fn the_count_keeps_the_newest_finished_tasks() {
+    let mut h = retaining(2);
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(finished_on(&mut h, ep, "w1", task("true"), 0));
+        h.mono += Duration::from_millis(10);
+    }
+    h.advance(Duration::from_secs(1));
+    let kept: Vec<bool> = ids.iter().map(|id| h.core.task(*id).is_some()).collect();
+    assert_eq!(kept, vec![false, false, false, true, true]);
+    assert_eq!(h.core.counts()[State::Completed.index()], 2);
+    assert_eq!(h.core.tombstone_count(), 3);
+}
+
+#[test]
+fn a_finished_task_whose_stray_copy_still_runs_waits_for_it() {
+    let mut h = retaining(1000);
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let id = h.running_on(ep, "w1", task("sleep"));
+    // The worker is lost while the task runs there; the user stops the task meanwhile.
+    let now = h.now();
+    h.core.node_down(now, ep);
+    h.core.stop(now, id).unwrap();
+    h.take();
+    assert_eq!(h.state(id), State::Completed);
+    h.advance(RETENTION * 2);
+    assert!(
+        h.core.task(id).is_some(),
+        "a copy was last seen running on w1: kept until it is gone"
+    );
+    // The worker comes back with the copy, which is stopped, then gone.
+    let now = h.now();
+    h.core.node_up(now, ep, "w1");
+    assert_eq!(h.stops(), vec![("w1".to_string(), id, 1)]);
+    h.report(ep, true, vec![seen(&h.task(id), 1, State::Running)]);
+    h.stop_result("w1", id, 1, Ok(seen(&h.task(id), 1, State::Completed)));
+    h.advance(Duration::from_secs(1));
+    assert!(h.core.task(id).is_none(), "collected once its copy ended");
+    // A copy of the collected task reported running is stopped like any unknown task's.
+    h.report(
+        ep,
+        false,
+        vec![seen(
+            &Task {
+                id,
+                ..task("sleep")
+            },
+            1,
+            State::Running,
+        )],
+    );
+    assert_eq!(h.stops(), vec![("w1".to_string(), id, 1)]);
+}
+
+#[test]
+fn collection_goes_in_batches() {
+    let mut config = Config::new(TIMEOUT).with_retention(RETENTION, 1_000_000);
+    config.collect_batch = 3;
+    let mut h = Harness::recover_with(config, Vec::new(), Vec::new());
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let ids: Vec<Uuid> = (0..7)
+        .map(|_| finished_on(&mut h, ep, "w1", task("true"), 0))
+        .collect();
+    h.mono += RETENTION * 2;
+    let now = h.now();
+    h.core.tick(now);
+    assert_eq!(h.core.take_writes().collected.len(), 3);
+    h.advance(Duration::from_millis(5));
+    assert_eq!(
+        ids.iter().filter(|id| h.core.task(**id).is_none()).count(),
+        6
+    );
+    h.advance(Duration::from_millis(5));
+    assert!(ids.iter().all(|id| h.core.task(*id).is_none()));
+}
+
+#[test]
+fn recovered_tombstones_keep_ids_reserved_and_expired_ones_go() {
+    let mut h = retaining(1000);
+    let now = h.now();
+    let fresh = Tombstone {
+        id: Uuid::new_v4(),
+        state: State::Completed,
+        finished_at: now.wall,
+        collected_at: now.wall,
+    };
+    let old = Tombstone {
+        collected_at: now.wall - chrono::Duration::days(30),
+        id: Uuid::new_v4(),
+        ..fresh.clone()
+    };
+    h.core
+        .restore_tombstones(now, vec![fresh.clone(), old.clone()]);
+    assert!(h.core.collected(fresh.id).is_some());
+    assert!(h.core.collected(old.id).is_none());
+    assert_eq!(h.core.take_writes().expired, vec![old.id]);
+}
+
+#[test]
+fn counts_follow_every_change() {
+    let mut h = retaining(1000);
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let running = h.running_on(ep, "w1", task("sleep"));
+    let done = finished_on(&mut h, ep, "w1", task("true"), 0);
+    h.submit(task("waits"));
+    let c = h.core.counts();
+    assert_eq!(
+        (
+            c[State::Pending.index()],
+            c[State::Running.index()],
+            c[State::Completed.index()]
+        ),
+        (1, 1, 1)
+    );
+    let _ = (running, done);
+    let mut recount = [0; State::COUNT];
+    for t in h.core.tasks() {
+        recount[t.state.index()] += 1;
+    }
+    assert_eq!(h.core.counts(), recount);
 }
