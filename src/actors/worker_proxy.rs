@@ -26,6 +26,7 @@ use super::manager::core::EndpointId;
 use super::manager::core::{CallKind, Seen};
 use super::manager::{CallDone, CallsDone, Manager, NodeDown, NodeUp, Report};
 use super::scheduler::{NodeCapacity, Scheduler};
+use super::worker::WatchChanges;
 use crate::clock::Clock;
 use crate::node::{Capacity, Liveness, LivenessChange, NodeStats, NodeStatus};
 use crate::task::Task;
@@ -237,9 +238,14 @@ impl WorkerProxy {
         if std::mem::take(&mut self.resync) {
             self.since = 0;
         }
-        let (since, instance) = (self.since, self.instance);
+        let query = WatchChanges {
+            since: self.since,
+            instance: self.instance,
+            wait: WATCH_WAIT,
+            acked: None,
+        };
         let handle = ctx.spawn(
-            async move { client.watch(since, instance, WATCH_WAIT).await }
+            async move { client.watch(query).await }
                 .into_actor(self)
                 .map(|res, act, ctx| {
                     act.watching = None;

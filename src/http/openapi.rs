@@ -519,9 +519,10 @@ mod worker_api {
 
     /// Every task, or the change feed
     ///
-    /// Without `since`, every task the worker has written to its store. With `since`, the
-    /// change feed: the tasks changed after that sequence number (all of them, `full: true`,
-    /// for `since=0` or another `instance`), waiting up to `wait` seconds for one.
+    /// Without `since`, every task the worker has written to its store (finished tasks leave
+    /// once the manager has recorded them and the retention passed). With `since`, the change
+    /// feed: the tasks changed after that sequence number (all of them, `full: true`, for
+    /// `since=0` or another `instance`), waiting up to `wait` seconds for one.
     #[utoipa::path(
         get,
         path = "/tasks",
@@ -531,6 +532,8 @@ mod worker_api {
             ("wait" = Option<f64>, Query, minimum = 0,
                 description = "Seconds to wait for a change (a wait over 60 is cut to 60; default 0)."),
             ("instance" = Option<uuid::Uuid>, Query, description = "The worker instance `since` belongs to."),
+            ("acked" = Option<u64>, Query,
+                description = "The manager has recorded this instance's feed up to this sequence number: finished tasks written there may be dropped once their retention passed. One of another instance, or ahead of the feed, is ignored."),
         ),
         responses(
             (status = 200, description = "Every task (an array), or with since the change feed (an object).", body = WorkerTasks),
@@ -552,7 +555,7 @@ mod worker_api {
             (status = 200, description = "The task as this worker last wrote it.", body = Task),
             (status = 400, response = BadRequest),
             (status = 401, response = Unauthorized),
-            (status = 404, description = "This worker never had the task.", body = ErrorBody),
+            (status = 404, description = "This worker never had the task, or dropped it: it finished, the manager recorded it and the retention passed.", body = ErrorBody),
             (status = 503, response = Unavailable),
         ),
         security(("bearerAuth" = [])),

@@ -57,13 +57,21 @@ impl Feed {
         self.seq
     }
 
-    /// The task changed: it moves to the end of the feed.
-    pub fn changed(&mut self, id: Uuid) {
+    /// The task changed: it moves to the end of the feed. Its new position.
+    pub fn changed(&mut self, id: Uuid) -> u64 {
         self.seq += 1;
         if let Some(old) = self.position.insert(id, self.seq) {
             self.changes.remove(&old);
         }
         self.changes.insert(self.seq, id);
+        self.seq
+    }
+
+    /// The task is gone from the worker (dropped): it leaves the feed. The sequence goes on.
+    pub fn forget(&mut self, id: Uuid) {
+        if let Some(old) = self.position.remove(&id) {
+            self.changes.remove(&old);
+        }
     }
 
     /// Where a watcher really starts: 0 (everything) for another process's sequence, one from
@@ -74,6 +82,12 @@ impl Feed {
             _ if since > self.seq => 0,
             _ => since,
         }
+    }
+
+    /// The position a watcher says the manager has recorded, when it is one of this process's
+    /// (another instance's, or one from the future, says nothing about this feed).
+    pub fn acked(&self, acked: u64, instance: Option<Uuid>) -> Option<u64> {
+        (instance == Some(self.instance) && acked <= self.seq).then_some(acked)
     }
 
     /// Whether a watcher starting at `since` (as [`Feed::start_of`] says) has something to read.
@@ -137,5 +151,27 @@ mod tests {
         assert_eq!(feed.start_of(2, Some(feed.instance())), 2);
         assert!(!feed.has_news(2));
         assert!(feed.has_news(0), "a full report is always news");
+    }
+
+    #[test]
+    fn a_forgotten_task_leaves_the_feed_and_acks_are_this_instance_s_only() {
+        let mut feed = Feed::new(Uuid::new_v4());
+        let (a, b) = (Task::new("a"), Task::new("b"));
+        assert_eq!(feed.changed(a.id), 2);
+        assert_eq!(feed.changed(b.id), 3);
+        feed.forget(a.id);
+        let all = [a.clone(), b.clone()];
+        let changes = feed.read("w", 0, |id| all.iter().find(|t| t.id == id));
+        assert_eq!(changes.tasks.len(), 1);
+        assert_eq!(changes.tasks[0].id, b.id);
+        let me = Some(feed.instance());
+        assert_eq!(feed.acked(3, me), Some(3));
+        assert_eq!(feed.acked(4, me), None, "from the future");
+        assert_eq!(
+            feed.acked(2, Some(Uuid::new_v4())),
+            None,
+            "another instance"
+        );
+        assert_eq!(feed.acked(2, None), None);
     }
 }

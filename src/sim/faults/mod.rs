@@ -39,9 +39,9 @@ use crate::actors::manager::core::{
 };
 use crate::actors::policy::{PolicyKind, Resources};
 use crate::actors::scheduler::{Book, NoFit, PlaceRequest};
-use crate::actors::worker::WorkerError;
 use crate::actors::worker::core::{Core as WorkerCore, Effect as WEffect};
 use crate::actors::worker::feed::{Changes, Feed};
+use crate::actors::worker::{Tombstone, WorkerError};
 use crate::clock::Now;
 use crate::node::{Capacity, Liveness, LivenessChange};
 use crate::runtime::{ContainerSpec, ContainerStatus, RuntimeError};
@@ -396,7 +396,7 @@ struct WorkerHeld {
 #[derive(Default)]
 struct WorkerDisk {
     tasks: BTreeMap<Uuid, Task>,
-    stops: BTreeMap<Uuid, u32>,
+    stops: BTreeMap<Uuid, Tombstone>,
 }
 
 #[derive(Debug, Clone)]
