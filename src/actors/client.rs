@@ -169,7 +169,7 @@ impl WorkerClient {
     }
 
     /// The change feed: everything changed after `since`, waiting up to `wait` for a change
-    /// (see [`WatchChanges`] for acknowledgements).
+    /// (see [`WatchChanges`] for acknowledgements and pages).
     pub async fn watch(&self, query: WatchChanges) -> Result<Changes, CallError> {
         match &self.target.link {
             WorkerLink::Http(base) => {
@@ -291,6 +291,9 @@ fn feed_path(query: &WatchChanges) -> String {
     if let Some(a) = query.acked {
         path.push_str(&format!("&acked={a}"));
     }
+    if let Some(l) = query.limit {
+        path.push_str(&format!("&limit={l}"));
+    }
     path
 }
 
@@ -341,13 +344,15 @@ mod tests {
             instance: None,
             wait: Duration::from_millis(1500),
             acked: None,
+            limit: None,
         };
         assert_eq!(feed_path(&query), "/tasks?since=7&wait=1.5");
         query.instance = Some(instance);
         query.acked = Some(5);
+        query.limit = Some(5000);
         assert_eq!(
             feed_path(&query),
-            format!("/tasks?since=7&wait=1.5&instance={instance}&acked=5")
+            format!("/tasks?since=7&wait=1.5&instance={instance}&acked=5&limit=5000")
         );
     }
 }

@@ -243,6 +243,7 @@ impl WorkerProxy {
             instance: self.instance,
             wait: WATCH_WAIT,
             acked: None,
+            limit: None,
         };
         let handle = ctx.spawn(
             async move { client.watch(query).await }

@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::actors::manager::NodeReport;
 use crate::actors::policy::PolicyKind;
+use crate::actors::worker::DEFAULT_FEED_PAGE;
 use crate::http::auth::{Role, Tokens};
 use crate::runtime::{DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_MAX_SIZE, Hardening};
 use crate::server::{
@@ -231,6 +232,9 @@ pub struct WorkerArgs {
     /// and the tombstone that refuses its attempt this long after that.
     #[arg(long, value_parser = parse_duration, default_value = DEFAULT_RETENTION_TEXT)]
     pub retention: Duration,
+    /// Most tasks in one answer of the change feed (tests use small pages).
+    #[arg(long, hide = true, default_value_t = DEFAULT_FEED_PAGE, value_parser = parse_page)]
+    pub feed_page: usize,
     /// Host address containers' published ports bind to [default: the --host address].
     #[arg(long)]
     pub publish_address: Option<String>,
@@ -347,6 +351,15 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+fn parse_page(text: &str) -> Result<usize, String> {
+    text.parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            format!("{text:?} is not a page size; expected a number of tasks, 1 or more")
+        })
+}
+
 fn parse_log_size(text: &str) -> Result<String, String> {
     let digits = text.trim_end_matches(['k', 'm', 'g']);
     let ok = !digits.is_empty()
@@ -379,6 +392,7 @@ impl WorkerArgs {
         config.port = self.port;
         config.runtime = self.runtime;
         config.retention = self.retention;
+        config.feed_page = self.feed_page;
         config.hardening = Hardening {
             publish_address: self
                 .publish_address
@@ -1108,18 +1122,22 @@ mod tests {
             };
             assert!(e.contains("duration"), "{e}");
         }
-        let cli = Cli::try_parse_from(["cube", "worker", "--retention", "2s"]).expect("parses");
+        let cli = Cli::try_parse_from(["cube", "worker", "--retention", "2s", "--feed-page", "50"])
+            .expect("parses");
         let Command::Worker(args) = cli.command else {
             panic!("not the worker command");
         };
         let config = args.config(None);
         assert_eq!(config.retention, Duration::from_secs(2));
+        assert_eq!(config.feed_page, 50);
         let cli = Cli::try_parse_from(["cube", "worker"]).expect("parses");
         let Command::Worker(args) = cli.command else {
             panic!("not the worker command");
         };
         let config = args.config(None);
         assert_eq!(config.retention, crate::actors::worker::DEFAULT_RETENTION);
+        assert_eq!(config.feed_page, DEFAULT_FEED_PAGE);
+        assert!(Cli::try_parse_from(["cube", "worker", "--feed-page", "0"]).is_err());
     }
 
     #[test]

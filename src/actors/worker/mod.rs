@@ -74,6 +74,11 @@ impl Record for Tombstone {
 /// at least as long (and until the manager has recorded it), a tombstone as long after it is
 /// written once the task is gone.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
+/// Most tasks in one answer of the change feed, for a watcher that asks for pages (`limit`).
+pub const DEFAULT_FEED_PAGE: usize = 5000;
+/// Most bytes of tasks (as JSON) in one answer of the change feed for a watcher that asks for
+/// pages; an answer always holds at least one task, so its size is bounded by this plus one task.
+pub const MAX_FEED_PAGE_BYTES: usize = 32 << 20;
 /// Longest a [`WatchChanges`] may wait for a change.
 pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(60);
 
@@ -130,6 +135,8 @@ pub struct WorkerSetup {
     /// How long the container of a finished task is kept for its logs, and its record and
     /// tombstone at least.
     pub retention: Duration,
+    /// Most tasks in one answer of the change feed to a watcher that asks for pages.
+    pub feed_page: usize,
 }
 
 /// Run this attempt of a task. Idempotent by task id and attempt: a repeat returns the existing
@@ -178,6 +185,10 @@ pub struct WatchChanges {
     /// The manager has committed everything that followed from this feed's records up to this
     /// position (of `instance`): finished tasks written there may be dropped (§5).
     pub acked: Option<u64>,
+    /// Answer in pages of at most this many tasks (cut to the worker's page size) and
+    /// [`MAX_FEED_PAGE_BYTES`]; `more` then says the next read goes on from the answer's `seq`.
+    /// Without it, one answer holds everything, as for watchers of older versions.
+    pub limit: Option<usize>,
 }
 
 /// The worker's report about its machine.

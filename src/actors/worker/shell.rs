@@ -16,10 +16,10 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::core::{Core, Effect, Writes};
-use super::feed::{Changes, Feed};
+use super::feed::{Changes, Feed, Page};
 use super::{
-    GetStats, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, STOPS, StartAttempt, Started,
-    StopAttempt, TASKS, WatchChanges, WorkerError, WorkerSetup,
+    GetStats, MAX_FEED_PAGE_BYTES, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, STOPS,
+    StartAttempt, Started, StopAttempt, TASKS, WatchChanges, WorkerError, WorkerSetup,
 };
 use crate::actors::CoreTimer;
 use crate::clock::Clock;
@@ -42,6 +42,7 @@ async fn durable(commit: Option<Durable>) -> Result<(), WorkerError> {
 /// A long-poll waiting for the next change.
 struct Watcher {
     since: u64,
+    page: Option<Page>,
     reply: oneshot::Sender<Changes>,
 }
 
@@ -57,6 +58,8 @@ pub struct Worker {
     store: Option<Store>,
     sampler: Option<Addr<StatsSampler>>,
     capacity: Capacity,
+    /// Most tasks in one answer to a watcher that asks for pages.
+    feed_page: usize,
     watchers: Vec<Watcher>,
     notify_scheduled: bool,
     /// The armed timer of the core, and when it fires.
@@ -99,6 +102,7 @@ impl Worker {
             store: setup.store,
             sampler: setup.sampler,
             capacity: setup.capacity,
+            feed_page: setup.feed_page.max(1),
             watchers: Vec::new(),
             notify_scheduled: false,
             timer: CoreTimer::default(),
@@ -267,8 +271,13 @@ impl Worker {
         }
     }
 
-    fn changes(&self, since: u64) -> Changes {
-        self.feed.read(self.core.name(), since, |id| self.shown(id))
+    /// The answer for a watcher starting at `since`, in a page when it asks for pages.
+    fn changes(&self, since: u64, page: Option<Page>) -> Changes {
+        let lookup = |id| self.shown(id);
+        match page {
+            Some(page) => self.feed.read_page(self.core.name(), since, page, lookup),
+            None => self.feed.read(self.core.name(), since, lookup),
+        }
     }
 
     fn notify_watchers(&mut self) {
@@ -279,7 +288,7 @@ impl Worker {
                 continue;
             }
             if self.feed.has_news(w.since) {
-                let _ = w.reply.send(self.changes(w.since));
+                let _ = w.reply.send(self.changes(w.since, w.page));
             } else {
                 self.watchers.push(w);
             }
@@ -447,18 +456,27 @@ impl Handler<WatchChanges> for Worker {
             self.step(ctx);
         }
         let since = self.feed.start_of(msg.since, msg.instance);
+        let page = msg.limit.map(|limit| Page {
+            tasks: limit.clamp(1, self.feed_page),
+            bytes: MAX_FEED_PAGE_BYTES,
+        });
         if self.feed.has_news(since) || msg.wait.is_zero() {
-            let changes = self.changes(since);
+            let changes = self.changes(since, page);
             return Box::pin(async move { changes });
         }
         let (tx, rx) = oneshot::channel();
         self.watchers.retain(|w| !w.reply.is_closed());
-        self.watchers.push(Watcher { since, reply: tx });
+        self.watchers.push(Watcher {
+            since,
+            page,
+            reply: tx,
+        });
         let empty = Changes {
             name: self.core.name().to_string(),
             instance: self.feed.instance(),
             seq: self.feed.seq(),
             full: false,
+            more: false,
             tasks: Vec::new(),
         };
         let wait = msg.wait.min(MAX_WATCH_WAIT);

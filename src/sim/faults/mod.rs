@@ -704,6 +704,7 @@ impl World {
                         instance: p.feed.instance(),
                         seq: p.feed.seq(),
                         full: false,
+                        more: false,
                         tasks: Vec::new(),
                     };
                     Some((watcher, changes))
