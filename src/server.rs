@@ -14,7 +14,9 @@ use crate::actors::client::WorkerLink;
 use crate::actors::manager::{Connect, Manager, ManagerError, ManagerSetup};
 use crate::actors::policy::PolicyKind;
 use crate::actors::scheduler::Scheduler;
-use crate::actors::worker::{DEFAULT_RETENTION, Worker, WorkerError, WorkerSetup};
+use crate::actors::worker::{
+    DEFAULT_FEED_PAGE, DEFAULT_RETENTION, Worker, WorkerError, WorkerSetup,
+};
 use crate::db::{Store, StoreError};
 use crate::http::auth::{self, Access, Role, Tokens};
 use crate::http::manager::ManagerApi;
@@ -76,8 +78,11 @@ pub struct WorkerConfig {
     pub name: String,
     pub data_dir: PathBuf,
     pub runtime: RuntimeKind,
-    /// How long the container of a finished task is kept for its logs.
+    /// How long the container of a finished task is kept for its logs; its record and
+    /// tombstone are kept at least as long.
     pub retention: Duration,
+    /// Most tasks in one answer of the change feed (a test knob: small pages with few tasks).
+    pub feed_page: usize,
     /// Capacity a fake worker reports.
     pub fake_capacity: Capacity,
     /// How long a fake container takes to start.
@@ -108,6 +113,7 @@ impl WorkerConfig {
             data_dir: data_dir.into(),
             runtime: RuntimeKind::Docker,
             retention: DEFAULT_RETENTION,
+            feed_page: DEFAULT_FEED_PAGE,
             fake_capacity: DEFAULT_FAKE_CAPACITY,
             fake_start_delay: Duration::ZERO,
             hardening: Hardening::default(),
@@ -284,6 +290,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<WorkerHandle, ServeErr
         sampler,
         capacity: config.fake_capacity,
         retention: config.retention,
+        feed_page: config.feed_page,
     })?
     .start();
 
@@ -480,6 +487,7 @@ impl ManagerActors {
             sampler: None,
             capacity,
             retention: DEFAULT_RETENTION,
+            feed_page: DEFAULT_FEED_PAGE,
         })?;
         let addr = Worker::start_in_arbiter(&self.workers_arbiter, move |_| worker);
         self.add_worker(WorkerLink::Local(addr.clone(), name.to_string()));

@@ -283,6 +283,16 @@ fn the_worker_refuses_every_bad_field_by_name() {
             &["instance=xyz is not a worker instance id", UUID],
         ),
         (
+            Get,
+            "/tasks?since=0&acked=-1".into(),
+            &["acked=-1 is out of range", "a sequence number"],
+        ),
+        (
+            Get,
+            "/tasks?since=0&limit=0".into(),
+            &["limit=0 is out of range", "cut to the worker's page size"],
+        ),
+        (
             Delete,
             format!("/tasks/{id}?attempt=0"),
             &["attempt=0 is out of range", ATTEMPT],
@@ -369,6 +379,13 @@ fn the_edge_values_themselves_are_accepted() {
     assert_eq!(r.json()["full"], true);
     let r = e.http.get(&format!("{w}/tasks?since=0&wait=0"));
     assert_eq!(r.status, 200, "{}", r.body);
+    // An acknowledgement of another instance, or from the future, and the largest page.
+    let r = e.http.get(&format!(
+        "{w}/tasks?since=0&instance={}&acked=18446744073709551615&limit=18446744073709551615",
+        uuid::Uuid::max()
+    ));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["more"], false);
 
     // A task, on the fake worker through the manager; its logs with the smallest and the
     // largest tail.

@@ -168,29 +168,15 @@ impl WorkerClient {
         read_json(&mut res, base, path).await
     }
 
-    /// The change feed: everything changed after `since`, waiting up to `wait` for a change.
-    pub async fn watch(
-        &self,
-        since: u64,
-        instance: Option<Uuid>,
-        wait: Duration,
-    ) -> Result<Changes, CallError> {
+    /// The change feed: everything changed after `since`, waiting up to `wait` for a change
+    /// (see [`WatchChanges`] for acknowledgements and pages).
+    pub async fn watch(&self, query: WatchChanges) -> Result<Changes, CallError> {
         match &self.target.link {
             WorkerLink::Http(base) => {
-                let mut path = format!("/tasks?since={since}&wait={}", wait.as_secs_f64());
-                if let Some(i) = instance {
-                    path.push_str(&format!("&instance={i}"));
-                }
-                self.get_json(base, &path, wait + CALL_TIMEOUT).await
+                let path = feed_path(&query);
+                self.get_json(base, &path, query.wait + CALL_TIMEOUT).await
             }
-            WorkerLink::Local(addr, _) => addr
-                .send(WatchChanges {
-                    since,
-                    instance,
-                    wait,
-                })
-                .await
-                .map_err(mailbox),
+            WorkerLink::Local(addr, _) => addr.send(query).await.map_err(mailbox),
         }
     }
 
@@ -292,6 +278,25 @@ impl WorkerClient {
     }
 }
 
+/// The worker API's path for a read of the change feed.
+fn feed_path(query: &WatchChanges) -> String {
+    let mut path = format!(
+        "/tasks?since={}&wait={}",
+        query.since,
+        query.wait.as_secs_f64()
+    );
+    if let Some(i) = query.instance {
+        path.push_str(&format!("&instance={i}"));
+    }
+    if let Some(a) = query.acked {
+        path.push_str(&format!("&acked={a}"));
+    }
+    if let Some(l) = query.limit {
+        path.push_str(&format!("&limit={l}"));
+    }
+    path
+}
+
 async fn error_from<S>(res: &mut awc::ClientResponse<S>) -> CallError
 where
     S: futures_util::Stream<Item = Result<Bytes, awc::error::PayloadError>> + Unpin,
@@ -325,4 +330,29 @@ where
         .map_err(|e| CallError::Transport(format!("{base}{path}: {e}")))?;
     serde_json::from_slice(&body)
         .map_err(|e| CallError::Transport(format!("{base}{path} answered unexpected JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_feed_read_names_every_parameter_it_has() {
+        let instance = Uuid::nil();
+        let mut query = WatchChanges {
+            since: 7,
+            instance: None,
+            wait: Duration::from_millis(1500),
+            acked: None,
+            limit: None,
+        };
+        assert_eq!(feed_path(&query), "/tasks?since=7&wait=1.5");
+        query.instance = Some(instance);
+        query.acked = Some(5);
+        query.limit = Some(5000);
+        assert_eq!(
+            feed_path(&query),
+            format!("/tasks?since=7&wait=1.5&instance={instance}&acked=5&limit=5000")
+        );
+    }
 }

@@ -8,11 +8,19 @@
 //! - a worker silent for the node timeout, counted from the proxy's start when it never
 //!   answered, is a [`NodeDown`]: the Manager moves its tasks;
 //! - long-polls the worker's change feed and forwards every answer as a [`Report`] (full when
-//!   the worker sent everything); on the Manager's [`Resync`] the next poll starts over at 0;
+//!   the worker sent everything); on the Manager's [`Resync`] the next poll starts over at 0.
+//!   Answers come in pages of at most [`FEED_PAGE`] tasks: the pages of a full report are
+//!   gathered and forwarded as one full `Report`, so no answer's size grows with the worker;
+//! - tells the worker how far the Manager has recorded its feed: the Manager hands each
+//!   report's [`FeedMark`] back as [`Recorded`] once what followed from it is committed, and the
+//!   next polls carry it as `acked` (ARCHITECTURE.md §5: the worker may then drop finished
+//!   tasks). Only marks of the current *run* count: a run begins with a full report the Manager
+//!   took, and ends at a `Resync` (which is how the Manager says it set a report aside);
 //! - carries out the Manager's starts and stops, one try each with a timeout, and sends back
 //!   the outcome ([`StartDone`], [`StopDone`]): retries are the Manager's decision;
 //! - once registered, reports the worker's capacity to the Scheduler when it changes.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -26,6 +34,7 @@ use super::manager::core::EndpointId;
 use super::manager::core::{CallKind, Seen};
 use super::manager::{CallDone, CallsDone, Manager, NodeDown, NodeUp, Report};
 use super::scheduler::{NodeCapacity, Scheduler};
+use super::worker::{Changes, DEFAULT_FEED_PAGE, WatchChanges};
 use crate::clock::Clock;
 use crate::node::{Capacity, Liveness, LivenessChange, NodeStats, NodeStatus};
 use crate::task::Task;
@@ -39,6 +48,168 @@ const MIN_DOWN_CHECK: Duration = Duration::from_millis(100);
 /// First pause after a failed feed read; doubles up to [`MAX_BACKOFF`].
 pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Most tasks asked for in one answer of the feed.
+pub const FEED_PAGE: usize = DEFAULT_FEED_PAGE;
+
+/// Where a report stands in its worker's feed: handed to the Manager with the [`Report`], and
+/// back to the proxy as [`Recorded`] once what followed from it is committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedMark {
+    /// The worker process whose feed it is.
+    pub instance: Uuid,
+    /// The report covers the feed up to this position.
+    pub seq: u64,
+    /// The proxy's run of reports it belongs to (a run begins with a full report).
+    pub run: u64,
+}
+
+/// A full report being read in pages.
+#[derive(Debug)]
+struct Gathering {
+    /// The worker's process is not the one of the previous report.
+    restarted: bool,
+    /// Each task's latest record among the pages so far.
+    tasks: BTreeMap<Uuid, Task>,
+}
+
+/// A report for the Manager, as [`FeedReader::answered`] makes it.
+#[derive(Debug)]
+pub struct FeedReport {
+    pub full: bool,
+    pub restarted: bool,
+    pub tasks: Vec<Task>,
+    pub mark: FeedMark,
+}
+
+/// The proxy's reading of the worker's feed, pure: where the next read starts, the pages of a
+/// full report gathered into one, and how far the Manager has recorded the feed (the `acked`
+/// the reads carry).
+#[derive(Debug)]
+pub struct FeedReader {
+    instance: Option<Uuid>,
+    since: u64,
+    /// The next read starts over at 0.
+    resync: bool,
+    /// A full report read so far, while its pages come.
+    gathering: Option<Gathering>,
+    /// How far the Manager has recorded the feed of this worker instance.
+    acked: Option<(Uuid, u64)>,
+    /// The current run of reports: full reports made so far.
+    run: u64,
+    /// No mark counts until the next full report: the Manager set a report aside (or there was
+    /// none yet).
+    run_broken: bool,
+}
+
+impl Default for FeedReader {
+    fn default() -> FeedReader {
+        FeedReader {
+            instance: None,
+            since: 0,
+            resync: true,
+            gathering: None,
+            acked: None,
+            run: 0,
+            run_broken: true,
+        }
+    }
+}
+
+impl FeedReader {
+    /// The next read of the feed.
+    pub fn query(&mut self) -> WatchChanges {
+        if std::mem::take(&mut self.resync) {
+            self.since = 0;
+            self.gathering = None;
+        }
+        let instance = self.instance;
+        WatchChanges {
+            since: self.since,
+            instance,
+            // The pages of a full report follow one another without waiting.
+            wait: if self.gathering.is_some() {
+                Duration::ZERO
+            } else {
+                WATCH_WAIT
+            },
+            acked: self
+                .acked
+                .filter(|(i, _)| Some(*i) == instance)
+                .map(|(_, seq)| seq),
+            limit: Some(FEED_PAGE),
+        }
+    }
+
+    /// An answer of the feed: a report to forward, unless it is a page of a full report with
+    /// more to come (or an incremental answer with nothing in it).
+    pub fn answered(&mut self, changes: Changes) -> Option<FeedReport> {
+        let restarted = self.instance.is_some_and(|i| i != changes.instance);
+        self.instance = Some(changes.instance);
+        self.since = changes.seq;
+        if changes.full {
+            // A new full report (one under way, of a restarted worker, starts over).
+            self.gathering = Some(Gathering {
+                restarted,
+                tasks: BTreeMap::new(),
+            });
+        }
+        let Some(gathering) = self.gathering.as_mut() else {
+            if changes.tasks.is_empty() {
+                return None;
+            }
+            return Some(self.report(false, restarted, changes.tasks, changes.seq));
+        };
+        // A task that changed between pages comes again: its latest record counts.
+        for task in changes.tasks {
+            gathering.tasks.insert(task.id, task);
+        }
+        if changes.more {
+            return None;
+        }
+        let done = self.gathering.take()?;
+        let tasks = done.tasks.into_values().collect();
+        Some(self.report(true, done.restarted, tasks, changes.seq))
+    }
+
+    fn report(&mut self, full: bool, restarted: bool, tasks: Vec<Task>, seq: u64) -> FeedReport {
+        if full {
+            self.run += 1;
+            self.run_broken = false;
+        }
+        FeedReport {
+            full,
+            restarted,
+            tasks,
+            mark: FeedMark {
+                instance: self.instance.unwrap_or_default(),
+                seq,
+                run: self.run,
+            },
+        }
+    }
+
+    /// The Manager asks for a full report: the next read starts over, and what the Manager
+    /// records of this run says nothing about the feed any more (it may have set a report of
+    /// it aside).
+    pub fn resync(&mut self) {
+        self.resync = true;
+        self.run_broken = true;
+    }
+
+    /// The Manager has committed everything that followed from the report with `mark`.
+    pub fn recorded(&mut self, mark: FeedMark) {
+        if self.run_broken || mark.run != self.run {
+            return;
+        }
+        let ahead = match self.acked {
+            Some((instance, seq)) => instance != mark.instance || seq < mark.seq,
+            None => true,
+        };
+        if ahead {
+            self.acked = Some((mark.instance, mark.seq));
+        }
+    }
+}
 
 /// What a proxy knows of its worker, for `/nodes`.
 #[derive(Debug, Clone)]
@@ -63,10 +234,7 @@ pub struct WorkerProxy {
     /// The Manager accepted the name: capacity may go to the Scheduler.
     registered: bool,
     capacity_sent: Option<Capacity>,
-    instance: Option<Uuid>,
-    since: u64,
-    /// The next feed read starts over at 0.
-    resync: bool,
+    feed: FeedReader,
     watching: Option<SpawnHandle>,
     watch_backoff: Duration,
     down_check: Option<SpawnHandle>,
@@ -96,9 +264,7 @@ impl WorkerProxy {
             name: None,
             registered: false,
             capacity_sent: None,
-            instance: None,
-            since: 0,
-            resync: true,
+            feed: FeedReader::default(),
             watching: None,
             watch_backoff: MIN_BACKOFF,
             down_check: None,
@@ -234,12 +400,9 @@ impl WorkerProxy {
     /// One long-poll of the change feed; it calls itself again when answered.
     fn watch(&mut self, ctx: &mut Context<Self>) {
         let client = self.client.clone();
-        if std::mem::take(&mut self.resync) {
-            self.since = 0;
-        }
-        let (since, instance) = (self.since, self.instance);
+        let query = self.feed.query();
         let handle = ctx.spawn(
-            async move { client.watch(since, instance, WATCH_WAIT).await }
+            async move { client.watch(query).await }
                 .into_actor(self)
                 .map(|res, act, ctx| {
                     act.watching = None;
@@ -252,15 +415,13 @@ impl WorkerProxy {
                             };
                             act.heard(&name, ctx);
                             act.watch_backoff = MIN_BACKOFF;
-                            let restarted = act.instance.is_some_and(|i| i != changes.instance);
-                            act.instance = Some(changes.instance);
-                            act.since = changes.seq;
-                            if changes.full || !changes.tasks.is_empty() {
+                            if let Some(report) = act.feed.answered(changes) {
                                 act.manager.do_send(Report {
                                     endpoint: act.endpoint,
-                                    full: changes.full,
-                                    restarted,
-                                    tasks: changes.tasks,
+                                    full: report.full,
+                                    restarted: report.restarted,
+                                    tasks: report.tasks,
+                                    mark: report.mark,
                                 });
                             }
                             act.watch(ctx);
@@ -343,13 +504,27 @@ impl Handler<Resync> for WorkerProxy {
     type Result = ();
 
     fn handle(&mut self, _: Resync, ctx: &mut Context<Self>) {
-        self.resync = true;
+        self.feed.resync();
         // Cut a long-poll that is waiting, so the full report comes now, not in up to
         // WATCH_WAIT; a read that failed retries on its own schedule.
         if let Some(handle) = self.watching.take() {
             ctx.cancel_future(handle);
             self.watch(ctx);
         }
+    }
+}
+
+/// The Manager has committed everything that followed from the report with this mark (and,
+/// the store committing in order, from every report before it).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Recorded(pub FeedMark);
+
+impl Handler<Recorded> for WorkerProxy {
+    type Result = ();
+
+    fn handle(&mut self, msg: Recorded, _: &mut Context<Self>) {
+        self.feed.recorded(msg.0);
     }
 }
 
@@ -440,5 +615,140 @@ impl Handler<Link> for WorkerProxy {
 
     fn handle(&mut self, _: Link, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.client.target().clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(instance: Uuid, seq: u64, full: bool, more: bool, tasks: &[&Task]) -> Changes {
+        Changes {
+            name: "w1".into(),
+            instance,
+            seq,
+            full,
+            more,
+            tasks: tasks.iter().map(|t| (*t).clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_pages_of_a_full_report_make_one_report_and_reads_go_on_from_each_page() {
+        let mut feed = FeedReader::default();
+        let w = Uuid::new_v4();
+        let (a, b, c) = (Task::new("a"), Task::new("b"), Task::new("c"));
+        let q = feed.query();
+        assert_eq!((q.since, q.instance, q.acked), (0, None, None));
+        assert_eq!(q.limit, Some(FEED_PAGE));
+        assert!(feed.answered(answer(w, 3, true, true, &[&a, &b])).is_none());
+        let q = feed.query();
+        assert_eq!((q.since, q.instance, q.wait), (3, Some(w), Duration::ZERO));
+        // `a` changed meanwhile: it comes again in a later page, and its latest record counts.
+        let mut a2 = a.clone();
+        a2.attempt = 2;
+        assert!(feed.answered(answer(w, 5, false, true, &[&c])).is_none());
+        let report = feed
+            .answered(answer(w, 6, false, false, &[&a2]))
+            .expect("the last page");
+        assert!(report.full && !report.restarted);
+        assert_eq!(report.tasks.len(), 3);
+        assert_eq!(
+            report
+                .tasks
+                .iter()
+                .find(|t| t.id == a.id)
+                .map(|t| t.attempt),
+            Some(2)
+        );
+        assert_eq!(report.mark.seq, 6);
+        let q = feed.query();
+        assert_eq!((q.since, q.wait), (6, WATCH_WAIT));
+        // Incremental answers go as they come; empty ones not at all.
+        assert!(feed.answered(answer(w, 6, false, false, &[])).is_none());
+        let report = feed
+            .answered(answer(w, 7, false, true, &[&b]))
+            .expect("a report");
+        assert!(!report.full);
+        assert_eq!(report.mark.seq, 7);
+    }
+
+    #[test]
+    fn a_worker_restarted_or_a_resync_mid_report_starts_it_over() {
+        let mut feed = FeedReader::default();
+        let (w, w2) = (Uuid::new_v4(), Uuid::new_v4());
+        let (a, b) = (Task::new("a"), Task::new("b"));
+        feed.query();
+        let first = feed
+            .answered(answer(w, 2, true, false, &[&a]))
+            .expect("full");
+        assert!(first.full && !first.restarted);
+        feed.query();
+        assert!(feed.answered(answer(w, 9, true, true, &[&a])).is_none());
+        // The worker restarts between pages: its new process's first page begins it again.
+        feed.query();
+        assert!(feed.answered(answer(w2, 3, true, true, &[&b])).is_none());
+        feed.query();
+        let report = feed
+            .answered(answer(w2, 4, false, false, &[]))
+            .expect("full");
+        assert!(report.full && report.restarted);
+        assert_eq!(report.tasks.len(), 1, "nothing of the old process's pages");
+        assert_eq!(report.mark.instance, w2);
+        // A resync between pages starts the read over at 0.
+        feed.query();
+        assert!(feed.answered(answer(w2, 8, true, true, &[&a])).is_none());
+        feed.resync();
+        let q = feed.query();
+        assert_eq!((q.since, q.wait), (0, WATCH_WAIT));
+        let report = feed
+            .answered(answer(w2, 8, true, false, &[&b]))
+            .expect("full");
+        assert_eq!(report.tasks.len(), 1);
+    }
+
+    #[test]
+    fn acks_count_only_within_a_run_the_manager_did_not_break() {
+        let mut feed = FeedReader::default();
+        let w = Uuid::new_v4();
+        let t = Task::new("a");
+        feed.query();
+        let full = feed
+            .answered(answer(w, 4, true, false, &[&t]))
+            .expect("full");
+        feed.query();
+        let next = feed
+            .answered(answer(w, 6, false, false, &[&t]))
+            .expect("a report");
+        assert_eq!(next.mark.run, full.mark.run);
+        // Marks come back out of order: the furthest counts.
+        feed.recorded(next.mark);
+        feed.recorded(full.mark);
+        assert_eq!(feed.query().acked, Some(6));
+        // The Manager set a report aside and asked for a full one: marks of this run, and any
+        // recorded before the full report comes, say nothing more.
+        let aside = feed
+            .answered(answer(w, 8, false, false, &[&t]))
+            .expect("a report");
+        feed.resync();
+        feed.recorded(aside.mark);
+        let q = feed.query();
+        assert_eq!(q.acked, Some(6), "what was acknowledged before stays true");
+        let full = feed
+            .answered(answer(w, 9, true, false, &[&t]))
+            .expect("full");
+        feed.recorded(aside.mark);
+        assert_eq!(feed.query().acked, Some(6));
+        feed.recorded(full.mark);
+        assert_eq!(feed.query().acked, Some(9));
+        // Acknowledgements are of one process's feed: not sent to the next one.
+        let w2 = Uuid::new_v4();
+        let restarted = feed
+            .answered(answer(w2, 2, true, false, &[]))
+            .expect("full");
+        assert!(restarted.restarted);
+        assert_eq!(feed.query().acked, None);
+        feed.recorded(restarted.mark);
+        assert_eq!(feed.query().acked, Some(2));
     }
 }

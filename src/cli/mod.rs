@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::actors::manager::NodeReport;
 use crate::actors::policy::PolicyKind;
-use crate::actors::worker::DEFAULT_RETENTION;
+use crate::actors::worker::DEFAULT_FEED_PAGE;
 use crate::http::auth::{Role, Tokens};
 use crate::runtime::{DEFAULT_LOG_MAX_FILES, DEFAULT_LOG_MAX_SIZE, Hardening};
 use crate::server::{
@@ -219,24 +219,6 @@ impl ManagerArgs {
     }
 }
 
-/// A duration as people write it: `30s`, `90m`, `24h`, `7d`, `1h 30m`; a bare number is seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let parsed = match text.parse::<u64>() {
-        Ok(secs) => Ok(Duration::from_secs(secs)),
-        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string()),
-    };
-    match parsed {
-        Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err(format!(
-            "{text:?} is zero; expected a duration > 0 such as 30s, 90m, 24h or 7d"
-        )),
-        Err(e) => Err(format!(
-            "{text:?} is not a duration ({e}); expected a number with a unit such as 30s, 90m, 24h or 7d, or a number of seconds"
-        )),
-    }
-}
-
 fn seconds(what: &str, s: f64) -> Result<Duration, String> {
     if s.is_finite() && s > 0.0 {
         Ok(Duration::from_secs_f64(s))
@@ -263,9 +245,14 @@ pub struct WorkerArgs {
     /// How containers are run.
     #[arg(long, value_enum, default_value_t = RuntimeKind::Docker)]
     pub runtime: RuntimeKind,
-    /// Seconds the container of a finished task is kept for its logs.
-    #[arg(long, default_value_t = DEFAULT_RETENTION.as_secs())]
-    pub retention: u64,
+    /// How long the container of a finished task is kept for its logs (30s, 5m, 24h, 1h30m; a
+    /// plain number is seconds). The task's record goes too once the manager has recorded it,
+    /// and the tombstone that refuses its attempt this long after that.
+    #[arg(long, value_parser = parse_duration, default_value = DEFAULT_RETENTION_TEXT)]
+    pub retention: Duration,
+    /// Most tasks in one answer of the change feed (tests use small pages).
+    #[arg(long, hide = true, default_value_t = DEFAULT_FEED_PAGE, value_parser = parse_page)]
+    pub feed_page: usize,
     /// Host address containers' published ports bind to [default: the --host address].
     #[arg(long)]
     pub publish_address: Option<String>,
@@ -336,6 +323,61 @@ fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
     Ok((lo, hi))
 }
 
+/// The default `--retention`, as the flag spells it: [`crate::actors::worker::DEFAULT_RETENTION`].
+const DEFAULT_RETENTION_TEXT: &str = "1h";
+
+/// A duration as people write it: `30s`, `5m`, `24h`, `7d`, parts together (`1h30m`), or a plain
+/// number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let refuse = || {
+        format!(
+            "{text:?} is not a duration; expected a number of seconds, or one with s, m, h or d \
+             (e.g. 30s, 5m, 24h, 1h30m)"
+        )
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(refuse());
+    }
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total: u64 = 0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(refuse());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| refuse())?;
+        let unit = rest[digits..].chars().next().ok_or_else(refuse)?;
+        let scale = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(refuse()),
+        };
+        total = n
+            .checked_mul(scale)
+            .and_then(|secs| total.checked_add(secs))
+            .ok_or_else(|| format!("{text:?} is too long a duration"))?;
+        rest = &rest[digits + unit.len_utf8()..];
+    }
+    Ok(Duration::from_secs(total))
+}
+
+fn parse_page(text: &str) -> Result<usize, String> {
+    text.parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            format!("{text:?} is not a page size; expected a number of tasks, 1 or more")
+        })
+}
+
 fn parse_log_size(text: &str) -> Result<String, String> {
     let digits = text.trim_end_matches(['k', 'm', 'g']);
     let ok = !digits.is_empty()
@@ -367,7 +409,8 @@ impl WorkerArgs {
         config.host = self.host.clone();
         config.port = self.port;
         config.runtime = self.runtime;
-        config.retention = Duration::from_secs(self.retention);
+        config.retention = self.retention;
+        config.feed_page = self.feed_page;
         config.hardening = Hardening {
             publish_address: self
                 .publish_address
@@ -1066,6 +1109,53 @@ mod tests {
         for bad in ["", "m", "10mm", "ten", "0k"] {
             assert!(parse_log_size(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            parse_duration(DEFAULT_RETENTION_TEXT),
+            Ok(crate::actors::worker::DEFAULT_RETENTION)
+        );
+    }
+
+    #[test]
+    fn retention_takes_durations_as_people_write_them() {
+        let secs = |s: &str| parse_duration(s).map(|d| d.as_secs());
+        assert_eq!(secs("90"), Ok(90), "a plain number is seconds, as before");
+        assert_eq!(secs("0"), Ok(0));
+        assert_eq!(secs("30s"), Ok(30));
+        assert_eq!(secs("5m"), Ok(300));
+        assert_eq!(secs("24h"), Ok(86_400));
+        assert_eq!(secs("7d"), Ok(7 * 86_400));
+        assert_eq!(secs("1h30m"), Ok(5400));
+        for bad in [
+            "",
+            "h",
+            "5x",
+            "1.5h",
+            "-3",
+            "5 m",
+            "m5",
+            "99999999999999999999d",
+        ] {
+            let Err(e) = parse_duration(bad) else {
+                panic!("{bad:?} was taken");
+            };
+            assert!(e.contains("duration"), "{e}");
+        }
+        let cli = Cli::try_parse_from(["cube", "worker", "--retention", "2s", "--feed-page", "50"])
+            .expect("parses");
+        let Command::Worker(args) = cli.command else {
+            panic!("not the worker command");
+        };
+        let config = args.config(None);
+        assert_eq!(config.retention, Duration::from_secs(2));
+        assert_eq!(config.feed_page, 50);
+        let cli = Cli::try_parse_from(["cube", "worker"]).expect("parses");
+        let Command::Worker(args) = cli.command else {
+            panic!("not the worker command");
+        };
+        let config = args.config(None);
+        assert_eq!(config.retention, crate::actors::worker::DEFAULT_RETENTION);
+        assert_eq!(config.feed_page, DEFAULT_FEED_PAGE);
+        assert!(Cli::try_parse_from(["cube", "worker", "--feed-page", "0"]).is_err());
     }
 
     #[test]

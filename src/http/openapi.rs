@@ -519,9 +519,12 @@ mod worker_api {
 
     /// Every task, or the change feed
     ///
-    /// Without `since`, every task the worker has written to its store. With `since`, the
-    /// change feed: the tasks changed after that sequence number (all of them, `full: true`,
-    /// for `since=0` or another `instance`), waiting up to `wait` seconds for one.
+    /// Without `since`, every task the worker has written to its store (finished tasks leave
+    /// once the manager has recorded them and the retention passed). With `since`, the change
+    /// feed: the tasks changed after that sequence number (all of them, `full: true`, for
+    /// `since=0` or another `instance`), waiting up to `wait` seconds for one. With `limit`,
+    /// in pages: `more: true` says to read again from the answer's `seq` for the rest (the
+    /// pages after a full one complete it).
     #[utoipa::path(
         get,
         path = "/tasks",
@@ -531,6 +534,10 @@ mod worker_api {
             ("wait" = Option<f64>, Query, minimum = 0,
                 description = "Seconds to wait for a change (a wait over 60 is cut to 60; default 0)."),
             ("instance" = Option<uuid::Uuid>, Query, description = "The worker instance `since` belongs to."),
+            ("acked" = Option<u64>, Query,
+                description = "The manager has recorded this instance's feed up to this sequence number: finished tasks written there may be dropped once their retention passed. One of another instance, or ahead of the feed, is ignored."),
+            ("limit" = Option<u64>, Query, minimum = 1,
+                description = "Answer the change feed in pages of at most this many tasks (cut to the worker's page size, 5000 by default, and 32 MiB of tasks, but at least one task). Without it, one answer holds every change."),
         ),
         responses(
             (status = 200, description = "Every task (an array), or with since the change feed (an object).", body = WorkerTasks),
@@ -552,7 +559,7 @@ mod worker_api {
             (status = 200, description = "The task as this worker last wrote it.", body = Task),
             (status = 400, response = BadRequest),
             (status = 401, response = Unauthorized),
-            (status = 404, description = "This worker never had the task.", body = ErrorBody),
+            (status = 404, description = "This worker never had the task, or dropped it: it finished, the manager recorded it and the retention passed.", body = ErrorBody),
             (status = 503, response = Unavailable),
         ),
         security(("bearerAuth" = [])),
@@ -841,6 +848,7 @@ mod tests {
             instance: uuid::Uuid::new_v4(),
             seq: 1,
             full: true,
+            more: false,
             tasks: vec![task],
         };
         assert_answer_schema(&worker, "Changes", &changes);

@@ -3,7 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `POST /tasks` | start this attempt (201; 200 when the attempt is known already) |
-//! | `GET /tasks` | every task; with `?since=SEQ[&wait=S][&instance=ID]` the change feed |
+//! | `GET /tasks` | every task; with `?since=SEQ[&wait=S][&instance=ID][&acked=SEQ][&limit=N]` the change feed |
 //! | `GET /tasks/{id}` | one task |
 //! | `DELETE /tasks/{id}` | stop and remove its container, then Completed (202) |
 //! | `GET /tasks/{id}/logs` | the container's output (`?tail=N`, `?follow=true`) |
@@ -107,12 +107,18 @@ struct ListQuery {
     /// Seconds to wait for a change.
     wait: Option<String>,
     instance: Option<String>,
+    /// The feed position of `instance` the manager has recorded.
+    acked: Option<String>,
+    /// Answer in pages of at most this many tasks.
+    limit: Option<String>,
 }
 
 /// The change feed's parameters, checked: `since` any `u64` (a sequence number ahead of the
 /// worker's, or of another instance, reads from the start); `wait` seconds `>= 0`, cut to
 /// [`MAX_WATCH_WAIT`] before it becomes a `Duration` (so `1e20` is no overflow), NaN, infinite
-/// or negative a 400; `instance` a UUID.
+/// or negative a 400; `instance` a UUID; `acked` any `u64` (one of another instance or ahead of
+/// the feed says nothing); `limit` 1 or more, cut to the worker's page size. Bad values are
+/// refused even without `since`.
 fn feed_params(query: ListQuery) -> Result<Option<WatchChanges>, ApiError> {
     let since = query
         .since
@@ -146,10 +152,34 @@ fn feed_params(query: ListQuery) -> Result<Option<WatchChanges>, ApiError> {
         .instance
         .map(|i| super::uuid("instance", &i, "a worker instance id"))
         .transpose()?;
+    let acked = query
+        .acked
+        .map(|a| {
+            integer(
+                "acked",
+                &a,
+                0..=u64::MAX,
+                " (a sequence number of this instance's feed)",
+            )
+        })
+        .transpose()?;
+    let limit = query
+        .limit
+        .map(|l| {
+            integer(
+                "limit",
+                &l,
+                1..=usize::MAX,
+                " (tasks per answer; more is cut to the worker's page size)",
+            )
+        })
+        .transpose()?;
     Ok(since.map(|since| WatchChanges {
         since,
         instance,
         wait,
+        acked,
+        limit,
     }))
 }
 
@@ -280,8 +310,39 @@ mod tests {
             since: since.map(str::to_string),
             wait: wait.map(str::to_string),
             instance: None,
+            acked: None,
+            limit: None,
         })
         .map_err(|e| e.message)
+    }
+
+    #[test]
+    fn acks_and_pages_are_checked_numbers() {
+        let q = |acked: Option<&str>, limit: Option<&str>| {
+            feed_params(ListQuery {
+                since: Some("3".into()),
+                wait: None,
+                instance: None,
+                acked: acked.map(str::to_string),
+                limit: limit.map(str::to_string),
+            })
+            .map(|w| w.map(|w| (w.acked, w.limit)))
+            .map_err(|e| e.message)
+        };
+        assert_eq!(q(None, None), Ok(Some((None, None))));
+        assert_eq!(
+            q(Some("18446744073709551615"), Some("99999999")),
+            Ok(Some((Some(u64::MAX), Some(99_999_999))))
+        );
+        for (acked, limit, says) in [
+            (Some("-1"), None, "acked=-1 is out of range"),
+            (Some("x"), None, "acked=x is not a number"),
+            (None, Some("0"), "limit=0 is out of range"),
+            (None, Some("1.5"), "limit=1.5 is not an integer"),
+        ] {
+            let m = q(acked, limit).unwrap_err();
+            assert!(m.contains(says), "{m}");
+        }
     }
 
     #[test]

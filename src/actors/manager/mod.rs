@@ -250,7 +250,8 @@ pub struct NodeDown {
 }
 
 /// A change-feed answer: the worker's latest record of each task that changed, or of every
-/// task it has when `full`.
+/// task it has when `full`. Once the step that took it is committed, the Manager hands `mark`
+/// back to the proxy ([`Recorded`](super::worker_proxy::Recorded)), which tells the worker.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Report {
@@ -259,6 +260,8 @@ pub struct Report {
     /// The worker's process is not the one of its previous report.
     pub restarted: bool,
     pub tasks: Vec<Task>,
+    /// Where the report stands in the worker's feed.
+    pub mark: super::worker_proxy::FeedMark,
 }
 
 /// The outcome of a call the Manager asked a proxy to make.

@@ -26,7 +26,8 @@ use crate::actors::scheduler::{
     CapacityAvailable, ListBook, NodeReady, Place, Release, Restore, Scheduler, SetListener,
 };
 use crate::actors::worker_proxy::{
-    CallWorker, Disconnect, Info, Link, Registration, Resync, WorkerCall, WorkerProxy,
+    CallWorker, Disconnect, FeedMark, Info, Link, Recorded, Registration, Resync, WorkerCall,
+    WorkerProxy,
 };
 use crate::clock::Clock;
 use crate::db::{Batch, Store, StoreError};
@@ -699,8 +700,26 @@ impl Handler<Report> for Manager {
         let now = self.clock.now();
         self.core
             .report(now, msg.endpoint, msg.full, msg.restarted, msg.tasks);
-        self.step(ctx);
+        // With a barrier even a step that wrote nothing waits for the commits before it, so
+        // `Recorded` means everything that followed from this report, and from the reports
+        // before it, is durable: the worker may drop what finished there (ARCHITECTURE.md §5).
+        // A report the core set aside came with a Resync to the proxy, sent before this.
+        let commit = self.carry_out(ctx, true);
+        let proxy = self.proxies.get(msg.endpoint).cloned();
+        recorded_after(commit, proxy, msg.mark);
     }
+}
+
+/// Tell the proxy its report is recorded once the commit is durable.
+fn recorded_after(commit: Option<Commit>, proxy: Option<Addr<WorkerProxy>>, mark: FeedMark) {
+    let (Some(commit), Some(proxy)) = (commit, proxy) else {
+        return;
+    };
+    actix::spawn(async move {
+        if commit.await.is_ok() {
+            proxy.do_send(Recorded(mark));
+        }
+    });
 }
 
 impl Handler<CallsDone> for Manager {

@@ -20,14 +20,21 @@
 //! - **Level-triggered.** [`Core::reconcile`] compares the table with the containers the runtime
 //!   lists (on start, after the event stream reconnects, and periodically) and acts on every
 //!   difference.
+//! - **Bounded by retention, never ahead of the manager.** A finished task is dropped (record,
+//!   feed position, store row) only once its retention passed *and* the manager acknowledged
+//!   ([`Core::acked`]) the feed position of its latest durable record ([`Core::written`]); a
+//!   tombstone of its attempt stays so a delayed start of it is still refused. A tombstone of a
+//!   task the worker no longer has expires `retention` after it was written. Both happen in
+//!   batches of at most [`SWEEP_BATCH`] per step.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use log::{info, warn};
+use chrono::{DateTime, Utc};
+use log::{debug, info, warn};
 use uuid::Uuid;
 
-use super::WorkerError;
+use super::{Tombstone, WorkerError};
 use crate::clock::{Now, Timers, backoff};
 use crate::runtime::{ContainerSpec, ContainerStatus, RuntimeError};
 use crate::sim::planted::{Bug, planted};
@@ -37,6 +44,10 @@ use crate::task::{Goal, State, Task};
 /// [`MAX_STOP_RETRY`].
 pub const MIN_STOP_RETRY: Duration = Duration::from_secs(1);
 pub const MAX_STOP_RETRY: Duration = Duration::from_secs(30);
+/// Most tasks dropped, tombstones expired, or timers handled in one step: a backlog (a worker
+/// restarted with a million finished tasks) is worked off a batch at a time, with starts and
+/// stops served in between.
+pub const SWEEP_BATCH: usize = 1000;
 
 /// What the core asks the shell to do with the runtime.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,17 +71,25 @@ pub enum Effect {
 }
 
 /// Records changed since the last [`Core::take_writes`]: commit them, then publish the tasks on
-/// the change feed.
+/// the change feed (and tell the core where with [`Core::written`]), and take the dropped ones
+/// off it.
 #[derive(Debug, Default)]
 pub struct Writes {
     pub tasks: Vec<Task>,
-    /// Tombstones: (task, highest stopped attempt).
-    pub stops: Vec<(Uuid, u32)>,
+    /// Tombstones: (task, highest fenced attempt and when).
+    pub stops: Vec<(Uuid, Tombstone)>,
+    /// Finished tasks dropped: delete their records.
+    pub dropped: Vec<Uuid>,
+    /// Tombstones expired: delete them.
+    pub expired: Vec<Uuid>,
 }
 
 impl Writes {
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty() && self.stops.is_empty()
+        self.tasks.is_empty()
+            && self.stops.is_empty()
+            && self.dropped.is_empty()
+            && self.expired.is_empty()
     }
 }
 
@@ -102,6 +121,12 @@ struct Slot {
     /// it is older than the slot and says nothing about it.
     epoch: u64,
     dirty: bool,
+    /// Writes of the record taken and not yet known durable (or failed).
+    unsettled: u32,
+    /// Feed position of its latest durable record; 0 before there is one.
+    position: u64,
+    /// The attempt finished and its retention passed.
+    expired: bool,
 }
 
 impl Slot {
@@ -112,8 +137,30 @@ impl Slot {
             stopping: Stopping::No,
             epoch,
             dirty: false,
+            unsettled: 0,
+            position: 0,
+            expired: false,
         }
     }
+
+    /// Nothing left to do or to tell but the manager's acknowledgement of `position`.
+    fn retired(&self) -> bool {
+        self.expired
+            && self.task.state.is_finished()
+            && self.task.container_id.is_none()
+            && !self.starting
+            && self.stopping == Stopping::No
+            && !self.dirty
+            && self.unsettled == 0
+            && self.position > 0
+    }
+}
+
+/// What the core keeps of a tombstone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tomb {
+    attempt: u32,
+    at: DateTime<Utc>,
 }
 
 /// The container of an older or fenced attempt, being removed.
@@ -127,51 +174,104 @@ struct Orphan {
 enum Timer {
     RetryStop(Uuid, u32),
     RetryOrphan(String),
-    /// The kept container of a finished attempt has served its time for logs.
+    /// A finished attempt has served its retention: its kept container goes, and the task may
+    /// be dropped once the manager has recorded it.
     Expire(Uuid, u32),
+    /// Drop what the manager acknowledged, expire old tombstones (armed for this instant).
+    Sweep(Duration),
 }
 
 pub struct Core {
     name: String,
     retention: Duration,
     tasks: BTreeMap<Uuid, Slot>,
-    tombstones: BTreeMap<Uuid, u32>,
+    tombstones: BTreeMap<Uuid, Tomb>,
+    /// Tombstones by when they were written, oldest first, while they may expire: not those of
+    /// tasks still here (they are written again when the task is dropped).
+    aging: BTreeSet<(DateTime<Utc>, Uuid)>,
+    /// The feed position up to which the manager has recorded this worker's records.
+    acked: u64,
+    /// Retired tasks (see [`Slot::retired`]) by feed position, to drop once acknowledged. An
+    /// entry whose slot changed since is found stale when it comes up.
+    retired: BTreeMap<u64, Uuid>,
     orphans: BTreeMap<String, Orphan>,
     epoch: u64,
     timers: Timers<Timer>,
+    /// The earliest [`Timer::Sweep`] armed and not yet fired.
+    sweep_at: Option<Duration>,
     effects: Vec<Effect>,
     dirty_tasks: Vec<Uuid>,
     dirty_stops: Vec<Uuid>,
+    dirty_drops: Vec<Uuid>,
+    dirty_expired: Vec<Uuid>,
 }
 
 impl Core {
-    /// A core with what the worker's store holds. Reconcile it with the runtime next.
+    /// A core with what the worker's store holds. Reconcile it with the runtime next, and tell
+    /// it where the tasks are on the feed ([`Core::written`]).
+    ///
+    /// A finished task's retention counts from its `finish_time`, its kept container's from now;
+    /// a tombstone's from when it was written (from now for those of older versions).
     pub fn recover(
         name: String,
         retention: Duration,
         now: Now,
         tasks: Vec<Task>,
-        tombstones: Vec<(Uuid, u32)>,
+        tombstones: Vec<(Uuid, Tombstone)>,
     ) -> Core {
         let mut core = Core {
             name,
             retention,
             tasks: BTreeMap::new(),
-            tombstones: tombstones.into_iter().collect(),
+            tombstones: BTreeMap::new(),
+            aging: BTreeSet::new(),
+            acked: 0,
+            retired: BTreeMap::new(),
             orphans: BTreeMap::new(),
             epoch: 0,
             timers: Timers::default(),
+            sweep_at: None,
             effects: Vec::new(),
             dirty_tasks: Vec::new(),
             dirty_stops: Vec::new(),
+            dirty_drops: Vec::new(),
+            dirty_expired: Vec::new(),
         };
-        for task in tasks {
-            if task.state.is_finished() && task.container_id.is_some() {
-                core.timers
-                    .arm(now.mono + retention, Timer::Expire(task.id, task.attempt));
+        let ids: BTreeSet<Uuid> = tasks.iter().map(|t| t.id).collect();
+        for (id, t) in tombstones {
+            let at = t.at.unwrap_or(now.wall);
+            core.tombstones.insert(
+                id,
+                Tomb {
+                    attempt: t.attempt,
+                    at,
+                },
+            );
+            if !ids.contains(&id) {
+                core.aging.insert((at, id));
             }
-            core.tasks.insert(task.id, Slot::new(task, 0));
         }
+        for task in tasks {
+            let (id, attempt) = (task.id, task.attempt);
+            let mut slot = Slot::new(task, 0);
+            if slot.task.state.is_finished() {
+                let left = if slot.task.container_id.is_some() {
+                    retention
+                } else {
+                    let end = slot.task.finish_time.and_then(|f| add(f, retention));
+                    end.map_or(retention, |end| {
+                        (end - now.wall).to_std().unwrap_or(Duration::ZERO)
+                    })
+                };
+                if left.is_zero() {
+                    slot.expired = true;
+                } else {
+                    core.timers.arm(now.mono + left, Timer::Expire(id, attempt));
+                }
+            }
+            core.tasks.insert(id, slot);
+        }
+        core.arm_sweep(now);
         core
     }
 
@@ -190,24 +290,69 @@ impl Core {
         for id in std::mem::take(&mut self.dirty_tasks) {
             if let Some(slot) = self.tasks.get_mut(&id) {
                 slot.dirty = false;
+                slot.unsettled += 1;
                 writes.tasks.push(slot.task.clone());
             }
         }
-        for id in std::mem::take(&mut self.dirty_stops) {
-            if let Some(&a) = self.tombstones.get(&id) {
-                writes.stops.push((id, a));
+        let mut stops = std::mem::take(&mut self.dirty_stops);
+        stops.sort_unstable();
+        stops.dedup();
+        for id in stops {
+            if let Some(t) = self.tombstones.get(&id) {
+                let tombstone = Tombstone {
+                    attempt: t.attempt,
+                    at: Some(t.at),
+                };
+                writes.stops.push((id, tombstone));
             }
         }
+        // A task started again since it was dropped has a record to keep, not to delete.
+        writes.dropped = std::mem::take(&mut self.dirty_drops)
+            .into_iter()
+            .filter(|id| !self.tasks.contains_key(id))
+            .collect();
+        writes.expired = std::mem::take(&mut self.dirty_expired)
+            .into_iter()
+            .filter(|id| !self.tombstones.contains_key(id))
+            .collect();
         writes
     }
 
     /// These writes failed to commit: write them again with the next ones.
     pub fn unwritten(&mut self, writes: Writes) {
         for task in writes.tasks {
+            if let Some(slot) = self.tasks.get_mut(&task.id) {
+                slot.unsettled = slot.unsettled.saturating_sub(1);
+            }
             self.touch(task.id);
         }
         for (id, _) in writes.stops {
             self.dirty_stops.push(id);
+        }
+        self.dirty_drops.extend(writes.dropped);
+        self.dirty_expired.extend(writes.expired);
+    }
+
+    /// These tasks' records are durable and on the change feed at these positions (also the
+    /// records the worker recovered, once its feed is built).
+    pub fn written(&mut self, now: Now, published: &[(Uuid, u64)]) {
+        for &(id, position) in published {
+            let Some(slot) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            slot.unsettled = slot.unsettled.saturating_sub(1);
+            slot.position = slot.position.max(position);
+            self.consider_retiring(id);
+        }
+        self.sweep(now);
+    }
+
+    /// The manager has recorded everything that followed from this worker's feed up to
+    /// `position` (of this process's feed): what retired there may be dropped.
+    pub fn acked(&mut self, now: Now, position: u64) {
+        if position > self.acked {
+            self.acked = position;
+            self.sweep(now);
         }
     }
 
@@ -232,9 +377,14 @@ impl Core {
             .count()
     }
 
-    /// The highest attempt of the task a stop was accepted for.
+    /// The highest attempt of the task fenced here.
     pub fn tombstone(&self, id: Uuid) -> Option<u32> {
-        self.tombstones.get(&id).copied()
+        self.tombstones.get(&id).map(|t| t.attempt)
+    }
+
+    /// How many tombstones the worker keeps.
+    pub fn tombstones(&self) -> usize {
+        self.tombstones.len()
     }
 
     /// Whether a runtime call is under way (the simulation's quiescence test).
@@ -259,10 +409,10 @@ impl Core {
 
     /// Run this attempt of a task. Answer once the step's writes are durable; `true` when the
     /// attempt is new here.
-    pub fn start(&mut self, _now: Now, mut task: Task) -> Result<(Task, bool), WorkerError> {
+    pub fn start(&mut self, now: Now, mut task: Task) -> Result<(Task, bool), WorkerError> {
         let id = task.id;
         let attempt = task.attempt.max(1);
-        if let Some(&stopped) = self.tombstones.get(&id)
+        if let Some(stopped) = self.tombstone(id)
             && attempt <= stopped
         {
             return Err(WorkerError::Stopped {
@@ -280,7 +430,7 @@ impl Core {
                     current: s.task.attempt,
                 });
             }
-            Some(_) => self.supersede(id),
+            Some(_) => self.supersede(now, id),
             None => None,
         };
         task.attempt = attempt;
@@ -308,14 +458,10 @@ impl Core {
 
     /// The current attempt of `id` gives way to a newer one: it is fenced, and its container
     /// (if any) is handed back to go first.
-    fn supersede(&mut self, id: Uuid) -> Option<(String, Duration)> {
+    fn supersede(&mut self, now: Now, id: Uuid) -> Option<(String, Duration)> {
+        let old = self.tasks.get(&id)?.task.attempt;
+        self.fence(now, id, old, false);
         let slot = self.tasks.get_mut(&id)?;
-        let old = slot.task.attempt;
-        let tomb = self.tombstones.entry(id).or_insert(0);
-        if *tomb < old {
-            *tomb = old;
-            self.dirty_stops.push(id);
-        }
         let container = slot.task.container_id.take()?;
         let timeout = Duration::from_secs(slot.task.stop_timeout_s);
         Some((container, timeout))
@@ -330,11 +476,7 @@ impl Core {
             return Err(WorkerError::NotFound(id));
         };
         if current.is_some() || !planted(Bug::EarlyStopForgotten) {
-            let tomb = self.tombstones.entry(id).or_insert(0);
-            if *tomb < target {
-                *tomb = target;
-                self.dirty_stops.push(id);
-            }
+            self.fence(now, id, target, false);
         }
         let Some(current) = current else {
             // A stop that came before its start: remembered, so the start will be refused.
@@ -391,7 +533,34 @@ impl Core {
     }
 
     fn fenced(&self, id: Uuid, attempt: u32) -> bool {
-        self.tombstones.get(&id).is_some_and(|&t| attempt <= t)
+        self.tombstone(id).is_some_and(|t| attempt <= t)
+    }
+
+    /// Every attempt of `id` up to `attempt` is fenced here for good: the tombstone is raised
+    /// (and written now) when it is lower, or written now anyway with `rewrite`.
+    fn fence(&mut self, now: Now, id: Uuid, attempt: u32, rewrite: bool) {
+        let old = self.tombstones.get(&id).copied();
+        if old.is_some_and(|t| t.attempt >= attempt && !rewrite) {
+            return;
+        }
+        if let Some(t) = old {
+            self.aging.remove(&(t.at, id));
+        }
+        let attempt = old.map_or(attempt, |t| t.attempt.max(attempt));
+        self.tombstones.insert(
+            id,
+            Tomb {
+                attempt,
+                at: now.wall,
+            },
+        );
+        if !self.tasks.contains_key(&id) {
+            // Of a task this worker does not have (a stop before its start, or a drop): it
+            // expires after the retention.
+            self.aging.insert((now.wall, id));
+            self.arm_sweep(now);
+        }
+        self.dirty_stops.push(id);
     }
 
     /// The outcome of an [`Effect::Run`].
@@ -458,6 +627,7 @@ impl Core {
                 let _ = slot.task.transition(State::Failed, now.wall);
                 slot.task.error = Some(e.to_string());
                 self.touch(id);
+                self.finished(now, id);
             }
         }
     }
@@ -676,6 +846,7 @@ impl Core {
                     slot.task.host_ports.clear();
                     warn!("worker {}: task {id}: container gone, Failed", self.name);
                     self.touch(id);
+                    self.finished(now, id);
                 }
                 None => {
                     let slot = self.tasks.get_mut(&id).expect("listed above");
@@ -687,9 +858,14 @@ impl Core {
         }
     }
 
-    /// Time passed: retry stops, expire kept containers.
+    /// Time passed: retry stops, end retentions, drop and expire what may go. At most
+    /// [`SWEEP_BATCH`] timers per call: [`Core::next_timer`] is then due at once for the rest.
     pub fn tick(&mut self, now: Now) {
-        while let Some(timer) = self.timers.pop_due(now.mono) {
+        let mut handled = 0;
+        while handled < SWEEP_BATCH
+            && let Some(timer) = self.timers.pop_due(now.mono)
+        {
+            handled += 1;
             match timer {
                 Timer::RetryStop(id, attempt) => {
                     let Some(slot) = self.tasks.get_mut(&id) else {
@@ -731,19 +907,138 @@ impl Core {
                     let Some(slot) = self.tasks.get_mut(&id) else {
                         continue;
                     };
-                    if slot.task.attempt == attempt
-                        && slot.task.state.is_finished()
-                        && let Some(container) = slot.task.container_id.take()
-                    {
+                    if slot.task.attempt != attempt || !slot.task.state.is_finished() {
+                        continue;
+                    }
+                    slot.expired = true;
+                    if let Some(container) = slot.task.container_id.take() {
+                        // Its record changes: it retires once that is written.
                         self.effects.push(Effect::Remove(container));
                         self.touch(id);
+                    } else {
+                        self.consider_retiring(id);
+                    }
+                }
+                Timer::Sweep(at) => {
+                    if self.sweep_at == Some(at) {
+                        self.sweep_at = None;
                     }
                 }
             }
         }
+        self.sweep(now);
     }
 
     // ---- the rules ------------------------------------------------------------------------
+
+    /// The current attempt of `id` just finished: its retention starts.
+    fn finished(&mut self, now: Now, id: Uuid) {
+        if let Some(slot) = self.tasks.get(&id) {
+            let timer = Timer::Expire(id, slot.task.attempt);
+            self.timers.arm(now.mono + self.retention, timer);
+        }
+    }
+
+    /// Queue the task to be dropped once the manager acknowledges its position, if it retired.
+    fn consider_retiring(&mut self, id: Uuid) {
+        if let Some(slot) = self.tasks.get(&id)
+            && slot.retired()
+        {
+            self.retired.insert(slot.position, id);
+        }
+    }
+
+    /// Drop retired tasks the manager acknowledged and expire old tombstones, a batch of each;
+    /// then arm the next sweep.
+    fn sweep(&mut self, now: Now) {
+        let mut dropped = 0;
+        let mut looked = 0;
+        while dropped < SWEEP_BATCH && looked < 4 * SWEEP_BATCH {
+            let Some((&position, &id)) = self.retired.first_key_value() else {
+                break;
+            };
+            if position > self.acked {
+                break;
+            }
+            self.retired.pop_first();
+            looked += 1;
+            // Stale when the task changed (or was dropped) since it was queued.
+            if self
+                .tasks
+                .get(&id)
+                .is_some_and(|s| s.position == position && s.retired())
+            {
+                self.drop_task(now, id);
+                dropped += 1;
+            }
+        }
+        let mut expired = 0;
+        looked = 0;
+        while expired < SWEEP_BATCH && looked < 4 * SWEEP_BATCH {
+            let Some(&(at, id)) = self.aging.first() else {
+                break;
+            };
+            if add(at, self.retention).is_none_or(|end| end > now.wall) {
+                break;
+            }
+            self.aging.pop_first();
+            looked += 1;
+            if self.tombstones.get(&id).is_some_and(|t| t.at == at) && !self.tasks.contains_key(&id)
+            {
+                self.tombstones.remove(&id);
+                self.dirty_expired.push(id);
+                expired += 1;
+            }
+        }
+        if dropped == SWEEP_BATCH || expired == SWEEP_BATCH {
+            info!(
+                "worker {}: dropped {dropped} finished task(s) the manager has recorded, expired {expired} tombstone(s); more to come",
+                self.name
+            );
+        } else if dropped > 0 || expired > 0 {
+            debug!(
+                "worker {}: dropped {dropped} finished task(s) the manager has recorded, expired {expired} tombstone(s)",
+                self.name
+            );
+        }
+        self.arm_sweep(now);
+    }
+
+    /// Drop a retired task: its record goes, a tombstone of its attempt stays.
+    fn drop_task(&mut self, now: Now, id: Uuid) {
+        let Some(slot) = self.tasks.remove(&id) else {
+            return;
+        };
+        debug!(
+            "worker {}: dropping task {id} attempt {} ({})",
+            self.name, slot.task.attempt, slot.task.state
+        );
+        self.fence(now, id, slot.task.attempt, true);
+        self.dirty_drops.push(id);
+    }
+
+    /// Arm a sweep for the next thing that may go: at once while acknowledged retired tasks
+    /// are left, else when the oldest tombstone expires.
+    fn arm_sweep(&mut self, now: Now) {
+        let drops_left = self
+            .retired
+            .first_key_value()
+            .is_some_and(|(&p, _)| p <= self.acked);
+        let next = if drops_left {
+            Some(now.mono)
+        } else {
+            self.aging.first().map(|&(at, _)| {
+                let end = add(at, self.retention).unwrap_or(DateTime::<Utc>::MAX_UTC);
+                now.mono + (end - now.wall).to_std().unwrap_or(Duration::ZERO)
+            })
+        };
+        if let Some(at) = next
+            && self.sweep_at.is_none_or(|armed| at < armed)
+        {
+            self.sweep_at = Some(at);
+            self.timers.arm(at, Timer::Sweep(at));
+        }
+    }
 
     /// Remove a container the table does not account for.
     fn orphan(&mut self, id: Uuid, attempt: u32, container: String, timeout: Duration) {
@@ -840,11 +1135,7 @@ impl Core {
             code.map_or("unknown".into(), |c| c.to_string())
         );
         // Keep the ended container for its logs, for a while.
-        if slot.task.container_id.is_some() {
-            let attempt = slot.task.attempt;
-            self.timers
-                .arm(now.mono + self.retention, Timer::Expire(id, attempt));
-        }
+        self.finished(now, id);
     }
 
     /// The stop is done and the container gone: Completed.
@@ -855,7 +1146,8 @@ impl Core {
         slot.task.container_id = None;
         slot.task.host_ports.clear();
         slot.task.desired = Goal::Stopped;
-        if slot.task.state.is_finished() && slot.task.state != State::Failed {
+        let was_finished = slot.task.state.is_finished();
+        if was_finished && slot.task.state != State::Failed {
             self.touch(id);
             return;
         }
@@ -875,6 +1167,9 @@ impl Core {
         }
         info!("worker {}: task {id} stopped: Completed", self.name);
         self.touch(id);
+        if !was_finished {
+            self.finished(now, id);
+        }
     }
 
     fn spec(&self, task: &Task) -> ContainerSpec {
@@ -910,6 +1205,13 @@ impl Core {
 /// Wait before retry number `failures` of a runtime stop: 1 s, 2 s, 4 s … up to 30 s.
 pub fn stop_backoff(failures: u32) -> Duration {
     backoff(MIN_STOP_RETRY, MAX_STOP_RETRY, failures.saturating_sub(1))
+}
+
+/// `at` plus `d`, when that is a time chrono can hold.
+fn add(at: DateTime<Utc>, d: Duration) -> Option<DateTime<Utc>> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| at.checked_add_signed(d))
 }
 
 /// The first 12 characters of a container id, as Docker shows it.

@@ -51,7 +51,7 @@ impl Harness {
         Harness::recover(Vec::new(), Vec::new())
     }
 
-    fn recover(tasks: Vec<Task>, stops: Vec<(Uuid, u32)>) -> Harness {
+    fn recover(tasks: Vec<Task>, stops: Vec<(Uuid, Tombstone)>) -> Harness {
         Harness {
             core: Core::recover("w1".into(), RETENTION, now_at(Duration::ZERO), tasks, stops),
             mono: Duration::ZERO,
@@ -156,7 +156,17 @@ fn a_stop_that_comes_before_its_start_is_remembered_and_the_start_refused() {
         Err(WorkerError::NotFound(_))
     ));
     let writes = h.core.take_writes();
-    assert_eq!(writes.stops, vec![(t.id, 1)], "the tombstone is written");
+    assert_eq!(
+        writes.stops,
+        vec![(
+            t.id,
+            Tombstone {
+                attempt: 1,
+                at: Some(now.wall)
+            }
+        )],
+        "the tombstone is written, with when"
+    );
     assert!(matches!(
         h.core.start(now, t.clone()),
         Err(WorkerError::Stopped { stopped: 1, .. })
@@ -415,4 +425,269 @@ fn a_start_of_an_attempt_replaced_meanwhile_has_its_container_removed() {
     h.core.started(now, t.id, 1, Ok(late.clone()));
     assert_eq!(stops_in(&h.effects()), vec![(1, late.container_id)]);
     assert_eq!(h.core.task(t.id).unwrap().attempt, 2);
+}
+
+// ---- retention ---------------------------------------------------------------------------
+
+impl Harness {
+    /// Commit what the core wrote, putting its tasks on the feed from `*seq` on.
+    fn commit(&mut self, seq: &mut u64) -> Writes {
+        let writes = self.core.take_writes();
+        let positions: Vec<(Uuid, u64)> = writes
+            .tasks
+            .iter()
+            .map(|t| {
+                *seq += 1;
+                (t.id, *seq)
+            })
+            .collect();
+        let now = self.now();
+        self.core.written(now, &positions);
+        writes
+    }
+
+    /// A task that ran and exited 0, its records committed.
+    fn completed(&mut self, seq: &mut u64) -> Task {
+        self.ended(seq, 0)
+    }
+
+    /// A task that ran and exited with `code`, its records committed.
+    fn ended(&mut self, seq: &mut u64, code: i64) -> Task {
+        let t = task(1);
+        self.running(&t);
+        let now = self.now();
+        self.core.exited(now, status(&t, 1, false, Some(code)));
+        self.commit(seq);
+        self.effects();
+        t
+    }
+}
+
+/// A finished task as a store from long ago holds it: no container, finished a day back.
+fn finished_long_ago(attempt: u32) -> Task {
+    let mut t = task(attempt);
+    t.state = State::Completed;
+    t.exit_code = Some(0);
+    t.worker = Some("w1".into());
+    t.finish_time = Some(now_at(Duration::ZERO).wall - chrono::Duration::days(1));
+    t
+}
+
+#[test]
+fn a_finished_task_is_dropped_only_once_its_retention_passed_and_the_manager_acked_it() {
+    let mut h = Harness::new();
+    let mut seq = 1;
+    let t = h.completed(&mut seq);
+    let now = h.now();
+    h.core.acked(now, seq);
+    assert!(
+        h.core.task(t.id).is_some(),
+        "acknowledged, but kept for its retention"
+    );
+    // The retention passes: the kept container goes, which is a change of the record...
+    h.advance(RETENTION);
+    assert!(matches!(h.effects()[..], [Effect::Remove(_)]));
+    let writes = h.commit(&mut seq);
+    assert_eq!(writes.tasks.len(), 1);
+    assert!(writes.dropped.is_empty());
+    // ...that the manager has not recorded yet.
+    h.advance(10 * RETENTION);
+    assert!(
+        h.core.task(t.id).is_some(),
+        "not before the manager recorded it"
+    );
+    assert!(h.core.take_writes().is_empty());
+    let now = h.now();
+    h.core.acked(now, seq - 1);
+    assert!(
+        h.core.task(t.id).is_some(),
+        "an older position is not enough"
+    );
+    h.core.acked(now, seq);
+    assert!(h.core.task(t.id).is_none(), "dropped");
+    let writes = h.core.take_writes();
+    assert_eq!(writes.dropped, vec![t.id]);
+    assert_eq!(
+        writes.stops,
+        vec![(
+            t.id,
+            Tombstone {
+                attempt: 1,
+                at: Some(now.wall)
+            }
+        )],
+        "a tombstone of its attempt stays"
+    );
+    assert!(h.effects().is_empty());
+}
+
+#[test]
+fn a_task_whose_change_is_not_yet_durable_is_not_dropped() {
+    let mut h = Harness::new();
+    let mut seq = 1;
+    let t = h.ended(&mut seq, 3);
+    h.advance(RETENTION);
+    h.commit(&mut seq);
+    // A stop of the failed attempt ends it for good, a change of the record whose write is
+    // under way.
+    let now = h.now();
+    h.core.stop(now, t.id, Some(1)).unwrap();
+    let writes = h.core.take_writes();
+    h.core.acked(now, seq);
+    assert!(
+        h.core.task(t.id).is_some(),
+        "its latest record is not told yet"
+    );
+    // The write failed: written again, then durable at a new position.
+    h.core.unwritten(writes);
+    h.commit(&mut seq);
+    assert!(h.core.task(t.id).is_some());
+    h.core.acked(now, seq);
+    assert!(h.core.task(t.id).is_none());
+}
+
+#[test]
+fn a_start_of_a_dropped_attempt_is_refused_and_a_newer_one_runs() {
+    let mut h = Harness::new();
+    let mut seq = 1;
+    let t = h.completed(&mut seq);
+    h.advance(RETENTION);
+    h.commit(&mut seq);
+    h.effects();
+    let now = h.now();
+    h.core.acked(now, seq);
+    h.core.take_writes();
+    assert!(h.core.task(t.id).is_none());
+    // A start of that attempt, delayed in the network, comes after the drop.
+    assert!(matches!(
+        h.core.start(now, t.clone()),
+        Err(WorkerError::Stopped {
+            attempt: 1,
+            stopped: 1,
+            ..
+        })
+    ));
+    assert!(h.effects().is_empty(), "no container for it");
+    // A stop of it is answered as for a task never seen, and keeps the fence.
+    assert!(matches!(
+        h.core.stop(now, t.id, Some(1)),
+        Err(WorkerError::NotFound(_))
+    ));
+    assert_eq!(h.core.tombstone(t.id), Some(1));
+    let mut next = t.clone();
+    next.attempt = 2;
+    let (started, created) = h.core.start(now, next).unwrap();
+    assert!(created);
+    assert_eq!(started.attempt, 2);
+}
+
+#[test]
+fn tombstones_of_tasks_gone_expire_after_the_retention_and_others_stay() {
+    let mut h = Harness::new();
+    let mut seq = 1;
+    let t = h.completed(&mut seq);
+    h.advance(RETENTION);
+    h.commit(&mut seq);
+    let now = h.now();
+    h.core.acked(now, seq);
+    h.core.take_writes();
+    // A stop before its start (a task this worker never has) and a stop of a task it keeps.
+    let early = task(4);
+    assert!(h.core.stop(now, early.id, Some(4)).is_err());
+    let kept = task(1);
+    h.running(&kept);
+    let now = h.now();
+    h.core.stop(now, kept.id, Some(1)).unwrap();
+    let s = status(&kept, 1, false, Some(137));
+    h.core.stopped(now, kept.id, 1, s.container_id, Ok(()));
+    h.core.take_writes();
+    assert_eq!(h.core.tombstones(), 3);
+
+    h.advance(RETENTION - Duration::from_secs(1));
+    assert!(
+        h.core.take_writes().expired.is_empty(),
+        "not before the retention"
+    );
+    assert_eq!(h.core.tombstone(t.id), Some(1));
+    h.advance(Duration::from_secs(1));
+    let mut expired = h.core.take_writes().expired;
+    expired.sort();
+    let mut gone = vec![t.id, early.id];
+    gone.sort();
+    assert_eq!(expired, gone, "deleted from the store");
+    assert_eq!(h.core.tombstone(t.id), None);
+    assert_eq!(
+        h.core.tombstone(kept.id),
+        Some(1),
+        "the worker still has the task: its tombstone stays"
+    );
+    assert!(h.core.next_timer().is_none_or(|at| at > h.mono));
+}
+
+#[test]
+fn drops_and_expiries_go_a_batch_at_a_time() {
+    let n = 2 * SWEEP_BATCH + 500;
+    let tasks: Vec<Task> = (0..n).map(|_| finished_long_ago(1)).collect();
+    let old = Tombstone {
+        attempt: 1,
+        at: Some(now_at(Duration::ZERO).wall - chrono::Duration::days(1)),
+    };
+    let stops: Vec<(Uuid, Tombstone)> = (0..n).map(|_| (Uuid::new_v4(), old)).collect();
+    let mut h = Harness::recover(tasks, stops);
+    let positions: Vec<(Uuid, u64)> = h.core.tasks().map(|t| t.id).zip(2..).collect::<Vec<_>>();
+    let now = h.now();
+    h.core.written(now, &positions);
+    let writes = h.core.take_writes();
+    assert!(writes.dropped.is_empty(), "nothing acknowledged yet");
+    assert_eq!(writes.expired.len(), SWEEP_BATCH, "old tombstones: a batch");
+    h.core.acked(now, n as u64 + 1);
+    let writes = h.core.take_writes();
+    let mut dropped = writes.dropped.len();
+    assert_eq!(dropped, SWEEP_BATCH);
+    let mut expired = SWEEP_BATCH + writes.expired.len();
+    let mut steps = 1;
+    while dropped < n || expired < n {
+        assert_eq!(
+            h.core.next_timer(),
+            Some(h.mono),
+            "the rest is due at once, a step later"
+        );
+        h.advance(Duration::ZERO);
+        let writes = h.core.take_writes();
+        assert!(writes.dropped.len() <= SWEEP_BATCH);
+        assert!(writes.expired.len() <= SWEEP_BATCH);
+        dropped += writes.dropped.len();
+        expired += writes.expired.len();
+        steps += 1;
+        assert!(steps < 10);
+    }
+    assert_eq!((dropped, expired), (n, n));
+    assert_eq!(h.core.tasks().count(), 0);
+    // The dropped tasks' own tombstones are new: they stay for the retention.
+    assert_eq!(h.core.tombstones(), n);
+}
+
+#[test]
+fn a_recovered_task_counts_its_retention_from_its_finish_and_its_container_from_now() {
+    let long_ago = finished_long_ago(1);
+    let mut recent = finished_long_ago(1);
+    recent.finish_time = Some(now_at(Duration::ZERO).wall - chrono::Duration::minutes(10));
+    let mut kept = finished_long_ago(1);
+    kept.container_id = Some("c-kept".into());
+    let mut h = Harness::recover(vec![long_ago.clone(), recent.clone(), kept.clone()], vec![]);
+    let positions: Vec<(Uuid, u64)> = [long_ago.id, recent.id, kept.id]
+        .into_iter()
+        .zip(2..)
+        .collect();
+    let now = h.now();
+    h.core.written(now, &positions);
+    h.core.acked(now, 4);
+    assert!(h.core.task(long_ago.id).is_none());
+    assert!(h.core.task(recent.id).is_some());
+    h.advance(RETENTION - Duration::from_secs(600));
+    assert!(h.core.task(recent.id).is_none());
+    assert!(
+        h.core.task(kept.id).is_some(),
+        "its container is kept first"
+    );
 }

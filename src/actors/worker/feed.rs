@@ -2,8 +2,16 @@
 //! point. The manager's proxy long-polls it (`GET /tasks?since=SEQ&wait=S&instance=ID`); a
 //! watcher whose `instance` is not this process's, or whose `since` is 0, gets everything the
 //! worker has: a *full* report, which the manager takes as the whole truth about this worker.
+//!
+//! A watcher that asks for pages (`limit`) gets at most a [`Page`] per answer, in the order of
+//! the changes: the answer's `seq` is then the position of the last change it holds, and `more`
+//! says the next read (from that `seq`) goes on. A full report read in pages is the first page,
+//! marked `full`, and the ones that follow it until `more` is false; together they hold every
+//! task the worker has (a task that changed meanwhile appears again, later), so any one answer
+//! stays small however many tasks the worker has.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -20,11 +28,23 @@ pub struct Changes {
     pub instance: Uuid,
     /// Pass this as `since` next time.
     pub seq: u64,
-    /// Every task the worker has (true), or those changed after `since` (false).
+    /// Every task the worker has (true), or those changed after `since` (false). In pages, the
+    /// first page of a full report, which the pages after it complete.
     #[serde(default)]
     pub full: bool,
+    /// The answer stopped at its page's size: read again from `seq` at once for the rest.
+    #[serde(default)]
+    pub more: bool,
     /// The latest record of each task, in the order of their last change.
     pub tasks: Vec<Task>,
+}
+
+/// How much one answer may hold for a watcher that asks for pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub tasks: usize,
+    /// Of tasks as JSON; an answer holds at least one task whatever its size.
+    pub bytes: usize,
 }
 
 /// Positions of the latest change of each task.
@@ -57,13 +77,21 @@ impl Feed {
         self.seq
     }
 
-    /// The task changed: it moves to the end of the feed.
-    pub fn changed(&mut self, id: Uuid) {
+    /// The task changed: it moves to the end of the feed. Its new position.
+    pub fn changed(&mut self, id: Uuid) -> u64 {
         self.seq += 1;
         if let Some(old) = self.position.insert(id, self.seq) {
             self.changes.remove(&old);
         }
         self.changes.insert(self.seq, id);
+        self.seq
+    }
+
+    /// The task is gone from the worker (dropped): it leaves the feed. The sequence goes on.
+    pub fn forget(&mut self, id: Uuid) {
+        if let Some(old) = self.position.remove(&id) {
+            self.changes.remove(&old);
+        }
     }
 
     /// Where a watcher really starts: 0 (everything) for another process's sequence, one from
@@ -74,6 +102,12 @@ impl Feed {
             _ if since > self.seq => 0,
             _ => since,
         }
+    }
+
+    /// The position a watcher says the manager has recorded, when it is one of this process's
+    /// (another instance's, or one from the future, says nothing about this feed).
+    pub fn acked(&self, acked: u64, instance: Option<Uuid>) -> Option<u64> {
+        (instance == Some(self.instance) && acked <= self.seq).then_some(acked)
     }
 
     /// Whether a watcher starting at `since` (as [`Feed::start_of`] says) has something to read.
@@ -98,9 +132,65 @@ impl Feed {
             instance: self.instance,
             seq: self.seq,
             full: since == 0,
+            more: false,
             tasks,
         }
     }
+
+    /// The same, at most `page`: when the page is full before the feed's end, `seq` is the
+    /// position of its last change and `more` is set.
+    pub fn read_page<'a>(
+        &self,
+        name: &str,
+        since: u64,
+        page: Page,
+        lookup: impl Fn(Uuid) -> Option<&'a Task>,
+    ) -> Changes {
+        let mut tasks = Vec::new();
+        let mut bytes = 0;
+        let mut seq = self.seq;
+        let mut more = false;
+        for (&pos, id) in self.changes.range(since + 1..) {
+            let Some(task) = lookup(*id) else {
+                continue;
+            };
+            let size = json_size(task);
+            if !tasks.is_empty() && (tasks.len() >= page.tasks || bytes + size > page.bytes) {
+                more = true;
+                break;
+            }
+            tasks.push(task.clone());
+            bytes += size;
+            seq = pos;
+        }
+        Changes {
+            name: name.to_string(),
+            instance: self.instance,
+            seq: if more { seq } else { self.seq },
+            full: since == 0,
+            more,
+            tasks,
+        }
+    }
+}
+
+/// Bytes of the task as JSON, counted without keeping them.
+fn json_size(task: &Task) -> usize {
+    struct Count(usize);
+    impl Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serializing a task cannot fail (string keys, no non-finite floats as errors); should it,
+    // the task counts for nothing and the page's task limit still holds.
+    let _ = serde_json::to_writer(&mut count, task);
+    count.0
 }
 
 #[cfg(test)]
@@ -137,5 +227,92 @@ mod tests {
         assert_eq!(feed.start_of(2, Some(feed.instance())), 2);
         assert!(!feed.has_news(2));
         assert!(feed.has_news(0), "a full report is always news");
+    }
+
+    #[test]
+    fn pages_cut_the_feed_and_together_hold_every_task() {
+        let mut feed = Feed::new(Uuid::new_v4());
+        let tasks: Vec<Task> = (0..7).map(|i| Task::new(format!("img{i}"))).collect();
+        for t in &tasks {
+            feed.changed(t.id);
+        }
+        let lookup = |id| tasks.iter().find(|t: &&Task| t.id == id);
+        let page = Page {
+            tasks: 3,
+            bytes: usize::MAX,
+        };
+        let first = feed.read_page("w", 0, page, lookup);
+        assert!(first.full && first.more);
+        assert_eq!(first.tasks.len(), 3);
+        assert_eq!(first.seq, 4, "the position of its last change");
+        // The first task changes meanwhile: it shows again, in a later page.
+        feed.changed(tasks[0].id);
+        let mut seen: Vec<Uuid> = first.tasks.iter().map(|t| t.id).collect();
+        let mut since = first.seq;
+        let mut pages = 1;
+        loop {
+            let next = feed.read_page("w", since, page, lookup);
+            assert!(!next.full);
+            assert!(next.tasks.len() <= 3);
+            seen.extend(next.tasks.iter().map(|t| t.id));
+            since = next.seq;
+            pages += 1;
+            if !next.more {
+                break;
+            }
+        }
+        assert_eq!(pages, 3);
+        assert_eq!(since, feed.seq(), "the last page goes on from the head");
+        assert_eq!(seen.len(), 8);
+        for t in &tasks {
+            assert!(seen.contains(&t.id));
+        }
+        assert!(!feed.has_news(since));
+    }
+
+    #[test]
+    fn a_page_holds_at_least_one_task_and_stays_within_its_bytes() {
+        let mut feed = Feed::new(Uuid::new_v4());
+        let tasks: Vec<Task> = (0..4).map(|i| Task::new(format!("img{i}"))).collect();
+        for t in &tasks {
+            feed.changed(t.id);
+        }
+        let lookup = |id| tasks.iter().find(|t: &&Task| t.id == id);
+        let one = json_size(&tasks[0]);
+        assert!(one > 50, "{one}");
+        let tiny = Page {
+            tasks: 100,
+            bytes: 1,
+        };
+        let first = feed.read_page("w", 0, tiny, lookup);
+        assert_eq!((first.tasks.len(), first.more), (1, true));
+        let two = Page {
+            tasks: 100,
+            bytes: 2 * one + one / 2,
+        };
+        let page = feed.read_page("w", 0, two, lookup);
+        assert_eq!((page.tasks.len(), page.more), (2, true));
+    }
+
+    #[test]
+    fn a_forgotten_task_leaves_the_feed_and_acks_are_this_instance_s_only() {
+        let mut feed = Feed::new(Uuid::new_v4());
+        let (a, b) = (Task::new("a"), Task::new("b"));
+        assert_eq!(feed.changed(a.id), 2);
+        assert_eq!(feed.changed(b.id), 3);
+        feed.forget(a.id);
+        let all = [a.clone(), b.clone()];
+        let changes = feed.read("w", 0, |id| all.iter().find(|t| t.id == id));
+        assert_eq!(changes.tasks.len(), 1);
+        assert_eq!(changes.tasks[0].id, b.id);
+        let me = Some(feed.instance());
+        assert_eq!(feed.acked(3, me), Some(3));
+        assert_eq!(feed.acked(4, me), None, "from the future");
+        assert_eq!(
+            feed.acked(2, Some(Uuid::new_v4())),
+            None,
+            "another instance"
+        );
+        assert_eq!(feed.acked(2, None), None);
     }
 }

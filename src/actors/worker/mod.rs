@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures_util::stream::BoxStream;
 use uuid::Uuid;
 
@@ -32,31 +33,63 @@ use crate::task::Task;
 
 /// The worker's tasks: id → its latest record.
 pub const TASKS: Table<Uuid, Task> = Table::new("tasks");
-/// Tombstones: id → the highest attempt a stop was accepted for.
+/// Tombstones: id → the highest attempt fenced here (by a stop, a newer attempt, or the drop of
+/// a finished task), and when that was written.
 pub const STOPS: Table<Uuid, Tombstone> = Table::new("stops");
 /// Every table of a worker's store.
 pub const TABLES: &[&str] = &[TASKS.name(), STOPS.name()];
 
-/// What the worker remembers of the stops it accepted for a task (ARCHITECTURE.md §5).
+/// What the worker remembers of the attempts it fenced for a task (ARCHITECTURE.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Tombstone {
     /// Every attempt up to this one is fenced here.
     pub attempt: u32,
+    /// When it was last written. Once the worker no longer has the task, the tombstone expires
+    /// `retention` after this. `None` in records of older versions: counted from the worker's
+    /// start.
+    #[serde(default)]
+    pub at: Option<DateTime<Utc>>,
 }
 
 impl Record for Tombstone {
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
+
+    /// Version 1 was `{"attempt": N}`; before versions, the attempt as 4 big-endian bytes, whose
+    /// first byte the table reads as the version (so 3 bytes are left), or, for an attempt of
+    /// 2^29 or more, as version 0 with all 4.
+    fn upgrade(version: u8, bytes: &[u8]) -> Result<Self, String> {
+        let plain = |attempt: u32| Tombstone { attempt, at: None };
+        match (version, bytes) {
+            (_, &[b1, b2, b3]) => Ok(plain(u32::from_be_bytes([version, b1, b2, b3]))),
+            (0, &[b0, b1, b2, b3]) => Ok(plain(u32::from_be_bytes([b0, b1, b2, b3]))),
+            (1, json) => serde_json::from_slice(json).map_err(|e| e.to_string()),
+            (v, _) => Err(format!(
+                "schema version {v} is not one this build reads (it writes {})",
+                Self::VERSION
+            )),
+        }
+    }
 }
-/// How long the container of a finished task is kept for its logs.
+/// How long the container of a finished task is kept for its logs; the task's record is kept
+/// at least as long (and until the manager has recorded it), a tombstone as long after it is
+/// written once the task is gone.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(3600);
+/// Most tasks in one answer of the change feed, for a watcher that asks for pages (`limit`).
+pub const DEFAULT_FEED_PAGE: usize = 5000;
+/// Most bytes of tasks (as JSON) in one answer of the change feed for a watcher that asks for
+/// pages; an answer always holds at least one task, so its size is bounded by this plus one task.
+pub const MAX_FEED_PAGE_BYTES: usize = 32 << 20;
 /// Longest a [`WatchChanges`] may wait for a change.
 pub const MAX_WATCH_WAIT: Duration = Duration::from_secs(60);
 
 /// What can go wrong when asking the worker for something.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
-    /// No task with this id was ever placed here.
-    #[error("task {0} is not known to this worker")]
+    /// No task with this id was ever placed here, or it finished and was dropped: its final
+    /// state was recorded by the manager and its retention passed.
+    #[error(
+        "task {0} is not known to this worker (a finished task is dropped once the manager has recorded it and --retention has passed)"
+    )]
     NotFound(Uuid),
     /// The request is about an attempt older than the one this worker runs.
     #[error("task {id} attempt {attempt} is older than attempt {current} that this worker runs")]
@@ -99,8 +132,11 @@ pub struct WorkerSetup {
     pub sampler: Option<Addr<StatsSampler>>,
     /// Capacity reported when there is no sampler.
     pub capacity: Capacity,
-    /// How long the container of a finished task is kept for its logs.
+    /// How long the container of a finished task is kept for its logs, and its record and
+    /// tombstone at least.
     pub retention: Duration,
+    /// Most tasks in one answer of the change feed to a watcher that asks for pages.
+    pub feed_page: usize,
 }
 
 /// Run this attempt of a task. Idempotent by task id and attempt: a repeat returns the existing
@@ -139,13 +175,20 @@ pub struct ReadTasks;
 
 /// The change feed: tasks changed after `since`, answered as soon as there is at least one (or
 /// empty when `wait` passes). A watcher from another instance of the worker starts over at 0.
-#[derive(Message)]
+#[derive(Message, Debug, Clone, PartialEq)]
 #[rtype(result = "Changes")]
 pub struct WatchChanges {
     pub since: u64,
     /// The instance the watcher's `since` belongs to.
     pub instance: Option<Uuid>,
     pub wait: Duration,
+    /// The manager has committed everything that followed from this feed's records up to this
+    /// position (of `instance`): finished tasks written there may be dropped (§5).
+    pub acked: Option<u64>,
+    /// Answer in pages of at most this many tasks (cut to the worker's page size) and
+    /// [`MAX_FEED_PAGE_BYTES`]; `more` then says the next read goes on from the answer's `seq`.
+    /// Without it, one answer holds everything, as for watchers of older versions.
+    pub limit: Option<usize>,
 }
 
 /// The worker's report about its machine.
@@ -160,4 +203,58 @@ pub struct ReadLogs {
     pub id: Uuid,
     pub tail: Option<usize>,
     pub follow: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::db::{Batch, Store};
+
+    #[tokio::test]
+    async fn tombstones_of_every_version_are_read() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), TABLES).expect("store");
+        let ids: Vec<Uuid> = (0..5).map(|_| Uuid::new_v4()).collect();
+        let at = Utc::now();
+        let mut batch = Batch::new();
+        // Before versions: the attempt as 4 big-endian bytes.
+        batch.put(
+            "stops",
+            ids[0].as_bytes().to_vec(),
+            7u32.to_be_bytes().to_vec(),
+        );
+        batch.put(
+            "stops",
+            ids[1].as_bytes().to_vec(),
+            ((1u32 << 24) + 5).to_be_bytes().to_vec(),
+        );
+        batch.put(
+            "stops",
+            ids[2].as_bytes().to_vec(),
+            (3u32 << 29).to_be_bytes().to_vec(),
+        );
+        // Version 1: the attempt alone.
+        batch.put(
+            "stops",
+            ids[3].as_bytes().to_vec(),
+            [&[1u8][..], br#"{"attempt":5}"#].concat(),
+        );
+        // Today's.
+        let today = Tombstone {
+            attempt: 9,
+            at: Some(at),
+        };
+        STOPS.put(&mut batch, &ids[4], &today).expect("put");
+        store.commit(batch).await.expect("committed");
+        let read: BTreeMap<Uuid, Tombstone> =
+            STOPS.scan(&store).expect("scan").into_iter().collect();
+        let plain = |attempt| Tombstone { attempt, at: None };
+        assert_eq!(read[&ids[0]], plain(7));
+        assert_eq!(read[&ids[1]], plain((1 << 24) + 5));
+        assert_eq!(read[&ids[2]], plain(3 << 29));
+        assert_eq!(read[&ids[3]], plain(5));
+        assert_eq!(read[&ids[4]], today);
+    }
 }

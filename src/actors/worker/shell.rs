@@ -4,7 +4,7 @@
 //! calls run as futures beside the actor, so one slow start never blocks another; their
 //! outcomes come back as inputs.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,10 +16,10 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::core::{Core, Effect, Writes};
-use super::feed::{Changes, Feed};
+use super::feed::{Changes, Feed, Page};
 use super::{
-    GetStats, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, STOPS, StartAttempt, Started,
-    StopAttempt, TASKS, Tombstone, WatchChanges, WorkerError, WorkerSetup,
+    GetStats, MAX_FEED_PAGE_BYTES, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, STOPS,
+    StartAttempt, Started, StopAttempt, TASKS, WatchChanges, WorkerError, WorkerSetup,
 };
 use crate::actors::CoreTimer;
 use crate::clock::Clock;
@@ -42,6 +42,7 @@ async fn durable(commit: Option<Durable>) -> Result<(), WorkerError> {
 /// A long-poll waiting for the next change.
 struct Watcher {
     since: u64,
+    page: Option<Page>,
     reply: oneshot::Sender<Changes>,
 }
 
@@ -52,11 +53,13 @@ pub struct Worker {
     /// What the feed and the API show: each task as last written. The core may be a step
     /// ahead while a commit is under way, and what is not durable is never told. A worker
     /// without a store (simulated, in-process) has nothing to wait for and shows the core.
-    published: Option<HashMap<Uuid, Task>>,
+    published: Option<BTreeMap<Uuid, Task>>,
     runtime: Arc<dyn Runtime>,
     store: Option<Store>,
     sampler: Option<Addr<StatsSampler>>,
     capacity: Capacity,
+    /// Most tasks in one answer to a watcher that asks for pages.
+    feed_page: usize,
     watchers: Vec<Watcher>,
     notify_scheduled: bool,
     /// The armed timer of the core, and when it fires.
@@ -71,11 +74,7 @@ impl Worker {
         let (mut tasks, mut stops) = (Vec::new(), Vec::new());
         if let Some(store) = &setup.store {
             tasks = TASKS.scan(store)?.into_iter().map(|(_, t)| t).collect();
-            stops = STOPS
-                .scan(store)?
-                .into_iter()
-                .map(|(id, t)| (id, t.attempt))
-                .collect();
+            stops = STOPS.scan(store)?;
             info!(
                 "worker {}: {} task(s) and {} stop(s) loaded from {}",
                 setup.name,
@@ -85,14 +84,15 @@ impl Worker {
             );
         }
         let mut feed = Feed::new(Uuid::new_v4());
-        for t in &tasks {
-            feed.changed(t.id);
-        }
+        let positions: Vec<(Uuid, u64)> =
+            tasks.iter().map(|t| (t.id, feed.changed(t.id))).collect();
         let published = setup
             .store
             .is_some()
             .then(|| tasks.iter().map(|t| (t.id, t.clone())).collect());
-        let core = Core::recover(setup.name, setup.retention, clock.now(), tasks, stops);
+        let now = clock.now();
+        let mut core = Core::recover(setup.name, setup.retention, now, tasks, stops);
+        core.written(now, &positions);
         Ok(Worker {
             core,
             clock,
@@ -102,6 +102,7 @@ impl Worker {
             store: setup.store,
             sampler: setup.sampler,
             capacity: setup.capacity,
+            feed_page: setup.feed_page.max(1),
             watchers: Vec::new(),
             notify_scheduled: false,
             timer: CoreTimer::default(),
@@ -127,12 +128,19 @@ impl Worker {
         let (tx, rx) = oneshot::channel();
         let commit = persist(self.store.as_ref(), &writes);
         ctx.spawn(commit.into_actor(self).map(move |res, act, ctx| {
+            let mut positions = Vec::new();
             match &res {
                 Ok(()) => {
                     for t in &writes.tasks {
-                        act.feed.changed(t.id);
+                        positions.push((t.id, act.feed.changed(t.id)));
                         if let Some(published) = act.published.as_mut() {
                             published.insert(t.id, t.clone());
+                        }
+                    }
+                    for id in &writes.dropped {
+                        act.feed.forget(*id);
+                        if let Some(published) = act.published.as_mut() {
+                            published.remove(id);
                         }
                     }
                     act.notify_soon(ctx);
@@ -144,6 +152,12 @@ impl Worker {
             }
             act.perform(effects, ctx);
             let _ = tx.send(res.map_err(WorkerError::from));
+            if !positions.is_empty() {
+                // What retired may now be dropped, if the manager acknowledged it already.
+                let now = act.clock.now();
+                act.core.written(now, &positions);
+                act.step(ctx);
+            }
         }));
         Some(rx)
     }
@@ -257,8 +271,13 @@ impl Worker {
         }
     }
 
-    fn changes(&self, since: u64) -> Changes {
-        self.feed.read(self.core.name(), since, |id| self.shown(id))
+    /// The answer for a watcher starting at `since`, in a page when it asks for pages.
+    fn changes(&self, since: u64, page: Option<Page>) -> Changes {
+        let lookup = |id| self.shown(id);
+        match page {
+            Some(page) => self.feed.read_page(self.core.name(), since, page, lookup),
+            None => self.feed.read(self.core.name(), since, lookup),
+        }
     }
 
     fn notify_watchers(&mut self) {
@@ -269,7 +288,7 @@ impl Worker {
                 continue;
             }
             if self.feed.has_news(w.since) {
-                let _ = w.reply.send(self.changes(w.since));
+                let _ = w.reply.send(self.changes(w.since, w.page));
             } else {
                 self.watchers.push(w);
             }
@@ -313,11 +332,16 @@ fn persist(store: Option<&Store>, writes: &Writes) -> BoxFuture<'static, Result<
             return futures_util::future::ready(Err(e)).boxed();
         }
     }
-    for (id, attempt) in &writes.stops {
-        let tombstone = Tombstone { attempt: *attempt };
-        if let Err(e) = STOPS.put(&mut batch, id, &tombstone) {
+    for (id, tombstone) in &writes.stops {
+        if let Err(e) = STOPS.put(&mut batch, id, tombstone) {
             return futures_util::future::ready(Err(e)).boxed();
         }
+    }
+    for id in &writes.dropped {
+        TASKS.delete(&mut batch, id);
+    }
+    for id in &writes.expired {
+        STOPS.delete(&mut batch, id);
     }
     store.commit(batch).boxed()
 }
@@ -416,11 +440,7 @@ impl Handler<ReadTasks> for Worker {
 
     fn handle(&mut self, _: ReadTasks, _: &mut Context<Self>) -> Self::Result {
         match &self.published {
-            Some(published) => {
-                let mut tasks: Vec<Task> = published.values().cloned().collect();
-                tasks.sort_by_key(|t| t.id);
-                tasks
-            }
+            Some(published) => published.values().cloned().collect(),
             None => self.core.tasks().cloned().collect(),
         }
     }
@@ -429,20 +449,34 @@ impl Handler<ReadTasks> for Worker {
 impl Handler<WatchChanges> for Worker {
     type Result = ResponseFuture<Changes>;
 
-    fn handle(&mut self, msg: WatchChanges, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: WatchChanges, ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(acked) = msg.acked.and_then(|a| self.feed.acked(a, msg.instance)) {
+            let now = self.clock.now();
+            self.core.acked(now, acked);
+            self.step(ctx);
+        }
         let since = self.feed.start_of(msg.since, msg.instance);
+        let page = msg.limit.map(|limit| Page {
+            tasks: limit.clamp(1, self.feed_page),
+            bytes: MAX_FEED_PAGE_BYTES,
+        });
         if self.feed.has_news(since) || msg.wait.is_zero() {
-            let changes = self.changes(since);
+            let changes = self.changes(since, page);
             return Box::pin(async move { changes });
         }
         let (tx, rx) = oneshot::channel();
         self.watchers.retain(|w| !w.reply.is_closed());
-        self.watchers.push(Watcher { since, reply: tx });
+        self.watchers.push(Watcher {
+            since,
+            page,
+            reply: tx,
+        });
         let empty = Changes {
             name: self.core.name().to_string(),
             instance: self.feed.instance(),
             seq: self.feed.seq(),
             full: false,
+            more: false,
             tasks: Vec::new(),
         };
         let wait = msg.wait.min(MAX_WATCH_WAIT);

@@ -35,13 +35,13 @@ use uuid::Uuid;
 use crate::actors::client::CallError;
 use crate::actors::manager::core::{
     CallKind, Config as ManagerConfig, Core as ManagerCore, Effect as MEffect, EndpointId, Seen,
-    Submitted, Tombstone, is_final,
+    Submitted, Tombstone as Collected, is_final,
 };
 use crate::actors::policy::{PolicyKind, Resources};
 use crate::actors::scheduler::{Book, NoFit, PlaceRequest, Room};
-use crate::actors::worker::WorkerError;
 use crate::actors::worker::core::{Core as WorkerCore, Effect as WEffect};
 use crate::actors::worker::feed::{Changes, Feed};
+use crate::actors::worker::{Tombstone, WorkerError};
 use crate::clock::Now;
 use crate::node::{Capacity, Liveness, LivenessChange};
 use crate::runtime::{ContainerSpec, ContainerStatus, RuntimeError};
@@ -401,7 +401,7 @@ struct WorkerHeld {
 #[derive(Default)]
 struct WorkerDisk {
     tasks: BTreeMap<Uuid, Task>,
-    stops: BTreeMap<Uuid, u32>,
+    stops: BTreeMap<Uuid, Tombstone>,
 }
 
 #[derive(Debug, Clone)]
@@ -454,7 +454,7 @@ struct World {
     disk_tasks: BTreeMap<u64, Task>,
     disk_nodes: BTreeMap<String, String>,
     /// Tombstones of collected tasks, as the disk holds them.
-    disk_tombs: BTreeMap<Uuid, Tombstone>,
+    disk_tombs: BTreeMap<Uuid, Collected>,
     /// Every task whose collection was written.
     collected_ever: BTreeSet<Uuid>,
     nodes: Vec<Node>,
@@ -721,6 +721,7 @@ impl World {
                         instance: p.feed.instance(),
                         seq: p.feed.seq(),
                         full: false,
+                        more: false,
                         tasks: Vec::new(),
                     };
                     Some((watcher, changes))

@@ -12,7 +12,7 @@ impl World {
         self.seq += 1;
         let inc = self.seq;
         let tasks: Vec<Task> = self.nodes[w].disk.tasks.values().cloned().collect();
-        let stops: Vec<(Uuid, u32)> = self.nodes[w]
+        let stops: Vec<(Uuid, Tombstone)> = self.nodes[w]
             .disk
             .stops
             .iter()
@@ -187,12 +187,22 @@ impl World {
             p.feed.changed(t.id);
             p.published.insert(t.id, t.clone());
         }
+        for id in &held.held.writes.dropped {
+            p.feed.forget(*id);
+            p.published.remove(id);
+        }
         let disk = &mut self.nodes[w].disk;
         for t in held.held.writes.tasks {
             disk.tasks.insert(t.id, t);
         }
         for (id, a) in held.held.writes.stops {
             disk.stops.insert(id, a);
+        }
+        for id in held.held.writes.dropped {
+            disk.tasks.remove(&id);
+        }
+        for id in held.held.writes.expired {
+            disk.stops.remove(&id);
         }
         self.notify_watchers(w);
         self.worker_effects(w, held.held.effects);
