@@ -205,8 +205,11 @@ impl Manager {
             send_calls(calls);
             return None;
         }
+        // Divisible: one step's records are independent, and a step that rewrites many of them
+        // must go through in parts when the store is nearly full, or the writes queued again
+        // after each failure would never fit (db::Batch::divisible).
         let commit = match batch_of(&writes) {
-            Ok(batch) => futures_util::future::Either::Left(self.store.commit(batch)),
+            Ok(batch) => futures_util::future::Either::Left(self.store.commit(batch.divisible())),
             Err(e) => futures_util::future::Either::Right(futures_util::future::ready(Err(e))),
         };
         let me = ctx.address();
@@ -370,6 +373,14 @@ impl Handler<Submit> for Manager {
     type Result = ResponseFuture<Result<Submitted, ManagerError>>;
 
     fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
+        // A new task is new data: refused, before the core hears of it, while the store keeps
+        // its reserve for stops and status updates (db::Usage). A known id goes on: its
+        // answer (the task, or a conflict) writes nothing.
+        if self.core.task(msg.0.id).is_none()
+            && let Err(full) = self.store.check_room()
+        {
+            return Box::pin(async move { Err(ManagerError::Store(full)) });
+        }
         let now = self.clock.now();
         let outcome = self.core.submit(now, msg.0);
         // A repeat is answered after a commit too: the first submission may still be
