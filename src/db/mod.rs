@@ -108,11 +108,8 @@ pub enum StoreError {
     },
 
     /// The file system holding the store is full (`ENOSPC`, or the owner's quota is spent):
-    /// the commit failed and nothing of it was written.
-    #[error(
-        "the disk holding the store at {} is full ({source}); nothing of the write was kept",
-        path.display()
-    )]
+    /// the transaction failed and nothing of it was written.
+    #[error("the disk holding the store at {} is full ({source})", path.display())]
     DiskFull {
         path: PathBuf,
         source: std::io::Error,
@@ -242,7 +239,7 @@ impl fmt::Display for Usage {
         }
         write!(
             f,
-            "; the last {} are kept for stops and status updates",
+            "; the last {} is kept for stops and status updates",
             human_bytes(self.reserve())
         )
     }
