@@ -102,6 +102,8 @@ pub struct WorkerConfig {
     /// Require callers' client certificates signed by this CA (mutual TLS); also trusted for
     /// the manager's certificate when joining over HTTPS.
     pub tls_ca: Option<PathBuf>,
+    /// The size of its store's memory map, the most it may hold (`--store-size`).
+    pub store_size: usize,
 }
 
 impl WorkerConfig {
@@ -123,6 +125,7 @@ impl WorkerConfig {
             tls_cert: None,
             tls_key: None,
             tls_ca: None,
+            store_size: crate::db::DEFAULT_MAP_SIZE,
         }
     }
 }
@@ -274,7 +277,11 @@ pub async fn start_worker(config: WorkerConfig) -> Result<WorkerHandle, ServeErr
         path: config.data_dir.clone(),
         source,
     })?;
-    let store = Store::open(&config.data_dir, crate::actors::worker::TABLES)?;
+    let store = Store::open_with_map_size(
+        &config.data_dir,
+        crate::actors::worker::TABLES,
+        config.store_size,
+    )?;
     let runtime = open_runtime(&config).await?;
     let sampler = match config.runtime {
         RuntimeKind::Docker => {
@@ -399,6 +406,8 @@ pub struct ManagerConfig {
     pub tls_key: Option<PathBuf>,
     /// Call workers over HTTPS, trusting this CA for their certificates.
     pub tls_ca: Option<PathBuf>,
+    /// The size of its store's memory map, the most it may hold (`--store-size`).
+    pub store_size: usize,
 }
 
 impl ManagerConfig {
@@ -419,6 +428,7 @@ impl ManagerConfig {
             tls_cert: None,
             tls_key: None,
             tls_ca: None,
+            store_size: crate::db::DEFAULT_MAP_SIZE,
         }
     }
 }
@@ -441,7 +451,11 @@ impl ManagerActors {
             path: config.data_dir.clone(),
             source,
         })?;
-        let store = Store::open(&config.data_dir, crate::actors::manager::TABLES)?;
+        let store = Store::open_with_map_size(
+            &config.data_dir,
+            crate::actors::manager::TABLES,
+            config.store_size,
+        )?;
         // The Manager and the Scheduler share a thread of their own, so that neither the caller
         // (an HTTP accept loop, a simulation's submitter) nor the workers' side slows them.
         let arbiter = Arbiter::new().handle();

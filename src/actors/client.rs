@@ -71,13 +71,28 @@ pub enum CallError {
     Rejected { status: u16, message: String },
 }
 
+/// How a worker's 507 begins, as a [`CallError::Transport`].
+pub const NO_ROOM: &str = "the worker's store has no room for new attempts";
+
 impl CallError {
+    /// True for a worker's 507: its store has no room for new attempts.
+    pub fn is_no_room(&self) -> bool {
+        matches!(self, CallError::Transport(m) if m.starts_with(NO_ROOM))
+    }
+
     /// The error for an HTTP status and the worker's message.
     pub fn from_status(status: u16, message: String) -> CallError {
         match status {
             404 => CallError::NotFound(message),
             409 => CallError::Stale(message),
             400..=499 => CallError::Rejected { status, message },
+            // The worker's store has no room for a new attempt: nothing was recorded there,
+            // the worker is otherwise sound (its tasks run, its stops go through), and the
+            // condition clears without the task's help (its operator raises --store-size or
+            // frees disk, retention collects). So the start is retried like a transport
+            // failure, rather than failing the attempt (which a 4xx does) and making a user's
+            // task Failed for a node's want of room.
+            507 => CallError::Transport(format!("{NO_ROOM} (507): {message}")),
             _ => CallError::Transport(format!("the worker answered {status}: {message}")),
         }
     }
@@ -90,6 +105,10 @@ impl From<WorkerError> for CallError {
             WorkerError::NotFound(_) | WorkerError::NoContainer(_) => CallError::NotFound(message),
             WorkerError::StaleAttempt { .. } | WorkerError::Stopped { .. } => {
                 CallError::Stale(message)
+            }
+            // As its HTTP API's 507 (`from_status`).
+            WorkerError::Store(store) if store.is_full() => {
+                CallError::Transport(format!("{NO_ROOM}: {message}"))
             }
             WorkerError::Gone | WorkerError::Store(_) | WorkerError::Runtime(_) => {
                 CallError::Transport(message)
@@ -335,6 +354,42 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::{StoreError, Usage};
+
+    fn no_room() -> StoreError {
+        StoreError::NoRoom {
+            path: "/data/w1".into(),
+            usage: Usage {
+                in_use: 1 << 20,
+                queued: 0,
+                map_size: 2 << 20,
+                file_size: 2 << 20,
+                disk_free: u64::MAX,
+            },
+        }
+    }
+
+    #[test]
+    fn a_workers_507_is_retried_as_a_transport_failure_not_a_refusal() {
+        let full = CallError::from_status(507, "the worker's store is full".into());
+        assert!(matches!(&full, CallError::Transport(_)), "{full:?}");
+        assert!(full.is_no_room(), "{full}");
+        // In process, the same.
+        let local = CallError::from(WorkerError::Store(no_room()));
+        assert!(local.is_no_room(), "{local}");
+        assert!(local.to_string().contains("/data/w1"), "{local}");
+        for other in [
+            CallError::from_status(500, "boom".into()),
+            CallError::from_status(503, "later".into()),
+            CallError::from(WorkerError::Store(StoreError::Closed)),
+        ] {
+            assert!(matches!(other, CallError::Transport(_)) && !other.is_no_room());
+        }
+        assert!(matches!(
+            CallError::from_status(413, "too big".into()),
+            CallError::Rejected { status: 413, .. }
+        ));
+    }
 
     #[test]
     fn a_feed_read_names_every_parameter_it_has() {

@@ -241,6 +241,8 @@ pub struct WorkerProxy {
     last_seen: Option<DateTime<Utc>>,
     stats: Option<NodeStats>,
     error: Option<String>,
+    /// When the worker's want of room in its store was last logged (once a minute at most).
+    no_room_logged: Option<std::time::Instant>,
     /// Outcomes of calls not yet sent to the Manager: a burst goes as one message.
     done: Vec<CallDone>,
 }
@@ -271,6 +273,7 @@ impl WorkerProxy {
             last_seen: None,
             stats: None,
             error: None,
+            no_room_logged: None,
             done: Vec::new(),
         }
     }
@@ -570,7 +573,20 @@ impl Handler<CallWorker> for WorkerProxy {
                 Ok(t) if call.2 == CallKind::Start => {
                     act.heard(&t.worker.clone().unwrap_or_default(), ctx)
                 }
-                Err(e @ CallError::Transport(_)) => act.failed(e),
+                Err(e @ CallError::Transport(_)) => {
+                    if e.is_no_room()
+                        && act
+                            .no_room_logged
+                            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+                    {
+                        act.no_room_logged = Some(std::time::Instant::now());
+                        warn!(
+                            "worker at {}: {e}; its starts are retried until it has room",
+                            act.address()
+                        );
+                    }
+                    act.failed(e)
+                }
                 _ => {}
             }
             let outcome = outcome.map(|t| Seen::from(&t));

@@ -92,7 +92,7 @@ pub struct ManagerArgs {
     #[arg(long, env = "CUBE_WORKERS", value_delimiter = ',')]
     pub workers: Option<Vec<String>>,
     /// A TOML file with any of: host, port, workers, scheduler, data_dir, health_interval,
-    /// node_timeout, retention, retention_count. Flags and environment win over it.
+    /// node_timeout, retention, retention_count, store_size. Flags and environment win over it.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Placement policy: epvm, roundrobin (round-robin), binpack (bin-pack) or spread.
@@ -101,6 +101,11 @@ pub struct ManagerArgs {
     /// Where the manager keeps its store [default: ./cube-data/manager].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// The most its store may hold: bytes, or with k, m, g or t (1k = 1024), e.g. 512m or
+    /// 64g [default: 64g]. Address space, not disk: the file grows only as data is written.
+    /// New tasks are refused (507) while the last 1/16 is kept for stops.
+    #[arg(long, value_name = "SIZE", value_parser = parse_store_size)]
+    pub store_size: Option<usize>,
     /// Seconds between health checks of a task.
     #[arg(long)]
     pub health_interval: Option<f64>,
@@ -150,6 +155,8 @@ struct ManagerFile {
     node_timeout: Option<f64>,
     retention: Option<String>,
     retention_count: Option<usize>,
+    /// `"512m"` or a number of bytes.
+    store_size: Option<toml::Value>,
 }
 
 impl ManagerArgs {
@@ -201,6 +208,16 @@ impl ManagerArgs {
         if let Some(n) = self.retention_count.or(file.retention_count) {
             config.retention_count = n;
         }
+        match (self.store_size, &file.store_size) {
+            (Some(size), _) => config.store_size = size,
+            (None, Some(value)) => {
+                config.store_size = toml_store_size(value).map_err(|e| {
+                    let path = self.config.as_deref().unwrap_or(std::path::Path::new(""));
+                    format!("{}: store_size: {e}", path.display())
+                })?;
+            }
+            (None, None) => {}
+        }
         if let Some(path) = &self.token_file {
             config.tokens = Tokens::from_file(path)?;
         }
@@ -216,6 +233,61 @@ impl ManagerArgs {
         config.tls_key = self.tls_key.clone();
         config.tls_ca = self.tls_ca.clone();
         Ok(config)
+    }
+}
+
+/// The smallest `--store-size`: below it the reserve kept for stops (at least 1 MiB, at most
+/// half the store) leaves almost nothing for tasks.
+pub const MIN_STORE_SIZE: u64 = 1 << 20;
+/// The largest `--store-size`: 64 TiB, well within the address space of a 64-bit process.
+pub const MAX_STORE_SIZE: u64 = 64 << 40;
+
+/// What `--store-size` takes, for its errors.
+const STORE_SIZE_FORM: &str =
+    "expected bytes, or a number with k, m, g or t (1k = 1024), from 1m to 64t, e.g. 512m or 64g";
+
+/// `--store-size`: `512m`, `64g`, `100000k`, `1t` or plain bytes (units are binary and
+/// case-blind), from [`MIN_STORE_SIZE`] to [`MAX_STORE_SIZE`].
+pub fn parse_store_size(text: &str) -> Result<usize, String> {
+    let trimmed = text.trim();
+    let (digits, shift) = match trimmed.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_lowercase() {
+                'k' => 10,
+                'm' => 20,
+                'g' => 30,
+                't' => 40,
+                _ => return Err(format!("{text:?} is not a size; {STORE_SIZE_FORM}")),
+            };
+            (&trimmed[..i], shift)
+        }
+        _ => (trimmed, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{text:?} is not a size; {STORE_SIZE_FORM}"));
+    }
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|n| *n <= MAX_STORE_SIZE);
+    match bytes {
+        Some(n) if n >= MIN_STORE_SIZE => {
+            usize::try_from(n).map_err(|_| format!("{text:?} is larger than this machine can map"))
+        }
+        Some(_) => Err(format!("{text:?} is too small; {STORE_SIZE_FORM}")),
+        None => Err(format!("{text:?} is too large; {STORE_SIZE_FORM}")),
+    }
+}
+
+/// `store_size` of the manager's TOML file: a string as the flag takes it, or bytes.
+fn toml_store_size(value: &toml::Value) -> Result<usize, String> {
+    match value {
+        toml::Value::String(text) => parse_store_size(text),
+        toml::Value::Integer(n) => parse_store_size(&n.to_string()),
+        other => Err(format!(
+            "{other} is not a size; {STORE_SIZE_FORM} (a string such as \"512m\", or a number of bytes)"
+        )),
     }
 }
 
@@ -242,6 +314,10 @@ pub struct WorkerArgs {
     /// Where the worker keeps its store [default: ./cube-data/worker-<name>].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// The most its store may hold: bytes, or with k, m, g or t (1k = 1024), e.g. 512m or
+    /// 64g [default: 64g]. New attempts are refused (507) while the last 1/16 is kept for stops.
+    #[arg(long, value_name = "SIZE", value_parser = parse_store_size)]
+    pub store_size: Option<usize>,
     /// How containers are run.
     #[arg(long, value_enum, default_value_t = RuntimeKind::Docker)]
     pub runtime: RuntimeKind,
@@ -411,6 +487,9 @@ impl WorkerArgs {
         config.runtime = self.runtime;
         config.retention = self.retention;
         config.feed_page = self.feed_page;
+        if let Some(size) = self.store_size {
+            config.store_size = size;
+        }
         config.hardening = Hardening {
             publish_address: self
                 .publish_address
@@ -1156,6 +1235,104 @@ mod tests {
         assert_eq!(config.retention, crate::actors::worker::DEFAULT_RETENTION);
         assert_eq!(config.feed_page, DEFAULT_FEED_PAGE);
         assert!(Cli::try_parse_from(["cube", "worker", "--feed-page", "0"]).is_err());
+    }
+
+    #[test]
+    fn store_sizes_take_units_and_bad_ones_name_the_flag_and_the_form() {
+        for (text, bytes) in [
+            ("512m", 512 << 20),
+            ("64g", 64 << 30),
+            ("64G", 64 << 30),
+            ("100000k", 100_000 << 10),
+            ("1048576", 1 << 20),
+            ("1t", 1 << 40),
+            ("64t", 64 << 40),
+        ] {
+            assert_eq!(parse_store_size(text), Ok(bytes), "{text}");
+        }
+        for (bad, says) in [
+            ("", "is not a size"),
+            ("m", "is not a size"),
+            ("12x", "is not a size"),
+            ("1.5g", "is not a size"),
+            ("-1g", "is not a size"),
+            ("64gb", "is not a size"),
+            ("1k", "is too small"),
+            ("1048575", "is too small"),
+            ("65t", "is too large"),
+            ("99999999999999999999", "is too large"),
+        ] {
+            let err = parse_store_size(bad).expect_err(bad);
+            assert!(
+                err.contains(says) && err.contains("e.g. 512m or 64g"),
+                "{bad}: {err}"
+            );
+        }
+
+        // clap names the flag.
+        let err = Cli::try_parse_from(["cube", "manager", "--store-size", "lots"])
+            .expect_err("not a size")
+            .to_string();
+        assert!(
+            err.contains("--store-size") && err.contains("e.g. 512m"),
+            "{err}"
+        );
+        let err = Cli::try_parse_from(["cube", "worker", "--store-size", "0"])
+            .expect_err("too small")
+            .to_string();
+        assert!(
+            err.contains("--store-size") && err.contains("too small"),
+            "{err}"
+        );
+
+        let Command::Worker(args) =
+            Cli::parse_from(["cube", "worker", "--store-size", "2m"]).command
+        else {
+            panic!("not the worker command");
+        };
+        assert_eq!(args.config(None).store_size, 2 << 20);
+        let Command::Worker(args) = Cli::parse_from(["cube", "worker"]).command else {
+            panic!("not the worker command");
+        };
+        assert_eq!(args.config(None).store_size, crate::db::DEFAULT_MAP_SIZE);
+    }
+
+    #[test]
+    fn the_managers_store_size_comes_from_the_flag_or_the_config_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = |toml: &str, flags: &[&str]| {
+            let file = dir.path().join("cube.toml");
+            std::fs::write(&file, toml).expect("write");
+            let mut args = vec!["cube", "manager", "--config", file.to_str().expect("utf-8")];
+            args.extend_from_slice(flags);
+            let Command::Manager(args) = Cli::parse_from(args).command else {
+                panic!("not the manager command");
+            };
+            args.config(None).map(|c| c.store_size)
+        };
+        assert_eq!(config("", &[]), Ok(crate::db::DEFAULT_MAP_SIZE));
+        assert_eq!(config("store_size = \"512m\"\n", &[]), Ok(512 << 20));
+        assert_eq!(config("store_size = 2097152\n", &[]), Ok(2 << 20));
+        assert_eq!(
+            config("store_size = \"512m\"\n", &["--store-size", "1g"]),
+            Ok(1 << 30),
+            "the flag wins"
+        );
+        for (bad, says) in [
+            (
+                "store_size = \"lots\"\n",
+                "store_size: \"lots\" is not a size",
+            ),
+            ("store_size = 10\n", "store_size: \"10\" is too small"),
+            ("store_size = -5\n", "store_size: \"-5\" is not a size"),
+            ("store_size = 1.5\n", "store_size: 1.5 is not a size"),
+        ] {
+            let err = config(bad, &[]).expect_err(bad);
+            assert!(
+                err.contains("cube.toml: ") && err.contains(says),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

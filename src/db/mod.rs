@@ -23,10 +23,20 @@
 //! If the combined transaction fails (for example the map is full, or one batch carries an
 //! invalid key), it is aborted and each batch is retried in its own transaction, so only the
 //! batch that is actually at fault receives the error.
+//!
+//! Why a store never wedges (ARCHITECTURE.md §7): after every commit the writer measures the
+//! bytes in use — the pages of every table's B-tree, not the file's high-water mark, so pages
+//! that deletes and overwrites free (LMDB reuses them) count as free again — and [`Usage`]
+//! says whether *new* data may come in: only while a reserve of the store stays free (see
+//! [`reserve_for`]). Callers refuse new data (a submission, a start) when
+//! [`Store::check_room`] says no; what keeps existing work moving (stops, reports, deletions)
+//! always commits, into the reserve.
 
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::fmt;
 use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +68,10 @@ pub const MAX_BATCHES_PER_COMMIT: usize = 4096;
 /// common use (4 KiB, 16 KiB, 64 KiB): LMDB refuses a map size that is not a page multiple.
 const MAP_SIZE_GRANULE: usize = 64 << 10;
 
+/// The least room kept free for stops and status updates, whatever the store's size (but never
+/// more than half of it): see [`reserve_for`].
+pub const MIN_RESERVE: u64 = 1 << 20;
+
 /// Name of the thread that owns all writes.
 const WRITER_THREAD_NAME: &str = "cube-store-writer";
 
@@ -80,12 +94,31 @@ pub enum StoreError {
     /// A write needed more room than the memory map allows. Nothing of the failing batch was
     /// written; the store stays readable and smaller batches may still fit.
     #[error(
-        "the store at {} is full (map size {map_size} bytes); delete data that is no longer \
-         needed or reopen the store with a larger map size (it is virtual address space, \
-         the file only grows as data is written)",
-        path.display()
+        "the store at {} is full (map size {map_size} bytes, {} in use); delete data that is \
+         no longer needed or reopen the store with a larger map size (it is virtual address \
+         space, the file only grows as data is written)",
+        path.display(),
+        human_bytes(*in_use)
     )]
-    Full { path: PathBuf, map_size: usize },
+    Full {
+        path: PathBuf,
+        map_size: usize,
+        /// Bytes in use as last measured (before the failing batch).
+        in_use: u64,
+    },
+
+    /// The file system holding the store is full (`ENOSPC`, or the owner's quota is spent):
+    /// the transaction failed and nothing of it was written.
+    #[error("the disk holding the store at {} is full ({source})", path.display())]
+    DiskFull {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    /// New data is refused before it is written: what is in use and the reserve kept for
+    /// stops and status updates fill what the store can hold ([`Usage::has_room`]).
+    #[error("the store at {} has no room for new data: {usage}", path.display())]
+    NoRoom { path: PathBuf, usage: Usage },
 
     /// The writer thread is gone (the store is shutting down, or the thread died), so the batch
     /// was not written, or its outcome is unknown.
@@ -126,6 +159,125 @@ pub enum StoreError {
     Lmdb(#[from] heed::Error),
 }
 
+impl StoreError {
+    /// True when the error means the store has no room: its map is full, its disk is, or new
+    /// data is refused to keep the reserve ([`StoreError::NoRoom`]). HTTP answers these 507.
+    pub fn is_full(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Full { .. } | StoreError::DiskFull { .. } | StoreError::NoRoom { .. }
+        )
+    }
+}
+
+/// How full the store is, as the writer measured it after its last commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Bytes of the pages holding data: every table's B-tree (branch, leaf and overflow
+    /// pages), the table of tables and the two meta pages. Pages that deletes and overwrites
+    /// freed are not counted: LMDB reuses them. (The free list's own pages, a few per
+    /// thousand free pages, are not counted either.)
+    pub in_use: u64,
+    /// Bytes of the batches queued for the writer and not yet committed (keys and values),
+    /// so a burst of submissions cannot run past the measurement into the reserve.
+    pub queued: u64,
+    /// The memory map's size: the most the store can ever hold (`--store-size`).
+    pub map_size: u64,
+    /// The data file's size (its high-water mark): pages up to it are in use or free to reuse.
+    pub file_size: u64,
+    /// Free bytes of the file system holding the store, for the file to grow into
+    /// (`u64::MAX` when it cannot be read).
+    pub disk_free: u64,
+}
+
+impl Usage {
+    /// The most the store can hold now: its map, or less when the disk cannot grow the file
+    /// that far.
+    pub fn capacity(&self) -> u64 {
+        self.map_size
+            .min(self.file_size.saturating_add(self.disk_free))
+    }
+
+    /// The room kept for what keeps existing work moving: [`reserve_for`] the capacity.
+    pub fn reserve(&self) -> u64 {
+        reserve_for(self.capacity())
+    }
+
+    /// True while new data may be accepted: what is in use (and queued) leaves the reserve
+    /// free.
+    pub fn has_room(&self) -> bool {
+        self.in_use
+            .saturating_add(self.queued)
+            .saturating_add(self.reserve())
+            <= self.capacity()
+    }
+
+    /// True when the disk, not the map, bounds what the store can hold.
+    pub fn disk_bound(&self) -> bool {
+        self.capacity() < self.map_size
+    }
+}
+
+impl fmt::Display for Usage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} in use and {} queued, of the {} it can hold",
+            human_bytes(self.in_use),
+            human_bytes(self.queued),
+            human_bytes(self.capacity()),
+        )?;
+        if self.disk_bound() {
+            write!(
+                f,
+                " (its map is {}, but the disk holding it has only {} free)",
+                human_bytes(self.map_size),
+                human_bytes(self.disk_free)
+            )?;
+        } else {
+            write!(f, " (its map size)")?;
+        }
+        write!(
+            f,
+            "; the last {} is kept for stops and status updates",
+            human_bytes(self.reserve())
+        )
+    }
+}
+
+/// The room kept free for stops, status updates and deletions once new data is refused:
+/// 1/16 of what the store can hold, at least [`MIN_RESERVE`] (1 MiB), at most half of it.
+///
+/// What it must cover (ARCHITECTURE.md §7): LMDB copies every page a transaction touches, so
+/// one stop needs its record's leaf (or overflow pages), the branch pages above it and the
+/// table of tables — half a dozen pages, 24 KiB — while it commits, and afterwards keeps only
+/// the record's growth (a hundred bytes or so). A group of many stops that does not fit as one
+/// transaction is retried batch by batch by the writer, and a [`Batch::divisible`] batch of
+/// many records in parts, so the reserve need not hold a whole group; it must hold the freed
+/// pages LMDB cannot reuse yet (readers still see them), what the tasks accepted before the
+/// limit go on writing while they run and stop, and submissions that raced past the last
+/// measurement. 1 MiB is some forty single-stop transactions at once; 1/16 of a 64 GiB map is
+/// 4 GiB, millions of stops.
+pub fn reserve_for(capacity: u64) -> u64 {
+    (capacity / 16).max(MIN_RESERVE).min(capacity / 2)
+}
+
+/// `512 B`, `64 KiB`, `1.5 MiB`, `64 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut unit = 0;
+    let mut v = n as f64;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || v.fract() == 0.0 || v >= 100.0 {
+        format!("{v:.0} {}", UNITS[unit])
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
 /// One operation of a [`Batch`].
 enum Op {
     Put {
@@ -145,13 +297,23 @@ impl Op {
             Op::Put { table, .. } | Op::Delete { table, .. } => table,
         }
     }
+
+    /// Bytes the operation may add to the store (a delete adds none).
+    fn bytes(&self) -> u64 {
+        match self {
+            Op::Put { key, value, .. } => (key.len() + value.len()) as u64,
+            Op::Delete { .. } => 0,
+        }
+    }
 }
 
-/// A set of writes that is committed atomically: all of it or none of it.
+/// A set of writes that is committed atomically: all of it or none of it — unless it is
+/// marked [`Batch::divisible`].
 /// Operations apply in the order they were added (a put then a delete of the same key deletes it).
 #[derive(Default)]
 pub struct Batch {
     ops: Vec<Op>,
+    divisible: bool,
 }
 
 impl fmt::Debug for Batch {
@@ -206,6 +368,28 @@ impl Batch {
     pub fn len(&self) -> usize {
         self.ops.len()
     }
+
+    /// Let the writer commit this batch in parts (each in order, each atomic) when it does
+    /// not fit in the store as one transaction: for a set of independent records, such as
+    /// the records one step of a core changed.
+    ///
+    /// Why: LMDB copies every page a transaction touches and frees the old ones only at its
+    /// commit, so rewriting records spread over N pages needs N free pages at once. A batch
+    /// that rewrites more than the store's free room can never commit whole, and a caller that
+    /// queues it again with its next writes (as the Manager does) would wedge the store. In
+    /// parts, each part needs only its own pages, and the pages the earlier parts freed are
+    /// reused. When even one operation does not fit, the batch fails with the parts before it
+    /// committed: a caller that writes records (puts of whole values) and writes them again
+    /// after a failure loses nothing.
+    pub fn divisible(mut self) -> Self {
+        self.divisible = true;
+        self
+    }
+
+    /// Bytes of the keys and values the batch puts.
+    fn bytes(&self) -> u64 {
+        self.ops.iter().map(Op::bytes).sum()
+    }
 }
 
 /// Counters shared by the writer and every `Store` clone.
@@ -213,13 +397,25 @@ impl Batch {
 struct Stats {
     commits: AtomicU64,
     batches: AtomicU64,
+    /// What the writer last measured ([`Usage`]), and the bytes queued for it.
+    in_use: AtomicU64,
+    queued: AtomicU64,
+    file_size: AtomicU64,
+    disk_free: AtomicU64,
+    /// Time the writer spent measuring, and how many times it did.
+    measure_nanos: AtomicU64,
+    measures: AtomicU64,
 }
 
 /// What the readers and the writer share: the environment and its tables.
 struct Shared {
     env: Env<WithoutTls>,
     tables: HashMap<&'static str, Db>,
+    /// The unnamed database that holds the tables' records: measured with them.
+    main: Db,
     path: PathBuf,
+    /// `path` for `statvfs`.
+    c_path: Option<CString>,
     stats: Stats,
     /// Declared after `env`, so the environment is closed before the directory is let go.
     _lock: lock::DirLock,
@@ -266,17 +462,23 @@ impl fmt::Debug for Store {
     }
 }
 
-/// Lets `create_databases_and_commit` hand back any number of tables, not a fixed tuple.
-struct NewTables<'e>(Vec<(&'static str, Database<'e, Bytes, Bytes>)>);
+/// Lets `create_databases_and_commit` hand back any number of tables, not a fixed tuple,
+/// and the unnamed database.
+struct NewTables<'e> {
+    tables: Vec<(&'static str, Database<'e, Bytes, Bytes>)>,
+    main: Database<'e, Bytes, Bytes>,
+}
 
 impl OnCommit for NewTables<'_> {
-    type Committed = Vec<(&'static str, Db)>;
+    type Committed = (Vec<(&'static str, Db)>, Db);
 
     fn on_commit(self, token: &CommitToken) -> Self::Committed {
-        self.0
+        let tables = self
+            .tables
             .into_iter()
             .map(|(name, db)| (name, db.on_commit(token)))
-            .collect()
+            .collect();
+        (tables, self.main.on_commit(token))
     }
 }
 
@@ -340,12 +542,13 @@ impl Store {
             .map_err(|e| open_err(explain_open_error(dir, &e)))?;
         let created = env
             .create_databases_and_commit(wtxn, |opener, wtxn| {
-                let mut created = Vec::with_capacity(names.len());
+                let mut tables = Vec::with_capacity(names.len());
                 for &name in &names {
-                    created.push((name, opener.create_database(wtxn, Some(name))?));
+                    tables.push((name, opener.create_database(wtxn, Some(name))?));
                 }
+                let main = opener.create_database(wtxn, None)?;
                 Ok::<_, heed::Error>(CommitOrAbort::<_, std::convert::Infallible>::Commit(
-                    NewTables(created),
+                    NewTables { tables, main },
                 ))
             })
             .map_err(|e| {
@@ -354,18 +557,22 @@ impl Store {
                     explain_open_error(dir, &e)
                 ))
             })?;
-        let tables = match created {
-            CommitOrAbort::Commit(tables) => tables.into_iter().collect(),
+        let (tables, main) = match created {
+            CommitOrAbort::Commit((tables, main)) => (tables.into_iter().collect(), main),
             CommitOrAbort::Abort(never) => match never {},
         };
 
+        let path = env.path().to_owned();
         let shared = Arc::new(Shared {
-            path: env.path().to_owned(),
+            c_path: CString::new(path.as_os_str().as_bytes()).ok(),
+            path,
             env,
             tables,
+            main,
             stats: Stats::default(),
             _lock: dir_lock,
         });
+        shared.measure();
 
         let (queue, jobs) = mpsc::channel::<Job>();
         let writer_shared = Arc::clone(&shared);
@@ -414,7 +621,13 @@ impl Store {
         }
         let queue = self.inner.queue.as_ref().ok_or(StoreError::Closed)?;
         let (reply, answer) = oneshot::channel();
-        queue.send((batch, reply)).map_err(|_| StoreError::Closed)?;
+        let bytes = batch.bytes();
+        let queued = &self.inner.shared.stats.queued;
+        queued.fetch_add(bytes, Ordering::Relaxed);
+        queue.send((batch, reply)).map_err(|_| {
+            queued.fetch_sub(bytes, Ordering::Relaxed);
+            StoreError::Closed
+        })?;
         Ok(answer)
     }
 
@@ -489,6 +702,44 @@ impl Store {
     pub fn map_size(&self) -> usize {
         self.inner.shared.env.info().map_size
     }
+
+    /// How full the store is, as the writer measured it after its last commit (free to call:
+    /// it reads counters).
+    pub fn usage(&self) -> Usage {
+        self.inner.shared.usage()
+    }
+
+    /// True while new data may be accepted ([`Usage::has_room`]).
+    pub fn has_room(&self) -> bool {
+        self.usage().has_room()
+    }
+
+    /// `Ok` while new data may be accepted, else [`StoreError::NoRoom`] with the numbers. Ask
+    /// it before accepting anything that adds data (a submission, a new attempt); never before
+    /// what keeps existing work moving (stops, status updates, deletions).
+    pub fn check_room(&self) -> Result<(), StoreError> {
+        let usage = self.usage();
+        if usage.has_room() {
+            Ok(())
+        } else {
+            Err(StoreError::NoRoom {
+                path: self.inner.shared.path.clone(),
+                usage,
+            })
+        }
+    }
+
+    /// Average time the writer took to measure the bytes in use after a commit, and how many
+    /// times it did.
+    pub fn measure_cost(&self) -> (std::time::Duration, u64) {
+        let stats = &self.inner.shared.stats;
+        let n = stats.measures.load(Ordering::Relaxed);
+        let nanos = stats.measure_nanos.load(Ordering::Relaxed);
+        (
+            std::time::Duration::from_nanos(nanos.checked_div(n).unwrap_or(0)),
+            n,
+        )
+    }
 }
 
 impl Shared {
@@ -503,8 +754,76 @@ impl Shared {
         StoreError::Full {
             path: self.path.clone(),
             map_size: self.env.info().map_size,
+            in_use: self.stats.in_use.load(Ordering::Relaxed),
         }
     }
+
+    fn usage(&self) -> Usage {
+        let stats = &self.stats;
+        Usage {
+            in_use: stats.in_use.load(Ordering::Relaxed),
+            queued: stats.queued.load(Ordering::Relaxed),
+            map_size: self.env.info().map_size as u64,
+            file_size: stats.file_size.load(Ordering::Relaxed),
+            disk_free: stats.disk_free.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Measure the bytes in use, the file's size and the disk's free space into the stats.
+    /// Cheap: one read transaction, one `mdb_stat` per table (each reads the table's header),
+    /// `mdb_env_info` and one `statvfs`; `Store::measure_cost` says how cheap.
+    fn measure(&self) {
+        let started = std::time::Instant::now();
+        match self.pages_in_use() {
+            Ok((pages, page_size)) => {
+                let in_use = pages.saturating_mul(page_size);
+                self.stats.in_use.store(in_use, Ordering::Relaxed);
+                let info = self.env.info();
+                let file = (info.last_page_number as u64 + 1).saturating_mul(page_size);
+                self.stats.file_size.store(file, Ordering::Relaxed);
+            }
+            // Keep the last measure: the next commit measures again.
+            Err(e) => log::warn!("cannot measure the store at {}: {e}", self.path.display()),
+        }
+        let disk_free = self
+            .c_path
+            .as_deref()
+            .and_then(disk_free)
+            .unwrap_or(u64::MAX);
+        self.stats.disk_free.store(disk_free, Ordering::Relaxed);
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.stats.measure_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.stats.measures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Pages of every table, the table of tables and the two meta pages; and the page size.
+    fn pages_in_use(&self) -> Result<(u64, u64), heed::Error> {
+        let rtxn = self.env.read_txn()?;
+        let mut pages = 2;
+        let mut page_size = 0;
+        for db in self.tables.values().chain(std::iter::once(&self.main)) {
+            let stat = db.stat(&rtxn)?;
+            page_size = u64::from(stat.page_size);
+            pages += (stat.branch_pages + stat.leaf_pages + stat.overflow_pages) as u64;
+        }
+        Ok((pages, page_size))
+    }
+}
+
+/// Free bytes of the file system holding `path` for an unprivileged writer, if it can be read.
+fn disk_free(path: &std::ffi::CStr) -> Option<u64> {
+    let mut buf = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `buf` is a valid place for one `statvfs`,
+    // which is read only when the call succeeds (it then filled it).
+    let rc = unsafe { libc::statvfs(path.as_ptr(), buf.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: the call succeeded, so it initialised `buf`.
+    let buf = unsafe { buf.assume_init() };
+    #[allow(clippy::useless_conversion)] // the field types differ between platforms
+    let (avail, frsize) = (u64::from(buf.f_bavail), u64::from(buf.f_frsize));
+    Some(avail.saturating_mul(frsize))
 }
 
 /// Body of the writer thread: returns when every `Store` clone is gone and the queue is drained.
@@ -526,54 +845,116 @@ fn run_writer(shared: &Shared, jobs: &mpsc::Receiver<Job>) {
 }
 
 /// Commits a group of batches in one transaction, then answers every caller. On failure,
-/// retries each batch alone so the error reaches only the batch that caused it.
+/// retries each batch alone so the error reaches only the batch that caused it. Then measures
+/// what is in use, before the callers learn of it: an answer never outruns the measure.
 fn write_group(shared: &Shared, jobs: Vec<Job>) {
-    match apply_and_commit(shared, jobs.iter().map(|(batch, _)| batch)) {
+    let bytes: u64 = jobs.iter().map(|(batch, _)| batch.bytes()).sum();
+    let replies = commit_group(shared, jobs);
+    shared.measure();
+    // Saturating: a group handed to this function directly (the tests) was never queued.
+    let _ = shared
+        .stats
+        .queued
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| {
+            Some(q.saturating_sub(bytes))
+        });
+    for (reply, outcome) in replies {
+        // The caller may have dropped its future; the write stands regardless.
+        let _ = reply.send(outcome);
+    }
+}
+
+type Reply = oneshot::Sender<Result<(), StoreError>>;
+
+/// The work of [`write_group`]: each caller's outcome, not yet sent.
+fn commit_group(shared: &Shared, jobs: Vec<Job>) -> Vec<(Reply, Result<(), StoreError>)> {
+    match apply_and_commit(shared, jobs.iter().map(|(batch, _)| batch.ops.as_slice())) {
         Ok(()) => {
             shared.stats.commits.fetch_add(1, Ordering::Relaxed);
             shared
                 .stats
                 .batches
                 .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-            for (_, reply) in jobs {
-                // The caller may have dropped its future; the write stands regardless.
-                let _ = reply.send(Ok(()));
-            }
+            jobs.into_iter().map(|(_, reply)| (reply, Ok(()))).collect()
         }
-        // A lone batch already ran in its own transaction: its error is its own.
+        // A lone batch already ran in its own transaction: its error is its own (or, when it
+        // did not fit and may be divided, its halves get a chance).
         Err(error) if jobs.len() == 1 => {
-            if let Some((_, reply)) = jobs.into_iter().next() {
-                let _ = reply.send(Err(error));
+            let mut replies = Vec::with_capacity(1);
+            if let Some((batch, reply)) = jobs.into_iter().next() {
+                let outcome = match error {
+                    StoreError::Full { .. } if batch.divisible && batch.ops.len() > 1 => {
+                        commit_halves(shared, &batch.ops)
+                    }
+                    error => Err(error),
+                };
+                if outcome.is_ok() {
+                    shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+                }
+                replies.push((reply, outcome));
             }
+            replies
         }
         Err(error) => {
             log::warn!(
                 "a group commit of {} batches failed ({error}); retrying each batch alone",
                 jobs.len()
             );
-            for (batch, reply) in jobs {
-                let outcome = apply_and_commit(shared, std::iter::once(&batch));
-                if outcome.is_ok() {
-                    shared.stats.commits.fetch_add(1, Ordering::Relaxed);
-                    shared.stats.batches.fetch_add(1, Ordering::Relaxed);
-                }
-                let _ = reply.send(outcome);
-            }
+            jobs.into_iter()
+                .map(|(batch, reply)| {
+                    let outcome = if batch.divisible {
+                        commit_in_parts(shared, &batch.ops)
+                    } else {
+                        commit_ops(shared, &batch.ops)
+                    };
+                    if outcome.is_ok() {
+                        shared.stats.batches.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (reply, outcome)
+                })
+                .collect()
         }
     }
 }
 
-/// Applies the batches in one write transaction and commits it; aborts it on any error.
+/// Commits `ops` in a transaction of their own.
+fn commit_ops(shared: &Shared, ops: &[Op]) -> Result<(), StoreError> {
+    apply_and_commit(shared, std::iter::once(ops))?;
+    shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Commits `ops` in one transaction, or when they do not fit (and there are several), in
+/// halves, in order, each the same way ([`Batch::divisible`]).
+fn commit_in_parts(shared: &Shared, ops: &[Op]) -> Result<(), StoreError> {
+    match commit_ops(shared, ops) {
+        Err(StoreError::Full { .. }) if ops.len() > 1 => commit_halves(shared, ops),
+        outcome => outcome,
+    }
+}
+
+fn commit_halves(shared: &Shared, ops: &[Op]) -> Result<(), StoreError> {
+    let (first, second) = ops.split_at(ops.len() / 2);
+    log::debug!(
+        "{} writes do not fit in the store at {} at once: committing them in parts",
+        ops.len(),
+        shared.path.display()
+    );
+    commit_in_parts(shared, first)?;
+    commit_in_parts(shared, second)
+}
+
+/// Applies the operations in one write transaction and commits it; aborts it on any error.
 fn apply_and_commit<'b>(
     shared: &Shared,
-    batches: impl Iterator<Item = &'b Batch>,
+    batches: impl Iterator<Item = &'b [Op]>,
 ) -> Result<(), StoreError> {
     let mut wtxn = shared
         .env
         .write_txn()
         .map_err(|e| map_txn_error(shared, e))?;
-    for batch in batches {
-        for op in &batch.ops {
+    for ops in batches {
+        for op in ops {
             let db = shared.table(op.table())?;
             let (table, key, outcome) = match op {
                 Op::Put { table, key, value } => (table, key, db.put(&mut wtxn, key, value)),
@@ -596,8 +977,19 @@ fn apply_and_commit<'b>(
 fn map_txn_error(shared: &Shared, error: heed::Error) -> StoreError {
     match error {
         heed::Error::Mdb(MdbError::MapFull) => shared.full(),
+        heed::Error::Io(io) if is_disk_full(&io) => StoreError::DiskFull {
+            path: shared.path.clone(),
+            source: io,
+        },
         error => StoreError::Lmdb(error),
     }
+}
+
+/// `ENOSPC` (no space left on the device) or `EDQUOT` (the owner's quota is spent): LMDB
+/// reports a failed write of its pages as the errno, which heed turns into an `io::Error`.
+fn is_disk_full(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::StorageFull
+        || matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 /// Turns an error from opening the environment into a sentence that says what to do.
@@ -877,9 +1269,11 @@ mod tests {
             matches!(&full, StoreError::Full { map_size, .. } if *map_size == 64 << 10),
             "{full:?}"
         );
+        assert!(full.is_full());
         let message = full.to_string();
         assert!(
-            message.contains("is full (map size 65536 bytes)")
+            message.contains("is full (map size 65536 bytes, ")
+                && message.contains("in use)")
                 && message.contains("larger map size"),
             "{message}"
         );
@@ -904,6 +1298,240 @@ mod tests {
             store.get(T, b"after").unwrap().as_deref(),
             Some(&b"full"[..])
         );
+    }
+
+    /// Puts `n` rows of `size` bytes, `per_batch` rows a commit, keys `prefix-0000…`.
+    fn fill(store: &Store, prefix: &str, n: usize, size: usize, per_batch: usize) {
+        for chunk in (0..n).collect::<Vec<_>>().chunks(per_batch) {
+            let mut batch = Batch::new();
+            for i in chunk {
+                batch.put(T, format!("{prefix}-{i:05}"), vec![1; size]);
+            }
+            commit(store, batch).unwrap();
+        }
+    }
+
+    #[test]
+    fn in_use_counts_the_pages_holding_data_and_goes_down_after_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with_map_size(dir.path(), &[T, U], 16 << 20).unwrap();
+        let empty = store.usage();
+        assert_eq!(empty.map_size, 16 << 20);
+        assert_eq!(empty.queued, 0);
+        // Meta pages, the table of tables: a few pages, no more.
+        assert!(empty.in_use > 0 && empty.in_use <= 8 * 4096, "{empty:?}");
+        assert!(empty.has_room());
+
+        // 2000 rows of 1000 bytes: at least 2 MB of leaves, and not much more.
+        fill(&store, "row", 2000, 1000, 100);
+        let full = store.usage();
+        assert!(
+            full.in_use >= 2_000_000 && full.in_use <= 3_000_000,
+            "{full:?}"
+        );
+        assert!(full.file_size >= full.in_use, "{full:?}");
+        assert_eq!(full.queued, 0, "every batch is committed");
+
+        // Deleting them frees their pages: in use goes down, the file stays as large (LMDB
+        // reuses the pages, it does not shrink the file).
+        let mut batch = Batch::new();
+        for i in 0..2000 {
+            batch.delete(T, format!("row-{i:05}"));
+        }
+        commit(&store, batch).unwrap();
+        let emptied = store.usage();
+        assert!(emptied.in_use <= empty.in_use + 4096, "{emptied:?}");
+        assert!(emptied.file_size >= full.in_use, "{emptied:?}");
+
+        // Writing as much again reuses the freed pages: the file barely grows.
+        fill(&store, "row", 2000, 1000, 100);
+        let again = store.usage();
+        assert!(
+            again.file_size <= emptied.file_size + emptied.file_size / 4,
+            "{emptied:?} then {again:?}"
+        );
+
+        let (cost, measures) = store.measure_cost();
+        eprintln!("measuring in use: {cost:?} on average over {measures} commits");
+        assert!(measures >= 41, "measured after every commit: {measures}");
+    }
+
+    #[test]
+    fn new_data_is_refused_near_the_limit_stops_still_commit_and_room_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        // 2 MiB: the reserve is 1 MiB (1/16 would be less than the 1 MiB floor).
+        let store = Store::open_with_map_size(dir.path(), &[T], 2 << 20).unwrap();
+        assert_eq!(store.usage().reserve(), 1 << 20);
+
+        // Accept rows while the store says there is room, as the manager accepts submissions.
+        let mut accepted = 0;
+        while store.check_room().is_ok() {
+            assert!(accepted < 10_000, "2 MiB never filled up");
+            fill(&store, &format!("t{accepted:05}"), 1, 600, 1);
+            accepted += 1;
+        }
+        let usage = store.usage();
+        assert!(accepted > 500, "only {accepted} rows fit in the first MiB");
+        assert!(!usage.has_room());
+        assert!(
+            usage.in_use + usage.reserve() > usage.capacity(),
+            "{usage:?}"
+        );
+        assert!(usage.in_use < usage.capacity(), "{usage:?}");
+        let Err(refused) = store.check_room() else {
+            panic!("room after all");
+        };
+        assert!(refused.is_full());
+        let message = refused.to_string();
+        assert!(
+            message.contains(&store.path().display().to_string())
+                && message.contains("has no room for new data")
+                && message.contains("2 MiB")
+                && message.contains("kept for stops"),
+            "{message}"
+        );
+
+        // What keeps work moving still commits, into the reserve: every row rewritten a
+        // little larger (as a stop rewrites a task record), one at a time and in one group.
+        for i in 0..accepted {
+            let mut batch = Batch::new();
+            batch.put(T, format!("t{i:05}-00000"), vec![2; 650]);
+            commit(&store, batch).unwrap();
+        }
+        // A burst of them, queued at once as concurrent stops are: the writer groups them, and
+        // if a group does not fit it commits each alone.
+        let burst: Vec<_> = (0..accepted)
+            .map(|i| {
+                let mut batch = Batch::new();
+                batch.put(T, format!("t{i:05}-00000"), vec![3; 660]);
+                store.commit(batch)
+            })
+            .collect();
+        for stop in burst {
+            block_on(stop).unwrap();
+        }
+        // One batch that rewrites every row touches every page at once: whole, it cannot fit
+        // (LMDB keeps the old pages until it commits), and it fails leaving nothing behind...
+        let rewrite_all = |fill: u8| {
+            let mut batch = Batch::new();
+            for i in 0..accepted {
+                batch.put(T, format!("t{i:05}-00000"), vec![fill; 670]);
+            }
+            batch
+        };
+        let err = commit(&store, rewrite_all(4)).unwrap_err();
+        assert!(matches!(err, StoreError::Full { .. }), "{err:?}");
+        assert_eq!(store.get(T, b"t00000-00000").unwrap(), Some(vec![3; 660]));
+        // ...but divisible, it is committed in parts.
+        commit(&store, rewrite_all(5).divisible()).unwrap();
+        assert!(
+            store
+                .scan(T)
+                .unwrap()
+                .iter()
+                .all(|(_, v)| *v == vec![5; 670])
+        );
+        assert!(!store.has_room());
+
+        // A delete of one row in three frees no page (LMDB merges a page only once it is
+        // nearly empty), and copies every page it touches, so as one batch it cannot fit:
+        // divisible, it goes through in parts.
+        let mut batch = Batch::new();
+        for i in (0..accepted).step_by(3) {
+            batch.delete(T, format!("t{i:05}-00000"));
+        }
+        commit(&store, batch.divisible()).unwrap();
+        assert!(!store.has_room(), "{:?}", store.usage());
+        // Deleting the oldest half (as retention collects the oldest finished tasks, whose
+        // keys are the smallest) empties their pages: the room comes back, with no reopening.
+        let mut batch = Batch::new();
+        for i in 0..accepted / 2 {
+            batch.delete(T, format!("t{i:05}-00000"));
+        }
+        commit(&store, batch.divisible()).unwrap();
+        let after = store.usage();
+        assert!(after.in_use < usage.in_use, "{usage:?} then {after:?}");
+        assert!(store.check_room().is_ok(), "{after:?}");
+    }
+
+    #[test]
+    fn the_reserve_is_a_sixteenth_at_least_1_mib_at_most_half() {
+        assert_eq!(reserve_for(64 << 30), 4 << 30);
+        assert_eq!(reserve_for(64 << 20), 4 << 20);
+        assert_eq!(reserve_for(16 << 20), 1 << 20);
+        assert_eq!(reserve_for(2 << 20), 1 << 20);
+        assert_eq!(reserve_for(1 << 20), 512 << 10);
+        assert_eq!(reserve_for(0), 0);
+        for (n, text) in [
+            (0, "0 B"),
+            (512, "512 B"),
+            (64 << 10, "64 KiB"),
+            (1536 << 10, "1.5 MiB"),
+            (64 << 30, "64 GiB"),
+            // Past the largest unit, the number just grows.
+            (u64::MAX, "16384 PiB"),
+        ] {
+            assert_eq!(human_bytes(n), text);
+        }
+    }
+
+    #[test]
+    fn a_disk_that_cannot_grow_the_file_bounds_the_room() {
+        let usage = Usage {
+            in_use: 99 << 20,
+            queued: 0,
+            map_size: 64 << 30,
+            file_size: 100 << 20,
+            disk_free: 5 << 20,
+        };
+        // The disk, not the map, bounds it: 105 MiB, whose last 6.6 MiB are the reserve.
+        assert_eq!(usage.capacity(), 105 << 20);
+        assert_eq!(usage.reserve(), (105 << 20) / 16);
+        assert!(usage.disk_bound());
+        assert!(!usage.has_room());
+        let text = usage.to_string();
+        assert!(
+            text.contains("99 MiB in use") && text.contains("only 5 MiB free"),
+            "{text}"
+        );
+        let freed = Usage {
+            disk_free: 50 << 20,
+            ..usage
+        };
+        assert!(freed.has_room(), "freeing disk space makes room");
+        let queued = Usage {
+            queued: 45 << 20,
+            ..freed
+        };
+        assert!(!queued.has_room(), "queued batches count");
+    }
+
+    #[test]
+    fn a_full_disk_is_its_own_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for io in [
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+            std::io::Error::from_raw_os_error(libc::EDQUOT),
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        ] {
+            let err = map_txn_error(&store.inner.shared, heed::Error::Io(io));
+            assert!(
+                matches!(&err, StoreError::DiskFull { path, .. } if path == store.path()),
+                "{err:?}"
+            );
+            assert!(err.is_full());
+            assert!(
+                err.to_string().contains("the disk holding the store at"),
+                "{err}"
+            );
+        }
+        let other = map_txn_error(
+            &store.inner.shared,
+            heed::Error::Io(std::io::Error::from_raw_os_error(libc::EIO)),
+        );
+        assert!(matches!(other, StoreError::Lmdb(_)), "{other:?}");
+        assert!(!other.is_full());
     }
 
     #[test]

@@ -51,6 +51,22 @@ impl ApiError {
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
+
+    /// 507: the store of `process` (`manager`, `worker`) has no room ([`StoreError::is_full`]):
+    /// what is full, where, how full, and what makes room.
+    ///
+    /// [`StoreError::is_full`]: crate::db::StoreError::is_full
+    pub fn insufficient_storage(process: &str, error: &crate::db::StoreError) -> ApiError {
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            format!(
+                "the {process}'s store is full: {error}. To make room: restart the {process} \
+                 with a larger --store-size (address space, not disk), free disk space where \
+                 its store is, or wait for retention to collect finished tasks. Stops are \
+                 still accepted"
+            ),
+        )
+    }
 }
 
 impl ResponseError for ApiError {

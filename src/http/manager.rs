@@ -3,7 +3,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST /tasks` | 201 + `Location` once committed; same id and spec: 200; other spec: 409 |
+//! | `POST /tasks` | 201 + `Location` once committed; same id and spec: 200; other spec: 409; no room in the store: 507 |
 //! | `GET /tasks` | a page of tasks ordered by id (500; `?limit=` up to 5000), `?state=`, `?worker=`, `?after=ID`; `Link` names the next page |
 //! | `GET /tasks/{id}` | one task |
 //! | `DELETE /tasks/{id}` | 202; stopped and removed, then Completed |
@@ -52,6 +52,10 @@ pub struct ManagerApi {
 impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> ApiError {
         let status = match &e {
+            // Refused before anything was written, or a commit that found no room: 507.
+            ManagerError::Store(store) if store.is_full() => {
+                return ApiError::insufficient_storage("manager", store);
+            }
             ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
             ManagerError::Conflict(_) => StatusCode::CONFLICT,
             // Reading or stopping a collected task: it is not there (a submission reusing its
@@ -504,6 +508,57 @@ mod tests {
             after: after.map(str::to_string),
         })
         .map_err(|e| e.message)
+    }
+
+    #[test]
+    fn a_store_without_room_is_a_507_that_says_what_to_do() {
+        let usage = crate::db::Usage {
+            in_use: 1 << 20,
+            queued: 0,
+            map_size: 2 << 20,
+            file_size: 1 << 20,
+            disk_free: u64::MAX,
+        };
+        let no_room = crate::db::StoreError::NoRoom {
+            path: "/var/lib/cube/manager".into(),
+            usage,
+        };
+        let e = ApiError::from(ManagerError::Store(no_room));
+        assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE);
+        for says in [
+            "the manager's store is full",
+            "/var/lib/cube/manager",
+            "1 MiB in use",
+            "2 MiB it can hold",
+            "larger --store-size",
+            "free disk space",
+            "retention",
+            "Stops are still accepted",
+        ] {
+            assert!(e.message.contains(says), "{says}: {}", e.message);
+        }
+        let full = crate::db::StoreError::Full {
+            path: "/var/lib/cube/manager".into(),
+            map_size: 2 << 20,
+            in_use: 1 << 20,
+        };
+        assert_eq!(
+            ApiError::from(ManagerError::Store(full)).status,
+            StatusCode::INSUFFICIENT_STORAGE
+        );
+        let disk = crate::db::StoreError::DiskFull {
+            path: "/var/lib/cube/manager".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert_eq!(
+            ApiError::from(ManagerError::Store(disk)).status,
+            StatusCode::INSUFFICIENT_STORAGE
+        );
+        // Any other store failure is still ours.
+        assert_eq!(
+            ApiError::from(ManagerError::Store(crate::db::StoreError::Closed)).status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 
     #[test]

@@ -163,6 +163,7 @@ error_responses! {
     RequestTimeout = "The body did not arrive within 10 s of the request's head.";
     PayloadTooLarge = "The body is larger than 1 MiB.";
     Unavailable = "Not now: the server is shutting down, or a worker it needs does not answer; try again.";
+    InsufficientStorage = "The store has no room: new tasks (or attempts) are refused while the last part of the store is kept for stops, or a write found the store or its disk full. The error says where, how full, and what makes room (a larger --store-size, free disk, retention collecting finished tasks); stops are still accepted.";
 }
 
 /// What the worker's `GET /tasks` answers: every task, or with `since` the change feed.
@@ -203,7 +204,8 @@ enum WorkerTasks {
             TaskNotFound,
             RequestTimeout,
             PayloadTooLarge,
-            Unavailable
+            Unavailable,
+            InsufficientStorage
         ),
     ),
     modifiers(&BearerAuth),
@@ -241,7 +243,8 @@ struct ManagerDoc;
             TaskNotFound,
             RequestTimeout,
             PayloadTooLarge,
-            Unavailable
+            Unavailable,
+            InsufficientStorage
         ),
     ),
     modifiers(&BearerAuth),
@@ -283,6 +286,7 @@ mod manager_api {
             (status = 409, description = "The id is taken by a task with another spec.", body = ErrorBody),
             (status = 413, response = PayloadTooLarge),
             (status = 503, response = Unavailable),
+            (status = 507, response = InsufficientStorage),
         ),
         security(("bearerAuth" = [])),
     )]
@@ -350,6 +354,7 @@ mod manager_api {
             (status = 403, response = Forbidden),
             (status = 404, response = TaskNotFound),
             (status = 503, response = Unavailable),
+            (status = 507, response = InsufficientStorage),
         ),
         security(("bearerAuth" = [])),
     )]
@@ -416,6 +421,7 @@ mod manager_api {
             (status = 409, description = "The name is bound to another address that still answers.", body = ErrorBody),
             (status = 413, response = PayloadTooLarge),
             (status = 503, response = Unavailable),
+            (status = 507, response = InsufficientStorage),
         ),
         security(("bearerAuth" = [])),
     )]
@@ -435,6 +441,7 @@ mod manager_api {
             (status = 404, description = "No node has this name.", body = ErrorBody),
             (status = 409, description = "Tasks are placed on the node (the error names them).", body = ErrorBody),
             (status = 503, response = Unavailable),
+            (status = 507, response = InsufficientStorage),
         ),
         security(("bearerAuth" = [])),
     )]
@@ -512,6 +519,7 @@ mod worker_api {
             (status = 409, description = "The attempt is older than the one this worker runs, or a stop fenced it.", body = ErrorBody),
             (status = 413, response = PayloadTooLarge),
             (status = 503, response = Unavailable),
+            (status = 507, response = InsufficientStorage),
         ),
         security(("bearerAuth" = [])),
     )]
@@ -586,6 +594,7 @@ mod worker_api {
             (status = 404, description = "This worker never had the task (the fence is remembered all the same).", body = ErrorBody),
             (status = 409, description = "The worker runs a newer attempt.", body = ErrorBody),
             (status = 503, response = Unavailable),
+            (status = 507, response = InsufficientStorage),
         ),
         security(("bearerAuth" = [])),
     )]
@@ -801,6 +810,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every operation that writes to a store may answer 507 (no room), and nothing else does.
+    #[test]
+    fn writes_say_they_may_find_the_store_full() {
+        for (doc, writes) in [
+            (
+                manager_document(),
+                &[
+                    ("POST", "/tasks"),
+                    ("DELETE", "/tasks/{id}"),
+                    ("POST", "/nodes"),
+                    ("DELETE", "/nodes/{name}"),
+                ][..],
+            ),
+            (
+                worker_document(),
+                &[("POST", "/tasks"), ("DELETE", "/tasks/{id}")][..],
+            ),
+        ] {
+            for (method, path) in operations(&doc) {
+                let op = &doc["paths"][&path][method.to_lowercase()];
+                let listed = !op["responses"]["507"].is_null();
+                let writes = writes.contains(&(method.as_str(), path.as_str()));
+                assert_eq!(listed, writes, "{method} {path}");
+            }
+        }
+        let described = &manager_document()["components"]["responses"]["InsufficientStorage"];
+        assert!(
+            described["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("--store-size")),
+            "{described}"
+        );
     }
 
     /// An answer's schema names exactly the fields the type serializes, all required.

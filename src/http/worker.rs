@@ -2,7 +2,7 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST /tasks` | start this attempt (201; 200 when the attempt is known already) |
+//! | `POST /tasks` | start this attempt (201; 200 when the attempt is known already; 507 when its store has no room) |
 //! | `GET /tasks` | every task; with `?since=SEQ[&wait=S][&instance=ID][&acked=SEQ][&limit=N]` the change feed |
 //! | `GET /tasks/{id}` | one task |
 //! | `DELETE /tasks/{id}` | stop and remove its container, then Completed (202) |
@@ -44,6 +44,11 @@ pub struct WorkerApi {
 impl From<WorkerError> for ApiError {
     fn from(e: WorkerError) -> ApiError {
         let status = match &e {
+            // A new attempt refused before anything was written, or a commit that found no
+            // room: 507, which the manager retries (`CallError::from_status`).
+            WorkerError::Store(store) if store.is_full() => {
+                return ApiError::insufficient_storage("worker", store);
+            }
             WorkerError::NotFound(_) => StatusCode::NOT_FOUND,
             WorkerError::StaleAttempt { .. } | WorkerError::Stopped { .. } => StatusCode::CONFLICT,
             WorkerError::NoContainer(_) => StatusCode::NOT_FOUND,

@@ -139,6 +139,21 @@ impl Manager {
     /// on an earlier step (a repeated submission or stop) is never given before that step's
     /// records are durable: the writer commits in order.
     fn carry_out(&mut self, ctx: &mut Context<Self>, barrier: bool) -> Option<Commit> {
+        self.carry_out_with(ctx, barrier, true)
+    }
+
+    /// [`Manager::carry_out`], with the records committed in parts when they do not fit whole
+    /// (`divisible`, db::Batch::divisible) or all or nothing. One step's records are
+    /// independent, and a step that rewrites many of them must go through in parts when the
+    /// store is nearly full, or the writes queued again after each failure would never fit.
+    /// A submission's step is all or nothing: a new task whose commit fails is forgotten, so
+    /// its record must not be left in the store either.
+    fn carry_out_with(
+        &mut self,
+        ctx: &mut Context<Self>,
+        barrier: bool,
+        divisible: bool,
+    ) -> Option<Commit> {
         let writes = self.core.take_writes();
         let effects = self.core.take_effects();
         self.rearm(ctx);
@@ -213,7 +228,10 @@ impl Manager {
             return None;
         }
         let commit = match batch_of(&writes) {
-            Ok(batch) => futures_util::future::Either::Left(self.store.commit(batch)),
+            Ok(batch) => {
+                let batch = if divisible { batch.divisible() } else { batch };
+                futures_util::future::Either::Left(self.store.commit(batch))
+            }
             Err(e) => futures_util::future::Either::Right(futures_util::future::ready(Err(e))),
         };
         let me = ctx.address();
@@ -387,11 +405,19 @@ impl Handler<Submit> for Manager {
     type Result = ResponseFuture<Result<Submitted, ManagerError>>;
 
     fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
+        // A new task is new data: refused, before the core hears of it, while the store keeps
+        // its reserve for stops and status updates (db::Usage). A known id goes on: its
+        // answer (the task, or a conflict) writes nothing.
+        if self.core.task(msg.0.id).is_none()
+            && let Err(full) = self.store.check_room()
+        {
+            return Box::pin(async move { Err(ManagerError::Store(full)) });
+        }
         let now = self.clock.now();
         let outcome = self.core.submit(now, msg.0);
         // A repeat is answered after a commit too: the first submission may still be
         // committing, and a commit later in the writer's order covers it.
-        let durable = self.carry_out(ctx, true);
+        let durable = self.carry_out_with(ctx, true, false);
         let me = ctx.address();
         Box::pin(async move {
             let outcome = outcome?;

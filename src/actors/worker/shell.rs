@@ -326,7 +326,9 @@ fn persist(store: Option<&Store>, writes: &Writes) -> BoxFuture<'static, Result<
     let Some(store) = store else {
         return futures_util::future::ready(Ok(())).boxed();
     };
-    let mut batch = Batch::new();
+    // Divisible: records and tombstones are independent, and a step that rewrites many (a
+    // reconciliation) must go through in parts in a nearly full store (db::Batch::divisible).
+    let mut batch = Batch::new().divisible();
     for task in &writes.tasks {
         if let Err(e) = TASKS.put(&mut batch, &task.id, task) {
             return futures_util::future::ready(Err(e)).boxed();
@@ -401,6 +403,21 @@ impl Handler<StartAttempt> for Worker {
     type Result = ResponseFuture<Result<Started, WorkerError>>;
 
     fn handle(&mut self, msg: StartAttempt, ctx: &mut Context<Self>) -> Self::Result {
+        // A new attempt is new data: refused, before the core hears of it, while the store
+        // keeps its reserve for stops and status updates (db::Usage). A known or fenced
+        // attempt goes on: its answer writes nothing new.
+        let (id, attempt) = (msg.0.id, msg.0.attempt.max(1));
+        let new = self
+            .core
+            .tombstone(id)
+            .is_none_or(|stopped| attempt > stopped)
+            && self.core.task(id).is_none_or(|t| t.attempt < attempt);
+        if new
+            && let Some(store) = &self.store
+            && let Err(full) = store.check_room()
+        {
+            return Box::pin(async move { Err(WorkerError::Store(full)) });
+        }
         let now = self.clock.now();
         let outcome = self.core.start(now, msg.0);
         let commit = self.carry_out(ctx, true);
