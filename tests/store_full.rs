@@ -232,3 +232,44 @@ fn a_bad_store_size_is_a_usage_error_naming_the_flag() {
         );
     }
 }
+
+#[test]
+fn a_full_store_takes_tasks_again_once_retention_collects_finished_ones() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let name = unique("full-retention");
+    let worker = worker_process_with(dir.path(), &name, 0, &["--runtime", "fake"]);
+    let manager = manager_process(
+        dir.path(),
+        "manager",
+        &[
+            "--workers",
+            &worker.addr,
+            "--store-size",
+            "2m",
+            "--retention",
+            "2s",
+        ],
+    );
+    let http = Http::new();
+    let base = manager.url();
+    // Tasks that end at once fill the store until it refuses.
+    let mut accepted = 0;
+    let refused = loop {
+        assert!(accepted < 20_000, "the store never filled up");
+        let body =
+            json!({"task": {"image": "cube-sim/task", "cmd": ["true"], "restart_policy": "never"}});
+        let r = http.post(&format!("{base}/tasks"), body.to_string());
+        if r.status != 201 {
+            break r;
+        }
+        accepted += 1;
+    };
+    assert_eq!(refused.status, 507, "{}", refused.body);
+    // No restart, no bigger store: once the finished tasks are collected, room is back.
+    let again = eventually("the store takes tasks again", || {
+        let r = http.post(&format!("{base}/tasks"), task(None));
+        (r.status == 201).then_some(r)
+    });
+    let id = again.json()["id"].as_str().expect("an id").to_string();
+    wait_state(&http, &format!("{base}/tasks/{id}"), "Running");
+}
