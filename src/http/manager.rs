@@ -31,7 +31,7 @@ use crate::actors::client::CallError;
 use crate::actors::client::WorkerClient;
 use crate::actors::manager::core::NodeRefusal;
 use crate::actors::manager::{
-    CountTasks, ForgetNode, GetTask, JoinNode, ListNodes, ListTasks, LogsOf, Manager, ManagerError,
+    ForgetNode, GetTask, GetVitals, JoinNode, ListNodes, ListTasks, LogsOf, Manager, ManagerError,
     Snapshot, StopTask, Submit,
 };
 use crate::task::{Desired, State, parse_submission};
@@ -327,6 +327,24 @@ pub(crate) struct ManagerHealth {
     status: &'static str,
     /// Tasks the manager knows, in every state.
     tasks: usize,
+    /// Tasks by state.
+    states: std::collections::BTreeMap<String, usize>,
+    /// Finished tasks collected after the retention whose ids stay reserved (tombstones).
+    collected: usize,
+    store: StoreHealth,
+}
+
+/// How full the manager's store is.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct StoreHealth {
+    /// Bytes of the pages holding data (freed pages are reused, so not counted).
+    in_use_bytes: u64,
+    /// The data file's size (its high-water mark).
+    file_bytes: u64,
+    /// The most it may hold (`--store-size`).
+    size_bytes: u64,
+    /// New tasks are accepted (false: `POST /tasks` answers 507).
+    has_room: bool,
 }
 
 const JOIN_EXPECTED: &str =
@@ -484,11 +502,22 @@ async fn forget_node(
 /// 200 once the Manager answers: it recovers everything from its store before its actor
 /// starts, so an answer means recovery is complete.
 async fn health(api: web::Data<ManagerApi>) -> Result<HttpResponse, ApiError> {
-    let counts = api.manager.send(CountTasks).await?;
-    let tasks: usize = counts.values().sum();
+    let vitals = api.manager.send(GetVitals).await?;
     Ok(HttpResponse::Ok().json(ManagerHealth {
         status: "ok",
-        tasks,
+        tasks: vitals.states.values().sum(),
+        states: vitals
+            .states
+            .iter()
+            .map(|(s, n)| (s.as_str().to_string(), *n))
+            .collect(),
+        collected: vitals.collected,
+        store: StoreHealth {
+            in_use_bytes: vitals.store.in_use,
+            file_bytes: vitals.store.file_size,
+            size_bytes: vitals.store.map_size,
+            has_room: vitals.store.has_room(),
+        },
     }))
 }
 

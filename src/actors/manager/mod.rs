@@ -35,7 +35,7 @@ pub const EVENTS: Table<u64, Intent> = Table::new("events");
 /// Registered workers: name → the address the name is bound to.
 pub const NODES: Table<String, NodeRecord> = Table::new("nodes");
 /// Collected tasks: id → tombstone, which keeps the id reserved for a while (ARCHITECTURE.md
-/// §10).
+/// §12).
 pub const COLLECTED: Table<Uuid, core::Tombstone> = Table::new("collected");
 /// Every table of the manager's store.
 pub const TABLES: &[&str] = &[TASKS.name(), EVENTS.name(), NODES.name(), COLLECTED.name()];
@@ -157,6 +157,20 @@ pub struct ListTasks {
 #[derive(Message)]
 #[rtype(result = "std::collections::BTreeMap<State, usize>")]
 pub struct CountTasks;
+
+/// What `/health` shows: tasks by state, collected tasks whose ids stay reserved, and how
+/// full the store is.
+#[derive(Message)]
+#[rtype(result = "Vitals")]
+pub struct GetVitals;
+
+/// The answer to [`GetVitals`].
+#[derive(Debug, Clone)]
+pub struct Vitals {
+    pub states: std::collections::BTreeMap<State, usize>,
+    pub collected: usize,
+    pub store: crate::db::Usage,
+}
 
 /// Where the worker that has a task's logs is, and how to be let in.
 #[derive(Message)]

@@ -15,9 +15,9 @@ use uuid::Uuid;
 
 use super::core::{self, Core, Effect, Writes};
 use super::{
-    COLLECTED, CallsDone, Connect, CountTasks, EVENTS, ForgetNode, GetTask, JoinNode, Joined,
-    ListNodes, ListTasks, LogsOf, ManagerError, NODES, NodeDown, NodeRecord, NodeReport, NodeUp,
-    Report, Snapshot, StopTask, Submit, Submitted, TASKS,
+    COLLECTED, CallsDone, Connect, CountTasks, EVENTS, ForgetNode, GetTask, GetVitals, JoinNode,
+    Joined, ListNodes, ListTasks, LogsOf, ManagerError, NODES, NodeDown, NodeRecord, NodeReport,
+    NodeUp, Report, Snapshot, StopTask, Submit, Submitted, TASKS, Vitals,
 };
 use crate::actors::CoreTimer;
 use crate::actors::client::{WorkerClient, WorkerLink, WorkerTarget};
@@ -554,6 +554,22 @@ impl Handler<CountTasks> for Manager {
                 .map(|&s| (s, counts[s.index()]))
                 .collect(),
         )
+    }
+}
+
+impl Handler<GetVitals> for Manager {
+    type Result = MessageResult<GetVitals>;
+
+    fn handle(&mut self, _: GetVitals, _: &mut Context<Self>) -> Self::Result {
+        let counts = self.core.counts();
+        MessageResult(Vitals {
+            states: crate::task::State::ALL
+                .iter()
+                .map(|&s| (s, counts[s.index()]))
+                .collect(),
+            collected: self.core.tombstone_count(),
+            store: self.store.usage(),
+        })
     }
 }
 

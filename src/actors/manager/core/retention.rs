@@ -1,5 +1,5 @@
 //! Retention: finished tasks are kept for a while, then collected, leaving a tombstone that
-//! keeps their id reserved (ARCHITECTURE.md §10). Also the counts of tasks by state, kept as
+//! keeps their id reserved (ARCHITECTURE.md §12). Also the counts of tasks by state, kept as
 //! records change rather than counted on demand.
 //!
 //! A task is *final* when nothing more will happen to it by itself: Completed, or Failed with
