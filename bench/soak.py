@@ -32,8 +32,18 @@ import argparse, http.client, json, multiprocessing, os, resource, signal, socke
 import tempfile, threading, time, uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from real_scale import (ROOT, cleanup, cube_binary, free_ports, get, load, memory_kib, spawn,  # noqa: E402
-                        wait_for)
+from real_scale import ROOT, cleanup, cube_binary, free_ports, get, load, spawn, wait_for  # noqa: E402
+
+
+def rss_kib(pid):
+    """Resident KiB: all of it, and the anonymous part (the heap; the rest is mapped files,
+    mostly the store's pages read through its memory map)."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "RssAnon:")):
+                out[line.split(":")[0]] = int(line.split()[1])
+    return out["VmRSS"], out.get("RssAnon", out["VmRSS"])
 
 
 def health(base):
@@ -182,8 +192,9 @@ def svg(samples, rows, path, note):
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w + left + 20}" height="{3 * (h + 60) + 30}" '
              f'font-family="sans-serif"><rect width="100%" height="100%" fill="white"/>',
              f'<text x="{left}" y="18" font-size="12">{note}</text>']
-    parts += chart(left, 50, w, h, "manager RSS", [
-        ("RSS (MiB)", "#1f77b4", [(s["t"], s["rss_mib"]) for s in samples])], xmax, "MiB")
+    parts += chart(left, 50, w, h, "manager memory", [
+        ("RSS (MiB)", "#1f77b4", [(s["t"], s["rss_mib"]) for s in samples]),
+        ("heap (MiB)", "#ff7f0e", [(s["t"], s["heap_mib"]) for s in samples])], xmax, "MiB")
     parts += chart(left, 50 + h + 60, w, h, "manager store", [
         ("file (MiB)", "#d62728", [(s["t"], s["file_mib"]) for s in samples]),
         ("in use (MiB)", "#2ca02c", [(s["t"], s["in_use_mib"]) for s in samples])], xmax, "MiB")
@@ -199,17 +210,18 @@ def retained_cost(cube, tmp, logs, env, ports, n, clients, threads):
     """Part 1: what the manager spends on a finished task it keeps."""
     proc, base = start_manager(cube, tmp, logs, env, "manager-retained", ports, ["--retention", "1h"])
     time.sleep(2)
-    before = memory_kib(proc.pid)["VmRSS"]
+    before, before_anon = rss_kib(proc.pid)
     store_before = health(base)["store"]["in_use_bytes"]
     procs, queue = submit(int(base.rsplit(":", 1)[1]), n, clients, threads, False)
     _, errors = collect(procs, queue)
     wait_for("every task Completed", lambda: health(base)["states"].get("Completed", 0) >= n, 600)
     time.sleep(2)
     h = health(base)
-    after = memory_kib(proc.pid)["VmRSS"]
+    after, after_anon = rss_kib(proc.pid)
     out = {"tasks": n, "errors": errors, "rss_before_mib": round(before / 1024, 1),
            "rss_after_mib": round(after / 1024, 1),
            "rss_bytes_per_task": round((after - before) * 1024 / n),
+           "heap_bytes_per_task": round((after_anon - before_anon) * 1024 / n),
            "store_bytes_per_task": round((h["store"]["in_use_bytes"] - store_before) / n)}
     proc.send_signal(signal.SIGTERM)
     proc.wait(30)
@@ -260,7 +272,9 @@ def main():
 
         def sample():
             h = health(base)
-            s = {"t": round(time.time() - t0, 1), "rss_mib": round(memory_kib(proc.pid)["VmRSS"] / 1024, 1),
+            rss, anon = rss_kib(proc.pid)
+            s = {"t": round(time.time() - t0, 1), "rss_mib": round(rss / 1024, 1),
+                 "heap_mib": round(anon / 1024, 1),
                  "in_use_mib": round(h["store"]["in_use_bytes"] / 2**20, 2),
                  "file_mib": round(h["store"]["file_bytes"] / 2**20, 2),
                  "tasks": h["tasks"], "collected": h["collected"], "states": h["states"]}
@@ -295,6 +309,8 @@ def main():
             "p99_ms_last_third": round(sum(r["p99_ms"] for r in rows[-third:]) / third, 2),
             "rss_mib_first_third_max": max(s["rss_mib"] for s in busy[:k]),
             "rss_mib_last_third_max": max(s["rss_mib"] for s in busy[-k:]),
+            "heap_mib_first_third_max": max(s["heap_mib"] for s in busy[:k]),
+            "heap_mib_last_third_max": max(s["heap_mib"] for s in busy[-k:]),
             "file_mib_first_third_max": max(s["file_mib"] for s in busy[:k]),
             "file_mib_last_third_max": max(s["file_mib"] for s in busy[-k:]),
             "in_use_mib_end": samples[-1]["in_use_mib"], "tasks_end": samples[-1]["tasks"],
