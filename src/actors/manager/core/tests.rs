@@ -849,6 +849,29 @@ fn a_burst_of_room_retries_only_the_waiting_tasks_that_might_fit_and_then_the_re
 }
 
 #[test]
+fn room_announced_while_the_scheduler_chose_outlives_its_older_answer() {
+    let mut h = Harness::new();
+    let mut t = task("sleep");
+    t.cpu = 1.0;
+    let id = h.submit(t);
+    assert!(h.take().iter().any(|e| matches!(e, Effect::Place(_))));
+    // A worker comes up while the scheduler chooses: its room is announced, and arrives
+    // before the answer the scheduler made without it (they travel apart).
+    h.worker("10.0.0.1:5556", "w1");
+    let now = h.now();
+    h.core.capacity_available(now, room(4.0, 4.0));
+    h.core.room_left(room(0.0, 0.0));
+    let why = "no worker is registered yet; waiting for one";
+    h.core.placed(now, vec![(id, Err(NoFit(why.into())))]);
+    assert_eq!(
+        h.place_on("w1"),
+        vec![id],
+        "asked again at once, in the room announced"
+    );
+    assert_eq!(h.state(id), State::Scheduled);
+}
+
+#[test]
 fn records_are_written_for_every_change_a_user_can_see() {
     let mut h = Harness::new();
     let ep = h.worker("10.0.0.1:5556", "w1");
