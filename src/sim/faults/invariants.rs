@@ -4,6 +4,28 @@
 use super::*;
 
 impl World {
+    /// A worker answered a start of (`id`, `attempt`) (`accepted` when it took it): no start of
+    /// an attempt it answered a stop of, or an older one, may be taken while the tombstone
+    /// lives (ARCHITECTURE.md §5).
+    pub(super) fn check_fenced_start(&mut self, w: usize, id: Uuid, attempt: u32, accepted: bool) {
+        let Some(fence) = self.nodes[w].fenced.get(&id).copied() else {
+            return;
+        };
+        if attempt > fence.attempt {
+            return;
+        }
+        if accepted {
+            let what = format!(
+                "{} took a start of task {id} attempt {attempt} after it answered a stop of attempt {} at t={:.3}s, while that tombstone lives",
+                self.nodes[w].name,
+                fence.attempt,
+                fence.at.as_secs_f64()
+            );
+            return self.violated(what);
+        }
+        self.count("starts refused after a stop");
+    }
+
     /// What must hold after every step.
     pub(super) fn check_always(&mut self) {
         let durable: BTreeMap<Uuid, &Task> = self.disk_tasks.values().map(|t| (t.id, t)).collect();

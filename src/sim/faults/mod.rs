@@ -19,7 +19,8 @@
 //! After every step the invariants that must always hold are checked (nothing acknowledged is
 //! lost, a stop acknowledged stays asked for, Completed is final, attempts only grow,
 //! `restart_count` never exceeds the ends the world caused, the scheduler's book matches the
-//! tasks' reservations). Then every fault is healed, the world runs quiet for long enough for
+//! tasks' reservations, no worker takes a start of an attempt it answered a stop of while the
+//! tombstone lives). Then every fault is healed, the world runs quiet for long enough for
 //! every retry, backoff and resync to play out, and the promises are checked: exactly one
 //! running container of each task that should run and none of anything else, every stopped
 //! task Completed, no task stuck.
@@ -384,6 +385,9 @@ struct WorkerProc {
     commits: BTreeMap<u64, WorkerHeld>,
     last_commit: Duration,
     timer_at: Option<Duration>,
+    /// Stops answered in this step, (task, attempt): their tombstones are promised once the
+    /// answers leave.
+    fencing: Vec<(Uuid, u32)>,
 }
 
 struct Watcher {
@@ -396,6 +400,7 @@ struct Watcher {
 struct WorkerHeld {
     held: Held<crate::actors::worker::core::Writes, WEffect>,
     replies: Vec<(u64, u64, Body)>,
+    fences: Vec<(Uuid, u32)>,
 }
 
 #[derive(Default)]
@@ -425,6 +430,17 @@ struct Node {
     /// Lost for good: never comes back.
     lost: bool,
     partitioned: bool,
+    /// What this worker promised to refuse: for each task, the highest attempt it answered a
+    /// stop of, while that tombstone has not expired. No start of that attempt or an older one
+    /// may be taken meanwhile.
+    fenced: BTreeMap<Uuid, Fence>,
+}
+
+/// A promise of a worker's tombstone, as the world saw it made.
+#[derive(Debug, Clone, Copy)]
+struct Fence {
+    attempt: u32,
+    at: Duration,
 }
 
 /// What the users were told.
@@ -496,6 +512,7 @@ impl World {
                 docker: BTreeMap::new(),
                 lost: false,
                 partitioned: false,
+                fenced: BTreeMap::new(),
             })
             .collect();
         let mut world = World {

@@ -47,6 +47,7 @@ impl World {
             commits: BTreeMap::new(),
             last_commit: self.now,
             timer_at: None,
+            fencing: Vec::new(),
         });
         self.at(Duration::ZERO, Ev::Reconcile(w, inc));
     }
@@ -113,14 +114,17 @@ impl World {
                 }
             }
             Body::Start(task) => {
+                let (id, attempt) = (task.id, task.attempt);
                 let p = self.nodes[w].proc.as_mut().expect("checked above");
                 let outcome = p.core.start(now, *task).map(|(t, _)| t).map_err(call_error);
+                self.check_fenced_start(w, id, attempt, outcome.is_ok());
                 let reply = (packet.manager, packet.req, Body::Started(Box::new(outcome)));
                 self.worker_step(w, vec![reply]);
             }
             Body::Stop { id, attempt } => {
                 let p = self.nodes[w].proc.as_mut().expect("checked above");
                 let outcome = p.core.stop(now, id, Some(attempt)).map_err(call_error);
+                p.fencing.push((id, attempt));
                 let reply = (packet.manager, packet.req, Body::Stopped(Box::new(outcome)));
                 self.worker_step(w, vec![reply]);
             }
@@ -146,17 +150,21 @@ impl World {
         let effects = p.core.take_effects();
         let inc = p.inc;
         let next = p.core.next_timer();
+        let fences = std::mem::take(&mut p.fencing);
+        for id in &writes.expired {
+            self.nodes[w].fenced.remove(id);
+        }
+        let Some(p) = self.nodes[w].proc.as_mut() else {
+            return;
+        };
         if next != p.timer_at {
             p.timer_at = next;
             if let Some(at) = next {
                 self.at(at.saturating_sub(self.now), Ev::WorkerTimer(w, inc, at));
             }
         }
-        if writes.is_empty() && replies.is_empty() {
+        if writes.is_empty() && replies.is_empty() && fences.is_empty() {
             self.worker_effects(w, effects);
-            for (m, r, b) in replies {
-                self.reply(w, m, r, b);
-            }
             return;
         }
         self.seq += 1;
@@ -170,6 +178,7 @@ impl World {
             WorkerHeld {
                 held: Held { writes, effects },
                 replies,
+                fences,
             },
         );
         let rel = at - self.now;
@@ -191,6 +200,10 @@ impl World {
             p.feed.forget(*id);
             p.published.remove(id);
         }
+        // The stops are answered now: their tombstones are promised.
+        for (id, attempt) in held.fences {
+            self.fence(w, id, attempt);
+        }
         let disk = &mut self.nodes[w].disk;
         for t in held.held.writes.tasks {
             disk.tasks.insert(t.id, t);
@@ -208,6 +221,15 @@ impl World {
         self.worker_effects(w, held.held.effects);
         for (m, r, b) in held.replies {
             self.reply(w, m, r, b);
+        }
+    }
+
+    /// The worker promised to refuse attempts of `id` up to `attempt` (see [`Node::fenced`]).
+    fn fence(&mut self, w: usize, id: Uuid, attempt: u32) {
+        let at = self.now;
+        let fenced = &mut self.nodes[w].fenced;
+        if fenced.get(&id).is_none_or(|f| f.attempt <= attempt) {
+            fenced.insert(id, Fence { attempt, at });
         }
     }
 
