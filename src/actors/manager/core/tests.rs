@@ -471,6 +471,32 @@ fn a_report_of_an_older_attempt_stops_that_copy_and_changes_nothing_else() {
 }
 
 #[test]
+fn a_copy_run_again_after_it_finished_is_stopped_at_the_next_full_report() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let mut t = task("false");
+    t.restart_policy = RestartPolicy::Never;
+    let id = finished_on(&mut h, ep, "w1", t, 1);
+    assert_eq!(h.state(id), State::Failed);
+    h.take();
+    // The worker dropped the attempt and its tombstone expired; a late start of it ran it
+    // again. Its full report is the whole truth: that copy runs, and must not.
+    h.report(ep, true, vec![seen(&h.task(id), 1, State::Running)]);
+    assert_eq!(h.stops(), vec![("w1".into(), id, 1)]);
+    let t = h.task(id);
+    assert_eq!(
+        (t.state, t.attempt),
+        (State::Failed, 1),
+        "the record is final"
+    );
+    // Stopped, it is reported finished again, and nothing more is asked.
+    h.stop_result("w1", id, 1, Ok(seen(&t, 1, State::Completed)));
+    h.report(ep, true, vec![seen(&t, 1, State::Completed)]);
+    assert!(h.stops().is_empty());
+    assert_eq!(h.state(id), State::Failed);
+}
+
+#[test]
 fn a_start_the_worker_lost_is_sent_again_after_a_full_report_without_it() {
     let mut h = Harness::new();
     let ep = h.worker("10.0.0.1:5556", "w1");
