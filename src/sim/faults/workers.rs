@@ -26,16 +26,17 @@ impl World {
         ));
         let instance = Uuid::from_u128(self.rng.u128(..));
         let mut feed = Feed::new(instance);
-        for t in &tasks {
-            feed.changed(t.id);
-        }
-        let core = WorkerCore::recover(
+        let positions: Vec<(Uuid, u64)> =
+            tasks.iter().map(|t| (t.id, feed.changed(t.id))).collect();
+        let mut core = WorkerCore::recover(
             self.nodes[w].name.clone(),
-            Duration::from_secs(3600),
+            self.worker_retention,
             self.now(),
             tasks,
             stops,
         );
+        // As the shell: the recovered records are on the feed, at these positions.
+        core.written(self.now(), &positions);
         let published = self.nodes[w].disk.tasks.clone();
         self.nodes[w].proc = Some(WorkerProc {
             inc,
@@ -87,11 +88,28 @@ impl World {
         let name = self.nodes[w].name.clone();
         match packet.body {
             Body::Stats => self.reply(w, packet.manager, packet.req, Body::Name(name)),
-            Body::Watch { since, instance } => {
+            Body::Watch(query) => {
+                // As the shell: the acknowledgement first (what it lets go is dropped in a
+                // step of its own), then the read.
                 let p = self.nodes[w].proc.as_mut().expect("checked above");
-                let since = p.feed.start_of(since, instance);
-                if p.feed.has_news(since) {
-                    let changes = p.feed.read(&name, since, |id| p.published.get(&id));
+                if let Some(acked) = query.acked.and_then(|a| p.feed.acked(a, query.instance)) {
+                    p.core.acked(now, acked);
+                    self.worker_step(w, Vec::new());
+                } else if let Some(acked) = query.acked {
+                    self.note(format!(
+                        "w{} ignores acked {acked} (not of its feed, or from its future)",
+                        w + 1
+                    ));
+                }
+                let feed_page = self.feed_page;
+                let p = self.nodes[w].proc.as_mut().expect("checked above");
+                let since = p.feed.start_of(query.since, query.instance);
+                let page = query.limit.map(|limit| Page {
+                    tasks: limit.clamp(1, feed_page),
+                    bytes: MAX_FEED_PAGE_BYTES,
+                });
+                if p.feed.has_news(since) || query.wait.is_zero() {
+                    let changes = read_feed(p, &name, since, page);
                     self.reply(
                         w,
                         packet.manager,
@@ -106,11 +124,13 @@ impl World {
                         id,
                         Watcher {
                             since,
+                            page,
                             manager: packet.manager,
                             req: packet.req,
                         },
                     );
-                    self.at(WATCH_WAIT, Ev::WatchTimeout(w, inc, id));
+                    let wait = query.wait.min(MAX_WATCH_WAIT);
+                    self.at(wait, Ev::WatchTimeout(w, inc, id));
                 }
             }
             Body::Start(task) => {
@@ -192,13 +212,21 @@ impl World {
         let Some(held) = p.commits.remove(&id) else {
             return;
         };
+        let mut positions = Vec::new();
         for t in &held.held.writes.tasks {
-            p.feed.changed(t.id);
+            positions.push((t.id, p.feed.changed(t.id)));
             p.published.insert(t.id, t.clone());
         }
+        let mut dropped = Vec::new();
         for id in &held.held.writes.dropped {
             p.feed.forget(*id);
-            p.published.remove(id);
+            if let Some(t) = p.published.remove(id) {
+                dropped.push((*id, t.attempt));
+            }
+        }
+        for (id, attempt) in dropped {
+            self.note(format!("w{} dropped {}#{attempt}", w + 1, short(id)));
+            self.count("tasks dropped by workers");
         }
         // The stops are answered now: their tombstones are promised.
         for (id, attempt) in held.fences {
@@ -221,6 +249,14 @@ impl World {
         self.worker_effects(w, held.held.effects);
         for (m, r, b) in held.replies {
             self.reply(w, m, r, b);
+        }
+        if !positions.is_empty() {
+            // As the shell: what retired may now be dropped, if the manager acknowledged it.
+            let now = self.now();
+            if let Some(p) = self.nodes[w].proc.as_mut() {
+                p.core.written(now, &positions);
+            }
+            self.worker_step(w, Vec::new());
         }
     }
 
@@ -247,7 +283,7 @@ impl World {
         let mut answers = Vec::new();
         for id in ready {
             if let Some(watcher) = p.watchers.remove(&id) {
-                let changes = p.feed.read(&name, watcher.since, |t| p.published.get(&t));
+                let changes = read_feed(p, &name, watcher.since, watcher.page);
                 answers.push((watcher.manager, watcher.req, changes));
             }
         }
@@ -420,5 +456,15 @@ impl World {
             let d = self.ms(1, 20);
             self.at(d, Ev::Inspected(w, inc, status));
         }
+    }
+}
+
+/// The answer for a watcher starting at `since`, in a page when it asks for pages (as the
+/// shell's `changes`): each task as last written.
+fn read_feed(p: &WorkerProc, name: &str, since: u64, page: Option<Page>) -> Changes {
+    let lookup = |id| p.published.get(&id);
+    match page {
+        Some(page) => p.feed.read_page(name, since, page, lookup),
+        None => p.feed.read(name, since, lookup),
     }
 }
