@@ -957,7 +957,7 @@ impl Core {
             let Some((&position, &id)) = self.retired.first_key_value() else {
                 break;
             };
-            if position > self.acked {
+            if position > self.acked && !planted(Bug::DropUnacknowledged) {
                 break;
             }
             self.retired.pop_first();

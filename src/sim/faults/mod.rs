@@ -22,11 +22,13 @@
 //! After every step the invariants that must always hold are checked (nothing acknowledged is
 //! lost, a stop acknowledged stays asked for, Completed is final, attempts only grow,
 //! `restart_count` never exceeds the ends the world caused, the scheduler's book matches the
-//! tasks' reservations, no worker takes a start of an attempt it answered a stop of while the
-//! tombstone lives). Then every fault is healed, the world runs quiet for long enough for
-//! every retry, backoff and resync to play out, and the promises are checked: exactly one
-//! running container of each task that should run and none of anything else, every stopped
-//! task Completed, no task stuck.
+//! tasks' reservations, a worker drops a task only once the manager durably recorded its end
+//! and keeps its tombstone for the retention, no worker takes a start of an attempt it
+//! answered a stop of or dropped while the tombstone lives). Then every fault is healed, the
+//! world runs quiet for long enough for every retry, backoff and resync to play out, and the
+//! promises are checked: exactly one running container of each task that should run and none
+//! of anything else, every stopped task Completed, no task stuck (nor placed on a worker that
+//! dropped it), no finished task kept long past the workers' retention.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -85,6 +87,10 @@ const WORKER_RETENTION_LONG: Duration = Duration::from_secs(3600);
 /// On some seeds workers answer their feed in pages of this many tasks, so full reports come
 /// in pieces the proxy gathers (as with `--feed-page`); on the others in one answer.
 const SMALL_FEED_PAGE: usize = 3;
+/// At rest, a finished task a worker still keeps this long after its retention ended is one
+/// the manager's acknowledgement never reached (a poll waits up to 20 s, a resync comes at
+/// least every 30 s and a phase).
+const DROP_SLACK: Duration = Duration::from_secs(90);
 
 /// The simulated wall clock starts here (any fixed instant does).
 const EPOCH_SECS: i64 = 1_800_000_000;
@@ -446,8 +452,8 @@ struct Node {
     lost: bool,
     partitioned: bool,
     /// What this worker promised to refuse: for each task, the highest attempt it answered a
-    /// stop of, while that tombstone has not expired. No start of that attempt or an older one
-    /// may be taken meanwhile.
+    /// stop of or durably dropped, while that tombstone has not expired. No start of that
+    /// attempt or an older one may be taken meanwhile.
     fenced: BTreeMap<Uuid, Fence>,
 }
 
@@ -456,6 +462,8 @@ struct Node {
 struct Fence {
     attempt: u32,
     at: Duration,
+    /// Made by dropping the attempt (else by answering a stop of it).
+    dropped: bool,
 }
 
 /// What the users were told.

@@ -170,13 +170,13 @@ impl World {
         let effects = p.core.take_effects();
         let inc = p.inc;
         let next = p.core.next_timer();
-        let fences = std::mem::take(&mut p.fencing);
-        for id in &writes.expired {
-            self.nodes[w].fenced.remove(id);
+        if !writes.dropped.is_empty() || !writes.expired.is_empty() {
+            self.check_drops(w, &writes.dropped, &writes.expired);
         }
         let Some(p) = self.nodes[w].proc.as_mut() else {
             return;
         };
+        let fences = std::mem::take(&mut p.fencing);
         if next != p.timer_at {
             p.timer_at = next;
             if let Some(at) = next {
@@ -224,13 +224,15 @@ impl World {
                 dropped.push((*id, t.attempt));
             }
         }
+        // The drops are durable, and so are their tombstones (written in the same batch); the
+        // stops are answered now.
         for (id, attempt) in dropped {
             self.note(format!("w{} dropped {}#{attempt}", w + 1, short(id)));
             self.count("tasks dropped by workers");
+            self.fence(w, id, attempt, true);
         }
-        // The stops are answered now: their tombstones are promised.
         for (id, attempt) in held.fences {
-            self.fence(w, id, attempt);
+            self.fence(w, id, attempt, false);
         }
         let disk = &mut self.nodes[w].disk;
         for t in held.held.writes.tasks {
@@ -261,11 +263,18 @@ impl World {
     }
 
     /// The worker promised to refuse attempts of `id` up to `attempt` (see [`Node::fenced`]).
-    fn fence(&mut self, w: usize, id: Uuid, attempt: u32) {
+    fn fence(&mut self, w: usize, id: Uuid, attempt: u32, dropped: bool) {
         let at = self.now;
         let fenced = &mut self.nodes[w].fenced;
         if fenced.get(&id).is_none_or(|f| f.attempt <= attempt) {
-            fenced.insert(id, Fence { attempt, at });
+            fenced.insert(
+                id,
+                Fence {
+                    attempt,
+                    at,
+                    dropped,
+                },
+            );
         }
     }
 
