@@ -375,6 +375,19 @@ impl World {
             let d2 = self.ms(0, max);
             self.at(d2, Ev::Packet(packet.clone()));
         }
+        if matches!(packet.body, Body::Start(_) | Body::Stop { .. })
+            && self.chance(self.faults.late)
+        {
+            self.count("calls carried out again, late");
+            let late = self.ms(1000, 20_000);
+            self.note(format!(
+                "net: req {} ({}) will arrive again in {:.3}s",
+                packet.req,
+                describe(&packet.body),
+                late.as_secs_f64()
+            ));
+            self.at(late, Ev::Packet(packet.clone()));
+        }
         self.at(d, Ev::Packet(packet));
     }
 

@@ -4,7 +4,8 @@
 //! The real decision cores run unchanged — the manager's [`Core`](ManagerCore), the scheduler's
 //! [`Book`], one worker [`Core`](WorkerCore) and change [`Feed`] per node, and the proxies'
 //! [`Liveness`] rule and [`FeedReader`] — inside a simulated world: a network that delays,
-//! drops, duplicates and partitions messages; disks whose writes become durable only when their group commit
+//! drops, duplicates and partitions messages, and carries a start or stop out again seconds
+//! later; disks whose writes become durable only when their group commit
 //! completes; a Docker per node whose starts and stops fail; processes that crash at any step
 //! (the manager restarts from its durable records, a worker from its own, its containers
 //! surviving or dying with it) or are lost for good; and users who submit, resubmit and stop
@@ -234,6 +235,10 @@ struct Faults {
     start_fails: f64,
     stop_fails: f64,
     unhealthy: f64,
+    /// A start or stop is carried out a second time, seconds later (a request a slow worker
+    /// serves after its caller gave up): what a worker dropped, or stopped, may be asked
+    /// for again long after.
+    late: f64,
     /// Faults happen (false once healed).
     on: bool,
 }
@@ -529,6 +534,7 @@ impl World {
             start_fails: [0.0, 0.05, 0.2][rng.usize(..3)],
             stop_fails: [0.0, 0.1, 0.3][rng.usize(..3)],
             unhealthy: [0.0, 0.1, 0.3][rng.usize(..3)],
+            late: [0.0, 0.02, 0.05][rng.usize(..3)],
             on: true,
         };
         let nodes = (0..workers)
