@@ -17,6 +17,9 @@ pub enum Bug {
     /// A worker that never answered since the manager started is never declared Down, so the
     /// tasks of a worker dead at the manager's start are never moved.
     SilentFromStartNeverDown,
+    /// A worker drops a finished task once its retention passed, without waiting for the
+    /// manager to acknowledge its final record.
+    DropUnacknowledged,
 }
 
 #[cfg(test)]

@@ -957,7 +957,7 @@ impl Core {
             let Some((&position, &id)) = self.retired.first_key_value() else {
                 break;
             };
-            if position > self.acked {
+            if position > self.acked && !planted(Bug::DropUnacknowledged) {
                 break;
             }
             self.retired.pop_first();
@@ -1146,6 +1146,11 @@ impl Core {
         slot.task.container_id = None;
         slot.task.host_ports.clear();
         slot.task.desired = Goal::Stopped;
+        // The container is gone (reconciliation may find so while a runtime stop of it is
+        // under way or waits for its retry): nothing is left to stop. The stop's outcome, if it
+        // comes, names a container the slot no longer has and is ignored; left `InFlight` or
+        // `RetryAt`, the slot would never retire, and the task never be dropped.
+        slot.stopping = Stopping::No;
         let was_finished = slot.task.state.is_finished();
         if was_finished && slot.task.state != State::Failed {
             self.touch(id);

@@ -691,3 +691,41 @@ fn a_recovered_task_counts_its_retention_from_its_finish_and_its_container_from_
         "its container is kept first"
     );
 }
+
+#[test]
+fn a_stop_overtaken_by_reconciliation_does_not_keep_the_task_from_being_dropped() {
+    // Two tasks being stopped whose containers died unseen (with the worker's machine, say):
+    // `a`'s runtime stop is under way, `b`'s failed and waits for its retry, when
+    // reconciliation finds both containers gone and completes both stops itself.
+    let mut h = Harness::new();
+    let mut seq = 1;
+    let (a, b) = (task(1), task(1));
+    let sa = h.running(&a);
+    let sb = h.running(&b);
+    h.commit(&mut seq);
+    let now = h.now();
+    h.core.stop(now, b.id, Some(1)).unwrap();
+    assert_eq!(stops_in(&h.effects()), vec![(1, sb.container_id.clone())]);
+    let failed = Err(RuntimeError::Backend("the daemon did not answer".into()));
+    h.core.stopped(now, b.id, 1, sb.container_id, failed);
+    h.core.stop(now, a.id, Some(1)).unwrap();
+    assert_eq!(stops_in(&h.effects()), vec![(1, sa.container_id.clone())]);
+    let token = h.core.begin_reconcile();
+    h.core.reconcile(now, token, Vec::new());
+    assert_eq!(
+        (h.state(a.id), h.state(b.id)),
+        (State::Completed, State::Completed)
+    );
+    h.commit(&mut seq);
+    // `a`'s stop comes back (there was nothing left to stop); `b`'s retry comes due, with
+    // nothing to stop either; their retention passes.
+    h.core.stopped(now, a.id, 1, sa.container_id, Ok(()));
+    h.advance(RETENTION);
+    assert!(stops_in(&h.effects()).is_empty());
+    h.commit(&mut seq);
+    assert!(!h.core.busy(), "no runtime call is under way");
+    let now = h.now();
+    h.core.acked(now, seq);
+    assert!(h.core.task(a.id).is_none(), "a is dropped");
+    assert!(h.core.task(b.id).is_none(), "b is dropped");
+}

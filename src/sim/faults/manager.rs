@@ -40,9 +40,7 @@ impl World {
                 name: None,
                 registered: false,
                 capacity_sent: false,
-                instance: None,
-                since: 0,
-                resync: true,
+                feed: FeedReader::default(),
                 watch_gen: 0,
                 watching: false,
                 backoff: Duration::from_millis(100),
@@ -63,6 +61,7 @@ impl World {
             sched_in_flight: 0,
             health: BTreeMap::new(),
             timer_at: None,
+            recorded: BTreeMap::new(),
         });
         for w in 0..self.nodes.len() {
             self.arm_down_check(w);
@@ -119,7 +118,7 @@ impl World {
                     let w = self.worker_of(endpoint);
                     let restart = self.manager.as_mut().and_then(|m| {
                         let p = &mut m.proxies[w];
-                        p.resync = true;
+                        p.feed.resync();
                         // Cut a long-poll that waits, as the proxy does.
                         p.watching.then(|| {
                             p.watch_gen += 1;
@@ -227,6 +226,11 @@ impl World {
             .map(|(_, a, t)| (*a, *t))
             .collect();
         m.answers.retain(|(c, _, _)| *c != id);
+        // What followed from these reports is durable, and so is every earlier step (commits
+        // complete in order): their proxies may tell the workers (`recorded_after`).
+        for (w, mark) in m.recorded.remove(&id).unwrap_or_default() {
+            m.proxies[w].feed.recorded(mark);
+        }
         self.manager_calls(held.effects);
         let mut created = Vec::new();
         for (answer, task) in answers {
@@ -371,6 +375,19 @@ impl World {
             let d2 = self.ms(0, max);
             self.at(d2, Ev::Packet(packet.clone()));
         }
+        if matches!(packet.body, Body::Start(_) | Body::Stop { .. })
+            && self.chance(self.faults.late)
+        {
+            self.count("calls carried out again, late");
+            let late = self.ms(1000, 20_000);
+            self.note(format!(
+                "net: req {} ({}) will arrive again in {:.3}s",
+                packet.req,
+                describe(&packet.body),
+                late.as_secs_f64()
+            ));
+            self.at(late, Ev::Packet(packet.clone()));
+        }
         self.at(d, Ev::Packet(packet));
     }
 
@@ -414,15 +431,21 @@ impl World {
                 }
                 p.watching = false;
                 p.backoff = Duration::from_millis(100);
-                let restarted = p.instance.is_some_and(|i| i != changes.instance);
-                p.instance = Some(changes.instance);
-                p.since = changes.seq;
-                if changes.full || !changes.tasks.is_empty() {
+                if let Some(report) = p.feed.answered(*changes) {
                     let endpoint = m.endpoints[w];
                     m.core
-                        .report(now, endpoint, changes.full, restarted, changes.tasks);
+                        .report(now, endpoint, report.full, report.restarted, report.tasks);
+                    // As the shell: a barrier, so the mark goes back to the proxy only once
+                    // this step and every one before it are durable.
+                    let commit = self.manager_step_with(true);
+                    if commit != 0
+                        && let Some(m) = self.manager.as_mut()
+                    {
+                        m.recorded.entry(commit).or_default().push((w, report.mark));
+                    }
+                } else {
+                    self.manager_step();
                 }
-                self.manager_step();
                 self.at(Duration::ZERO, Ev::Watch(inc, w, generation));
             }
             (Pending::Call(node, call), Body::Started(outcome) | Body::Stopped(outcome)) => {
@@ -532,19 +555,9 @@ impl World {
             return;
         }
         p.watching = true;
-        if std::mem::take(&mut p.resync) {
-            p.since = 0;
-        }
-        let body = Body::Watch {
-            since: p.since,
-            instance: p.instance,
-        };
-        self.send(
-            w,
-            body,
-            Pending::Watch(generation),
-            WATCH_WAIT + CALL_TIMEOUT,
-        );
+        let query = p.feed.query();
+        let timeout = query.wait + CALL_TIMEOUT;
+        self.send(w, Body::Watch(query), Pending::Watch(generation), timeout);
     }
 
     pub(super) fn send_capacity(&mut self, w: usize) {

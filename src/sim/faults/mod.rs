@@ -3,8 +3,9 @@
 //!
 //! The real decision cores run unchanged — the manager's [`Core`](ManagerCore), the scheduler's
 //! [`Book`], one worker [`Core`](WorkerCore) and change [`Feed`] per node, and the proxies'
-//! [`Liveness`] rule — inside a simulated world: a network that delays, drops, duplicates and
-//! partitions messages; disks whose writes become durable only when their group commit
+//! [`Liveness`] rule and [`FeedReader`] — inside a simulated world: a network that delays,
+//! drops, duplicates and partitions messages, and carries a start or stop out again seconds
+//! later; disks whose writes become durable only when their group commit
 //! completes; a Docker per node whose starts and stops fail; processes that crash at any step
 //! (the manager restarts from its durable records, a worker from its own, its containers
 //! surviving or dying with it) or are lost for good; and users who submit, resubmit and stop
@@ -13,16 +14,22 @@
 //!
 //! The shells this world stands in for (the Manager, Worker and WorkerProxy actors, the
 //! HealthChecker) are modelled here in a few lines each, doing what those actors do: carry
-//! effects out after the writes they depend on are durable, long-poll the change feed, start
-//! over at 0 on a resync, heartbeat, time calls out.
+//! effects out after the writes they depend on are durable, long-poll the change feed (in
+//! pages on some seeds), start over at 0 on a resync, hand a report's mark back to its proxy
+//! once the commit of the step that took it is durable, so that the next polls carry it as
+//! `acked`, heartbeat, time calls out. On some seeds the workers keep finished tasks only a few
+//! seconds, so they drop what the manager acknowledged, and expire tombstones, amid the faults.
 //!
 //! After every step the invariants that must always hold are checked (nothing acknowledged is
 //! lost, a stop acknowledged stays asked for, Completed is final, attempts only grow,
 //! `restart_count` never exceeds the ends the world caused, the scheduler's book matches the
-//! tasks' reservations). Then every fault is healed, the world runs quiet for long enough for
-//! every retry, backoff and resync to play out, and the promises are checked: exactly one
-//! running container of each task that should run and none of anything else, every stopped
-//! task Completed, no task stuck.
+//! tasks' reservations, a worker drops a task only once the manager durably recorded its end
+//! and keeps its tombstone for the retention, no worker takes a start of an attempt it
+//! answered a stop of or dropped while the tombstone lives). Then every fault is healed, the
+//! world runs quiet for long enough for every retry, backoff and resync to play out, and the
+//! promises are checked: exactly one running container of each task that should run and none
+//! of anything else, every stopped task Completed, no task stuck (nor placed on a worker that
+//! dropped it), no finished task kept long past the workers' retention.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -40,8 +47,11 @@ use crate::actors::manager::core::{
 use crate::actors::policy::{PolicyKind, Resources};
 use crate::actors::scheduler::{Book, NoFit, PlaceRequest, Room};
 use crate::actors::worker::core::{Core as WorkerCore, Effect as WEffect};
-use crate::actors::worker::feed::{Changes, Feed};
-use crate::actors::worker::{Tombstone, WorkerError};
+use crate::actors::worker::feed::{Changes, Feed, Page};
+use crate::actors::worker::{
+    MAX_FEED_PAGE_BYTES, MAX_WATCH_WAIT, Tombstone, WatchChanges, WorkerError,
+};
+use crate::actors::worker_proxy::{FeedMark, FeedReader};
 use crate::clock::Now;
 use crate::node::{Capacity, Liveness, LivenessChange};
 use crate::runtime::{ContainerSpec, ContainerStatus, RuntimeError};
@@ -51,8 +61,6 @@ use crate::task::{Goal, RestartPolicy, State, Task};
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Silence that makes a node Down (as `--node-timeout`'s default).
 const NODE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest a long-poll waits on the worker.
-const WATCH_WAIT: Duration = Duration::from_secs(20);
 /// A call to a worker times out after this, beyond any wait it asks for.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A worker compares its table with Docker this often.
@@ -71,6 +79,19 @@ const MAX_EVENTS: u64 = 1_000_000;
 /// that collection runs amid the faults (tombstones live 7 times as long).
 const RETENTION: Duration = Duration::from_secs(10);
 const RETENTION_COUNT: usize = 25;
+/// With worker retention on (seeds 2 and 3 modulo 4), workers keep a finished task this long
+/// (and a tombstone of a task they no longer have as long), then drop it once the manager
+/// acknowledged it, so that drops and expiries happen amid the faults. Otherwise they keep
+/// everything for the whole run, as a long retention would.
+const WORKER_RETENTION: [Duration; 2] = [Duration::from_secs(5), Duration::from_secs(8)];
+const WORKER_RETENTION_LONG: Duration = Duration::from_secs(3600);
+/// On some seeds workers answer their feed in pages of this many tasks, so full reports come
+/// in pieces the proxy gathers (as with `--feed-page`); on the others in one answer.
+const SMALL_FEED_PAGE: usize = 3;
+/// At rest, a finished task a worker still keeps this long after its retention ended is one
+/// the manager's acknowledgement never reached (a poll waits up to 20 s, a resync comes at
+/// least every 30 s and a phase).
+const DROP_SLACK: Duration = Duration::from_secs(90);
 
 /// The simulated wall clock starts here (any fixed instant does).
 const EPOCH_SECS: i64 = 1_800_000_000;
@@ -214,6 +235,10 @@ struct Faults {
     start_fails: f64,
     stop_fails: f64,
     unhealthy: f64,
+    /// A start or stop is carried out a second time, seconds later (a request a slow worker
+    /// serves after its caller gave up): what a worker dropped, or stopped, may be asked
+    /// for again long after.
+    late: f64,
     /// Faults happen (false once healed).
     on: bool,
 }
@@ -290,10 +315,8 @@ struct Packet {
 #[derive(Debug, Clone)]
 enum Body {
     Stats,
-    Watch {
-        since: u64,
-        instance: Option<Uuid>,
-    },
+    /// A long-poll of the change feed, as the proxy's [`FeedReader`] makes it (with `acked`).
+    Watch(WatchChanges),
     Start(Box<Task>),
     Stop {
         id: Uuid,
@@ -310,7 +333,7 @@ impl Body {
     fn to_worker(&self) -> bool {
         matches!(
             self,
-            Body::Stats | Body::Watch { .. } | Body::Start(_) | Body::Stop { .. }
+            Body::Stats | Body::Watch(_) | Body::Start(_) | Body::Stop { .. }
         )
     }
 }
@@ -329,9 +352,9 @@ struct Proxy {
     name: Option<String>,
     registered: bool,
     capacity_sent: bool,
-    instance: Option<Uuid>,
-    since: u64,
-    resync: bool,
+    /// Where the next read of the feed starts, a full report's pages, and the `acked` the
+    /// reads carry: the proxy's own pure reader.
+    feed: FeedReader,
     /// Generation of the watch loop; answers of another are ignored (a cancelled long-poll).
     watch_gen: u64,
     watching: bool,
@@ -362,6 +385,9 @@ struct ManagerProc {
     health: BTreeMap<Uuid, u32>,
     /// When the core's timer is armed for.
     timer_at: Option<Duration>,
+    /// Reports whose step each commit holds: once it is durable their marks go back to the
+    /// proxies (`Recorded`, as the shell's `recorded_after`).
+    recorded: BTreeMap<u64, Vec<(usize, FeedMark)>>,
 }
 
 type ManagerHeld = Held<crate::actors::manager::core::Writes, MEffect>;
@@ -384,10 +410,14 @@ struct WorkerProc {
     commits: BTreeMap<u64, WorkerHeld>,
     last_commit: Duration,
     timer_at: Option<Duration>,
+    /// Stops answered in this step, (task, attempt): their tombstones are promised once the
+    /// answers leave.
+    fencing: Vec<(Uuid, u32)>,
 }
 
 struct Watcher {
     since: u64,
+    page: Option<Page>,
     manager: u64,
     req: u64,
 }
@@ -396,6 +426,7 @@ struct Watcher {
 struct WorkerHeld {
     held: Held<crate::actors::worker::core::Writes, WEffect>,
     replies: Vec<(u64, u64, Body)>,
+    fences: Vec<(Uuid, u32)>,
 }
 
 #[derive(Default)]
@@ -425,6 +456,19 @@ struct Node {
     /// Lost for good: never comes back.
     lost: bool,
     partitioned: bool,
+    /// What this worker promised to refuse: for each task, the highest attempt it answered a
+    /// stop of or durably dropped, while that tombstone has not expired. No start of that
+    /// attempt or an older one may be taken meanwhile.
+    fenced: BTreeMap<Uuid, Fence>,
+}
+
+/// A promise of a worker's tombstone, as the world saw it made.
+#[derive(Debug, Clone, Copy)]
+struct Fence {
+    attempt: u32,
+    at: Duration,
+    /// Made by dropping the attempt (else by answering a stop of it).
+    dropped: bool,
 }
 
 /// What the users were told.
@@ -443,6 +487,11 @@ struct World {
     /// Odd seeds run the manager with a short retention, so collection happens amid the
     /// faults; even ones keep every task, as a long retention would.
     retention: bool,
+    /// The workers' retention: short on seeds 2 and 3 modulo 4 (so workers drop what the
+    /// manager acknowledged, and expire tombstones), long on the others.
+    worker_retention: Duration,
+    /// Most tasks a worker puts in one answer of its feed.
+    feed_page: usize,
     rng: fastrand::Rng,
     now: Duration,
     seq: u64,
@@ -485,6 +534,7 @@ impl World {
             start_fails: [0.0, 0.05, 0.2][rng.usize(..3)],
             stop_fails: [0.0, 0.1, 0.3][rng.usize(..3)],
             unhealthy: [0.0, 0.1, 0.3][rng.usize(..3)],
+            late: [0.0, 0.02, 0.05][rng.usize(..3)],
             on: true,
         };
         let nodes = (0..workers)
@@ -496,10 +546,21 @@ impl World {
                 docker: BTreeMap::new(),
                 lost: false,
                 partitioned: false,
+                fenced: BTreeMap::new(),
             })
             .collect();
         let mut world = World {
             retention: seed % 2 == 1,
+            worker_retention: match seed % 4 {
+                2 => WORKER_RETENTION[0],
+                3 => WORKER_RETENTION[1],
+                _ => WORKER_RETENTION_LONG,
+            },
+            feed_page: if (seed / 4) % 2 == 1 {
+                SMALL_FEED_PAGE
+            } else {
+                crate::actors::worker::DEFAULT_FEED_PAGE
+            },
             options,
             rng,
             now: Duration::ZERO,
@@ -945,14 +1006,20 @@ fn call_error(e: WorkerError) -> CallError {
 fn describe(body: &Body) -> String {
     match body {
         Body::Stats => "stats?".into(),
-        Body::Watch { since, .. } => format!("watch since {since}"),
+        Body::Watch(q) => format!(
+            "watch since {}{}",
+            q.since,
+            q.acked.map(|a| format!(", acked {a}")).unwrap_or_default()
+        ),
         Body::Start(t) => format!("start {} attempt {}", t.id, t.attempt),
         Body::Stop { id, attempt } => format!("stop {id} attempt {attempt}"),
         Body::Name(n) => format!("stats of {n}"),
         Body::Changes(c) => format!(
-            "{} changes{}: {}",
+            "{} changes{} to seq {}{}: {}",
             c.tasks.len(),
             if c.full { " (full)" } else { "" },
+            c.seq,
+            if c.more { " (more)" } else { "" },
             c.tasks
                 .iter()
                 .map(|t| format!("{}#{} {}", short(t.id), t.attempt, t.state))

@@ -117,3 +117,8 @@ fn the_simulation_finds_a_failed_docker_stop_never_retried() {
 fn the_simulation_finds_a_worker_dead_at_the_managers_start_never_down() {
     finds(Bug::SilentFromStartNeverDown);
 }
+
+#[test]
+fn the_simulation_finds_a_worker_dropping_what_the_manager_never_acknowledged() {
+    finds(Bug::DropUnacknowledged);
+}

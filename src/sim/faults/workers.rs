@@ -26,16 +26,17 @@ impl World {
         ));
         let instance = Uuid::from_u128(self.rng.u128(..));
         let mut feed = Feed::new(instance);
-        for t in &tasks {
-            feed.changed(t.id);
-        }
-        let core = WorkerCore::recover(
+        let positions: Vec<(Uuid, u64)> =
+            tasks.iter().map(|t| (t.id, feed.changed(t.id))).collect();
+        let mut core = WorkerCore::recover(
             self.nodes[w].name.clone(),
-            Duration::from_secs(3600),
+            self.worker_retention,
             self.now(),
             tasks,
             stops,
         );
+        // As the shell: the recovered records are on the feed, at these positions.
+        core.written(self.now(), &positions);
         let published = self.nodes[w].disk.tasks.clone();
         self.nodes[w].proc = Some(WorkerProc {
             inc,
@@ -47,6 +48,7 @@ impl World {
             commits: BTreeMap::new(),
             last_commit: self.now,
             timer_at: None,
+            fencing: Vec::new(),
         });
         self.at(Duration::ZERO, Ev::Reconcile(w, inc));
     }
@@ -86,11 +88,28 @@ impl World {
         let name = self.nodes[w].name.clone();
         match packet.body {
             Body::Stats => self.reply(w, packet.manager, packet.req, Body::Name(name)),
-            Body::Watch { since, instance } => {
+            Body::Watch(query) => {
+                // As the shell: the acknowledgement first (what it lets go is dropped in a
+                // step of its own), then the read.
                 let p = self.nodes[w].proc.as_mut().expect("checked above");
-                let since = p.feed.start_of(since, instance);
-                if p.feed.has_news(since) {
-                    let changes = p.feed.read(&name, since, |id| p.published.get(&id));
+                if let Some(acked) = query.acked.and_then(|a| p.feed.acked(a, query.instance)) {
+                    p.core.acked(now, acked);
+                    self.worker_step(w, Vec::new());
+                } else if let Some(acked) = query.acked {
+                    self.note(format!(
+                        "w{} ignores acked {acked} (not of its feed, or from its future)",
+                        w + 1
+                    ));
+                }
+                let feed_page = self.feed_page;
+                let p = self.nodes[w].proc.as_mut().expect("checked above");
+                let since = p.feed.start_of(query.since, query.instance);
+                let page = query.limit.map(|limit| Page {
+                    tasks: limit.clamp(1, feed_page),
+                    bytes: MAX_FEED_PAGE_BYTES,
+                });
+                if p.feed.has_news(since) || query.wait.is_zero() {
+                    let changes = read_feed(p, &name, since, page);
                     self.reply(
                         w,
                         packet.manager,
@@ -105,22 +124,27 @@ impl World {
                         id,
                         Watcher {
                             since,
+                            page,
                             manager: packet.manager,
                             req: packet.req,
                         },
                     );
-                    self.at(WATCH_WAIT, Ev::WatchTimeout(w, inc, id));
+                    let wait = query.wait.min(MAX_WATCH_WAIT);
+                    self.at(wait, Ev::WatchTimeout(w, inc, id));
                 }
             }
             Body::Start(task) => {
+                let (id, attempt) = (task.id, task.attempt);
                 let p = self.nodes[w].proc.as_mut().expect("checked above");
                 let outcome = p.core.start(now, *task).map(|(t, _)| t).map_err(call_error);
+                self.check_fenced_start(w, id, attempt, outcome.is_ok());
                 let reply = (packet.manager, packet.req, Body::Started(Box::new(outcome)));
                 self.worker_step(w, vec![reply]);
             }
             Body::Stop { id, attempt } => {
                 let p = self.nodes[w].proc.as_mut().expect("checked above");
                 let outcome = p.core.stop(now, id, Some(attempt)).map_err(call_error);
+                p.fencing.push((id, attempt));
                 let reply = (packet.manager, packet.req, Body::Stopped(Box::new(outcome)));
                 self.worker_step(w, vec![reply]);
             }
@@ -146,17 +170,21 @@ impl World {
         let effects = p.core.take_effects();
         let inc = p.inc;
         let next = p.core.next_timer();
+        if !writes.dropped.is_empty() || !writes.expired.is_empty() {
+            self.check_drops(w, &writes.dropped, &writes.expired);
+        }
+        let Some(p) = self.nodes[w].proc.as_mut() else {
+            return;
+        };
+        let fences = std::mem::take(&mut p.fencing);
         if next != p.timer_at {
             p.timer_at = next;
             if let Some(at) = next {
                 self.at(at.saturating_sub(self.now), Ev::WorkerTimer(w, inc, at));
             }
         }
-        if writes.is_empty() && replies.is_empty() {
+        if writes.is_empty() && replies.is_empty() && fences.is_empty() {
             self.worker_effects(w, effects);
-            for (m, r, b) in replies {
-                self.reply(w, m, r, b);
-            }
             return;
         }
         self.seq += 1;
@@ -170,6 +198,7 @@ impl World {
             WorkerHeld {
                 held: Held { writes, effects },
                 replies,
+                fences,
             },
         );
         let rel = at - self.now;
@@ -183,13 +212,27 @@ impl World {
         let Some(held) = p.commits.remove(&id) else {
             return;
         };
+        let mut positions = Vec::new();
         for t in &held.held.writes.tasks {
-            p.feed.changed(t.id);
+            positions.push((t.id, p.feed.changed(t.id)));
             p.published.insert(t.id, t.clone());
         }
+        let mut dropped = Vec::new();
         for id in &held.held.writes.dropped {
             p.feed.forget(*id);
-            p.published.remove(id);
+            if let Some(t) = p.published.remove(id) {
+                dropped.push((*id, t.attempt));
+            }
+        }
+        // The drops are durable, and so are their tombstones (written in the same batch); the
+        // stops are answered now.
+        for (id, attempt) in dropped {
+            self.note(format!("w{} dropped {}#{attempt}", w + 1, short(id)));
+            self.count("tasks dropped by workers");
+            self.fence(w, id, attempt, true);
+        }
+        for (id, attempt) in held.fences {
+            self.fence(w, id, attempt, false);
         }
         let disk = &mut self.nodes[w].disk;
         for t in held.held.writes.tasks {
@@ -209,6 +252,30 @@ impl World {
         for (m, r, b) in held.replies {
             self.reply(w, m, r, b);
         }
+        if !positions.is_empty() {
+            // As the shell: what retired may now be dropped, if the manager acknowledged it.
+            let now = self.now();
+            if let Some(p) = self.nodes[w].proc.as_mut() {
+                p.core.written(now, &positions);
+            }
+            self.worker_step(w, Vec::new());
+        }
+    }
+
+    /// The worker promised to refuse attempts of `id` up to `attempt` (see [`Node::fenced`]).
+    fn fence(&mut self, w: usize, id: Uuid, attempt: u32, dropped: bool) {
+        let at = self.now;
+        let fenced = &mut self.nodes[w].fenced;
+        if fenced.get(&id).is_none_or(|f| f.attempt <= attempt) {
+            fenced.insert(
+                id,
+                Fence {
+                    attempt,
+                    at,
+                    dropped,
+                },
+            );
+        }
     }
 
     pub(super) fn notify_watchers(&mut self, w: usize) {
@@ -225,7 +292,7 @@ impl World {
         let mut answers = Vec::new();
         for id in ready {
             if let Some(watcher) = p.watchers.remove(&id) {
-                let changes = p.feed.read(&name, watcher.since, |t| p.published.get(&t));
+                let changes = read_feed(p, &name, watcher.since, watcher.page);
                 answers.push((watcher.manager, watcher.req, changes));
             }
         }
@@ -398,5 +465,15 @@ impl World {
             let d = self.ms(1, 20);
             self.at(d, Ev::Inspected(w, inc, status));
         }
+    }
+}
+
+/// The answer for a watcher starting at `since`, in a page when it asks for pages (as the
+/// shell's `changes`): each task as last written.
+fn read_feed(p: &WorkerProc, name: &str, since: u64, page: Option<Page>) -> Changes {
+    let lookup = |id| p.published.get(&id);
+    match page {
+        Some(page) => p.feed.read_page(name, since, page, lookup),
+        None => p.feed.read(name, since, lookup),
     }
 }

@@ -76,8 +76,17 @@ impl Core {
     }
 
     /// The room left after the scheduler's last answer (sent with it, before [`Core::placed`]).
+    ///
+    /// Room announced while the scheduler chose may be newer than the answer's: answers and
+    /// announcements travel apart (ARCHITECTURE.md §11), and a node that came up after the
+    /// scheduler chose is in the announcement only. The announced room is then kept for the
+    /// retry that follows: if it is the older one, that costs one more "fits nowhere"; the
+    /// answer's, if older, would hold the waiting tasks back until room is announced again,
+    /// which may be never.
     pub fn room_left(&mut self, room: Room) {
-        self.room = Some(room);
+        if !self.room_while_asking {
+            self.room = Some(room);
+        }
     }
 
     /// Room may have appeared (a reservation was given back, a node came up or grew): the

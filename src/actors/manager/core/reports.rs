@@ -26,6 +26,9 @@ impl Core {
         let mut touched: BTreeSet<Uuid> = BTreeSet::new();
         for task in tasks {
             touched.insert(task.id);
+            if full {
+                self.run_again(nid, &task);
+            }
             self.observe(now, nid, task);
         }
         if full {
@@ -257,6 +260,28 @@ impl Core {
             }
         }
         true
+    }
+
+    /// A full report is the whole truth about the node: a copy it lists as active, at an
+    /// attempt known to have finished there, runs again. The worker dropped the attempt, its
+    /// tombstone expired, and a late start of it ran (ARCHITECTURE.md §5). Merged as news only
+    /// moving forward, it would pass for a stale report and run on unseen; forgotten first, it
+    /// is a copy like any other, stopped unless it is the one wanted. (An earlier report that
+    /// overtook a call's answer comes back here too: its copy moves forward again with the
+    /// next report of the feed, which follows it in order.)
+    fn run_again(&mut self, nid: NodeId, report: &Task) {
+        let finished_here = self.tasks.get(&report.id).is_some_and(|e| {
+            e.copies
+                .iter()
+                .any(|(n, s)| *n == nid && s.attempt == report.attempt && s.state.is_finished())
+        });
+        if report.state.is_active() && finished_here {
+            info!(
+                "task {}: worker {} runs attempt {} again, which had finished there",
+                report.id, self.nodes[nid].name, report.attempt
+            );
+            self.forget_copy(nid, report.id);
+        }
     }
 
     pub(super) fn forget_copy(&mut self, nid: NodeId, id: Uuid) {

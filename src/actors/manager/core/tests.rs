@@ -471,6 +471,32 @@ fn a_report_of_an_older_attempt_stops_that_copy_and_changes_nothing_else() {
 }
 
 #[test]
+fn a_copy_run_again_after_it_finished_is_stopped_at_the_next_full_report() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let mut t = task("false");
+    t.restart_policy = RestartPolicy::Never;
+    let id = finished_on(&mut h, ep, "w1", t, 1);
+    assert_eq!(h.state(id), State::Failed);
+    h.take();
+    // The worker dropped the attempt and its tombstone expired; a late start of it ran it
+    // again. Its full report is the whole truth: that copy runs, and must not.
+    h.report(ep, true, vec![seen(&h.task(id), 1, State::Running)]);
+    assert_eq!(h.stops(), vec![("w1".into(), id, 1)]);
+    let t = h.task(id);
+    assert_eq!(
+        (t.state, t.attempt),
+        (State::Failed, 1),
+        "the record is final"
+    );
+    // Stopped, it is reported finished again, and nothing more is asked.
+    h.stop_result("w1", id, 1, Ok(seen(&t, 1, State::Completed)));
+    h.report(ep, true, vec![seen(&t, 1, State::Completed)]);
+    assert!(h.stops().is_empty());
+    assert_eq!(h.state(id), State::Failed);
+}
+
+#[test]
 fn a_start_the_worker_lost_is_sent_again_after_a_full_report_without_it() {
     let mut h = Harness::new();
     let ep = h.worker("10.0.0.1:5556", "w1");
@@ -846,6 +872,29 @@ fn a_burst_of_room_retries_only_the_waiting_tasks_that_might_fit_and_then_the_re
         .collect();
     assert_eq!(asked, ids[2..].to_vec());
     assert_eq!(h.state(big), State::Pending);
+}
+
+#[test]
+fn room_announced_while_the_scheduler_chose_outlives_its_older_answer() {
+    let mut h = Harness::new();
+    let mut t = task("sleep");
+    t.cpu = 1.0;
+    let id = h.submit(t);
+    assert!(h.take().iter().any(|e| matches!(e, Effect::Place(_))));
+    // A worker comes up while the scheduler chooses: its room is announced, and arrives
+    // before the answer the scheduler made without it (they travel apart).
+    h.worker("10.0.0.1:5556", "w1");
+    let now = h.now();
+    h.core.capacity_available(now, room(4.0, 4.0));
+    h.core.room_left(room(0.0, 0.0));
+    let why = "no worker is registered yet; waiting for one";
+    h.core.placed(now, vec![(id, Err(NoFit(why.into())))]);
+    assert_eq!(
+        h.place_on("w1"),
+        vec![id],
+        "asked again at once, in the room announced"
+    );
+    assert_eq!(h.state(id), State::Scheduled);
 }
 
 #[test]
