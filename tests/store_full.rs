@@ -247,12 +247,12 @@ fn a_full_store_takes_tasks_again_once_retention_collects_finished_ones() {
             "--store-size",
             "2m",
             "--retention",
-            "2s",
+            "10s",
         ],
     );
     let http = Http::new();
     let base = manager.url();
-    // Tasks that end at once fill the store until it refuses.
+    // Tasks that end at once fill the store until it refuses (faster than the retention).
     let mut accepted = 0;
     let refused = loop {
         assert!(accepted < 20_000, "the store never filled up");
