@@ -18,8 +18,8 @@ use uuid::Uuid;
 use super::core::{Core, Effect, Writes};
 use super::feed::{Changes, Feed};
 use super::{
-    GetStats, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, STOPS, StartAttempt, Started,
-    StopAttempt, TASKS, Tombstone, WatchChanges, WorkerError, WorkerSetup,
+    GetStats, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, STOPS, StartAttempt, StartAttempts,
+    Started, StopAttempt, TASKS, Tombstone, WatchChanges, WorkerError, WorkerSetup,
 };
 use crate::actors::CoreTimer;
 use crate::clock::Clock;
@@ -384,6 +384,28 @@ impl Handler<StartAttempt> for Worker {
             let (task, created) = outcome?;
             durable(commit).await?;
             Ok(Started { task, created })
+        })
+    }
+}
+
+impl Handler<StartAttempts> for Worker {
+    type Result = ResponseFuture<Result<Vec<Result<Started, WorkerError>>, WorkerError>>;
+
+    fn handle(&mut self, msg: StartAttempts, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        let outcomes: Vec<_> = msg
+            .0
+            .into_iter()
+            .map(|task| {
+                self.core
+                    .start(now, task)
+                    .map(|(task, created)| Started { task, created })
+            })
+            .collect();
+        let commit = self.carry_out(ctx, true);
+        Box::pin(async move {
+            durable(commit).await?;
+            Ok(outcomes)
         })
     }
 }
