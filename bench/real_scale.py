@@ -5,6 +5,7 @@ loopback, T tasks submitted over HTTP until all are Running, then the cluster le
     python3 bench/real_scale.py                       # 200 workers, 100,000 tasks
     python3 bench/real_scale.py --quick               # 20 workers, 5,000 tasks
     python3 bench/real_scale.py --workers 50 --tasks 20000 --idle-seconds 20 --no-build
+    python3 bench/real_scale.py --cpu-hogs 6 --stop-all --timeout 180   # under contention
 
 Builds with `cargo build --release` (unless --no-build) and runs $CUBE_BIN, else
 $CARGO_TARGET_DIR/release/cube, else target/release/cube. Everything runs in a fresh temporary
@@ -18,8 +19,9 @@ CPU seconds summed:
 1. workers: N worker processes started until every one answers /health;
 2. ready: the manager started (`--workers` naming them all) until /nodes shows all Ready;
 3. submit: T `POST /tasks` (client-chosen ids) from --clients processes of --threads keep-alive
-   connections each; the manager places and starts tasks meanwhile, so this phase measures the
-   API under that load;
+   connections each, --pipeline requests in flight on each (HTTP/1.1 pipelining: Python's
+   http.client alone tops out near 1,400 requests/s here); the manager places and starts tasks
+   meanwhile, so this phase measures the API and the start path under that load;
 4. running: from the last acknowledged submission until every task is Running. Polled without
    listing the tasks: `GET /tasks?state=Pending&limit=1` and `state=Scheduled` until both are
    empty and /health counts T, with back-off (0.1 s doubling to 1 s); then one paged listing of
@@ -31,7 +33,13 @@ CPU seconds summed:
    call is one small write) and bytes each way, per worker per second. New connections in the
    window are counted too (connection churn). The window is the manager's resync interval
    (30 s), so each worker's periodic full report (every task it runs) is counted once; it
-   starts after each worker's first one (30-60 s after it was Ready).
+   starts after each worker's first one (30-60 s after it was Ready);
+6. stop (with --stop-all): every task DELETEd as they were submitted, until all are Completed.
+
+For phases 3-4 and 6 the same TCP counters give the requests (data segments) and bytes the
+manager exchanged with the workers per task, and the connections it opened. --cpu-hogs N runs N
+busy loops through phases 3, 4 and 6: the load of a machine shared with other work, made the
+same on every run (this machine's other users are not).
 
 With the default log level (info, as shipped) the manager's log is read at the end: how many
 placements it made (one per attempt; more than the tasks means tasks moved) and how many times
@@ -41,8 +49,8 @@ The load average (`uptime`) is printed with the figures: on a shared machine the
 Every process started is in a process group of its own and is killed by its id on exit, also
 on Ctrl-C or an exception.
 """
-import argparse, http.client, json, multiprocessing, os, re, resource, shutil, signal, socket, subprocess, sys
-import tempfile, threading, time, urllib.parse, urllib.request, uuid
+import argparse, collections, http.client, json, multiprocessing, os, re, resource, shutil, signal, socket, subprocess, sys
+import tempfile, threading, time, urllib.request, uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROCS = []  # every process this script started: (name, Popen)
@@ -199,69 +207,118 @@ def connections(worker_ports):
     return conns
 
 
-def traffic(worker_ports, seconds):
-    """Sample the connections every second for `seconds`: per connection, what it carried in the
-    window (a connection seen first in the window counts from zero)."""
-    first = connections(worker_ports)
-    last = dict(first)
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        time.sleep(min(1.0, max(0.0, seconds - (time.perf_counter() - t0))))
-        for k, v in connections(worker_ports).items():
-            last[k] = v
-    wall = time.perf_counter() - t0
-    sums = {"data_segs_out": 0, "data_segs_in": 0, "bytes_acked": 0, "bytes_received": 0}
-    for k, v in last.items():
-        base = first.get(k, {})
-        for f in sums:
-            sums[f] += v.get(f, 0) - base.get(f, 0)
-    return wall, sums, len(set(last) - set(first)), len(connections(worker_ports))
+class Traffic:
+    """What the connections to the workers carried while it ran: sampled every second in a
+    thread of its own; a connection seen first after the start counts from zero, and one that
+    closed counts up to its last sample."""
+
+    FIELDS = ("data_segs_out", "data_segs_in", "bytes_acked", "bytes_received")
+
+    def __init__(self, worker_ports):
+        self.ports = worker_ports
+        self.first = connections(worker_ports)
+        self.last = dict(self.first)
+        self.t0 = time.perf_counter()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stopping.wait(1.0):
+            self.last.update(connections(self.ports))
+
+    def stop(self):
+        """(seconds, sums of the counters, connections opened meanwhile, connections open now)"""
+        self.stopping.set()
+        self.thread.join()
+        now = connections(self.ports)
+        self.last.update(now)
+        wall = time.perf_counter() - self.t0
+        sums = dict.fromkeys(self.FIELDS, 0)
+        for k, v in self.last.items():
+            base = self.first.get(k, {})
+            for f in sums:
+                sums[f] += v.get(f, 0) - base.get(f, 0)
+        return wall, sums, len(set(self.last) - set(self.first)), len(now)
 
 
 # ---- submission ----
 
-def submitter(port, count, threads, body, queue):
-    """One client process: `threads` keep-alive connections submitting `count` tasks in all."""
+def submitter(port, ids, threads, depth, body, queue):
+    """One client process: `threads` keep-alive connections submitting the tasks `ids` (with
+    `body` None: stopping them, DELETE /tasks/ID), each with up to `depth` requests pipelined
+    (HTTP/1.1 answers them in order). Every task has a client-chosen id, so a request re-sent
+    after a broken connection is idempotent."""
     done = [0] * threads
     errors = [0] * threads
     first, last = [None] * threads, [None] * threads
+    prefix = json.dumps(body["task"])[1:-1] if body else None
 
-    def run(i, n):
-        conn = None
-        for _ in range(n):
-            task = dict(body["task"], id=str(uuid.uuid4()))
-            payload = json.dumps({"task": task})
-            for attempt in range(5):
-                try:
-                    if conn is None:
-                        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                        conn.connect()
-                        # http.client writes the head and the body apart: without this, Nagle's
-                        # algorithm holds the body back for the server's delayed ACK.
-                        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    conn.request("POST", "/tasks", payload, {"Content-Type": "application/json"})
-                    r = conn.getresponse()
-                    r.read()
-                    if r.status in (200, 201):
-                        now = time.time()
-                        first[i] = first[i] or now
-                        last[i] = now
-                        done[i] += 1
-                        break
-                    errors[i] += 1
-                    if r.status < 500:
-                        break
-                except (OSError, http.client.HTTPException):
-                    errors[i] += 1
-                    if conn:
-                        conn.close()
-                    conn = None
-                    time.sleep(0.05 * (attempt + 1))
-        if conn:
-            conn.close()
+    def request(tid):
+        if prefix is None:
+            return f"DELETE /tasks/{tid} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+        payload = f'{{"task":{{"id":"{tid}",{prefix}}}}}'.encode()
+        return (f"POST /tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
 
-    per = [count // threads + (1 if i < count % threads else 0) for i in range(threads)]
-    ts = [threading.Thread(target=run, args=(i, per[i])) for i in range(threads)]
+    def run(i, mine):
+        todo = collections.deque(mine)
+        sent = collections.deque()
+        sock = reader = None
+        failures = 0
+        while todo or sent:
+            try:
+                if sock is None:
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    reader = sock.makefile("rb")
+                out = []
+                while todo and len(sent) < depth:
+                    tid = todo.popleft()
+                    sent.append(tid)
+                    out.append(request(tid))
+                if out:
+                    sock.sendall(b"".join(out))
+                status = int(reader.readline().split()[1])
+                length, close = 0, False
+                while True:
+                    line = reader.readline()
+                    if line in (b"\r\n", b""):
+                        break
+                    name, _, value = line.partition(b":")
+                    name = name.strip().lower()
+                    if name == b"content-length":
+                        length = int(value)
+                    elif name == b"connection" and value.strip().lower() == b"close":
+                        close = True
+                reader.read(length)
+                tid = sent.popleft()
+                if status in (200, 201, 202):
+                    now = time.time()
+                    first[i] = first[i] or now
+                    last[i] = now
+                    done[i] += 1
+                else:
+                    errors[i] += 1
+                    if status >= 500:
+                        todo.append(tid)
+                if close:
+                    raise ConnectionError("the server closed the connection")
+            except (OSError, ValueError, IndexError):
+                errors[i] += 1
+                failures += 1
+                todo.extendleft(reversed(sent))  # not answered: send again, same ids
+                sent.clear()
+                if sock:
+                    sock.close()
+                sock = None
+                if failures > 100:
+                    break
+                time.sleep(0.05)
+        if sock:
+            sock.close()
+
+    ts = [threading.Thread(target=run, args=(i, ids[i::threads])) for i in range(threads)]
     for t in ts:
         t.start()
     for t in ts:
@@ -270,11 +327,10 @@ def submitter(port, count, threads, body, queue):
                "first": min([f for f in first if f] or [0]), "last": max([l for l in last if l] or [0])})
 
 
-def submit(port, tasks, clients, threads, body):
+def submit(port, ids, clients, threads, depth, body):
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    per = [tasks // clients + (1 if i < tasks % clients else 0) for i in range(clients)]
-    procs = [ctx.Process(target=submitter, args=(port, per[i], threads, body, queue), daemon=True)
+    procs = [ctx.Process(target=submitter, args=(port, ids[i::clients], threads, depth, body, queue), daemon=True)
              for i in range(clients)]
     t0 = time.time()
     for p in procs:
@@ -357,12 +413,19 @@ def main():
                     help="the idle window starts at least this long after all Ready: every node's first periodic "
                          "full report comes 30-60 s after it is Ready, so by 60 s the reports are in their cycle")
     ap.add_argument("--clients", type=int, default=2, help="client processes submitting")
-    ap.add_argument("--threads", type=int, default=16, help="keep-alive connections per client")
+    ap.add_argument("--threads", type=int, default=8, help="keep-alive connections per client")
+    ap.add_argument("--pipeline", type=int, default=16, help="requests in flight per connection")
     ap.add_argument("--cpu", type=float, default=0.004, help="cores each task reserves")
     ap.add_argument("--memory", type=int, default=4 << 20, help="bytes each task reserves")
     ap.add_argument("--log-level", default="info", help="RUST_LOG of every process (info: as shipped)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds to wait for all Running")
     ap.add_argument("--profile", action="store_true", help="print the manager's CPU per thread at each phase")
+    ap.add_argument("--stop-all", action="store_true",
+                    help="after the idle window, DELETE every task as fast as they were submitted and "
+                         "wait until all are Completed")
+    ap.add_argument("--cpu-hogs", type=int, default=0,
+                    help="busy-loop processes running through the submit and running phases (and "
+                         "the stop phase): the machine shared with other work, the same every run")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory and its logs")
     args = ap.parse_args()
@@ -387,7 +450,8 @@ def main():
     env.pop("CUBE_TOKEN", None)
     env.pop("CUBE_CLUSTER_TOKEN", None)
     failed = False
-    print(f"real_scale: {args.workers} workers, {args.tasks} tasks, {cube} [{load()}], {tmp}", flush=True)
+    print(f"real_scale: {args.workers} workers, {args.tasks} tasks, {args.cpu_hogs} CPU hogs, {cube} [{load()}], {tmp}",
+          flush=True)
     try:
         t_start = time.perf_counter()
         wports = free_ports(args.workers)
@@ -434,14 +498,25 @@ def main():
         meter.phase("ready")
         profile("ready")
 
+        def start_hogs():
+            return [spawn(f"hog{i}", [sys.executable, "-c", "while True: pass"], logs) for i in range(args.cpu_hogs)]
+
+        def stop_hogs(hogs):
+            for h in hogs:
+                os.killpg(h.pid, signal.SIGKILL)
+                h.wait()
+
+        hogs = start_hogs()
         body = {"task": {"image": "cube-bench/idle:1", "cmd": ["serve"], "cpu": args.cpu, "memory": args.memory}}
+        ids = [str(uuid.uuid4()) for _ in range(args.tasks)]
         t_submit = time.time()
-        done, errors, first, last, client_cpu = submit(mport, args.tasks, args.clients, args.threads, body)
+        watch = Traffic(set(wports))
+        done, errors, first, last, client_cpu = submit(mport, ids, args.clients, args.threads, args.pipeline, body)
         if done != args.tasks:
             raise SystemExit(f"only {done} of {args.tasks} submissions acknowledged ({errors} errors)")
         rate = done / max(last - first, 1e-9)
         # The phase ends at the last acknowledgement, not when the client processes are reaped.
-        meter.phase("submit", tasks_per_s=round(rate), errors=errors, connections=args.clients * args.threads,
+        meter.phase("submit", tasks_per_s=round(rate), errors=errors, connections=args.clients * args.threads, in_flight=args.clients * args.threads * args.pipeline,
                     client_cpu_s=round(client_cpu, 2))
         overshoot = time.time() - last
         profile("submit")
@@ -468,8 +543,14 @@ def main():
         except TimeoutError:
             meter.phase("running", timed_out=True)
             raise SystemExit(f"not all Running {args.timeout:.0f} s after the last submission")
-        meter.phase("running", since_last_submit_s=round(waited + overshoot, 2))
+        wall, sums, new_conns, conns_after = watch.stop()
+        calls = {"requests_per_task": round(sums["data_segs_out"] / args.tasks, 2),
+                 "kib_per_task": [round(sums["bytes_acked"] / 1024 / args.tasks, 2),
+                                  round(sums["bytes_received"] / 1024 / args.tasks, 2)],
+                 "connections_opened": new_conns}
+        meter.phase("running", since_last_submit_s=round(waited + overshoot, 2), **calls)
         profile("running")
+        stop_hogs(hogs)
         total = time.perf_counter() - t_start
         running = count_running(base)
         failed_any = any_in(base, "Failed")
@@ -483,13 +564,45 @@ def main():
         time.sleep(max(2.0, args.settle - (time.perf_counter() - t_ready)))
         meter.phase("settle")
         conns_before = len(connections(set(wports)))
-        wall, sums, new_conns, conns_after = traffic(set(wports), args.idle_seconds)
+        watch = Traffic(set(wports))
+        time.sleep(args.idle_seconds)
+        wall, sums, new_conns, conns_after = watch.stop()
         per = lambda v: round(v / wall / args.workers, 2)
         idle = meter.phase("idle", requests_per_worker_s=per(sums["data_segs_out"]),
                            kib_to_workers_per_worker_s=round(sums["bytes_acked"] / 1024 / wall / args.workers, 2),
                            kib_from_workers_per_worker_s=round(sums["bytes_received"] / 1024 / wall / args.workers, 2),
                            new_connections=new_conns, connections=conns_after)
         profile("idle")
+        stop = {}
+        if args.stop_all:
+            down_before = log_counts(os.path.join(logs, "manager.log"))["nodes_down"] if args.log_level == "info" else 0
+            hogs = start_hogs()
+            t0 = time.time()
+            watch = Traffic(set(wports))
+            stopped, stop_errors, stop_first, stop_last, _ = submit(mport, ids, args.clients, args.threads,
+                                                                    args.pipeline, None)
+            if stopped != args.tasks:
+                raise SystemExit(f"only {stopped} of {args.tasks} stops acknowledged ({stop_errors} errors)")
+
+            def all_completed():
+                return not any(any_in(base, s) for s in ("Running", "Scheduled", "Pending"))
+
+            try:
+                wait_for("all Completed", all_completed, args.timeout)
+            except TimeoutError:
+                meter.phase("stop", timed_out=True)
+                raise SystemExit(f"not all Completed {args.timeout:.0f} s after the last stop")
+            down = (log_counts(os.path.join(logs, "manager.log"))["nodes_down"] - down_before
+                    if args.log_level == "info" else None)
+            stop_hogs(hogs)
+            _, stop_sums, stop_conns, _ = watch.stop()
+            stop = {"stops_per_s": round(stopped / max(stop_last - stop_first, 1e-9)),
+                    "requests_per_stop": round(stop_sums["data_segs_out"] / args.tasks, 2),
+                    "stop_connections_opened": stop_conns,
+                    "last_stop_to_all_completed_s": round(time.time() - stop_last, 2),
+                    "stop_total_s": round(time.time() - t0, 2), "nodes_down_while_stopping": down}
+            meter.phase("stop", **stop)
+            profile("stop")
         counts = log_counts(os.path.join(logs, "manager.log")) if args.log_level == "info" else {}
         if counts:
             print(f"  manager log: {counts['placements']} placements for {args.tasks} tasks, "
@@ -506,7 +619,7 @@ def main():
             "idle_requests_per_worker_s": idle["requests_per_worker_s"],
             "idle_kib_per_worker_s": [idle["kib_to_workers_per_worker_s"], idle["kib_from_workers_per_worker_s"]],
             "connections": [conns_before, conns_after], "idle_new_connections": new_conns,
-            **counts, "load": [round(x, 2) for x in os.getloadavg()],
+            "submit_to_running_traffic": calls, **counts, **stop, "cpu_hogs": args.cpu_hogs, "load": [round(x, 2) for x in os.getloadavg()],
         }
         print(json.dumps(summary), flush=True)
     except BaseException:
