@@ -13,7 +13,9 @@
 //!   the outcome ([`CallsDone`]): retries are the Manager's decision. Starts go in batches
 //!   (`POST /starts`, one commit on the worker for the batch): those asked for while a batch is
 //!   on its way wait for the next, at most [`BATCHES_IN_FLIGHT`] at a time, so a burst of
-//!   thousands of placements is a few requests, not thousands of connections;
+//!   thousands of placements is a few requests, not thousands of connections. Stops go one
+//!   request each, at most [`STOPS_IN_FLIGHT`] at a time (those waiting fail with the first
+//!   that finds the worker unreachable);
 //! - once registered, reports the worker's capacity to the Scheduler when it changes.
 
 use std::collections::VecDeque;
@@ -44,6 +46,10 @@ pub const MIN_BACKOFF: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Batches of starts on their way to one worker at once: the next fills while they are.
 pub const BATCHES_IN_FLIGHT: usize = 2;
+/// Stops on their way to one worker at once; more wait their turn in the proxy, so stopping
+/// thousands of tasks is not thousands of connections, nor a queue in the worker's mailbox that
+/// its heartbeat answer waits behind.
+pub const STOPS_IN_FLIGHT: usize = 16;
 
 /// What a proxy knows of its worker, for `/nodes`.
 #[derive(Debug, Clone)]
@@ -86,6 +92,10 @@ pub struct WorkerProxy {
     batches_in_flight: usize,
     /// A send of the waiting starts is scheduled for the end of this turn.
     send_scheduled: bool,
+    /// Stops waiting for their turn, in the order asked, with the node name each was asked for.
+    stops: VecDeque<(String, Uuid, u32)>,
+    /// Stops sent and not answered yet.
+    stops_in_flight: usize,
 }
 
 impl WorkerProxy {
@@ -120,6 +130,8 @@ impl WorkerProxy {
             starts: VecDeque::new(),
             batches_in_flight: 0,
             send_scheduled: false,
+            stops: VecDeque::new(),
+            stops_in_flight: 0,
         }
     }
 
@@ -213,6 +225,53 @@ impl WorkerProxy {
                             }
                         }
                         act.send_starts(ctx);
+                    }),
+            );
+        }
+    }
+
+    /// Send waiting stops while fewer than [`STOPS_IN_FLIGHT`] are on their way.
+    fn send_stops(&mut self, ctx: &mut Context<Self>) {
+        while self.stops_in_flight < STOPS_IN_FLIGHT {
+            let Some((node, id, attempt)) = self.stops.pop_front() else {
+                return;
+            };
+            self.stops_in_flight += 1;
+            let client = self.client.clone();
+            let call = (id, attempt, CallKind::Stop);
+            ctx.spawn(
+                async move { client.stop(id, Some(attempt)).await }
+                    .into_actor(self)
+                    .map(move |outcome, act, ctx| {
+                        act.stops_in_flight -= 1;
+                        if let Err(e @ CallError::Transport(_)) = &outcome {
+                            act.failed(e);
+                            // The worker does not answer: the stops waiting their turn fail
+                            // with it now rather than each wait for its own timeout; the
+                            // Manager retries them as it retries this one.
+                            for (node, id, attempt) in std::mem::take(&mut act.stops) {
+                                let call = (id, attempt, CallKind::Stop);
+                                let outcome = Err(e.clone());
+                                act.call_done(
+                                    CallDone {
+                                        node,
+                                        call,
+                                        outcome,
+                                    },
+                                    ctx,
+                                );
+                            }
+                        }
+                        let outcome = outcome.map(|t| Seen::from(&t));
+                        act.call_done(
+                            CallDone {
+                                node,
+                                call,
+                                outcome,
+                            },
+                            ctx,
+                        );
+                        act.send_stops(ctx);
                     }),
             );
         }
@@ -473,35 +532,17 @@ impl Handler<CallWorker> for WorkerProxy {
 
     fn handle(&mut self, msg: CallWorker, ctx: &mut Context<Self>) {
         let node = msg.node;
-        let (id, attempt) = match msg.call {
+        match msg.call {
             WorkerCall::Start(task) => {
                 let start = self.client.prepare_start(task);
                 self.starts.push_back((node, start));
                 self.send_starts_soon(ctx);
-                return;
             }
-            WorkerCall::Stop { id, attempt } => (id, attempt),
-        };
-        let client = self.client.clone();
-        let call = (id, attempt, CallKind::Stop);
-        ctx.spawn(
-            async move { client.stop(id, Some(attempt)).await }
-                .into_actor(self)
-                .map(move |outcome, act, ctx| {
-                    if let Err(e @ CallError::Transport(_)) = &outcome {
-                        act.failed(e);
-                    }
-                    let outcome = outcome.map(|t| Seen::from(&t));
-                    act.call_done(
-                        CallDone {
-                            node,
-                            call,
-                            outcome,
-                        },
-                        ctx,
-                    );
-                }),
-        );
+            WorkerCall::Stop { id, attempt } => {
+                self.stops.push_back((node, id, attempt));
+                self.send_stops(ctx);
+            }
+        }
     }
 }
 
