@@ -659,6 +659,58 @@ pub fn parse_submission(body: &[u8]) -> Result<TaskEvent, InputError> {
     }
 }
 
+/// The body of a worker's `POST /starts`, as [`parse_starts`] reads it: a batch of tasks, each
+/// as a TaskEvent's `task`.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct Starts {
+    /// The attempts to start, each with its `attempt`.
+    #[schema(max_items = 5000)]
+    tasks: Vec<TaskInput>,
+}
+
+/// Most starts one `POST /starts` body may carry on a worker.
+pub const MAX_STARTS: usize = 5000;
+
+/// Parse a worker's `POST /starts` body: `{"tasks": [{…}, …]}`, each element read as the `task`
+/// of a TaskEvent is (attempt kept as given), so a batch accepts exactly what one `POST /tasks`
+/// each would. An error names the element (`tasks[3].cpu: …`); nothing of a bad batch starts.
+pub fn parse_starts(body: &[u8]) -> Result<Vec<Task>, InputError> {
+    const EXPECTED: &str = r#"expected {"tasks": [{"image": …}, …]}"#;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| InputError(format!("the body is not valid JSON ({e}); {EXPECTED}")))?;
+    let tasks = match &value {
+        Value::Object(map) => match map.get("tasks") {
+            Some(Value::Array(tasks)) => tasks.len(),
+            Some(other) => {
+                return Err(InputError::at(
+                    "tasks",
+                    format!("is a JSON {}; {EXPECTED}", json_kind(other)),
+                ));
+            }
+            None => return Err(InputError(format!("the body has no \"tasks\"; {EXPECTED}"))),
+        },
+        other => {
+            return Err(InputError(format!(
+                "the body is a JSON {}; {EXPECTED}",
+                json_kind(other)
+            )));
+        }
+    };
+    if tasks > MAX_STARTS {
+        return Err(InputError::at(
+            "tasks",
+            format!("holds {tasks} tasks; expected at most {MAX_STARTS}"),
+        ));
+    }
+    let input: Starts = from_value(value)?;
+    input
+        .tasks
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| t.into_task(&format!("tasks[{i}].")))
+        .collect()
+}
+
 fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -1118,6 +1170,52 @@ mod tests {
 
     fn parse(s: &str) -> Result<TaskEvent, InputError> {
         parse_submission(s.as_bytes())
+    }
+
+    #[test]
+    fn a_batch_of_starts_reads_each_task_as_one_start_does() {
+        let mut t = Task::new("cube-demo/busybox:latest");
+        t.attempt = 3;
+        t.cpu = 0.5;
+        let one = serde_json::to_string(&t).unwrap();
+        let body = format!(r#"{{"tasks": [{one}, {{"image": "i", "attempt": 1}}]}}"#);
+        let tasks = parse_starts(body.as_bytes()).unwrap();
+        assert_eq!(tasks.len(), 2);
+        let single = parse(&format!(r#"{{"task": {one}}}"#)).unwrap().task;
+        assert_eq!(
+            (tasks[0].id, tasks[0].attempt, tasks[0].cpu),
+            (t.id, 3, 0.5)
+        );
+        assert_eq!(
+            (tasks[0].image.as_str(), tasks[0].attempt),
+            (single.image.as_str(), single.attempt)
+        );
+        assert_eq!((tasks[1].image.as_str(), tasks[1].attempt), ("i", 1));
+        assert_eq!(parse_starts(br#"{"tasks": []}"#).unwrap(), vec![]);
+        for (body, says) in [
+            ("[]".to_string(), "the body is a JSON array"),
+            ("{}".to_string(), "the body has no \"tasks\""),
+            (r#"{"tasks": {}}"#.to_string(), "tasks: is a JSON object"),
+            (
+                r#"{"tasks": [{"image": "i"}, {"image": "i", "cpu": -1}]}"#.to_string(),
+                "tasks[1].cpu",
+            ),
+            (
+                r#"{"tasks": [{"image": "i"}, {}]}"#.to_string(),
+                "tasks[1].image: is missing",
+            ),
+            (r#"{"tasks": [{"image": "i"}, 5]}"#.to_string(), "tasks[1]"),
+            (
+                format!(
+                    r#"{{"tasks": [{}]}}"#,
+                    vec![r#"{"image": "i"}"#; MAX_STARTS + 1].join(",")
+                ),
+                "tasks: holds 5001 tasks; expected at most 5000",
+            ),
+        ] {
+            let e = parse_starts(body.as_bytes()).unwrap_err().0;
+            assert!(e.contains(says), "{body:.80}: {e}");
+        }
     }
 
     #[test]

@@ -146,6 +146,75 @@ fn the_same_attempt_twice_never_starts_a_second_container() {
     });
 }
 
+/// `POST /starts`, the manager's way of starting: one request and one commit for a batch, each
+/// start answered as `POST /tasks` would (a repeat is not created again; a fenced attempt is
+/// refused with 409), and a bad element refuses the whole batch, naming it.
+#[test]
+fn a_batch_of_starts_answers_each_as_one_start_would() {
+    let s = worker();
+    let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let task = |id: uuid::Uuid, attempt: u32| json!({"id": id, "image": IMAGE, "cmd": ["sleep", "600"], "stop_timeout_s": 1, "attempt": attempt});
+    let url = format!("{}/starts", s.worker.url());
+    let r = s
+        .http
+        .post(&url, json!({"tasks": [task(a, 1), task(b, 1)]}).to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer = r.json();
+    assert_eq!(answer["name"], s.name.as_str());
+    assert_eq!(
+        answer["starts"],
+        json!([
+            {"id": a, "attempt": 1, "state": "Scheduled", "created": true},
+            {"id": b, "attempt": 1, "state": "Scheduled", "created": true},
+        ])
+    );
+    for id in [a, b] {
+        wait_state(
+            &s.http,
+            &format!("{}/tasks/{id}", s.worker.url()),
+            "Running",
+        );
+    }
+    // Attempt 1 of `b` is fenced by a stop; `a` is repeated.
+    let r = s
+        .http
+        .delete(&format!("{}/tasks/{b}?attempt=1", s.worker.url()));
+    assert_eq!(r.status, 202, "{}", r.body);
+    let r = s
+        .http
+        .post(&url, json!({"tasks": [task(a, 1), task(b, 1)]}).to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let starts = r.json()["starts"].clone();
+    assert_eq!(
+        starts[0],
+        json!({"id": a, "attempt": 1, "state": "Running", "created": false})
+    );
+    assert_eq!(
+        (&starts[1]["id"], &starts[1]["status"]),
+        (&json!(b), &json!(409))
+    );
+    assert!(
+        starts[1]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stopped"),
+        "{starts}"
+    );
+    eventually("one container to run: a's", || {
+        (containers(&s.name, false).len() == 1).then_some(())
+    });
+    // A bad element refuses the batch, and nothing of it starts.
+    let c = uuid::Uuid::new_v4();
+    let r = s.http.post(
+        &url,
+        json!({"tasks": [task(c, 1), {"image": ""}]}).to_string(),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("tasks[1].image"), "{}", r.body);
+    let r = s.http.get(&format!("{}/tasks/{c}", s.worker.url()));
+    assert_eq!(r.status, 404, "{}", r.body);
+}
+
 #[test]
 fn change_feed_answers_as_soon_as_a_task_changes() {
     let s = worker();

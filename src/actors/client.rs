@@ -2,6 +2,8 @@
 //! or straight to the actor for in-process workers. Both speak the same operations, so the
 //! proxy has one code path whatever the transport.
 
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::Duration;
 
 use actix::Addr;
@@ -12,13 +14,20 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::worker::{
-    Changes, GetStats, ReadLogs, StartAttempt, StopAttempt, WatchChanges, Worker, WorkerError,
+    Changes, GetStats, ReadLogs, StartAttempt, StartAttempts, StartOutcome, StartsAnswer,
+    StopAttempt, WatchChanges, Worker, WorkerError,
 };
 use crate::node::NodeStats;
-use crate::task::Task;
+use crate::task::{State, Task};
 
 /// Time allowed for a call to a worker, beyond any wait the call asks for.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Most bytes of task specs one batch of starts carries (`POST /starts` takes up to
+/// [`crate::http::MAX_BATCH_BODY_BYTES`]: this much plus one more spec of any size).
+pub const BATCH_BYTES: usize = 1 << 20;
+/// Most starts one batch carries.
+pub const BATCH_STARTS: usize = 1000;
 
 /// Where a worker is.
 #[derive(Clone)]
@@ -52,6 +61,41 @@ impl WorkerLink {
         }
     }
 }
+
+/// A start waiting for its batch: the task as the worker's API takes it, encoded once (or the
+/// task itself, for a worker in this process).
+pub struct StartCall {
+    pub id: Uuid,
+    pub attempt: u32,
+    body: StartBody,
+}
+
+enum StartBody {
+    /// The task's JSON.
+    Json(Vec<u8>),
+    Task(Box<Task>),
+}
+
+impl StartCall {
+    /// Bytes it adds to a batch.
+    pub fn size(&self) -> usize {
+        match &self.body {
+            StartBody::Json(json) => json.len() + 1,
+            StartBody::Task(_) => 0,
+        }
+    }
+}
+
+/// What a worker has of an attempt it was asked to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartedAttempt {
+    pub attempt: u32,
+    pub state: State,
+}
+
+/// The answer to a batch of starts: the worker's name (empty if it did not say) and, in the
+/// batch's order, what became of each start.
+pub type BatchOutcome = (String, Vec<Result<StartedAttempt, CallError>>);
 
 /// A failed call to a worker, by what the caller can do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,6 +165,12 @@ fn mailbox(e: actix::MailboxError) -> CallError {
     CallError::Transport(format!("the worker actor is gone: {e}"))
 }
 
+/// The body of a start, `{"task": …}`, encoded without an intermediate JSON value.
+#[derive(serde::Serialize)]
+struct StartBodyRef<'a> {
+    task: &'a Task,
+}
+
 #[derive(Deserialize)]
 struct ErrorBody {
     error: String,
@@ -142,6 +192,9 @@ pub struct WorkerTarget {
 pub struct WorkerClient {
     target: WorkerTarget,
     http: awc::Client,
+    /// The worker answered that it has no `POST /starts` (a release before it): starts go one
+    /// request each.
+    no_batches: Rc<Cell<bool>>,
 }
 
 impl WorkerClient {
@@ -160,6 +213,7 @@ impl WorkerClient {
         WorkerClient {
             target,
             http: http.finish(),
+            no_batches: Rc::new(Cell::new(false)),
         }
     }
 
@@ -211,14 +265,9 @@ impl WorkerClient {
     pub async fn start(&self, task: &Task) -> Result<Task, CallError> {
         match &self.target.link {
             WorkerLink::Http(base) => {
-                let body = serde_json::json!({ "task": task });
-                let mut res = self
-                    .http
-                    .post(format!("{base}/tasks"))
-                    .send_json(&body)
-                    .await
-                    .map_err(|e| CallError::Transport(format!("POST {base}/tasks: {e}")))?;
-                read_json(&mut res, base, "/tasks").await
+                let body = serde_json::to_vec(&StartBodyRef { task })
+                    .map_err(|e| CallError::Transport(format!("encoding a start: {e}")))?;
+                self.post_start(base, body).await
             }
             WorkerLink::Local(addr, _) => {
                 let started = addr
@@ -228,6 +277,148 @@ impl WorkerClient {
                 Ok(started.task)
             }
         }
+    }
+
+    async fn post_start(&self, base: &str, body: Vec<u8>) -> Result<Task, CallError> {
+        let mut res = self
+            .http
+            .post(format!("{base}/tasks"))
+            .content_type("application/json")
+            .send_body(body)
+            .await
+            .map_err(|e| CallError::Transport(format!("POST {base}/tasks: {e}")))?;
+        read_json(&mut res, base, "/tasks").await
+    }
+
+    /// A start of this attempt, ready to go in a batch ([`WorkerClient::start_batch`]).
+    pub fn prepare_start(&self, task: Box<Task>) -> StartCall {
+        let (id, attempt) = (task.id, task.attempt);
+        let body = match &self.target.link {
+            // A Task always encodes; should it not, the worker's refusal of the batch says so.
+            WorkerLink::Http(_) => StartBody::Json(serde_json::to_vec(&*task).unwrap_or_default()),
+            WorkerLink::Local(..) => StartBody::Task(task),
+        };
+        StartCall { id, attempt, body }
+    }
+
+    /// Start these attempts in one request (`POST /starts`: one commit on the worker for all).
+    /// `Err` when the batch as a whole failed: none of its starts is known to be done. A worker
+    /// of a release without batches gets one `POST /tasks` each, from then on.
+    pub async fn start_batch(&self, calls: Vec<StartCall>) -> Result<BatchOutcome, CallError> {
+        let base = match &self.target.link {
+            WorkerLink::Http(base) => base,
+            WorkerLink::Local(addr, _) => {
+                let tasks = calls
+                    .into_iter()
+                    .filter_map(|c| match c.body {
+                        StartBody::Task(t) => Some(*t),
+                        StartBody::Json(_) => None,
+                    })
+                    .collect();
+                let outcomes = addr.send(StartAttempts(tasks)).await.map_err(mailbox)??;
+                let mut name = String::new();
+                let outcomes = outcomes
+                    .into_iter()
+                    .map(|o| match o {
+                        Ok(started) => {
+                            if name.is_empty() {
+                                name = started.task.worker.clone().unwrap_or_default();
+                            }
+                            Ok(StartedAttempt {
+                                attempt: started.task.attempt,
+                                state: started.task.state,
+                            })
+                        }
+                        Err(e) => Err(CallError::from(e)),
+                    })
+                    .collect();
+                return Ok((name, outcomes));
+            }
+        };
+        if self.no_batches.get() {
+            return Ok(self.start_each(base, calls).await);
+        }
+        let mut body = Vec::with_capacity(calls.iter().map(StartCall::size).sum::<usize>() + 16);
+        body.extend_from_slice(b"{\"tasks\":[");
+        for (i, call) in calls.iter().enumerate() {
+            if i > 0 {
+                body.push(b',');
+            }
+            if let StartBody::Json(json) = &call.body {
+                body.extend_from_slice(json);
+            }
+        }
+        body.extend_from_slice(b"]}");
+        let mut res = self
+            .http
+            .post(format!("{base}/starts"))
+            .content_type("application/json")
+            .send_body(body)
+            .await
+            .map_err(|e| CallError::Transport(format!("POST {base}/starts: {e}")))?;
+        if matches!(res.status().as_u16(), 404 | 405) {
+            // A worker of a release before batches: no such route.
+            log::info!(
+                "worker at {} takes no batches of starts: one request per start",
+                self.target.link.address()
+            );
+            self.no_batches.set(true);
+            return Ok(self.start_each(base, calls).await);
+        }
+        let answer: StartsAnswer = read_json(&mut res, base, "/starts").await?;
+        if answer.starts.len() != calls.len() {
+            return Err(CallError::Transport(format!(
+                "{base}/starts answered {} outcomes for {} starts",
+                answer.starts.len(),
+                calls.len()
+            )));
+        }
+        let outcomes = calls
+            .iter()
+            .zip(answer.starts)
+            .map(|(call, outcome)| match outcome {
+                StartOutcome::Started {
+                    id, attempt, state, ..
+                } if id == call.id => Ok(StartedAttempt { attempt, state }),
+                StartOutcome::Refused { id, status, error } if id == call.id => {
+                    Err(CallError::from_status(status, error))
+                }
+                _ => Err(CallError::Transport(format!(
+                    "{base}/starts answered out of order"
+                ))),
+            })
+            .collect();
+        Ok((answer.name, outcomes))
+    }
+
+    /// The starts of a batch, one `POST /tasks` each.
+    async fn start_each(&self, base: &str, calls: Vec<StartCall>) -> BatchOutcome {
+        let answers = futures_util::future::join_all(calls.into_iter().map(|call| async move {
+            let mut body = Vec::with_capacity(call.size() + 10);
+            body.extend_from_slice(b"{\"task\":");
+            if let StartBody::Json(json) = call.body {
+                body.extend_from_slice(&json);
+            }
+            body.push(b'}');
+            self.post_start(base, body).await
+        }))
+        .await;
+        let mut name = String::new();
+        let outcomes = answers
+            .into_iter()
+            .map(|answer| {
+                answer.map(|task| {
+                    if name.is_empty() {
+                        name = task.worker.unwrap_or_default();
+                    }
+                    StartedAttempt {
+                        attempt: task.attempt,
+                        state: task.state,
+                    }
+                })
+            })
+            .collect();
+        (name, outcomes)
     }
 
     /// Stop the task, only if `attempt` is (still) the one the worker runs.
@@ -353,8 +544,79 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use actix_web::{App, HttpResponse, HttpServer, web};
+
     use super::*;
     use crate::db::{StoreError, Usage};
+
+    /// A worker of a release before batches: it has `POST /tasks` and no `POST /starts`. The
+    /// client tries a batch once, then sends one start per request, and the outcomes are the
+    /// same either way.
+    #[actix_web::test]
+    async fn a_worker_without_batches_gets_one_request_per_start_from_then_on() {
+        let (batches, singles) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (b, s) = (batches.clone(), singles.clone());
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let server = HttpServer::new(move || {
+            let (b, s) = (b.clone(), s.clone());
+            App::new()
+                .route(
+                    "/tasks",
+                    web::post().to(move |body: web::Json<serde_json::Value>| {
+                        s.fetch_add(1, Ordering::SeqCst);
+                        let mut task = body.into_inner()["task"].clone();
+                        task["worker"] = "old".into();
+                        task["state"] = "Scheduled".into();
+                        async move { HttpResponse::Created().json(task) }
+                    }),
+                )
+                .default_service(web::to(move || {
+                    b.fetch_add(1, Ordering::SeqCst);
+                    async { HttpResponse::NotFound().json(serde_json::json!({"error": "no"})) }
+                }))
+        })
+        .workers(1)
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+
+        let client = WorkerClient::new(WorkerTarget {
+            link: WorkerLink::http(&address, false),
+            token: None,
+            tls: None,
+        });
+        let batch = || {
+            (0..3)
+                .map(|_| {
+                    let mut task = Task::new("cube-demo/busybox:latest");
+                    task.attempt = 2;
+                    client.prepare_start(Box::new(task))
+                })
+                .collect::<Vec<_>>()
+        };
+        let started = Ok(StartedAttempt {
+            attempt: 2,
+            state: State::Scheduled,
+        });
+        for _ in 0..2 {
+            let (name, outcomes) = client.start_batch(batch()).await.expect("answered");
+            assert_eq!(name, "old");
+            assert_eq!(outcomes, vec![started.clone(); 3]);
+        }
+        assert_eq!(
+            batches.load(Ordering::SeqCst),
+            1,
+            "asked for a batch only once"
+        );
+        assert_eq!(singles.load(Ordering::SeqCst), 6);
+        handle.stop(true).await;
+    }
 
     fn no_room() -> StoreError {
         StoreError::NoRoom {

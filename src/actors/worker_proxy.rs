@@ -17,19 +17,23 @@
 //!   tasks). Only marks of the current *run* count: a run begins with a full report the Manager
 //!   took, and ends at a `Resync` (which is how the Manager says it set a report aside);
 //! - carries out the Manager's starts and stops, one try each with a timeout, and sends back
-//!   the outcome ([`StartDone`], [`StopDone`]): retries are the Manager's decision;
+//!   the outcome ([`CallsDone`]): retries are the Manager's decision. Starts go in batches
+//!   (`POST /starts`, one commit on the worker for the batch): those asked for while a batch is
+//!   on its way wait for the next, at most [`BATCHES_IN_FLIGHT`] at a time, so a burst of
+//!   thousands of placements is a few requests, not thousands of connections. Stops go one
+//!   request each, at most [`STOPS_IN_FLIGHT`] at a time (those waiting fail with the first
+//!   that finds the worker unreachable);
 //! - once registered, reports the worker's capacity to the Scheduler when it changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use actix::prelude::*;
 use chrono::{DateTime, Utc};
-use futures_util::FutureExt;
 use log::{debug, info, warn};
 use uuid::Uuid;
 
-use super::client::{CallError, WorkerClient, WorkerTarget};
+use super::client::{BATCH_BYTES, BATCH_STARTS, CallError, StartCall, WorkerClient, WorkerTarget};
 use super::manager::core::EndpointId;
 use super::manager::core::{CallKind, Seen};
 use super::manager::{CallDone, CallsDone, Manager, NodeDown, NodeUp, Report};
@@ -210,6 +214,12 @@ impl FeedReader {
         }
     }
 }
+/// Batches of starts on their way to one worker at once: the next fills while they are.
+pub const BATCHES_IN_FLIGHT: usize = 2;
+/// Stops on their way to one worker at once; more wait their turn in the proxy, so stopping
+/// thousands of tasks is not thousands of connections, nor a queue in the worker's mailbox that
+/// its heartbeat answer waits behind.
+pub const STOPS_IN_FLIGHT: usize = 16;
 
 /// What a proxy knows of its worker, for `/nodes`.
 #[derive(Debug, Clone)]
@@ -245,6 +255,16 @@ pub struct WorkerProxy {
     no_room_logged: Option<std::time::Instant>,
     /// Outcomes of calls not yet sent to the Manager: a burst goes as one message.
     done: Vec<CallDone>,
+    /// Starts waiting for a batch, in the order asked, with the node name each was asked for.
+    starts: VecDeque<(String, StartCall)>,
+    /// Batches of starts sent and not answered yet.
+    batches_in_flight: usize,
+    /// A send of the waiting starts is scheduled for the end of this turn.
+    send_scheduled: bool,
+    /// Stops waiting for their turn, in the order asked, with the node name each was asked for.
+    stops: VecDeque<(String, Uuid, u32)>,
+    /// Stops sent and not answered yet.
+    stops_in_flight: usize,
 }
 
 impl WorkerProxy {
@@ -275,6 +295,11 @@ impl WorkerProxy {
             error: None,
             no_room_logged: None,
             done: Vec::new(),
+            starts: VecDeque::new(),
+            batches_in_flight: 0,
+            send_scheduled: false,
+            stops: VecDeque::new(),
+            stops_in_flight: 0,
         }
     }
 
@@ -287,6 +312,137 @@ impl WorkerProxy {
             });
         }
         self.done.push(done);
+    }
+
+    /// Send the waiting starts once this turn's calls are in: one batch per [`BATCH_STARTS`]
+    /// or [`BATCH_BYTES`], while fewer than [`BATCHES_IN_FLIGHT`] are on their way.
+    fn send_starts_soon(&mut self, ctx: &mut Context<Self>) {
+        if !self.send_scheduled {
+            self.send_scheduled = true;
+            ctx.run_later(Duration::ZERO, |act, ctx| {
+                act.send_scheduled = false;
+                act.send_starts(ctx);
+            });
+        }
+    }
+
+    fn send_starts(&mut self, ctx: &mut Context<Self>) {
+        while self.batches_in_flight < BATCHES_IN_FLIGHT && !self.starts.is_empty() {
+            let mut batch = Vec::new();
+            let mut nodes = Vec::new();
+            let mut bytes = 0;
+            while let Some((_, call)) = self.starts.front() {
+                if !batch.is_empty()
+                    && (batch.len() == BATCH_STARTS || bytes + call.size() > BATCH_BYTES)
+                {
+                    break;
+                }
+                bytes += call.size();
+                let (node, call) = self.starts.pop_front().expect("a start");
+                nodes.push((node, call.id, call.attempt));
+                batch.push(call);
+            }
+            self.batches_in_flight += 1;
+            let client = self.client.clone();
+            ctx.spawn(
+                async move { client.start_batch(batch).await }
+                    .into_actor(self)
+                    .map(move |answer, act, ctx| {
+                        act.batches_in_flight -= 1;
+                        match answer {
+                            Ok((name, outcomes)) => {
+                                // Any answer shows the worker is there, and names it.
+                                act.heard(&name, ctx);
+                                for ((node, id, attempt), outcome) in
+                                    nodes.into_iter().zip(outcomes)
+                                {
+                                    if let Err(e @ CallError::Transport(_)) = &outcome {
+                                        act.failed(e);
+                                    }
+                                    let outcome = outcome.map(|s| Seen {
+                                        attempt: s.attempt,
+                                        state: s.state,
+                                    });
+                                    let call = (id, attempt, CallKind::Start);
+                                    act.call_done(
+                                        CallDone {
+                                            node,
+                                            call,
+                                            outcome,
+                                        },
+                                        ctx,
+                                    );
+                                }
+                            }
+                            Err(e) => {
+                                if matches!(e, CallError::Transport(_)) {
+                                    act.failed(&e);
+                                }
+                                for (node, id, attempt) in nodes {
+                                    let call = (id, attempt, CallKind::Start);
+                                    let outcome = Err(e.clone());
+                                    act.call_done(
+                                        CallDone {
+                                            node,
+                                            call,
+                                            outcome,
+                                        },
+                                        ctx,
+                                    );
+                                }
+                            }
+                        }
+                        act.send_starts(ctx);
+                    }),
+            );
+        }
+    }
+
+    /// Send waiting stops while fewer than [`STOPS_IN_FLIGHT`] are on their way.
+    fn send_stops(&mut self, ctx: &mut Context<Self>) {
+        while self.stops_in_flight < STOPS_IN_FLIGHT {
+            let Some((node, id, attempt)) = self.stops.pop_front() else {
+                return;
+            };
+            self.stops_in_flight += 1;
+            let client = self.client.clone();
+            let call = (id, attempt, CallKind::Stop);
+            ctx.spawn(
+                async move { client.stop(id, Some(attempt)).await }
+                    .into_actor(self)
+                    .map(move |outcome, act, ctx| {
+                        act.stops_in_flight -= 1;
+                        if let Err(e @ CallError::Transport(_)) = &outcome {
+                            act.failed(e);
+                            // The worker does not answer: the stops waiting their turn fail
+                            // with it now rather than each wait for its own timeout; the
+                            // Manager retries them as it retries this one.
+                            for (node, id, attempt) in std::mem::take(&mut act.stops) {
+                                let call = (id, attempt, CallKind::Stop);
+                                let outcome = Err(e.clone());
+                                act.call_done(
+                                    CallDone {
+                                        node,
+                                        call,
+                                        outcome,
+                                    },
+                                    ctx,
+                                );
+                            }
+                        }
+                        let outcome = outcome.map(|t| Seen::from(&t));
+                        act.call_done(
+                            CallDone {
+                                node,
+                                call,
+                                outcome,
+                            },
+                            ctx,
+                        );
+                        act.send_stops(ctx);
+                    }),
+            );
+        }
     }
 
     fn address(&self) -> String {
@@ -352,6 +508,20 @@ impl WorkerProxy {
     }
 
     fn failed(&mut self, err: &CallError) {
+        if err.is_no_room() {
+            // The worker answers; its store is full. The Manager retries its starts.
+            if self
+                .no_room_logged
+                .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
+            {
+                self.no_room_logged = Some(std::time::Instant::now());
+                warn!(
+                    "worker at {}: {err}; its starts are retried until it has room",
+                    self.address()
+                );
+            }
+            return;
+        }
         let refused_us = matches!(
             err,
             CallError::Rejected {
@@ -552,53 +722,18 @@ impl Handler<CallWorker> for WorkerProxy {
     type Result = ();
 
     fn handle(&mut self, msg: CallWorker, ctx: &mut Context<Self>) {
-        let client = self.client.clone();
-        let (call, outcome) = match msg.call {
+        let node = msg.node;
+        match msg.call {
             WorkerCall::Start(task) => {
-                let call = (task.id, task.attempt, CallKind::Start);
-                (call, async move { client.start(&task).await }.boxed_local())
+                let start = self.client.prepare_start(task);
+                self.starts.push_back((node, start));
+                self.send_starts_soon(ctx);
             }
             WorkerCall::Stop { id, attempt } => {
-                let call = (id, attempt, CallKind::Stop);
-                (
-                    call,
-                    async move { client.stop(id, Some(attempt)).await }.boxed_local(),
-                )
+                self.stops.push_back((node, id, attempt));
+                self.send_stops(ctx);
             }
-        };
-        let node = msg.node;
-        ctx.spawn(outcome.into_actor(self).map(move |outcome, act, ctx| {
-            match &outcome {
-                // Any answer shows the worker is there; a start's names it.
-                Ok(t) if call.2 == CallKind::Start => {
-                    act.heard(&t.worker.clone().unwrap_or_default(), ctx)
-                }
-                Err(e @ CallError::Transport(_)) => {
-                    if e.is_no_room()
-                        && act
-                            .no_room_logged
-                            .is_none_or(|at| at.elapsed() >= Duration::from_secs(60))
-                    {
-                        act.no_room_logged = Some(std::time::Instant::now());
-                        warn!(
-                            "worker at {}: {e}; its starts are retried until it has room",
-                            act.address()
-                        );
-                    }
-                    act.failed(e)
-                }
-                _ => {}
-            }
-            let outcome = outcome.map(|t| Seen::from(&t));
-            act.call_done(
-                CallDone {
-                    node,
-                    call,
-                    outcome,
-                },
-                ctx,
-            );
-        }));
+        }
     }
 }
 

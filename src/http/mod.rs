@@ -16,15 +16,27 @@ pub use error::ApiError;
 /// Largest request body either API accepts; a task spec is a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
+/// Largest body of a worker's `POST /starts`: a batch of task specs. The manager sends at most
+/// [`crate::actors::client::BATCH_BYTES`] of them in one (plus one spec, which may be up to
+/// [`MAX_BODY_BYTES`]).
+pub const MAX_BATCH_BODY_BYTES: usize = 4 << 20;
+
 /// Read a request body of at most [`MAX_BODY_BYTES`], answering 413 beyond it.
-pub async fn read_body(
+pub async fn read_body(req: &HttpRequest, payload: web::Payload) -> Result<web::Bytes, ApiError> {
+    read_body_up_to(req, payload, MAX_BODY_BYTES, "one task spec").await
+}
+
+/// Read a request body of at most `limit` bytes, answering 413 beyond it (saying `expected`).
+pub async fn read_body_up_to(
     req: &HttpRequest,
     mut payload: web::Payload,
+    limit: usize,
+    expected: &str,
 ) -> Result<web::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than {MAX_BODY_BYTES} bytes; expected one task spec"),
+            format!("the body is larger than {limit} bytes; expected {expected}"),
         )
     };
     let declared = req
@@ -32,15 +44,15 @@ pub async fn read_body(
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES) {
+    if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
     let read = async {
-        let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(MAX_BODY_BYTES));
+        let mut body = web::BytesMut::with_capacity(declared.unwrap_or(1024).min(limit));
         while let Some(chunk) = payload.next().await {
             let chunk = chunk
                 .map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
+            if body.len() + chunk.len() > limit {
                 return Err(too_large());
             }
             body.extend_from_slice(&chunk);

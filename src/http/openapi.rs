@@ -26,9 +26,9 @@ use super::error::ErrorBody;
 use super::manager::{JoinBody, ManagerHealth, NodeJoined};
 use super::worker::WorkerHealth;
 use crate::actors::manager::NodeReport;
-use crate::actors::worker::Changes;
+use crate::actors::worker::{Changes, StartOutcome, StartsAnswer};
 use crate::node::{NodeStats, NodeStatus};
-use crate::task::{Goal, RestartPolicy, State, Submission, Task};
+use crate::task::{Goal, RestartPolicy, Starts, State, Submission, Task};
 
 /// `GET /openapi.json` on the manager API.
 pub async fn manager() -> HttpResponse {
@@ -226,6 +226,7 @@ struct ManagerDoc;
     ),
     paths(
         worker_api::start_task,
+        worker_api::start_tasks,
         worker_api::list_tasks,
         worker_api::get_task,
         worker_api::stop_task,
@@ -235,7 +236,17 @@ struct ManagerDoc;
         worker_api::openapi,
     ),
     components(
-        schemas(ErrorBody, Task, State, Goal, RestartPolicy, Changes, NodeStats),
+        schemas(
+            ErrorBody,
+            Task,
+            State,
+            Goal,
+            RestartPolicy,
+            Changes,
+            NodeStats,
+            StartsAnswer,
+            StartOutcome
+        ),
         responses(
             BadRequest,
             Unauthorized,
@@ -524,6 +535,30 @@ mod worker_api {
         security(("bearerAuth" = [])),
     )]
     fn start_task() {}
+
+    /// Start a batch of attempts
+    ///
+    /// Each task as `POST /tasks` would start it, in one step and one commit for the batch:
+    /// how the manager sends its starts. The answer says, in the batch's order, which attempt
+    /// the worker has of each (`created` false when it knew it already) or why it refused it
+    /// (the status `POST /tasks` would have answered). A bad element refuses the whole batch.
+    #[utoipa::path(
+        post,
+        path = "/starts",
+        tag = "tasks",
+        request_body(content = Starts, content_type = "application/json"),
+        responses(
+            (status = 200, description = "Every start of the batch committed or refused.", body = StartsAnswer),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 403, response = Forbidden),
+            (status = 408, response = RequestTimeout),
+            (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn start_tasks() {}
 
     /// Every task, or the change feed
     ///

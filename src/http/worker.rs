@@ -3,6 +3,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `POST /tasks` | start this attempt (201; 200 when the attempt is known already; 507 when its store has no room) |
+//! | `POST /starts` | start a batch of attempts, one commit for all; answers each (the manager's way) |
 //! | `GET /tasks` | every task; with `?since=SEQ[&wait=S][&instance=ID][&acked=SEQ][&limit=N]` the change feed |
 //! | `GET /tasks/{id}` | one task |
 //! | `DELETE /tasks/{id}` | stop and remove its container, then Completed (202) |
@@ -23,12 +24,15 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, boolean, endpoint, integer, path_task_id, read_body, shown};
-use crate::actors::worker::{
-    GetStats, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, StartAttempt, StopAttempt,
-    WatchChanges, Worker, WorkerError,
+use super::{
+    ApiError, MAX_BATCH_BODY_BYTES, boolean, endpoint, integer, path_task_id, read_body,
+    read_body_up_to, shown,
 };
-use crate::task::{Desired, parse_submission};
+use crate::actors::worker::{
+    GetStats, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, StartAttempt, StartAttempts,
+    StartOutcome, StartsAnswer, StopAttempt, WatchChanges, Worker, WorkerError,
+};
+use crate::task::{Desired, parse_starts, parse_submission};
 
 /// The most log lines `?tail=` asks for; a larger tail is refused (400), not cut, so a client
 /// never takes a short answer for the whole log. Without `tail` the whole log comes.
@@ -73,6 +77,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(stop_task)),
         )
         .service(endpoint("/tasks/{id}/logs").route(web::get().to(task_logs)))
+        .service(endpoint("/starts").route(web::post().to(start_tasks)))
         .service(endpoint("/stats").route(web::get().to(stats)))
         .service(endpoint("/health").route(web::get().to(health)))
         .service(endpoint("/openapi.json").route(web::get().to(super::openapi::worker)));
@@ -104,6 +109,44 @@ async fn start_task(
     Ok(HttpResponse::build(status)
         .insert_header(("Location", format!("/tasks/{}", started.task.id)))
         .json(started.task))
+}
+
+/// Start a batch of attempts (`{"tasks": [...]}`, each as `POST /tasks` takes it): one step and
+/// one commit on the worker for all of them, then one answer saying what became of each.
+async fn start_tasks(
+    api: web::Data<WorkerApi>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body =
+        read_body_up_to(&req, payload, MAX_BATCH_BODY_BYTES, "a batch of task specs").await?;
+    let tasks = parse_starts(&body)?;
+    let ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
+    let outcomes = api.worker.send(StartAttempts(tasks)).await??;
+    let starts = ids
+        .into_iter()
+        .zip(outcomes)
+        .map(|(id, outcome)| match outcome {
+            Ok(started) => StartOutcome::Started {
+                id,
+                attempt: started.task.attempt,
+                state: started.task.state,
+                created: started.created,
+            },
+            Err(e) => {
+                let e = ApiError::from(e);
+                StartOutcome::Refused {
+                    id,
+                    status: e.status.as_u16(),
+                    error: e.message,
+                }
+            }
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(StartsAnswer {
+        name: api.name.clone(),
+        starts,
+    }))
 }
 
 #[derive(Deserialize)]

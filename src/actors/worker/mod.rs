@@ -153,6 +153,44 @@ pub struct Started {
     pub created: bool,
 }
 
+/// Run these attempts, each as [`StartAttempt`] would, in one step with one commit: what a
+/// batch of starts (`POST /starts`) costs the worker is one write, not one per task. Answers
+/// each start, in order, once the step is durable; `Err` when the commit failed (nothing of
+/// the batch is acknowledged then).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Result<Started, WorkerError>>, WorkerError>")]
+pub struct StartAttempts(pub Vec<Task>);
+
+/// The answer of a worker's `POST /starts`: its name, and what became of each start of the
+/// batch, in the batch's order. Only what the manager needs of each: not the whole task back.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct StartsAnswer {
+    /// The worker's name.
+    pub name: String,
+    /// One outcome per task of the batch, in its order.
+    pub starts: Vec<StartOutcome>,
+}
+
+/// What became of one start of a batch: the attempt the worker has (as `POST /tasks` answers
+/// 201, or 200 when it knew the attempt already: `created` false), or the refusal one
+/// `POST /tasks` would have answered (`status` 409: fenced here, or older than the attempt it
+/// runs; 400: the task cannot run here).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum StartOutcome {
+    Started {
+        id: Uuid,
+        attempt: u32,
+        state: crate::task::State,
+        created: bool,
+    },
+    Refused {
+        id: Uuid,
+        status: u16,
+        error: String,
+    },
+}
+
 /// Stop the task: every attempt up to `attempt` (the current one when `None`) is fenced for
 /// good; the current one's container is stopped (SIGTERM, SIGKILL after `stop_timeout_s`) and
 /// removed, then the task is Completed. Answers once the stop is durable.

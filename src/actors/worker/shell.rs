@@ -19,7 +19,8 @@ use super::core::{Core, Effect, Writes};
 use super::feed::{Changes, Feed, Page};
 use super::{
     GetStats, MAX_FEED_PAGE_BYTES, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, STOPS,
-    StartAttempt, Started, StopAttempt, TASKS, WatchChanges, WorkerError, WorkerSetup,
+    StartAttempt, StartAttempts, Started, StopAttempt, TASKS, WatchChanges, WorkerError,
+    WorkerSetup,
 };
 use crate::actors::CoreTimer;
 use crate::clock::Clock;
@@ -406,16 +407,7 @@ impl Handler<StartAttempt> for Worker {
         // A new attempt is new data: refused, before the core hears of it, while the store
         // keeps its reserve for stops and status updates (db::Usage). A known or fenced
         // attempt goes on: its answer writes nothing new.
-        let (id, attempt) = (msg.0.id, msg.0.attempt.max(1));
-        let new = self
-            .core
-            .tombstone(id)
-            .is_none_or(|stopped| attempt > stopped)
-            && self.core.task(id).is_none_or(|t| t.attempt < attempt);
-        if new
-            && let Some(store) = &self.store
-            && let Err(full) = store.check_room()
-        {
+        if let Err(full) = self.room_for(&msg.0) {
             return Box::pin(async move { Err(WorkerError::Store(full)) });
         }
         let now = self.clock.now();
@@ -425,6 +417,48 @@ impl Handler<StartAttempt> for Worker {
             let (task, created) = outcome?;
             durable(commit).await?;
             Ok(Started { task, created })
+        })
+    }
+}
+
+impl Worker {
+    /// A new attempt is new data: refused, before the core hears of it, while the store keeps
+    /// its reserve for stops and status updates (db::Usage). A known or fenced attempt goes
+    /// on: its answer writes nothing new.
+    fn room_for(&self, task: &Task) -> Result<(), crate::db::StoreError> {
+        let (id, attempt) = (task.id, task.attempt.max(1));
+        let new = self
+            .core
+            .tombstone(id)
+            .is_none_or(|stopped| attempt > stopped)
+            && self.core.task(id).is_none_or(|t| t.attempt < attempt);
+        match &self.store {
+            Some(store) if new => store.check_room(),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Handler<StartAttempts> for Worker {
+    type Result = ResponseFuture<Result<Vec<Result<Started, WorkerError>>, WorkerError>>;
+
+    fn handle(&mut self, msg: StartAttempts, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        let outcomes: Vec<_> = msg
+            .0
+            .into_iter()
+            .map(|task| {
+                // Each new attempt is refused while the store keeps its reserve, as alone.
+                self.room_for(&task).map_err(WorkerError::Store)?;
+                self.core
+                    .start(now, task)
+                    .map(|(task, created)| Started { task, created })
+            })
+            .collect();
+        let commit = self.carry_out(ctx, true);
+        Box::pin(async move {
+            durable(commit).await?;
+            Ok(outcomes)
         })
     }
 }
