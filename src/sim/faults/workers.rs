@@ -50,6 +50,9 @@ impl World {
             timer_at: None,
             fencing: Vec::new(),
         });
+        // A first step writes what the recovery let go at once (tombstones past their
+        // retention), so the world knows of those expiries before the worker serves a request.
+        self.worker_step(w, Vec::new());
         self.at(Duration::ZERO, Ev::Reconcile(w, inc));
     }
 

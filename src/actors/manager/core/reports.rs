@@ -263,17 +263,18 @@ impl Core {
     }
 
     /// A full report is the whole truth about the node: a copy it lists as active, at an
-    /// attempt known to have finished there, runs again. The worker dropped the attempt, its
-    /// tombstone expired, and a late start of it ran (ARCHITECTURE.md §5). Merged as news only
-    /// moving forward, it would pass for a stale report and run on unseen; forgotten first, it
-    /// is a copy like any other, stopped unless it is the one wanted. (An earlier report that
-    /// overtook a call's answer comes back here too: its copy moves forward again with the
-    /// next report of the feed, which follows it in order.)
+    /// attempt no later than one known to have finished there, runs again. The worker dropped
+    /// what it had of the task, the tombstone expired, and a late start of that attempt (or of
+    /// an older one) ran (ARCHITECTURE.md §5). Merged as news only moving forward, it would
+    /// pass for a stale report and run on unseen; forgotten first, it is a copy like any other,
+    /// stopped unless it is the one wanted. (A report read before a call's answer that overtook
+    /// it comes back here too: its copy moves forward again with the next report of the feed,
+    /// which follows it in order, at the cost of at most a stop of an ended attempt.)
     fn run_again(&mut self, nid: NodeId, report: &Task) {
         let finished_here = self.tasks.get(&report.id).is_some_and(|e| {
             e.copies
                 .iter()
-                .any(|(n, s)| *n == nid && s.attempt == report.attempt && s.state.is_finished())
+                .any(|(n, s)| *n == nid && s.attempt >= report.attempt && s.state.is_finished())
         });
         if report.state.is_active() && finished_here {
             info!(

@@ -497,6 +497,29 @@ fn a_copy_run_again_after_it_finished_is_stopped_at_the_next_full_report() {
 }
 
 #[test]
+fn a_copy_of_an_older_attempt_run_again_is_stopped_at_the_next_full_report() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let mut t = task("fail");
+    t.restart_policy = RestartPolicy::OnFailure;
+    t.max_restarts = 1;
+    let id = finished_on(&mut h, ep, "w1", t, 3);
+    h.advance(MAX_RESTART_BACKOFF);
+    assert_eq!(h.place_on("w1"), vec![id]);
+    h.start_ok("w1", id, 2);
+    let mut done = seen(&h.task(id), 2, State::Completed);
+    done.exit_code = Some(0);
+    h.report(ep, false, vec![done]);
+    assert_eq!(h.state(id), State::Completed);
+    h.take();
+    // The worker dropped attempt 2 and its tombstone expired; a start of attempt 1, long
+    // delayed, ran. Its full report lists that copy, older than what the worker last said.
+    h.report(ep, true, vec![seen(&h.task(id), 1, State::Running)]);
+    assert_eq!(h.stops(), vec![("w1".into(), id, 1)]);
+    assert_eq!(h.state(id), State::Completed, "Completed is final");
+}
+
+#[test]
 fn a_start_the_worker_lost_is_sent_again_after_a_full_report_without_it() {
     let mut h = Harness::new();
     let ep = h.worker("10.0.0.1:5556", "w1");
