@@ -351,8 +351,14 @@ impl WorkerProxy {
                         act.batches_in_flight -= 1;
                         match answer {
                             Ok((name, outcomes)) => {
-                                // Any answer shows the worker is there, and names it.
-                                act.heard(&name, ctx);
+                                // Any answer shows the worker is there, and names it (one
+                                // request per start to an older worker: if any answered).
+                                let answered = outcomes
+                                    .iter()
+                                    .any(|o| !matches!(o, Err(CallError::Transport(_))));
+                                if answered {
+                                    act.heard(&name, ctx);
+                                }
                                 for ((node, id, attempt), outcome) in
                                     nodes.into_iter().zip(outcomes)
                                 {
