@@ -304,7 +304,18 @@ impl WorkerProxy {
     }
 
     /// Report a call's outcome with the others that finish in the same turn.
-    fn call_done(&mut self, done: CallDone, ctx: &mut Context<Self>) {
+    fn call_done(
+        &mut self,
+        node: String,
+        call: (Uuid, u32, CallKind),
+        outcome: Result<Seen, CallError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let done = CallDone {
+            node,
+            call,
+            outcome,
+        };
         if self.done.is_empty() {
             ctx.run_later(Duration::ZERO, |act, _| {
                 let done = std::mem::take(&mut act.done);
@@ -370,14 +381,7 @@ impl WorkerProxy {
                                         state: s.state,
                                     });
                                     let call = (id, attempt, CallKind::Start);
-                                    act.call_done(
-                                        CallDone {
-                                            node,
-                                            call,
-                                            outcome,
-                                        },
-                                        ctx,
-                                    );
+                                    act.call_done(node, call, outcome, ctx);
                                 }
                             }
                             Err(e) => {
@@ -387,14 +391,7 @@ impl WorkerProxy {
                                 for (node, id, attempt) in nodes {
                                     let call = (id, attempt, CallKind::Start);
                                     let outcome = Err(e.clone());
-                                    act.call_done(
-                                        CallDone {
-                                            node,
-                                            call,
-                                            outcome,
-                                        },
-                                        ctx,
-                                    );
+                                    act.call_done(node, call, outcome, ctx);
                                 }
                             }
                         }
@@ -426,25 +423,11 @@ impl WorkerProxy {
                             for (node, id, attempt) in std::mem::take(&mut act.stops) {
                                 let call = (id, attempt, CallKind::Stop);
                                 let outcome = Err(e.clone());
-                                act.call_done(
-                                    CallDone {
-                                        node,
-                                        call,
-                                        outcome,
-                                    },
-                                    ctx,
-                                );
+                                act.call_done(node, call, outcome, ctx);
                             }
                         }
                         let outcome = outcome.map(|t| Seen::from(&t));
-                        act.call_done(
-                            CallDone {
-                                node,
-                                call,
-                                outcome,
-                            },
-                            ctx,
-                        );
+                        act.call_done(node, call, outcome, ctx);
                         act.send_stops(ctx);
                     }),
             );
