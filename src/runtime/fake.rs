@@ -58,7 +58,8 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    containers: HashMap<Uuid, FakeContainer>,
+    /// Boxed, so a slot of the table is small (a simulation holds a million of them).
+    containers: HashMap<Uuid, Box<FakeContainer>>,
     workers: HashMap<Arc<str>, WorkerState>,
 }
 
@@ -184,7 +185,7 @@ impl FakeRuntime {
             container.name, container.worker
         );
         let status = container.status(id);
-        state.containers.insert(id, container);
+        state.containers.insert(id, Box::new(container));
         Ok(status)
     }
 
