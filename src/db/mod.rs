@@ -46,7 +46,7 @@ use std::thread::{self, JoinHandle};
 pub mod lock;
 pub mod table;
 
-pub use table::{Key, Record, Table};
+pub use table::{Encoding, Key, Record, Table};
 
 use heed::types::Bytes;
 use heed::{
@@ -129,12 +129,12 @@ pub enum StoreError {
     #[error("unknown table {0:?}: it was not declared when the store was opened")]
     UnknownTable(String),
 
-    /// A record could not be serialized to JSON.
-    #[error("cannot encode the value for key {key} of table {table:?} as JSON: {source}")]
+    /// A record could not be serialized.
+    #[error("cannot encode the value for key {key} of table {table:?}: {reason}")]
     Encode {
         table: String,
         key: String,
-        source: serde_json::Error,
+        reason: String,
     },
 
     /// A stored record cannot be read as its table's records are: damaged, or written by a
