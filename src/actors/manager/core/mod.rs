@@ -599,8 +599,14 @@ impl Core {
 
     /// Records to commit.
     pub fn take_writes(&mut self) -> Writes {
-        let mut writes = Writes::default();
-        for id in std::mem::take(&mut self.dirty_tasks) {
+        let dirty = std::mem::take(&mut self.dirty_tasks);
+        // Sized up front: a step after a burst writes tens of thousands of records, and growing
+        // a vector of them one doubling at a time copied each record several times.
+        let mut writes = Writes {
+            tasks: Vec::with_capacity(dirty.len()),
+            ..Writes::default()
+        };
+        for id in dirty {
             if let Some(e) = self.tasks.get_mut(&id) {
                 e.dirty = false;
                 writes.tasks.push((e.key, e.task.clone()));

@@ -184,7 +184,7 @@ impl Core {
         if self.asking {
             return;
         }
-        let mut batch = Vec::new();
+        let mut batch = Vec::with_capacity(self.config.place_batch.min(self.queue.len()));
         while batch.len() < self.config.place_batch {
             let Some(id) = self.queue.pop_front() else {
                 break;
