@@ -641,15 +641,29 @@ impl Store {
 
     /// Every row of the table, in key order (bytewise).
     pub fn scan(&self, table: &str) -> Result<Vec<Row>, StoreError> {
+        let mut rows = Vec::new();
+        self.scan_with(table, |key, value| {
+            rows.push((key.to_vec(), value.to_vec()));
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
+    /// Hand every row of `table`, in key order, to `each` straight from the map, without
+    /// copying it; the first error ends the scan.
+    pub fn scan_with(
+        &self,
+        table: &str,
+        mut each: impl FnMut(&[u8], &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let shared = &self.inner.shared;
         let db = shared.table(table)?;
         let rtxn = shared.env.read_txn()?;
-        let mut rows = Vec::new();
         for row in db.iter(&rtxn)? {
             let (key, value) = row?;
-            rows.push((key.to_vec(), value.to_vec()));
+            each(key, value)?;
         }
-        Ok(rows)
+        Ok(())
     }
 
     /// Number of rows in the table.

@@ -76,16 +76,17 @@ impl Manager {
     pub fn new(setup: ManagerSetup) -> Result<Manager, ManagerError> {
         let store = setup.store;
         let clock = Clock::new();
-        let records = TASKS.scan(&store)?;
-        let by_id: HashMap<Uuid, usize> = records
-            .iter()
-            .enumerate()
-            .map(|(i, (_, t))| (t.id, i))
-            .collect();
-        let mut records = records;
+        let mut records = TASKS.scan(&store)?;
         // Stores written before `desired` was part of the record kept stops as intents.
         let mut upgrade = Batch::new();
-        for (key, intent) in EVENTS.scan(&store)? {
+        let intents = EVENTS.scan(&store)?;
+        let by_id: HashMap<Uuid, usize> = if intents.is_empty() {
+            HashMap::new()
+        } else {
+            let ids = records.iter().enumerate().map(|(i, (_, t))| (t.id, i));
+            ids.collect()
+        };
+        for (key, intent) in intents {
             if intent.state == Desired::Completed
                 && let Some(&i) = by_id.get(&intent.task)
             {

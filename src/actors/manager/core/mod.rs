@@ -518,7 +518,14 @@ impl Core {
             let id = core.node_id(&name);
             core.nodes[id].address = address;
         }
+        // The ordered sets are built in bulk from sorted ids at the end: inserting a million
+        // random ids one by one into a B-tree was most of a restart's time.
         let mut restore = Vec::new();
+        let mut ids = Vec::with_capacity(records.len());
+        let mut placed: Vec<Vec<Uuid>> = vec![Vec::new(); core.nodes.len()];
+        let mut ended = Vec::new();
+        // Only Pending and Failed records have something to carry on with.
+        let mut unsettled = Vec::new();
         for (key, task) in records {
             core.next_key = core.next_key.max(key + 1);
             let id = task.id;
@@ -528,14 +535,33 @@ impl Core {
                 && let Some(worker) = entry.task.worker.clone()
             {
                 let nid = core.node_id(&worker);
-                core.nodes[nid].placed.insert(id);
+                if placed.len() <= nid {
+                    placed.resize_with(nid + 1, Vec::new);
+                }
+                placed[nid].push(id);
                 entry.node = Some(nid);
                 entry.reserved = true;
                 restore.push((id, worker, resources(&entry.task)));
             }
-            core.order.insert(id);
+            entry.counted = entry.task.state;
+            core.counts[entry.counted.index()] += 1;
+            entry.ended = retention::ended_key(&entry.task);
+            if let Some(at) = entry.ended {
+                ended.push((at, id));
+            }
+            if matches!(entry.task.state, State::Pending | State::Failed) {
+                unsettled.push(id);
+            }
+            ids.push(id);
             core.tasks.insert(id, entry);
-            core.count_in(id);
+        }
+        ids.sort_unstable();
+        core.order = ids.into_iter().collect();
+        ended.sort_unstable();
+        core.ended = ended.into_iter().collect();
+        for (nid, mut on_node) in placed.into_iter().enumerate() {
+            on_node.sort_unstable();
+            core.nodes[nid].placed = on_node.into_iter().collect();
         }
         core.effects.push(Effect::Restore(restore));
         core.timers
@@ -546,8 +572,8 @@ impl Core {
             core.timers
                 .arm(now.mono + core.config.node_timeout, Timer::Unwatched(nid));
         }
-        let ids: Vec<Uuid> = core.order.iter().copied().collect();
-        for id in ids {
+        unsettled.sort_unstable();
+        for id in unsettled {
             core.resume(now, id);
         }
         core.kick();

@@ -87,7 +87,7 @@ impl Core {
         let Some(e) = self.tasks.get_mut(&id) else {
             return;
         };
-        let key = is_final(&e.task).then(|| e.task.finish_time.unwrap_or(e.task.created_at));
+        let key = ended_key(&e.task);
         if key != e.ended {
             if let Some(old) = e.ended.take() {
                 self.ended.remove(&(old, id));
@@ -235,4 +235,9 @@ pub fn is_final(task: &Task) -> bool {
         }
         _ => false,
     }
+}
+
+/// A task's key in the index of final tasks: when it finished (its creation, if it never ran).
+pub(super) fn ended_key(task: &Task) -> Option<chrono::DateTime<chrono::Utc>> {
+    is_final(task).then(|| task.finish_time.unwrap_or(task.created_at))
 }
