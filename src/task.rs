@@ -791,6 +791,75 @@ pub fn parse_starts(body: &[u8]) -> Result<Vec<Task>, InputError> {
         .collect()
 }
 
+/// The body of a worker's `POST /stops`, as [`parse_stops`] reads it: a batch of stops, each as
+/// `DELETE /tasks/{id}?attempt=N` asks for it.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct Stops {
+    /// The attempts to stop.
+    #[schema(max_items = 5000)]
+    stops: Vec<StopInput>,
+}
+
+/// One stop of a batch.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct StopInput {
+    /// The task.
+    #[schema(value_type = String, format = Uuid)]
+    id: Uuid,
+    /// Stop this attempt and fence every older one; without it, every attempt the worker has.
+    #[schema(minimum = 1)]
+    #[serde(default)]
+    attempt: Option<u32>,
+}
+
+/// Most stops one `POST /stops` body may carry on a worker.
+pub const MAX_STOPS: usize = 5000;
+
+/// Parse a worker's `POST /stops` body: `{"stops": [{"id": …, "attempt": N}, …]}` into
+/// `(task, attempt)` pairs, in order. Any bad element refuses the whole batch, naming it.
+pub fn parse_stops(body: &[u8]) -> Result<Vec<(Uuid, Option<u32>)>, InputError> {
+    const EXPECTED: &str = r#"expected {"stops": [{"id": "<task id>", "attempt": 1}, …]}"#;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| InputError(format!("the body is not valid JSON ({e}); {EXPECTED}")))?;
+    let stops = match &value {
+        Value::Object(map) => match map.get("stops") {
+            Some(Value::Array(stops)) => stops.len(),
+            Some(other) => {
+                return Err(InputError::at(
+                    "stops",
+                    format!("is a JSON {}; {EXPECTED}", json_kind(other)),
+                ));
+            }
+            None => return Err(InputError(format!("the body has no \"stops\"; {EXPECTED}"))),
+        },
+        other => {
+            return Err(InputError(format!(
+                "the body is a JSON {}; {EXPECTED}",
+                json_kind(other)
+            )));
+        }
+    };
+    if stops > MAX_STOPS {
+        return Err(InputError::at(
+            "stops",
+            format!("holds {stops} stops; expected at most {MAX_STOPS}"),
+        ));
+    }
+    let input: Stops = from_value(value)?;
+    input
+        .stops
+        .into_iter()
+        .enumerate()
+        .map(|(i, stop)| match stop.attempt {
+            Some(0) => Err(InputError::at(
+                &format!("stops[{i}].attempt"),
+                "is 0; expected an attempt of 1 or more (attempts count from 1)",
+            )),
+            attempt => Ok((stop.id, attempt)),
+        })
+        .collect()
+}
+
 fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",

@@ -215,6 +215,89 @@ fn a_batch_of_starts_answers_each_as_one_start_would() {
     assert_eq!(r.status, 404, "{}", r.body);
 }
 
+/// `POST /stops`, the manager's way of stopping: one request and one commit for a batch, each
+/// stop answered as `DELETE /tasks/{id}?attempt=N` would (an unknown task is refused with 404),
+/// each stop fencing its attempt, and a bad element refusing the whole batch, naming it.
+#[test]
+fn a_batch_of_stops_answers_each_as_one_stop_would() {
+    let s = worker();
+    let (a, b, unknown) = (
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+    );
+    let task = |id: uuid::Uuid| json!({"id": id, "image": IMAGE, "cmd": ["sleep", "600"], "stop_timeout_s": 1, "attempt": 1});
+    let starts = format!("{}/starts", s.worker.url());
+    let r = s
+        .http
+        .post(&starts, json!({"tasks": [task(a), task(b)]}).to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    for id in [a, b] {
+        wait_state(
+            &s.http,
+            &format!("{}/tasks/{id}", s.worker.url()),
+            "Running",
+        );
+    }
+    let stops = format!("{}/stops", s.worker.url());
+    // A bad element refuses the batch, naming it, and stops nothing.
+    let r = s.http.post(
+        &stops,
+        json!({"stops": [{"id": a, "attempt": 1}, {"id": b, "attempt": 0}]}).to_string(),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("stops[1].attempt"), "{}", r.body);
+    let r = s
+        .http
+        .post(&stops, json!({"stops": [{"id": "not-a-uuid"}]}).to_string());
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("stops[0].id"), "{}", r.body);
+    let r = s.http.post(&stops, json!({"tasks": []}).to_string());
+    assert_eq!(r.status, 400, "{}", r.body);
+    let error = r.json()["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("no \"stops\""), "{error}");
+    assert_eq!(containers(&s.name, false).len(), 2, "nothing was stopped");
+
+    let r = s.http.post(
+        &stops,
+        json!({"stops": [{"id": a, "attempt": 1}, {"id": unknown, "attempt": 1}, {"id": b, "attempt": 1}]})
+            .to_string(),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let answer = r.json();
+    assert_eq!(answer["name"], s.name.as_str());
+    let outcomes = answer["stops"].as_array().expect("outcomes").clone();
+    assert_eq!(outcomes.len(), 3, "{answer}");
+    for (outcome, id) in [(&outcomes[0], a), (&outcomes[2], b)] {
+        assert_eq!(
+            (&outcome["id"], &outcome["attempt"]),
+            (&json!(id), &json!(1)),
+            "{answer}"
+        );
+        assert!(outcome.get("status").is_none(), "{answer}");
+    }
+    assert_eq!(
+        (&outcomes[1]["id"], &outcomes[1]["status"]),
+        (&json!(unknown), &json!(404))
+    );
+    for id in [a, b] {
+        wait_state(
+            &s.http,
+            &format!("{}/tasks/{id}", s.worker.url()),
+            "Completed",
+        );
+    }
+    eventually("both containers to be gone", || {
+        containers(&s.name, true).is_empty().then_some(())
+    });
+    // The stops fenced attempt 1: a delayed start of it is refused.
+    let r = s
+        .http
+        .post(&starts, json!({"tasks": [task(a)]}).to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["starts"][0]["status"], 409, "{}", r.body);
+}
+
 #[test]
 fn change_feed_answers_as_soon_as_a_task_changes() {
     let s = worker();

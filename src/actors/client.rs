@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use super::worker::{
     Changes, GetStats, ReadLogs, StartAttempt, StartAttempts, StartOutcome, StartsAnswer,
-    StopAttempt, WatchChanges, Worker, WorkerError,
+    StopAttempt, StopAttempts, StopOutcome, StopsAnswer, WatchChanges, Worker, WorkerError,
 };
 use crate::node::NodeStats;
 use crate::task::{State, Task};
@@ -28,6 +28,10 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 pub const BATCH_BYTES: usize = 1 << 20;
 /// Most starts one batch carries.
 pub const BATCH_STARTS: usize = 1000;
+/// Most stops one batch carries (`POST /stops`; each is about 70 bytes of JSON).
+pub const BATCH_STOPS: usize = 1000;
+/// Stops sent at once, one request each, to a worker of a release before `POST /stops`.
+const STOPS_EACH_AT_ONCE: usize = 16;
 
 /// Where a worker is.
 #[derive(Clone)]
@@ -86,16 +90,20 @@ impl StartCall {
     }
 }
 
-/// What a worker has of an attempt it was asked to start.
+/// What a worker has of an attempt it was asked to start or stop: its number and state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StartedAttempt {
+pub struct AttemptState {
     pub attempt: u32,
     pub state: State,
 }
 
 /// The answer to a batch of starts: the worker's name (empty if it did not say) and, in the
 /// batch's order, what became of each start.
-pub type BatchOutcome = (String, Vec<Result<StartedAttempt, CallError>>);
+pub type BatchOutcome = (String, Vec<Result<AttemptState, CallError>>);
+
+/// The answer to a batch of stops, as [`BatchOutcome`] is to starts: the attempt and state each
+/// task was left in.
+pub type StopsOutcome = (String, Vec<Result<AttemptState, CallError>>);
 
 /// A failed call to a worker, by what the caller can do about it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -195,6 +203,8 @@ pub struct WorkerClient {
     /// The worker answered that it has no `POST /starts` (a release before it): starts go one
     /// request each.
     no_batches: Rc<Cell<bool>>,
+    /// Likewise for `POST /stops`.
+    no_stop_batches: Rc<Cell<bool>>,
 }
 
 impl WorkerClient {
@@ -214,6 +224,7 @@ impl WorkerClient {
             target,
             http: http.finish(),
             no_batches: Rc::new(Cell::new(false)),
+            no_stop_batches: Rc::new(Cell::new(false)),
         }
     }
 
@@ -324,7 +335,7 @@ impl WorkerClient {
                             if name.is_empty() {
                                 name = started.task.worker.clone().unwrap_or_default();
                             }
-                            Ok(StartedAttempt {
+                            Ok(AttemptState {
                                 attempt: started.task.attempt,
                                 state: started.task.state,
                             })
@@ -379,7 +390,7 @@ impl WorkerClient {
             .map(|(call, outcome)| match outcome {
                 StartOutcome::Started {
                     id, attempt, state, ..
-                } if id == call.id => Ok(StartedAttempt { attempt, state }),
+                } if id == call.id => Ok(AttemptState { attempt, state }),
                 StartOutcome::Refused { id, status, error } if id == call.id => {
                     Err(CallError::from_status(status, error))
                 }
@@ -411,7 +422,106 @@ impl WorkerClient {
                     if name.is_empty() {
                         name = task.worker.unwrap_or_default();
                     }
-                    StartedAttempt {
+                    AttemptState {
+                        attempt: task.attempt,
+                        state: task.state,
+                    }
+                })
+            })
+            .collect();
+        (name, outcomes)
+    }
+
+    /// Stop a batch of attempts in one request (`POST /stops`) and one commit on the worker;
+    /// one `DELETE` each, a few at a time, to a worker of a release before batches.
+    pub async fn stop_batch(&self, stops: Vec<(Uuid, u32)>) -> Result<StopsOutcome, CallError> {
+        let left = |task: Task| AttemptState {
+            attempt: task.attempt,
+            state: task.state,
+        };
+        let base = match &self.target.link {
+            WorkerLink::Http(base) => base,
+            WorkerLink::Local(addr, name) => {
+                let batch = stops
+                    .into_iter()
+                    .map(|(id, attempt)| StopAttempt {
+                        id,
+                        attempt: Some(attempt),
+                    })
+                    .collect();
+                let outcomes = addr.send(StopAttempts(batch)).await.map_err(mailbox)??;
+                let outcomes = outcomes
+                    .into_iter()
+                    .map(|o| o.map(left).map_err(CallError::from))
+                    .collect();
+                return Ok((name.clone(), outcomes));
+            }
+        };
+        if self.no_stop_batches.get() {
+            return Ok(self.stop_each(stops).await);
+        }
+        let body = serde_json::json!({
+            "stops": stops
+                .iter()
+                .map(|(id, attempt)| serde_json::json!({"id": id, "attempt": attempt}))
+                .collect::<Vec<_>>()
+        });
+        let mut res = self
+            .http
+            .post(format!("{base}/stops"))
+            .send_json(&body)
+            .await
+            .map_err(|e| CallError::Transport(format!("POST {base}/stops: {e}")))?;
+        if matches!(res.status().as_u16(), 404 | 405) {
+            log::info!(
+                "worker at {} takes no batches of stops: one request per stop",
+                self.target.link.address()
+            );
+            self.no_stop_batches.set(true);
+            return Ok(self.stop_each(stops).await);
+        }
+        let answer: StopsAnswer = read_json(&mut res, base, "/stops").await?;
+        if answer.stops.len() != stops.len() {
+            return Err(CallError::Transport(format!(
+                "{base}/stops answered {} outcomes for {} stops",
+                answer.stops.len(),
+                stops.len()
+            )));
+        }
+        let outcomes = stops
+            .iter()
+            .zip(answer.stops)
+            .map(|(&(asked, _), outcome)| match outcome {
+                StopOutcome::Stopped { id, attempt, state } if id == asked => {
+                    Ok(AttemptState { attempt, state })
+                }
+                StopOutcome::Refused { id, status, error } if id == asked => {
+                    Err(CallError::from_status(status, error))
+                }
+                _ => Err(CallError::Transport(format!(
+                    "{base}/stops answered out of order"
+                ))),
+            })
+            .collect();
+        Ok((answer.name, outcomes))
+    }
+
+    /// The stops of a batch, one `DELETE` each, [`STOPS_EACH_AT_ONCE`] at a time.
+    async fn stop_each(&self, stops: Vec<(Uuid, u32)>) -> StopsOutcome {
+        let answers: Vec<_> = futures_util::stream::iter(stops)
+            .map(|(id, attempt)| self.stop(id, Some(attempt)))
+            .buffered(STOPS_EACH_AT_ONCE)
+            .collect()
+            .await;
+        let mut name = String::new();
+        let outcomes = answers
+            .into_iter()
+            .map(|answer| {
+                answer.map(|task| {
+                    if name.is_empty() {
+                        name = task.worker.clone().unwrap_or_default();
+                    }
+                    AttemptState {
                         attempt: task.attempt,
                         state: task.state,
                     }
@@ -600,7 +710,7 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        let started = Ok(StartedAttempt {
+        let started = Ok(AttemptState {
             attempt: 2,
             state: State::Scheduled,
         });

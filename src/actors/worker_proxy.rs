@@ -20,9 +20,9 @@
 //!   the outcome ([`CallsDone`]): retries are the Manager's decision. Starts go in batches
 //!   (`POST /starts`, one commit on the worker for the batch): those asked for while a batch is
 //!   on its way wait for the next, at most [`BATCHES_IN_FLIGHT`] at a time, so a burst of
-//!   thousands of placements is a few requests, not thousands of connections. Stops go one
-//!   request each, at most [`STOPS_IN_FLIGHT`] at a time (those waiting fail with the first
-//!   that finds the worker unreachable);
+//!   thousands of placements is a few requests, not thousands of connections. Stops go the same
+//!   way (`POST /stops`), at most [`STOP_BATCHES_IN_FLIGHT`] batches at a time (those waiting
+//!   fail with the first batch that finds the worker unreachable);
 //! - once registered, reports the worker's capacity to the Scheduler when it changes.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -33,7 +33,9 @@ use chrono::{DateTime, Utc};
 use log::{debug, info, warn};
 use uuid::Uuid;
 
-use super::client::{BATCH_BYTES, BATCH_STARTS, CallError, StartCall, WorkerClient, WorkerTarget};
+use super::client::{
+    BATCH_BYTES, BATCH_STARTS, BATCH_STOPS, CallError, StartCall, WorkerClient, WorkerTarget,
+};
 use super::manager::core::EndpointId;
 use super::manager::core::{CallKind, Seen};
 use super::manager::{CallDone, CallsDone, Manager, NodeDown, NodeUp, Report};
@@ -216,10 +218,10 @@ impl FeedReader {
 }
 /// Batches of starts on their way to one worker at once: the next fills while they are.
 pub const BATCHES_IN_FLIGHT: usize = 2;
-/// Stops on their way to one worker at once; more wait their turn in the proxy, so stopping
-/// thousands of tasks is not thousands of connections, nor a queue in the worker's mailbox that
-/// its heartbeat answer waits behind.
-pub const STOPS_IN_FLIGHT: usize = 16;
+/// Batches of stops on their way to one worker at once; more wait their turn in the proxy, so
+/// stopping thousands of tasks is a few requests and commits, not thousands, nor a queue in the
+/// worker's mailbox that its heartbeat answer waits behind.
+pub const STOP_BATCHES_IN_FLIGHT: usize = 2;
 
 /// What a proxy knows of its worker, for `/nodes`.
 #[derive(Debug, Clone)]
@@ -261,10 +263,12 @@ pub struct WorkerProxy {
     batches_in_flight: usize,
     /// A send of the waiting starts is scheduled for the end of this turn.
     send_scheduled: bool,
-    /// Stops waiting for their turn, in the order asked, with the node name each was asked for.
+    /// Stops waiting for a batch, in the order asked, with the node name each was asked for.
     stops: VecDeque<(String, Uuid, u32)>,
-    /// Stops sent and not answered yet.
-    stops_in_flight: usize,
+    /// Batches of stops sent and not answered yet.
+    stop_batches_in_flight: usize,
+    /// A send of the waiting stops is scheduled for the end of this turn.
+    stops_scheduled: bool,
 }
 
 impl WorkerProxy {
@@ -299,7 +303,8 @@ impl WorkerProxy {
             batches_in_flight: 0,
             send_scheduled: false,
             stops: VecDeque::new(),
-            stops_in_flight: 0,
+            stop_batches_in_flight: 0,
+            stops_scheduled: false,
         }
     }
 
@@ -401,33 +406,80 @@ impl WorkerProxy {
         }
     }
 
-    /// Send waiting stops while fewer than [`STOPS_IN_FLIGHT`] are on their way.
+    /// Send the waiting stops once this turn's calls are in, as starts are sent.
+    fn send_stops_soon(&mut self, ctx: &mut Context<Self>) {
+        if !self.stops_scheduled {
+            self.stops_scheduled = true;
+            ctx.run_later(Duration::ZERO, |act, ctx| {
+                act.stops_scheduled = false;
+                act.send_stops(ctx);
+            });
+        }
+    }
+
+    /// Send the waiting stops, [`BATCH_STOPS`] a batch, while fewer than
+    /// [`STOP_BATCHES_IN_FLIGHT`] batches are on their way.
     fn send_stops(&mut self, ctx: &mut Context<Self>) {
-        while self.stops_in_flight < STOPS_IN_FLIGHT {
-            let Some((node, id, attempt)) = self.stops.pop_front() else {
-                return;
-            };
-            self.stops_in_flight += 1;
+        while self.stop_batches_in_flight < STOP_BATCHES_IN_FLIGHT && !self.stops.is_empty() {
+            let take = self.stops.len().min(BATCH_STOPS);
+            let calls: Vec<(String, Uuid, u32)> = self.stops.drain(..take).collect();
+            let batch = calls
+                .iter()
+                .map(|(_, id, attempt)| (*id, *attempt))
+                .collect();
+            self.stop_batches_in_flight += 1;
             let client = self.client.clone();
-            let call = (id, attempt, CallKind::Stop);
             ctx.spawn(
-                async move { client.stop(id, Some(attempt)).await }
+                async move { client.stop_batch(batch).await }
                     .into_actor(self)
-                    .map(move |outcome, act, ctx| {
-                        act.stops_in_flight -= 1;
-                        if let Err(e @ CallError::Transport(_)) = &outcome {
-                            act.failed(e);
-                            // The worker does not answer: the stops waiting their turn fail
-                            // with it now rather than each wait for its own timeout; the
-                            // Manager retries them as it retries this one.
-                            for (node, id, attempt) in std::mem::take(&mut act.stops) {
-                                let call = (id, attempt, CallKind::Stop);
-                                let outcome = Err(e.clone());
-                                act.call_done(node, call, outcome, ctx);
+                    .map(move |answer, act, ctx| {
+                        act.stop_batches_in_flight -= 1;
+                        match answer {
+                            Ok((name, outcomes)) => {
+                                let answered = outcomes
+                                    .iter()
+                                    .any(|o| !matches!(o, Err(CallError::Transport(_))));
+                                if answered && !name.is_empty() {
+                                    act.heard(&name, ctx);
+                                }
+                                for ((node, id, attempt), outcome) in
+                                    calls.into_iter().zip(outcomes)
+                                {
+                                    if let Err(e @ CallError::Transport(_)) = &outcome {
+                                        act.failed(e);
+                                    }
+                                    let outcome = outcome.map(|s| Seen {
+                                        attempt: s.attempt,
+                                        state: s.state,
+                                    });
+                                    act.call_done(
+                                        node,
+                                        (id, attempt, CallKind::Stop),
+                                        outcome,
+                                        ctx,
+                                    );
+                                }
+                            }
+                            Err(e) => {
+                                if matches!(e, CallError::Transport(_)) {
+                                    act.failed(&e);
+                                    // The worker does not answer: the stops waiting their turn
+                                    // fail with it now rather than each wait for its own
+                                    // timeout; the Manager retries them as it retries these.
+                                    act.stops.extend(calls);
+                                    let waiting: Vec<_> = act.stops.drain(..).collect();
+                                    for (node, id, attempt) in waiting {
+                                        let call = (id, attempt, CallKind::Stop);
+                                        act.call_done(node, call, Err(e.clone()), ctx);
+                                    }
+                                } else {
+                                    for (node, id, attempt) in calls {
+                                        let call = (id, attempt, CallKind::Stop);
+                                        act.call_done(node, call, Err(e.clone()), ctx);
+                                    }
+                                }
                             }
                         }
-                        let outcome = outcome.map(|t| Seen::from(&t));
-                        act.call_done(node, call, outcome, ctx);
                         act.send_stops(ctx);
                     }),
             );
@@ -720,7 +772,7 @@ impl Handler<CallWorker> for WorkerProxy {
             }
             WorkerCall::Stop { id, attempt } => {
                 self.stops.push_back((node, id, attempt));
-                self.send_stops(ctx);
+                self.send_stops_soon(ctx);
             }
         }
     }

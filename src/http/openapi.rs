@@ -26,9 +26,9 @@ use super::error::ErrorBody;
 use super::manager::{JoinBody, ManagerHealth, NodeJoined};
 use super::worker::WorkerHealth;
 use crate::actors::manager::NodeReport;
-use crate::actors::worker::{Changes, StartOutcome, StartsAnswer};
+use crate::actors::worker::{Changes, StartOutcome, StartsAnswer, StopOutcome, StopsAnswer};
 use crate::node::{NodeStats, NodeStatus};
-use crate::task::{Goal, RestartPolicy, Starts, State, Submission, Task};
+use crate::task::{Goal, RestartPolicy, Starts, State, StopInput, Stops, Submission, Task};
 
 /// `GET /openapi.json` on the manager API.
 pub async fn manager() -> HttpResponse {
@@ -227,6 +227,7 @@ struct ManagerDoc;
     paths(
         worker_api::start_task,
         worker_api::start_tasks,
+        worker_api::stop_tasks,
         worker_api::list_tasks,
         worker_api::get_task,
         worker_api::stop_task,
@@ -245,7 +246,11 @@ struct ManagerDoc;
             Changes,
             NodeStats,
             StartsAnswer,
-            StartOutcome
+            StartOutcome,
+            Stops,
+            StopInput,
+            StopsAnswer,
+            StopOutcome
         ),
         responses(
             BadRequest,
@@ -559,6 +564,30 @@ mod worker_api {
         security(("bearerAuth" = [])),
     )]
     fn start_tasks() {}
+
+    /// Stop a batch of attempts
+    ///
+    /// Each stop as `DELETE /tasks/{id}?attempt=N` would carry it out, in one step and one
+    /// commit for the batch: how the manager sends its stops. The answer says, in the batch's
+    /// order, the attempt and state each task was left in, or why the stop was refused (the
+    /// status `DELETE` would have answered). A bad element refuses the whole batch.
+    #[utoipa::path(
+        post,
+        path = "/stops",
+        tag = "tasks",
+        request_body(content = Stops, content_type = "application/json"),
+        responses(
+            (status = 200, description = "Every stop of the batch committed or refused.", body = StopsAnswer),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 403, response = Forbidden),
+            (status = 408, response = RequestTimeout),
+            (status = 413, description = "The body is larger than 4 MiB.", body = ErrorBody),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn stop_tasks() {}
 
     /// Every task, or the change feed
     ///

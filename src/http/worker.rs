@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `POST /tasks` | start this attempt (201; 200 when the attempt is known already; 507 when its store has no room) |
 //! | `POST /starts` | start a batch of attempts, one commit for all; answers each (the manager's way) |
+//! | `POST /stops` | stop a batch of attempts, one commit for all; answers each (the manager's way) |
 //! | `GET /tasks` | every task; with `?since=SEQ[&wait=S][&instance=ID][&acked=SEQ][&limit=N]` the change feed |
 //! | `GET /tasks/{id}` | one task |
 //! | `DELETE /tasks/{id}` | stop and remove its container, then Completed (202) |
@@ -30,9 +31,10 @@ use super::{
 };
 use crate::actors::worker::{
     GetStats, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, StartAttempt, StartAttempts,
-    StartOutcome, StartsAnswer, StopAttempt, WatchChanges, Worker, WorkerError,
+    StartOutcome, StartsAnswer, StopAttempt, StopAttempts, StopOutcome, StopsAnswer, WatchChanges,
+    Worker, WorkerError,
 };
-use crate::task::{Desired, parse_starts, parse_submission};
+use crate::task::{Desired, parse_starts, parse_stops, parse_submission};
 
 /// The most log lines `?tail=` asks for; a larger tail is refused (400), not cut, so a client
 /// never takes a short answer for the whole log. Without `tail` the whole log comes.
@@ -78,6 +80,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         )
         .service(endpoint("/tasks/{id}/logs").route(web::get().to(task_logs)))
         .service(endpoint("/starts").route(web::post().to(start_tasks)))
+        .service(endpoint("/stops").route(web::post().to(stop_tasks)))
         .service(endpoint("/stats").route(web::get().to(stats)))
         .service(endpoint("/health").route(web::get().to(health)))
         .service(endpoint("/openapi.json").route(web::get().to(super::openapi::worker)));
@@ -146,6 +149,46 @@ async fn start_tasks(
     Ok(HttpResponse::Ok().json(StartsAnswer {
         name: api.name.clone(),
         starts,
+    }))
+}
+
+/// Stop a batch of attempts (`{"stops": [{"id": …, "attempt": N}, …]}`, each as `DELETE
+/// /tasks/{id}?attempt=N`): one step and one commit on the worker for all of them, then one
+/// answer saying what became of each.
+async fn stop_tasks(
+    api: web::Data<WorkerApi>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_body_up_to(&req, payload, MAX_BATCH_BODY_BYTES, "a batch of stops").await?;
+    let stops: Vec<StopAttempt> = parse_stops(&body)?
+        .into_iter()
+        .map(|(id, attempt)| StopAttempt { id, attempt })
+        .collect();
+    let ids: Vec<_> = stops.iter().map(|s| s.id).collect();
+    let outcomes = api.worker.send(StopAttempts(stops)).await??;
+    let stops = ids
+        .into_iter()
+        .zip(outcomes)
+        .map(|(id, outcome)| match outcome {
+            Ok(task) => StopOutcome::Stopped {
+                id,
+                attempt: task.attempt,
+                state: task.state,
+            },
+            Err(e) => {
+                let e = ApiError::from(e);
+                StopOutcome::Refused {
+                    id,
+                    status: e.status.as_u16(),
+                    error: e.message,
+                }
+            }
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(StopsAnswer {
+        name: api.name.clone(),
+        stops,
     }))
 }
 

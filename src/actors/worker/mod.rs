@@ -201,6 +201,42 @@ pub struct StopAttempt {
     pub attempt: Option<u32>,
 }
 
+/// Stop these attempts, each as [`StopAttempt`] would, in one step with one commit: what a
+/// batch of stops (`POST /stops`) costs the worker is one write, not one per task. Answers each
+/// stop, in order, once the step is durable; `Err` when the commit failed (nothing of the batch
+/// is acknowledged then).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Result<Task, WorkerError>>, WorkerError>")]
+pub struct StopAttempts(pub Vec<StopAttempt>);
+
+/// The answer of a worker's `POST /stops`: its name, and what became of each stop of the batch,
+/// in the batch's order.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct StopsAnswer {
+    /// The worker's name.
+    pub name: String,
+    /// One outcome per stop of the batch, in its order.
+    pub stops: Vec<StopOutcome>,
+}
+
+/// What became of one stop of a batch: the task as the stop left it (the attempt it has and its
+/// state, as `DELETE /tasks/{id}` answers 202), or the refusal that would have answered (404:
+/// no such task here).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum StopOutcome {
+    Stopped {
+        id: Uuid,
+        attempt: u32,
+        state: crate::task::State,
+    },
+    Refused {
+        id: Uuid,
+        status: u16,
+        error: String,
+    },
+}
+
 /// One task as the worker knows it.
 #[derive(Message)]
 #[rtype(result = "Option<Task>")]

@@ -19,8 +19,8 @@ use super::core::{Core, Effect, Writes};
 use super::feed::{Changes, Feed, Page};
 use super::{
     GetStats, MAX_FEED_PAGE_BYTES, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, STOPS,
-    StartAttempt, StartAttempts, Started, StopAttempt, TASKS, WatchChanges, WorkerError,
-    WorkerSetup,
+    StartAttempt, StartAttempts, Started, StopAttempt, StopAttempts, TASKS, WatchChanges,
+    WorkerError, WorkerSetup,
 };
 use crate::actors::CoreTimer;
 use crate::clock::Clock;
@@ -474,6 +474,25 @@ impl Handler<StopAttempt> for Worker {
             // Even a refusal may have left a tombstone: answer once it is durable.
             durable(commit).await?;
             outcome
+        })
+    }
+}
+
+impl Handler<StopAttempts> for Worker {
+    type Result = ResponseFuture<Result<Vec<Result<Task, WorkerError>>, WorkerError>>;
+
+    fn handle(&mut self, msg: StopAttempts, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        let outcomes: Vec<_> = msg
+            .0
+            .into_iter()
+            .map(|stop| self.core.stop(now, stop.id, stop.attempt))
+            .collect();
+        let commit = self.carry_out(ctx, true);
+        Box::pin(async move {
+            // Even a refusal may have left a tombstone: answer once the step is durable.
+            durable(commit).await?;
+            Ok(outcomes)
         })
     }
 }
