@@ -62,3 +62,8 @@ impl CoreTimer {
         self.armed = None;
     }
 }
+
+/// The maps keyed by task id or node name, a million entries at scale: foldhash is several
+/// times faster than the standard SipHash on short keys and still seeded per process, so ids a
+/// client chooses cannot be picked to collide.
+pub(crate) type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

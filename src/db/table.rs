@@ -153,6 +153,20 @@ impl<K: Key, V: Record> Table<K, V> {
     /// Every record, in key order. One that cannot be read fails the scan, naming it.
     pub fn scan(&self, store: &Store) -> Result<Vec<(K, V)>, StoreError> {
         let mut rows = Vec::new();
+        self.scan_each(store, |key, value| {
+            rows.push((key, value));
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
+    /// Every record, in key order, handed to `each` as it is decoded; the first error (of a
+    /// record, or of `each`) ends the scan.
+    pub fn scan_each(
+        &self,
+        store: &Store,
+        mut each: impl FnMut(K, V) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         store.scan_with(self.name, |key, bytes| {
             let value = self.decode(key, bytes)?;
             let key = K::decode(key).ok_or_else(|| StoreError::Record {
@@ -160,10 +174,8 @@ impl<K: Key, V: Record> Table<K, V> {
                 key: display_key(key),
                 reason: "the key is not laid out as this table's keys are".into(),
             })?;
-            rows.push((key, value));
-            Ok(())
-        })?;
-        Ok(rows)
+            each(key, value)
+        })
     }
 
     fn decode(&self, key: &[u8], bytes: &[u8]) -> Result<V, StoreError> {

@@ -32,7 +32,7 @@ use crate::actors::worker_proxy::{
 use crate::clock::Clock;
 use crate::db::{Batch, Store, StoreError};
 use crate::node::NodeStatus;
-use crate::task::{Desired, Goal, Task};
+use crate::task::{Desired, Goal, State, Task};
 
 /// How the Manager is set up.
 pub struct ManagerSetup {
@@ -76,46 +76,54 @@ impl Manager {
     pub fn new(setup: ManagerSetup) -> Result<Manager, ManagerError> {
         let store = setup.store;
         let clock = Clock::new();
-        let mut records = TASKS.scan(&store)?;
-        // Stores written before `desired` was part of the record kept stops as intents.
-        let mut upgrade = Batch::new();
-        let intents = EVENTS.scan(&store)?;
-        let by_id: HashMap<Uuid, usize> = if intents.is_empty() {
-            HashMap::new()
-        } else {
-            let ids = records.iter().enumerate().map(|(i, (_, t))| (t.id, i));
-            ids.collect()
-        };
-        for (key, intent) in intents {
-            if intent.state == Desired::Completed
-                && let Some(&i) = by_id.get(&intent.task)
-            {
-                let (seq, task) = &mut records[i];
-                task.desired = Goal::Stopped;
-                TASKS.put(&mut upgrade, seq, task)?;
-            }
-            EVENTS.delete(&mut upgrade, &key);
-        }
         let nodes: Vec<(String, String)> = NODES
             .scan(&store)?
             .into_iter()
             .map(|(name, n)| (name, n.address))
             .collect();
-        let placed = records.iter().filter(|(_, t)| t.state.is_active()).count();
+        let known = nodes.len();
+        let config = core::Config::new(setup.node_timeout)
+            .with_retention(setup.retention, setup.retention_count);
+        // Stores written before `desired` was part of the record kept stops as intents.
+        let mut upgrade = Batch::new();
+        let intents = EVENTS.scan(&store)?;
+        let mut core = if intents.is_empty() {
+            let count = usize::try_from(store.len(TASKS.name())?).unwrap_or(0);
+            let now = clock.now();
+            with_task_records(&store, |records| {
+                Core::recover_from(config, now, count, records, nodes)
+            })?
+        } else {
+            let mut records = TASKS.scan(&store)?;
+            let by_id: HashMap<Uuid, usize> = records
+                .iter()
+                .enumerate()
+                .map(|(i, (_, t))| (t.id, i))
+                .collect();
+            for (key, intent) in intents {
+                if intent.state == Desired::Completed
+                    && let Some(&i) = by_id.get(&intent.task)
+                {
+                    let (seq, task) = &mut records[i];
+                    task.desired = Goal::Stopped;
+                    TASKS.put(&mut upgrade, seq, task)?;
+                }
+                EVENTS.delete(&mut upgrade, &key);
+            }
+            Core::recover(config, clock.now(), records, nodes)
+        };
+        let counts = core.counts();
+        let placed = counts[State::Scheduled.index()] + counts[State::Running.index()];
         info!(
-            "manager: {} task(s) recovered from {} ({placed} placed), {} worker(s) known",
-            records.len(),
+            "manager: {} task(s) recovered from {} ({placed} placed), {known} worker(s) known",
+            counts.iter().sum::<usize>(),
             store.path().display(),
-            nodes.len()
         );
         let tombstones: Vec<core::Tombstone> = COLLECTED
             .scan(&store)?
             .into_iter()
             .map(|(_, t)| t)
             .collect();
-        let config = core::Config::new(setup.node_timeout)
-            .with_retention(setup.retention, setup.retention_count);
-        let mut core = Core::recover(config, clock.now(), records, nodes);
         core.restore_tombstones(clock.now(), tombstones);
         Ok(Manager {
             core,
@@ -328,6 +336,48 @@ impl Manager {
 
 /// A commit under way and what follows it (the workers' calls); resolves once it is durable.
 type Commit = futures_util::future::BoxFuture<'static, Result<(), StoreError>>;
+
+/// Hand every task record to `build` as they are decoded on a thread of their own, in chunks:
+/// at a restart with a million records, one core decodes while the other builds the memory.
+fn with_task_records<R>(
+    store: &Store,
+    build: impl FnOnce(&mut dyn Iterator<Item = (u64, Task)>) -> R,
+) -> Result<R, StoreError> {
+    const CHUNK: usize = 4096;
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(u64, Task)>>(16);
+        let loader = std::thread::Builder::new()
+            .name("cube-store-load".into())
+            .spawn_scoped(scope, move || {
+                let mut chunk = Vec::with_capacity(CHUNK);
+                TASKS.scan_each(store, |key, task| {
+                    chunk.push((key, task));
+                    if chunk.len() == CHUNK {
+                        let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                        // The builder stopped taking records only if it failed: end quietly.
+                        if tx.send(full).is_err() {
+                            return Err(StoreError::Closed);
+                        }
+                    }
+                    Ok(())
+                })?;
+                let _ = tx.send(chunk);
+                Ok(())
+            })
+            .map_err(|e| StoreError::Open {
+                path: store.path().to_path_buf(),
+                reason: format!("cannot start the thread that reads the store: {e}"),
+            })?;
+        let built = build(&mut rx.iter().flatten());
+        match loader.join() {
+            Ok(read) => read.map(|()| built),
+            Err(_) => Err(StoreError::Open {
+                path: store.path().to_path_buf(),
+                reason: "the thread reading the store's task records panicked".into(),
+            }),
+        }
+    })
+}
 
 fn send_calls(calls: Vec<(Addr<WorkerProxy>, CallWorker)>) {
     for (proxy, call) in calls {

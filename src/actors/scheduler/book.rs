@@ -2,11 +2,10 @@
 //! the placement that reads it. No actix, no I/O: the [`super::Scheduler`] actor is a shell
 //! around it, and the fault simulation drives it directly.
 
-use std::collections::HashMap;
-
 use log::debug;
 use uuid::Uuid;
 
+use crate::actors::FastMap;
 use crate::actors::policy::{self, NodeView, Policy, PolicyKind, Resources};
 use crate::node::Capacity;
 
@@ -53,9 +52,9 @@ impl Room {
 pub struct Book {
     policy: Box<dyn Policy>,
     nodes: Vec<NodeView>,
-    index: HashMap<String, usize>,
+    index: FastMap<String, usize>,
     /// task → (node index, what it reserved): released exactly once.
-    allocations: HashMap<Uuid, (usize, Resources)>,
+    allocations: FastMap<Uuid, (usize, Resources)>,
     /// Bumped by every change of the nodes' capacity, readiness or bookings.
     version: u64,
     /// The last "fits nowhere" answer, for the book version and request it was made for: when
@@ -68,8 +67,8 @@ impl Book {
         Book {
             policy: kind.build(),
             nodes: Vec::new(),
-            index: HashMap::new(),
-            allocations: HashMap::new(),
+            index: FastMap::default(),
+            allocations: FastMap::default(),
             version: 0,
             last_no_fit: None,
         }

@@ -27,12 +27,13 @@
 //! shell commits them before it carries out any call to a worker made in the same step, so
 //! nothing leaves the manager before the record that explains it is durable.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use log::{debug, info, warn};
 use uuid::Uuid;
 
+use crate::actors::FastMap;
 use crate::actors::client::CallError;
 use crate::actors::policy::Resources;
 use crate::actors::scheduler::{NoFit, PlaceRequest, Room};
@@ -436,12 +437,12 @@ pub struct Core {
     config: Config,
     /// Boxed: a slot of the table is then 24 bytes, so the half-empty table after it grows (and
     /// the old and new tables side by side while it does) cost little at a million tasks.
-    tasks: HashMap<Uuid, Box<Entry>>,
+    tasks: FastMap<Uuid, Box<Entry>>,
     /// Every task id, in order, for listings and deterministic walks.
     order: BTreeSet<Uuid>,
     next_key: u64,
     nodes: Vec<Node>,
-    node_ids: HashMap<String, NodeId>,
+    node_ids: FastMap<String, NodeId>,
     endpoints: Vec<Endpoint>,
     queue: VecDeque<Uuid>,
     waiting: VecDeque<Uuid>,
@@ -470,7 +471,7 @@ pub struct Core {
     /// retention collects, oldest first.
     ended: BTreeSet<(chrono::DateTime<chrono::Utc>, Uuid)>,
     /// Collected tasks whose ids stay reserved, and the order they were collected in.
-    tombstones: HashMap<Uuid, Tombstone>,
+    tombstones: FastMap<Uuid, Tombstone>,
     tomb_order: VecDeque<Uuid>,
     /// Collections and expired tombstones to write.
     collected: Vec<(u64, Tombstone)>,
@@ -486,13 +487,26 @@ impl Core {
         records: Vec<(u64, Task)>,
         nodes: Vec<(String, String)>,
     ) -> Core {
+        let count = records.len();
+        Core::recover_from(config, now, count, records, nodes)
+    }
+
+    /// [`Core::recover`] from records as they come (about `count` of them), so they can be
+    /// decoded while the core is built.
+    pub fn recover_from(
+        config: Config,
+        now: Now,
+        count: usize,
+        records: impl IntoIterator<Item = (u64, Task)>,
+        nodes: Vec<(String, String)>,
+    ) -> Core {
         let mut core = Core {
             config,
-            tasks: HashMap::with_capacity(records.len()),
+            tasks: FastMap::with_capacity_and_hasher(count, Default::default()),
             order: BTreeSet::new(),
             next_key: 0,
             nodes: Vec::new(),
-            node_ids: HashMap::new(),
+            node_ids: FastMap::default(),
             endpoints: Vec::new(),
             queue: VecDeque::new(),
             waiting: VecDeque::new(),
@@ -509,7 +523,7 @@ impl Core {
             releases: Vec::new(),
             counts: [0; State::COUNT],
             ended: BTreeSet::new(),
-            tombstones: HashMap::new(),
+            tombstones: FastMap::default(),
             tomb_order: VecDeque::new(),
             collected: Vec::new(),
             expired: Vec::new(),
@@ -521,7 +535,7 @@ impl Core {
         // The ordered sets are built in bulk from sorted ids at the end: inserting a million
         // random ids one by one into a B-tree was most of a restart's time.
         let mut restore = Vec::new();
-        let mut ids = Vec::with_capacity(records.len());
+        let mut ids = Vec::with_capacity(count);
         let mut placed: Vec<Vec<Uuid>> = vec![Vec::new(); core.nodes.len()];
         let mut ended = Vec::new();
         // Only Pending and Failed records have something to carry on with.
