@@ -6,12 +6,20 @@ detection and rescheduling.
 
 Workers are `cube worker --runtime fake` processes (the manager and its store are real; what is
 measured is Cube's own recovery, not Docker's start time).
+
+    python3 bench/recovery.py --simulated 1000000
+
+instead fills a store with N Running tasks through the simulation (`examples/simulate`, N/100
+in-process workers; much faster than N HTTP submissions), then starts a real `cube manager` on
+it, warm (the file is in the page cache, as after a crash) and measures the time until /health
+answers 200, until the first page of GET /tasks, and the manager's peak RSS. Its workers were
+in-process, so nothing reconnects: what is measured is the restart alone.
 1. Submits --tasks tasks, waits until all run, SIGKILLs the manager and restarts it: time until
    /health answers 200 and until GET /tasks lists every task.
 2. Kills (SIGKILL) the worker holding a task: time until /nodes shows it Down, and until every
    task of it runs on another worker.
 """
-import argparse, concurrent.futures, json, shutil, signal, subprocess, sys, tempfile, time
+import argparse, concurrent.futures, json, os, shutil, signal, subprocess, sys, tempfile, time
 
 from benchlib import CUBE, free_port, http, http_all, http_status
 
@@ -33,11 +41,51 @@ def wait(pred, timeout=120, step=0.005):
     sys.exit("timed out")
 
 
+def restart_simulated(n, runs):
+    sim = os.path.join(os.path.dirname(CUBE), "examples", "simulate")
+    tmp = tempfile.mkdtemp()
+    try:
+        store = os.path.join(tmp, "store")
+        print(f"filling a store with {n:,} tasks through {sim}", file=sys.stderr)
+        subprocess.run([sim, "--workers", str(max(1, n // 100)), "--tasks", str(n), "--data-dir", store],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        size = os.path.getsize(os.path.join(store, "data.mdb"))
+        for run in range(runs):
+            data = os.path.join(tmp, f"run{run}")
+            shutil.copytree(store, data)
+            os.remove(os.path.join(data, "cube.lock"))
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            t0 = time.perf_counter()
+            p = subprocess.Popen([CUBE, "manager", "--port", str(port), "--data-dir", data], stderr=subprocess.DEVNULL)
+            try:
+                wait(lambda: http_status("GET", url + "/health")[0] == 200, step=0.002)
+                health_s = time.perf_counter() - t0
+                http("GET", url + "/tasks?limit=1")
+                page_s = time.perf_counter() - t0
+                vitals = http("GET", url + "/health")
+                with open(f"/proc/{p.pid}/status") as f:
+                    hwm = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+                print(json.dumps({"tasks_in_store": sum(vitals.get("states", {}).values()), "store_bytes": size,
+                                  "health_s": round(health_s, 3), "first_page_s": round(page_s, 3),
+                                  "peak_rss_mib": round(hwm / 1024)}))
+            finally:
+                p.kill()
+                p.wait()
+                shutil.rmtree(data, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tasks", type=int, default=10000)
     ap.add_argument("--node-timeout", type=float, default=5)
+    ap.add_argument("--simulated", type=int, metavar="N", help="restart a manager on a simulated store of N tasks")
+    ap.add_argument("--runs", type=int, default=3, help="restarts measured with --simulated")
     args = ap.parse_args()
+    if args.simulated:
+        return restart_simulated(args.simulated, args.runs)
     tmp = tempfile.mkdtemp()
     procs = {}
     try:
