@@ -318,7 +318,7 @@ pub struct Task {
 
 /// A task's times: RFC 3339 text in JSON, and seconds and nanoseconds since the epoch in binary
 /// forms (the store's records), where parsing a million dates' text was a fifth of a restart.
-mod stamp {
+pub(crate) mod stamp {
     use chrono::{DateTime, Utc};
     use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 

@@ -243,7 +243,9 @@ pub struct Tombstone {
     pub id: Uuid,
     /// Completed or Failed.
     pub state: State,
+    #[serde(with = "crate::task::stamp")]
     pub finished_at: chrono::DateTime<chrono::Utc>,
+    #[serde(with = "crate::task::stamp")]
     pub collected_at: chrono::DateTime<chrono::Utc>,
 }
 
