@@ -378,7 +378,8 @@ pub(crate) mod stamp {
 /// The record the manager's and the workers' stores keep of a task. Version 2 is binary (a store
 /// holds millions of them: a third of the JSON's bytes, and recovery decodes them several times
 /// faster); versions 0 and 1 were the API's JSON. Adding, removing or reordering a field of
-/// [`Task`], or a variant of [`State`], [`Goal`] or [`RestartPolicy`], changes the binary shape:
+/// [`Task`], or a variant of [`State`] or [`Goal`] (written by index; [`RestartPolicy`] is
+/// written by name), changes the binary shape:
 /// give it a new version and read version 2 in `upgrade` (the pinned layout test says so).
 impl crate::db::Record for Task {
     const VERSION: u8 = 2;

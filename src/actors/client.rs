@@ -506,29 +506,30 @@ impl WorkerClient {
         Ok((answer.name, outcomes))
     }
 
-    /// The stops of a batch, one `DELETE` each, [`STOPS_EACH_AT_ONCE`] at a time.
+    /// The stops of a batch, one `DELETE` each, [`STOPS_EACH_AT_ONCE`] at a time. The first
+    /// that finds the worker unreachable fails the rest with it at once, rather than each
+    /// waiting for its own timeout. The name is left empty: a stopped task names the worker it
+    /// was placed on, which may not be the name the worker has now.
     async fn stop_each(&self, stops: Vec<(Uuid, u32)>) -> StopsOutcome {
-        let answers: Vec<_> = futures_util::stream::iter(stops)
+        let total = stops.len();
+        let mut answers = futures_util::stream::iter(stops)
             .map(|(id, attempt)| self.stop(id, Some(attempt)))
-            .buffered(STOPS_EACH_AT_ONCE)
-            .collect()
-            .await;
-        let mut name = String::new();
-        let outcomes = answers
-            .into_iter()
-            .map(|answer| {
-                answer.map(|task| {
-                    if name.is_empty() {
-                        name = task.worker.clone().unwrap_or_default();
-                    }
-                    AttemptState {
-                        attempt: task.attempt,
-                        state: task.state,
-                    }
-                })
-            })
-            .collect();
-        (name, outcomes)
+            .buffered(STOPS_EACH_AT_ONCE);
+        let mut outcomes = Vec::with_capacity(total);
+        while let Some(answer) = answers.next().await {
+            let unreachable = matches!(answer, Err(CallError::Transport(_)));
+            outcomes.push(answer.map(|task| AttemptState {
+                attempt: task.attempt,
+                state: task.state,
+            }));
+            if unreachable {
+                break;
+            }
+        }
+        if let Some(Err(e)) = outcomes.last().cloned() {
+            outcomes.resize(total, Err(e));
+        }
+        (String::new(), outcomes)
     }
 
     /// Stop the task, only if `attempt` is (still) the one the worker runs.

@@ -59,7 +59,7 @@ pub fn worker_document() -> Value {
 }
 
 /// The schemas that describe input: only these may leave fields out.
-const INPUT_SCHEMAS: &[&str] = &["TaskInput", "TaskEventInput", "NodeJoin"];
+const INPUT_SCHEMAS: &[&str] = &["TaskInput", "TaskEventInput", "NodeJoin", "StopInput"];
 
 /// The document as served: every property of an answer required, and each unsigned integer's
 /// range stated as keywords (its `format` alone binds no JSON Schema validator).

@@ -369,6 +369,8 @@ fn with_task_records<R>(
                 reason: format!("cannot start the thread that reads the store: {e}"),
             })?;
         let built = build(&mut rx.iter().flatten());
+        // Should the builder ever stop early, the loader's next send fails instead of waiting.
+        drop(rx);
         match loader.join() {
             Ok(read) => read.map(|()| built),
             Err(_) => Err(StoreError::Open {

@@ -589,6 +589,8 @@ impl Core {
                 .arm(now.mono + core.config.node_timeout, Timer::Unwatched(nid));
         }
         unsettled.sort_unstable();
+        // A damaged store may hold an id under two keys: carry it on once.
+        unsettled.dedup();
         for id in unsettled {
             core.resume(now, id);
         }
