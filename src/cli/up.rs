@@ -243,17 +243,20 @@ fn spawn_worker(
 }
 
 async fn stop_children(children: Vec<Child>) {
-    for mut child in children {
+    // Every worker is asked at once, so stopping N of them takes one grace period at most,
+    // not N one after another.
+    futures_util::future::join_all(children.into_iter().map(|mut child| async move {
         // Closing the pipe asks the worker to stop; it leaves its containers running.
         drop(child.stdin.take());
-        match tokio::time::timeout(CHILD_EXIT_GRACE, child.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                warn!("a worker did not stop within {CHILD_EXIT_GRACE:?}; killing it");
-                let _ = child.kill().await;
-            }
+        if tokio::time::timeout(CHILD_EXIT_GRACE, child.wait())
+            .await
+            .is_err()
+        {
+            warn!("a worker did not stop within {CHILD_EXIT_GRACE:?}; killing it");
+            let _ = child.kill().await;
         }
-    }
+    }))
+    .await;
 }
 
 /// Build the demo image from the static busybox when it is missing.
