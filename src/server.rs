@@ -156,6 +156,11 @@ impl WorkerHandle {
     pub async fn stop(&self) {
         self.server.handle().stop(true).await;
     }
+
+    /// A handle that stops the server from elsewhere.
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
 }
 
 /// Time a client has to send a request's head (line and headers) once it connects.

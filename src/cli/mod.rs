@@ -652,7 +652,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 .await
                 .map_err(|e| e.to_string())?;
             if args.exit_with_stdin {
-                exit_when_stdin_closes();
+                exit_when_stdin_closes(handle.server_handle());
             }
             handle.wait().await.map_err(|e| e.to_string())?;
         }
@@ -684,14 +684,17 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
 }
 
 /// Stop the process when stdin reaches its end: the parent that holds the other end is gone.
-fn exit_when_stdin_closes() {
-    let system = actix::System::current();
+/// The server stops at once rather than gracefully: a graceful stop would wait out the
+/// manager's long-polls (up to their whole wait), and nothing is lost by not waiting, since
+/// every answer the worker gave was durable first and the manager retries what got none.
+fn exit_when_stdin_closes(server: actix_web::dev::ServerHandle) {
+    let arbiter = actix::System::current().arbiter().clone();
     std::thread::spawn(move || {
         let mut sink = [0u8; 64];
         let mut stdin = std::io::stdin();
         while matches!(std::io::Read::read(&mut stdin, &mut sink), Ok(n) if n > 0) {}
         log::info!("standard input closed: the parent is gone, stopping");
-        system.stop();
+        arbiter.spawn(async move { server.stop(false).await });
     });
 }
 
