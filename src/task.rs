@@ -757,33 +757,7 @@ pub const MAX_STARTS: usize = 5000;
 /// each would. An error names the element (`tasks[3].cpu: …`); nothing of a bad batch starts.
 pub fn parse_starts(body: &[u8]) -> Result<Vec<Task>, InputError> {
     const EXPECTED: &str = r#"expected {"tasks": [{"image": …}, …]}"#;
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| InputError(format!("the body is not valid JSON ({e}); {EXPECTED}")))?;
-    let tasks = match &value {
-        Value::Object(map) => match map.get("tasks") {
-            Some(Value::Array(tasks)) => tasks.len(),
-            Some(other) => {
-                return Err(InputError::at(
-                    "tasks",
-                    format!("is a JSON {}; {EXPECTED}", json_kind(other)),
-                ));
-            }
-            None => return Err(InputError(format!("the body has no \"tasks\"; {EXPECTED}"))),
-        },
-        other => {
-            return Err(InputError(format!(
-                "the body is a JSON {}; {EXPECTED}",
-                json_kind(other)
-            )));
-        }
-    };
-    if tasks > MAX_STARTS {
-        return Err(InputError::at(
-            "tasks",
-            format!("holds {tasks} tasks; expected at most {MAX_STARTS}"),
-        ));
-    }
-    let input: Starts = from_value(value)?;
+    let input: Starts = from_value(batch_body(body, "tasks", MAX_STARTS, EXPECTED)?)?;
     input
         .tasks
         .into_iter()
@@ -820,33 +794,7 @@ pub const MAX_STOPS: usize = 5000;
 /// `(task, attempt)` pairs, in order. Any bad element refuses the whole batch, naming it.
 pub fn parse_stops(body: &[u8]) -> Result<Vec<(Uuid, Option<u32>)>, InputError> {
     const EXPECTED: &str = r#"expected {"stops": [{"id": "<task id>", "attempt": 1}, …]}"#;
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| InputError(format!("the body is not valid JSON ({e}); {EXPECTED}")))?;
-    let stops = match &value {
-        Value::Object(map) => match map.get("stops") {
-            Some(Value::Array(stops)) => stops.len(),
-            Some(other) => {
-                return Err(InputError::at(
-                    "stops",
-                    format!("is a JSON {}; {EXPECTED}", json_kind(other)),
-                ));
-            }
-            None => return Err(InputError(format!("the body has no \"stops\"; {EXPECTED}"))),
-        },
-        other => {
-            return Err(InputError(format!(
-                "the body is a JSON {}; {EXPECTED}",
-                json_kind(other)
-            )));
-        }
-    };
-    if stops > MAX_STOPS {
-        return Err(InputError::at(
-            "stops",
-            format!("holds {stops} stops; expected at most {MAX_STOPS}"),
-        ));
-    }
-    let input: Stops = from_value(value)?;
+    let input: Stops = from_value(batch_body(body, "stops", MAX_STOPS, EXPECTED)?)?;
     input
         .stops
         .into_iter()
@@ -859,6 +807,38 @@ pub fn parse_stops(body: &[u8]) -> Result<Vec<(Uuid, Option<u32>)>, InputError> 
             attempt => Ok((stop.id, attempt)),
         })
         .collect()
+}
+
+/// A batch body, `{"<key>": [ … ]}` with at most `max` elements, checked before its elements
+/// are read: a clear 400 for any other shape, or for too many.
+fn batch_body(body: &[u8], key: &str, max: usize, expected: &str) -> Result<Value, InputError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| InputError(format!("the body is not valid JSON ({e}); {expected}")))?;
+    let count = match &value {
+        Value::Object(map) => match map.get(key) {
+            Some(Value::Array(items)) => items.len(),
+            Some(other) => {
+                return Err(InputError::at(
+                    key,
+                    format!("is a JSON {}; {expected}", json_kind(other)),
+                ));
+            }
+            None => return Err(InputError(format!("the body has no \"{key}\"; {expected}"))),
+        },
+        other => {
+            return Err(InputError(format!(
+                "the body is a JSON {}; {expected}",
+                json_kind(other)
+            )));
+        }
+    };
+    if count > max {
+        return Err(InputError::at(
+            key,
+            format!("holds {count} {key}; expected at most {max}"),
+        ));
+    }
+    Ok(value)
 }
 
 fn json_kind(v: &Value) -> &'static str {
