@@ -22,6 +22,7 @@
 //! Modules:
 //! - [`task`]: the task model, its states and transitions, and the input formats (pure).
 //! - [`node`]: what a worker reports about its machine.
+//! - [`constraint`] and [`volume`]: where a task may run and what it mounts (pure).
 //! - [`db`]: the LMDB store with group commit.
 //! - [`runtime`]: the container runtimes, Docker and fake.
 //! - [`actors`]: the actors and their messages.
@@ -33,6 +34,7 @@
 pub mod actors;
 pub mod cli;
 pub mod clock;
+pub mod constraint;
 pub mod db;
 pub mod fsutil;
 pub mod http;
@@ -42,6 +44,7 @@ pub mod server;
 pub mod sim;
 pub mod task;
 pub mod tls;
+pub mod volume;
 
 /// The address the APIs bind unless told otherwise: loopback.
 pub const DEFAULT_HOST: &str = "127.0.0.1";

@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::constraint::Constraint;
+use crate::volume::Volume;
+
 /// Restarts allowed when a task says nothing (what the Go Cube did).
 pub const DEFAULT_MAX_RESTARTS: u32 = 3;
 /// Seconds between SIGTERM and SIGKILL when a task is stopped and says nothing.
@@ -251,6 +254,15 @@ impl<'de> Deserialize<'de> for RestartPolicy {
 pub struct Task {
     pub id: Uuid,
     pub name: String,
+    /// The service the task belongs to, if any (its name is then `<service>.<slot>`).
+    #[serde(default)]
+    pub service: Option<String>,
+    /// The version of the service's template it runs (0 outside services).
+    #[serde(default)]
+    pub version: u64,
+    /// Its slot in a replicated service, 1..=replicas, kept by a replacement (0 otherwise).
+    #[serde(default)]
+    pub slot: u32,
     pub state: State,
     /// Placement number: every placement (start, restart, move) gets the next one. Containers
     /// carry it as a label so reports about an older attempt can be recognised and ignored.
@@ -294,6 +306,16 @@ pub struct Task {
     /// Most processes the container may run at once.
     #[serde(default = "default_pids_limit")]
     pub pids_limit: u64,
+    /// Node labels a node must have (`zone==a`) or lack (`zone!=b`) to run it.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>, example = json!(["zone==a"]))]
+    pub constraints: Vec<Constraint>,
+    /// Spread a service's tasks evenly over the values of this node label.
+    #[serde(default)]
+    pub spread_by: Option<String>,
+    /// Volumes to mount: named Docker volumes, or host paths a worker allows.
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
     /// What the user wants: `running` until a stop is asked for, then `stopped`. A task whose
     /// stop is not carried out yet is still `Running` with `desired: "stopped"`.
     #[serde(default)]
@@ -375,23 +397,103 @@ pub(crate) mod stamp {
     }
 }
 
-/// The record the manager's and the workers' stores keep of a task. Version 2 is binary (a store
-/// holds millions of them: a third of the JSON's bytes, and recovery decodes them several times
-/// faster); versions 0 and 1 were the API's JSON. Adding, removing or reordering a field of
+/// The record the manager's and the workers' stores keep of a task. Versions 2 and 3 are binary
+/// (a store holds millions of them: a third of the JSON's bytes, and recovery decodes them
+/// several times faster); versions 0 and 1 were the API's JSON. Version 3 added the service
+/// fields, constraints, `spread_by` and volumes. Adding, removing or reordering a field of
 /// [`Task`], or a variant of [`State`] or [`Goal`] (written by index; [`RestartPolicy`] is
-/// written by name), changes the binary shape:
-/// give it a new version and read version 2 in `upgrade` (the pinned layout test says so).
+/// written by name), changes the binary shape: give it a new version and read the old one in
+/// `upgrade` (the pinned layout test says so).
 impl crate::db::Record for Task {
-    const VERSION: u8 = 2;
+    const VERSION: u8 = 3;
     const ENCODING: crate::db::Encoding = crate::db::Encoding::Binary;
 
     fn upgrade(version: u8, bytes: &[u8]) -> Result<Task, String> {
         match version {
             0 | 1 => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
+            2 => postcard::from_bytes::<TaskV2>(bytes)
+                .map(Task::from)
+                .map_err(|e| format!("not a version 2 task record ({e})")),
             v => Err(format!(
                 "schema version {v} is not one this build reads (it writes {})",
                 Self::VERSION
             )),
+        }
+    }
+}
+
+/// The binary shape of a version 2 task record: [`Task`] before services, constraints and
+/// volumes. Kept only to read old stores.
+#[derive(Deserialize)]
+struct TaskV2 {
+    id: Uuid,
+    name: String,
+    state: State,
+    attempt: u32,
+    image: String,
+    cmd: Vec<String>,
+    env: Vec<String>,
+    cpu: f64,
+    memory: u64,
+    disk: u64,
+    exposed_ports: Vec<String>,
+    port_bindings: BTreeMap<String, String>,
+    host_ports: BTreeMap<String, String>,
+    restart_policy: RestartPolicy,
+    max_restarts: u32,
+    restart_count: u32,
+    health_check: Option<String>,
+    stop_timeout_s: u64,
+    pids_limit: u64,
+    desired: Goal,
+    worker: Option<String>,
+    container_id: Option<String>,
+    exit_code: Option<i64>,
+    error: Option<String>,
+    #[serde(with = "stamp")]
+    created_at: DateTime<Utc>,
+    #[serde(with = "stamp::optional")]
+    start_time: Option<DateTime<Utc>>,
+    #[serde(with = "stamp::optional")]
+    finish_time: Option<DateTime<Utc>>,
+}
+
+impl From<TaskV2> for Task {
+    fn from(t: TaskV2) -> Task {
+        Task {
+            id: t.id,
+            name: t.name,
+            service: None,
+            version: 0,
+            slot: 0,
+            state: t.state,
+            attempt: t.attempt,
+            image: t.image,
+            cmd: t.cmd,
+            env: t.env,
+            cpu: t.cpu,
+            memory: t.memory,
+            disk: t.disk,
+            exposed_ports: t.exposed_ports,
+            port_bindings: t.port_bindings,
+            host_ports: t.host_ports,
+            restart_policy: t.restart_policy,
+            max_restarts: t.max_restarts,
+            restart_count: t.restart_count,
+            health_check: t.health_check,
+            stop_timeout_s: t.stop_timeout_s,
+            pids_limit: t.pids_limit,
+            constraints: Vec::new(),
+            spread_by: None,
+            volumes: Vec::new(),
+            desired: t.desired,
+            worker: t.worker,
+            container_id: t.container_id,
+            exit_code: t.exit_code,
+            error: t.error,
+            created_at: t.created_at,
+            start_time: t.start_time,
+            finish_time: t.finish_time,
         }
     }
 }
@@ -416,6 +518,9 @@ impl Task {
         Task {
             id,
             name: default_name(&image, id),
+            service: None,
+            version: 0,
+            slot: 0,
             state: State::Pending,
             attempt: 0,
             image,
@@ -433,6 +538,9 @@ impl Task {
             health_check: None,
             stop_timeout_s: DEFAULT_STOP_TIMEOUT_S,
             pids_limit: DEFAULT_PIDS_LIMIT,
+            constraints: Vec::new(),
+            spread_by: None,
+            volumes: Vec::new(),
             desired: Goal::Running,
             worker: None,
             container_id: None,
@@ -482,6 +590,12 @@ impl Task {
             && self.health_check == other.health_check
             && self.stop_timeout_s == other.stop_timeout_s
             && self.pids_limit == other.pids_limit
+            && self.constraints == other.constraints
+            && self.spread_by == other.spread_by
+            && self.volumes == other.volumes
+            && self.service == other.service
+            && self.version == other.version
+            && self.slot == other.slot
     }
 
     /// The container port the health check is made on: the first exposed port.
@@ -1016,6 +1130,46 @@ struct TaskInput {
     /// The attempt to run: a worker runs the one it is sent; the manager numbers its own.
     #[serde(default, alias = "Attempt")]
     attempt: Option<u32>,
+    /// Node labels a node must have or lack: `"zone==a"`, `"disk!=hdd"` (`node==NAME` pins
+    /// to one node).
+    #[serde(default, alias = "Constraints")]
+    #[schema(example = json!(["zone==a"]))]
+    constraints: Option<Vec<String>>,
+    /// A node label whose values a service's tasks are spread over evenly.
+    #[serde(default, alias = "SpreadBy")]
+    spread_by: Option<String>,
+    /// Volumes: `"data:/var/lib/data"`, `"/srv/data:/data:ro"`, or objects.
+    #[serde(default, alias = "Volumes")]
+    #[schema(schema_with = volumes_schema)]
+    volumes: Option<Vec<VolumeInput>>,
+}
+
+/// A volume as Docker's short form (`"data:/data:ro"`) or as an object.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum VolumeInput {
+    Short(String),
+    Long(Volume),
+}
+
+/// The schema of `volumes`.
+fn volumes_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::PartialSchema;
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+    let one = OneOfBuilder::new()
+        .item(ObjectBuilder::new().schema_type(Type::String))
+        .item(Volume::schema());
+    OneOfBuilder::new()
+        .item(
+            ArrayBuilder::new()
+                .items(one)
+                .examples([serde_json::json!(["data:/var/lib/data", "/srv/data:/data:ro"])]),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Null))
+        .description(Some(
+            "Volumes to mount: \"SOURCE:TARGET[:ro]\" or {\"source\", \"target\", \"read_only\"}. SOURCE is a volume name (created on the worker when missing, kept after the task) or an absolute host path under a prefix the worker allows (--allow-host-path).",
+        ))
+        .into()
 }
 
 /// Exposed ports: Cube's list `["8080/tcp"]` or Go's set `{"8080/tcp": {}}`.
@@ -1251,6 +1405,39 @@ impl TaskInput {
                 ));
             }
             task.pids_limit = n;
+        }
+        for (i, c) in self.constraints.unwrap_or_default().iter().enumerate() {
+            let c = c
+                .parse::<Constraint>()
+                .map_err(|m| InputError::at(&field(&format!("constraints[{i}]")), m))?;
+            if !task.constraints.contains(&c) {
+                task.constraints.push(c);
+            }
+        }
+        if let Some(key) = self.spread_by.map(|k| k.trim().to_string())
+            && !key.is_empty()
+        {
+            crate::constraint::check_label_key(&key)
+                .map_err(|m| InputError::at(&field("spread_by"), m))?;
+            task.spread_by = Some(key);
+        }
+        for (i, v) in self.volumes.unwrap_or_default().into_iter().enumerate() {
+            let at = field(&format!("volumes[{i}]"));
+            let v = match v {
+                VolumeInput::Short(s) => Volume::parse(&s),
+                VolumeInput::Long(v) => v.check().map(|()| v),
+            }
+            .map_err(|m| InputError::at(&at, m))?;
+            if task.volumes.iter().any(|o| o.target == v.target) {
+                return Err(InputError::at(
+                    &at,
+                    format!(
+                        "{} is mounted twice; expected one volume per target",
+                        v.target
+                    ),
+                ));
+            }
+            task.volumes.push(v);
         }
         task.attempt = self.attempt.unwrap_or(0);
         Ok(task)
@@ -1686,6 +1873,33 @@ mod tests {
         assert!(a.same_spec(&b));
         b.cmd = vec!["true".into()];
         assert!(!a.same_spec(&b));
+    }
+
+    #[test]
+    fn constraints_spread_and_volumes_parse_or_name_the_element() {
+        let t = parse(r#"{"image": "i", "constraints": ["zone==a", "zone==a", "disk!=hdd"], "spread_by": "rack", "volumes": ["data:/data", {"source": "/srv/x", "target": "/x", "read_only": true}]}"#)
+            .unwrap()
+            .task;
+        assert_eq!(t.constraints.len(), 2);
+        assert_eq!(t.constraints[1].to_string(), "disk!=hdd");
+        assert_eq!(t.spread_by.as_deref(), Some("rack"));
+        assert_eq!(t.volumes[0].name(), Some("data"));
+        assert!(t.volumes[1].is_host_path() && t.volumes[1].read_only);
+        for (body, field) in [
+            (
+                r#"{"image": "i", "constraints": ["zone"]}"#,
+                "constraints[0]",
+            ),
+            (r#"{"image": "i", "spread_by": "a b"}"#, "spread_by"),
+            (
+                r#"{"image": "i", "volumes": ["x:/a", "y:/a"]}"#,
+                "volumes[1]",
+            ),
+            (r#"{"image": "i", "volumes": ["../x:/a"]}"#, "volumes[0]"),
+        ] {
+            let err = parse(body).unwrap_err().0;
+            assert!(err.starts_with(field), "{body}: {err}");
+        }
     }
 
     #[test]

@@ -333,6 +333,12 @@ mod tests {
             .single()
             .expect("a date");
         task.start_time = Some(task.created_at);
+        task.service = Some("web".into());
+        task.version = 2;
+        task.slot = 1;
+        task.constraints = vec!["zone==a".parse().expect("a constraint")];
+        task.spread_by = Some("rack".into());
+        task.volumes = vec![crate::volume::Volume::parse("data:/data:ro").expect("a volume")];
         task
     }
 
@@ -348,7 +354,7 @@ mod tests {
             .expect("get")
             .expect("a row");
         let json = serde_json::to_vec(&task).expect("json");
-        assert_eq!(raw[0], 2, "version 2 is binary");
+        assert_eq!(raw[0], 3, "version 3 is binary");
         assert!(
             raw.len() * 2 < json.len(),
             "{} bytes, JSON {}",
@@ -363,8 +369,9 @@ mod tests {
     }
 
     /// The binary shape is the order of the fields of `Task` and of the variants of its enums.
-    /// If this fails, the shape changed: give `Task`'s record a new version, read version 2 in
-    /// its `upgrade` (keep the old shape as a type of its own), and pin the new bytes here.
+    /// If this fails, the shape changed: give `Task`'s record a new version, read version 3 in
+    /// its `upgrade` (keep the old shape as a type of its own, as `TaskV2` is), and pin the new
+    /// bytes here.
     #[test]
     fn the_task_record_layout_is_pinned() {
         let bytes = postcard::to_allocvec(&fixed_task()).expect("encode");
@@ -375,11 +382,45 @@ mod tests {
         );
     }
 
-    const PINNED_TASK: &str = concat!(
+    /// A version 2 record's body (before services, constraints and volumes), as the version 2
+    /// build pinned it.
+    const PINNED_TASK_V2: &str = concat!(
         "100123456789abcdef0123456789abcdef03776562020318637562652d64656d6f2f62757379626f783a6c61",
         "7465737402056874747064022d660103413d31000000000000e03f8080802000010638302f74637001063830",
         "2f7463700438303830010638302f746370043830383006616c77617973030001012f05802001010277310106",
         "633066666565010101046f6f707380c8ceb40d050180c8ceb40d0500",
+    );
+
+    #[tokio::test]
+    async fn version_2_task_records_still_read() {
+        let (store, _dir) = task_store();
+        let hex = PINNED_TASK_V2;
+        let mut v2 = vec![2u8];
+        v2.extend(
+            (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")),
+        );
+        let mut batch = Batch::new();
+        batch.put("tasks", 1u64.to_be_bytes().to_vec(), v2);
+        commit(&store, batch).await;
+        let got = TASKS.get(&store, &1).expect("readable").expect("a task");
+        let mut want = fixed_task();
+        want.service = None;
+        want.version = 0;
+        want.slot = 0;
+        want.constraints.clear();
+        want.spread_by = None;
+        want.volumes.clear();
+        assert_eq!(got, want);
+    }
+
+    const PINNED_TASK: &str = concat!(
+        "100123456789abcdef0123456789abcdef0377656201037765620201020318637562652d64656d6f2f627573",
+        "79626f783a6c617465737402056874747064022d660103413d31000000000000e03f8080802000010638302f",
+        "746370010638302f7463700438303830010638302f746370043830383006616c77617973030001012f058020",
+        "01077a6f6e653d3d6101047261636b010464617461052f646174610101010277310106633066666565010101",
+        "046f6f707380c8ceb40d050180c8ceb40d0500",
     );
 
     #[tokio::test]
@@ -392,7 +433,7 @@ mod tests {
         v1.extend_from_slice(&json);
         batch.put("tasks", 1u64.to_be_bytes().to_vec(), v1);
         batch.put("tasks", 2u64.to_be_bytes().to_vec(), json);
-        batch.put("tasks", 3u64.to_be_bytes().to_vec(), vec![2, 1, 2, 3]);
+        batch.put("tasks", 3u64.to_be_bytes().to_vec(), vec![3, 1, 2, 3]);
         commit(&store, batch).await;
         for key in [1, 2] {
             let got = TASKS.get(&store, &key).expect("readable").expect("a task");
