@@ -6,6 +6,7 @@
 //! that reading /proc never blocks an actor. [`Liveness`] is the pure rule of node loss: a node
 //! silent for the node timeout is Down, counted from the moment the manager started watching it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -46,6 +47,16 @@ pub struct NodeStats {
     pub load: [f64; 3],
     /// Tasks the worker runs now (Scheduled or Running).
     pub tasks: usize,
+    /// The worker's labels (`cube worker --label zone=a`), which placement constraints match.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Named volumes the worker holds.
+    #[serde(default)]
+    pub volumes: Vec<String>,
+    /// Host paths under which the worker lets tasks mount (`--allow-host-path`); none by
+    /// default.
+    #[serde(default)]
+    pub allowed_host_paths: Vec<String>,
 }
 
 impl NodeStats {
@@ -70,6 +81,9 @@ impl NodeStats {
             disk_free: capacity.disk,
             load: [0.0; 3],
             tasks,
+            labels: BTreeMap::new(),
+            volumes: Vec::new(),
+            allowed_host_paths: Vec::new(),
         }
     }
 }
@@ -119,6 +133,9 @@ impl StatsSampler {
             disk_total,
             disk_free,
             load: [load.one, load.five, load.fifteen],
+            labels: BTreeMap::new(),
+            volumes: Vec::new(),
+            allowed_host_paths: Vec::new(),
             tasks: 0,
         }
     }
