@@ -41,6 +41,7 @@ pub mod http;
 pub mod node;
 pub mod runtime;
 pub mod server;
+pub mod service;
 pub mod sim;
 pub mod task;
 pub mod tls;

@@ -652,7 +652,7 @@ pub struct TaskEvent {
 pub struct InputError(pub String);
 
 impl InputError {
-    fn at(field: &str, msg: impl fmt::Display) -> InputError {
+    pub(crate) fn at(field: &str, msg: impl fmt::Display) -> InputError {
         InputError(format!("{field}: {msg}"))
     }
 }
@@ -854,6 +854,25 @@ pub fn parse_submission(body: &[u8]) -> Result<TaskEvent, InputError> {
     }
 }
 
+/// Parse a task as a service's template: the fields of a task (as `POST /tasks` takes them) at
+/// `prefix` of the body. Errors name the field under `prefix`.
+pub fn parse_template(value: Value, prefix: &str) -> Result<Task, InputError> {
+    if !value.is_object() {
+        return Err(InputError(format!(
+            "{}: is a JSON {}; expected the task template, e.g. {{\"image\": \"cube-demo/busybox:latest\"}}",
+            prefix.trim_end_matches('.'),
+            json_kind(&value)
+        )));
+    }
+    let input: TaskInput = from_value(value).map_err(|e| InputError(format!("{prefix}{}", e.0)))?;
+    input.into_task(prefix)
+}
+
+/// The schema of a service's task template: a task as `POST /tasks` takes it.
+pub fn template_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    utoipa::openapi::Ref::from_schema_name(<TaskInput as utoipa::ToSchema>::name()).into()
+}
+
 /// The body of a worker's `POST /starts`, as [`parse_starts`] reads it: a batch of tasks, each
 /// as a TaskEvent's `task`.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -955,7 +974,7 @@ fn batch_body(body: &[u8], key: &str, max: usize, expected: &str) -> Result<Valu
     Ok(value)
 }
 
-fn json_kind(v: &Value) -> &'static str {
+pub(crate) fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "boolean",
@@ -967,7 +986,7 @@ fn json_kind(v: &Value) -> &'static str {
 }
 
 /// Deserialize with the path of the offending field in the error (`task.cpu: invalid type …`).
-fn from_value<T: de::DeserializeOwned>(value: Value) -> Result<T, InputError> {
+pub(crate) fn from_value<T: de::DeserializeOwned>(value: Value) -> Result<T, InputError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();

@@ -224,6 +224,10 @@ pub struct Writes {
     pub collected: Vec<(u64, Tombstone)>,
     /// Tombstones that lived their time.
     pub expired: Vec<Uuid>,
+    /// Services created or changed.
+    pub services: Vec<crate::service::Service>,
+    /// Names of services removed.
+    pub services_removed: Vec<String>,
 }
 
 impl Writes {
@@ -233,6 +237,8 @@ impl Writes {
             && self.forgotten.is_empty()
             && self.collected.is_empty()
             && self.expired.is_empty()
+            && self.services.is_empty()
+            && self.services_removed.is_empty()
     }
 }
 
@@ -377,6 +383,8 @@ struct Entry {
     health_failures: u32,
     /// Health checks are asked for the current attempt.
     watched: bool,
+    /// The current attempt passed its last health check.
+    healthy: bool,
     /// What each worker last said about its copy.
     copies: Vec<(NodeId, Seen)>,
     dirty: bool,
@@ -423,6 +431,9 @@ enum Timer {
     Collect,
     /// Room appeared a moment ago: retry the waiting tasks that might fit.
     Room,
+    /// A service waits for something due then (a task's monitoring, a batch's delay, a
+    /// replacement's backoff).
+    Service(usize),
 }
 
 /// A row of `GET /nodes`, as far as the core knows it.
@@ -478,6 +489,18 @@ pub struct Core {
     /// Collections and expired tombstones to write.
     collected: Vec<(u64, Tombstone)>,
     expired: Vec<Uuid>,
+    /// Services by id; a removed one keeps its entry so ids stay stable.
+    services: Vec<services::ServiceEntry>,
+    service_ids: BTreeMap<String, usize>,
+    /// Services to look at before this input ends.
+    dirty_services: BTreeSet<usize>,
+    /// Services whose records to write.
+    service_writes: Vec<usize>,
+    services_removed: Vec<String>,
+    /// Gives each change of a service's endpoints a new index.
+    endpoint_clock: u64,
+    /// The time of the last look at a service.
+    service_clock: Duration,
 }
 
 impl Core {
@@ -529,6 +552,13 @@ impl Core {
             tomb_order: VecDeque::new(),
             collected: Vec::new(),
             expired: Vec::new(),
+            services: Vec::new(),
+            service_ids: BTreeMap::new(),
+            dirty_services: BTreeSet::new(),
+            service_writes: Vec::new(),
+            services_removed: Vec::new(),
+            endpoint_clock: 0,
+            service_clock: Duration::ZERO,
         };
         for (name, address) in nodes {
             let id = core.node_id(&name);
@@ -663,6 +693,7 @@ impl Core {
         writes.forgotten = std::mem::take(&mut self.forgotten);
         writes.collected = std::mem::take(&mut self.collected);
         writes.expired = std::mem::take(&mut self.expired);
+        (writes.services, writes.services_removed) = self.take_service_writes();
         writes
     }
 
@@ -685,6 +716,18 @@ impl Core {
         // (a task restored from that record after a crash is simply collected once more).
         self.collected.extend(writes.collected);
         self.expired.extend(writes.expired);
+        for svc in writes.services {
+            if let Some(&sid) = self.service_ids.get(&svc.name)
+                && !self.service_writes.contains(&sid)
+            {
+                self.service_writes.push(sid);
+            }
+        }
+        for name in writes.services_removed {
+            if !self.service_ids.contains_key(&name) {
+                self.services_removed.push(name);
+            }
+        }
     }
 
     /// When the core next needs [`Core::tick`].
@@ -869,7 +912,7 @@ impl Core {
             self.touch(id);
         }
         self.reconcile(now, id);
-        self.kick();
+        self.settle(now);
         Ok(self.tasks[&id].task.clone())
     }
 
@@ -914,6 +957,9 @@ impl Core {
                     self.room_armed = false;
                     self.retry_waiting();
                 }
+                Timer::Service(sid) => {
+                    self.dirty_services.insert(sid);
+                }
                 Timer::Unwatched(nid) => {
                     let node = &self.nodes[nid];
                     if node.endpoint.is_none() && node.status == NodeStatus::Connecting {
@@ -926,7 +972,7 @@ impl Core {
                 }
             }
         }
-        self.kick();
+        self.settle(now);
     }
 }
 
@@ -944,6 +990,7 @@ impl Entry {
             restarting: false,
             health_failures: 0,
             watched: false,
+            healthy: false,
             copies: Vec::new(),
             dirty: false,
             counted: State::Pending,
@@ -958,6 +1005,10 @@ mod reports;
 mod retention;
 pub use retention::is_final;
 mod rules;
+mod services;
+pub use services::ServiceRefusal;
 
+#[cfg(test)]
+mod service_tests;
 #[cfg(test)]
 mod tests;

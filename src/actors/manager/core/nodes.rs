@@ -118,7 +118,8 @@ impl Core {
                 self.reconcile(now, id);
             }
         }
-        self.kick();
+        self.nodes_changed_services();
+        self.settle(now);
     }
 
     /// The worker at `endpoint` has been silent for the node timeout.
@@ -145,7 +146,8 @@ impl Core {
         if let Some(c) = claimant {
             self.node_up(now, c, &name);
         }
-        self.kick();
+        self.nodes_changed_services();
+        self.settle(now);
     }
 
     /// A worker joins as `name` at `address` (`cube worker --join`): the name is bound to the
@@ -222,6 +224,7 @@ impl Core {
         node.calls.clear();
         node.seen.clear();
         self.node_ids.remove(name);
+        self.nodes_changed_services();
         self.dirty_nodes.retain(|&n| n != nid);
         self.forgotten.push(name.to_string());
         if was_ready {

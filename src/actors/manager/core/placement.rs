@@ -59,7 +59,7 @@ impl Core {
         if retry || (std::mem::take(&mut self.held_back) && placed_any) {
             self.retry_waiting();
         }
-        self.kick();
+        self.settle(now);
     }
 
     /// The scheduler could not be asked; put the tasks back in the queue.

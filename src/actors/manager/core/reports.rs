@@ -64,7 +64,7 @@ impl Core {
         for id in touched {
             self.reconcile(now, id);
         }
-        self.kick();
+        self.settle(now);
     }
 
     /// The outcome of a [`Effect::Start`] or [`Effect::Stop`] on `node`: what the worker then
@@ -131,7 +131,7 @@ impl Core {
             }
         }
         self.reconcile(now, id);
-        self.kick();
+        self.settle(now);
     }
 
     /// The result of one health check of an attempt.
@@ -146,8 +146,17 @@ impl Core {
             return;
         }
         match result {
-            Ok(()) => e.health_failures = 0,
+            Ok(()) => {
+                e.health_failures = 0;
+                if !e.healthy {
+                    e.healthy = true;
+                    // A service counts it as updated, and lists it as an endpoint, from now.
+                    self.task_touched_service(id);
+                    self.settle(now);
+                }
+            }
             Err(reason) => {
+                let was_healthy = std::mem::replace(&mut e.healthy, false);
                 e.health_failures += 1;
                 debug!(
                     "task {id}: health check {} failed: {reason}",
@@ -163,7 +172,10 @@ impl Core {
                         e.task.exit_code = None;
                     }
                     self.reconcile(now, id);
-                    self.kick();
+                    self.settle(now);
+                } else if was_healthy {
+                    self.task_touched_service(id);
+                    self.settle(now);
                 }
             }
         }

@@ -167,6 +167,7 @@ impl Core {
             return;
         };
         self.order.remove(&id);
+        self.forget_service_task(&e.task);
         for (nid, _) in &e.copies {
             let node = &mut self.nodes[*nid];
             node.seen.remove(&id);

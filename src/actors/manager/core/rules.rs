@@ -324,6 +324,7 @@ impl Core {
                 if !e.watched {
                     e.watched = true;
                     e.health_failures = 0;
+                    e.healthy = false;
                     self.effects.push(Effect::Watch {
                         id,
                         attempt: e.task.attempt,
@@ -332,6 +333,7 @@ impl Core {
                 }
             }
             None => {
+                e.healthy = false;
                 if e.watched {
                     e.watched = false;
                     self.effects.push(Effect::Unwatch(id));
@@ -349,5 +351,6 @@ impl Core {
             self.dirty_tasks.push(id);
         }
         self.recount(id);
+        self.task_touched_service(id);
     }
 }
