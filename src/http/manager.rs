@@ -67,6 +67,9 @@ impl From<ManagerError> for ApiError {
             ManagerError::Gone => StatusCode::SERVICE_UNAVAILABLE,
             ManagerError::Node(NodeRefusal::NotFound(_)) => StatusCode::NOT_FOUND,
             ManagerError::Node(_) => StatusCode::CONFLICT,
+            ManagerError::ServiceNotFound(_) => StatusCode::NOT_FOUND,
+            ManagerError::Service(_) => StatusCode::CONFLICT,
+            ManagerError::Input(_) => StatusCode::BAD_REQUEST,
         };
         ApiError::new(status, e.to_string())
     }
@@ -92,6 +95,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(join_node)),
         )
         .service(endpoint("/nodes/{name}").route(web::delete().to(forget_node)))
+        .configure(super::services::configure)
         .service(endpoint("/snapshot").route(web::post().to(snapshot)))
         .service(endpoint("/health").route(web::get().to(health)))
         .service(endpoint("/openapi.json").route(web::get().to(super::openapi::manager)));
@@ -131,6 +135,7 @@ async fn submit(
 struct ListQuery {
     state: Option<String>,
     worker: Option<String>,
+    service: Option<String>,
     limit: Option<String>,
     after: Option<String>,
 }
@@ -178,6 +183,7 @@ fn list_filters(query: ListQuery) -> Result<ListTasks, ApiError> {
     Ok(ListTasks {
         state,
         worker: query.worker,
+        service: query.service,
         after,
         // One more than the page, to know whether another follows.
         limit: Some(limit + 1),
@@ -192,6 +198,9 @@ fn next_link(filters: &ListTasks, limit: usize, last: uuid::Uuid) -> String {
     }
     if let Some(worker) = &filters.worker {
         query.push(format!("worker={}", percent_encode(worker)));
+    }
+    if let Some(service) = &filters.service {
+        query.push(format!("service={}", percent_encode(service)));
     }
     query.push(format!("limit={limit}"));
     query.push(format!("after={last}"));
@@ -221,6 +230,7 @@ async fn list_tasks(
     let link_filters = ListTasks {
         state: filters.state,
         worker: filters.worker.clone(),
+        service: filters.service.clone(),
         ..ListTasks::default()
     };
     let mut tasks = api.manager.send(filters).await?;
@@ -533,6 +543,7 @@ mod tests {
         list_filters(ListQuery {
             state: state.map(str::to_string),
             worker: None,
+            service: None,
             limit: limit.map(str::to_string),
             after: after.map(str::to_string),
         })

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod error;
 pub mod manager;
 pub mod openapi;
+pub mod services;
 pub mod worker;
 
 use actix_web::http::StatusCode;

@@ -10,6 +10,7 @@
 //! The messages below are its whole API; each says who sends it.
 
 pub mod core;
+mod services;
 mod shell;
 
 use actix::prelude::*;
@@ -17,6 +18,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use self::services::{
+    CreateService, DeleteService, GetService, ListServices, MAX_ENDPOINTS_WAIT, PatchService,
+    ReplaceService, RollbackService, WatchEndpoints,
+};
 pub use self::shell::{Manager, ManagerSetup};
 use super::client::{CallError, WorkerLink};
 use super::worker_proxy::WorkerProxy;
@@ -37,8 +42,16 @@ pub const NODES: Table<String, NodeRecord> = Table::new("nodes");
 /// Collected tasks: id → tombstone, which keeps the id reserved for a while (ARCHITECTURE.md
 /// §12).
 pub const COLLECTED: Table<Uuid, core::Tombstone> = Table::new("collected");
+/// Services: name → the service, its template and its rollout (ARCHITECTURE.md §13).
+pub const SERVICES: Table<String, crate::service::Service> = Table::new("services");
 /// Every table of the manager's store.
-pub const TABLES: &[&str] = &[TASKS.name(), EVENTS.name(), NODES.name(), COLLECTED.name()];
+pub const TABLES: &[&str] = &[
+    TASKS.name(),
+    EVENTS.name(),
+    NODES.name(),
+    COLLECTED.name(),
+    SERVICES.name(),
+];
 
 /// Version 2 is binary (about 40 bytes; version 1 was JSON, over 130). A collected task's
 /// tombstone must take less room than its record did, or collecting cannot make room in a full
@@ -117,6 +130,24 @@ pub enum ManagerError {
     /// A join or a forget refused.
     #[error("{0}")]
     Node(#[from] core::NodeRefusal),
+    /// No service has this name.
+    #[error("service {0} does not exist")]
+    ServiceNotFound(String),
+    /// A service change refused.
+    #[error("{0}")]
+    Service(core::ServiceRefusal),
+    /// The request's body cannot be taken; the message names the field.
+    #[error("{0}")]
+    Input(String),
+}
+
+impl From<core::ServiceRefusal> for ManagerError {
+    fn from(r: core::ServiceRefusal) -> ManagerError {
+        match r {
+            core::ServiceRefusal::NotFound(name) => ManagerError::ServiceNotFound(name),
+            other => ManagerError::Service(other),
+        }
+    }
 }
 
 impl From<core::Refusal> for ManagerError {
@@ -161,6 +192,8 @@ pub struct GetTask(pub Uuid);
 pub struct ListTasks {
     pub state: Option<State>,
     pub worker: Option<String>,
+    /// Only the tasks of this service.
+    pub service: Option<String>,
     /// Start after this id.
     pub after: Option<Uuid>,
     /// At most this many; all when `None`.

@@ -17,7 +17,7 @@ use super::core::{self, Core, Effect, Writes};
 use super::{
     COLLECTED, CallsDone, Connect, CountTasks, EVENTS, ForgetNode, GetTask, GetVitals, JoinNode,
     Joined, ListNodes, ListTasks, LogsOf, ManagerError, NODES, NodeDown, NodeRecord, NodeReport,
-    NodeUp, Report, Snapshot, StopTask, Submit, Submitted, TASKS, Vitals,
+    NodeUp, Report, SERVICES, Snapshot, StopTask, Submit, Submitted, TASKS, Vitals,
 };
 use crate::actors::CoreTimer;
 use crate::actors::client::{WorkerClient, WorkerLink, WorkerTarget};
@@ -54,9 +54,9 @@ pub struct ManagerSetup {
 }
 
 pub struct Manager {
-    core: Core,
-    clock: Clock,
-    store: Store,
+    pub(super) core: Core,
+    pub(super) clock: Clock,
+    pub(super) store: Store,
     scheduler: Addr<Scheduler>,
     /// Proxies by endpoint.
     proxies: Vec<Addr<WorkerProxy>>,
@@ -69,6 +69,8 @@ pub struct Manager {
     timer: CoreTimer,
     /// Records of an older store rewritten at start-up (intents folded in).
     upgrade: Option<Batch>,
+    /// Long-polls of services' endpoints.
+    pub(super) endpoint_waiters: Vec<super::services::Waiter>,
 }
 
 impl Manager {
@@ -125,6 +127,12 @@ impl Manager {
             .map(|(_, t)| t)
             .collect();
         core.restore_tombstones(clock.now(), tombstones);
+        let services: Vec<crate::service::Service> =
+            SERVICES.scan(&store)?.into_iter().map(|(_, s)| s).collect();
+        if !services.is_empty() {
+            info!("manager: {} service(s) recovered", services.len());
+        }
+        core.restore_services(clock.now(), services);
         Ok(Manager {
             core,
             clock,
@@ -139,6 +147,7 @@ impl Manager {
             health: None,
             timer: CoreTimer::default(),
             upgrade: (!upgrade.is_empty()).then_some(upgrade),
+            endpoint_waiters: Vec::new(),
         })
     }
 
@@ -147,7 +156,7 @@ impl Manager {
     /// `barrier`, a step that wrote nothing still waits for a commit, so an answer that depends
     /// on an earlier step (a repeated submission or stop) is never given before that step's
     /// records are durable: the writer commits in order.
-    fn carry_out(&mut self, ctx: &mut Context<Self>, barrier: bool) -> Option<Commit> {
+    pub(super) fn carry_out(&mut self, ctx: &mut Context<Self>, barrier: bool) -> Option<Commit> {
         self.carry_out_with(ctx, barrier, true)
     }
 
@@ -166,6 +175,7 @@ impl Manager {
         let writes = self.core.take_writes();
         let effects = self.core.take_effects();
         self.rearm(ctx);
+        self.wake_endpoint_waiters();
         let mut calls: Vec<(Addr<WorkerProxy>, CallWorker)> = Vec::new();
         for effect in effects {
             match effect {
@@ -335,7 +345,7 @@ impl Manager {
 }
 
 /// A commit under way and what follows it (the workers' calls); resolves once it is durable.
-type Commit = futures_util::future::BoxFuture<'static, Result<(), StoreError>>;
+pub(super) type Commit = futures_util::future::BoxFuture<'static, Result<(), StoreError>>;
 
 /// Hand every task record to `build` as they are decoded on a thread of their own, in chunks:
 /// at a restart with a million records, one core decodes while the other builds the memory.
@@ -402,6 +412,7 @@ fn batch_of(writes: &Writes) -> Result<Batch, StoreError> {
     for id in &writes.expired {
         COLLECTED.delete(&mut batch, id);
     }
+    super::services::put_services(&mut batch, &writes.services, &writes.services_removed)?;
     for (name, address) in &writes.nodes {
         let record = NodeRecord {
             address: address.clone(),
@@ -557,6 +568,11 @@ impl Handler<ListTasks> for Manager {
             .ids_after(msg.after)
             .filter_map(|id| self.core.task(*id))
             .filter(|t| msg.state.is_none_or(|s| t.state == s))
+            .filter(|t| {
+                msg.service
+                    .as_ref()
+                    .is_none_or(|name| t.service.as_ref() == Some(name))
+            })
             .filter(|t| {
                 msg.worker
                     .as_ref()
