@@ -49,6 +49,7 @@ fn spec(worker: &str, cmd: &[&str]) -> ContainerSpec {
         memory: 0,
         ports: BTreeMap::new(),
         pids_limit: cube::task::DEFAULT_PIDS_LIMIT,
+        volumes: vec![],
     }
 }
 
