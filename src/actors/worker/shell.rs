@@ -692,3 +692,108 @@ impl Handler<ReadLogs> for Worker {
         Ok(self.runtime.logs(container, msg.tail, msg.follow))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::actors::worker::DEFAULT_FEED_PAGE;
+    use crate::runtime::fake::FakeRuntime;
+    use crate::task::State;
+    use crate::volume::Volume;
+
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    fn task(volumes: &[&str]) -> Task {
+        let mut task = Task::new("cube-test/busybox:latest");
+        task.attempt = 1;
+        task.volumes = volumes
+            .iter()
+            .map(|v| Volume::parse(v).expect("a volume"))
+            .collect();
+        task
+    }
+
+    async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[actix_web::test]
+    async fn stats_and_volumes_show_what_the_runtime_made_and_allows() {
+        let runtime = FakeRuntime::new(Duration::ZERO);
+        runtime.allow_host_paths("w1", vec!["/srv/data".into()]);
+        let worker = Worker::new(WorkerSetup {
+            name: "w1".into(),
+            runtime: Arc::new(runtime),
+            store: None,
+            sampler: None,
+            capacity: crate::server::DEFAULT_FAKE_CAPACITY,
+            retention: super::super::DEFAULT_RETENTION,
+            feed_page: DEFAULT_FEED_PAGE,
+        })
+        .expect("a worker")
+        .start();
+        let stats = worker
+            .send(GetStats)
+            .await
+            .expect("answers")
+            .expect("stats");
+        assert!(stats.volumes.is_empty(), "{stats:?}");
+        assert_eq!(stats.allowed_host_paths, vec!["/srv/data"]);
+
+        let mounts = task(&["data:/data", "/srv/data/web:/web:ro"]);
+        worker
+            .send(StartAttempt(mounts.clone()))
+            .await
+            .expect("answers")
+            .expect("started");
+        // Listed once the start created it, without anyone asking.
+        eventually("the volume in the stats", async || {
+            let stats = worker.send(GetStats).await.ok()?.ok()?;
+            (stats.volumes == ["data"]).then_some(())
+        })
+        .await;
+        let listed = worker
+            .send(ReadVolumes)
+            .await
+            .expect("answers")
+            .expect("listed");
+        assert_eq!(listed.volumes.len(), 1);
+        assert_eq!(listed.volumes[0].name, "data");
+        assert!(listed.volumes[0].created.is_some());
+        assert_eq!(listed.volumes[0].tasks, vec![mounts.id]);
+
+        let outside = task(&["logs:/logs", "/etc:/x"]);
+        worker
+            .send(StartAttempt(outside.clone()))
+            .await
+            .expect("answers")
+            .expect("accepted");
+        let failed = eventually("the start outside the prefixes to fail", async || {
+            let t = worker.send(ReadTask(outside.id)).await.ok()??;
+            (t.state == State::Failed).then_some(t)
+        })
+        .await;
+        assert_eq!(
+            failed.error.as_deref(),
+            Some(
+                "volume /etc:/x: host path /etc is not under a path this worker allows (--allow-host-path); it allows: /srv/data"
+            )
+        );
+        let listed = worker
+            .send(ReadVolumes)
+            .await
+            .expect("answers")
+            .expect("listed");
+        let names: Vec<&str> = listed.volumes.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["data"], "a refused start creates no volume");
+    }
+}
