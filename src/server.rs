@@ -269,7 +269,11 @@ pub async fn open_runtime(config: &WorkerConfig) -> Result<Arc<dyn Runtime>, Ser
                 .map_err(ServeError::Docker)?
                 .with_hardening(config.hardening.clone()),
         ),
-        RuntimeKind::Fake => Arc::new(FakeRuntime::new(config.fake_start_delay)),
+        RuntimeKind::Fake => {
+            let fake = FakeRuntime::new(config.fake_start_delay);
+            fake.allow_host_paths(&config.name, config.hardening.allowed_host_paths.clone());
+            Arc::new(fake)
+        }
     })
 }
 

@@ -75,6 +75,17 @@ impl Volume {
     }
 }
 
+/// Docker's short form, `SOURCE:TARGET[:ro]`, as errors name a volume.
+impl std::fmt::Display for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.source, self.target)?;
+        if self.read_only {
+            f.write_str(":ro")?;
+        }
+        Ok(())
+    }
+}
+
 /// A named volume: letters, digits, `_`, `.`, `-`, starting with a letter or digit (Docker's
 /// rule).
 pub fn check_name(name: &str) -> Result<(), String> {

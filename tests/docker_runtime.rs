@@ -49,6 +49,7 @@ fn spec(worker: &str, cmd: &[&str]) -> ContainerSpec {
         memory: 0,
         ports: BTreeMap::new(),
         pids_limit: cube::task::DEFAULT_PIDS_LIMIT,
+        volumes: vec![],
     }
 }
 
@@ -317,5 +318,68 @@ async fn logs_return_the_output() {
     assert!(
         matches!(missing.as_slice(), [Err(RuntimeError::NoSuchContainer(_))]),
         "{missing:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_named_volume_is_created_labelled_and_kept_after_its_container() {
+    let (runtime, worker, _cleanup) = setup().await;
+    let volume = format!("vol-{}", &Uuid::new_v4().simple().to_string()[..10]);
+    let mut spec = spec(&worker, &["sh", "-c", "echo kept > /data/file"]);
+    spec.volumes = vec![cube::volume::Volume::parse(&format!("{volume}:/data")).expect("a volume")];
+    let status = runtime.start(spec).await.expect("started");
+    let listed = runtime.volumes(worker.clone()).await.expect("listed");
+    let mine = listed
+        .iter()
+        .find(|v| v.name == volume)
+        .unwrap_or_else(|| panic!("{volume} in {listed:?}"));
+    assert!(mine.created_at.is_some(), "{mine:?}");
+    let labels = Command::new("docker")
+        .args(["volume", "inspect", "--format", "{{json .Labels}}", &volume])
+        .output()
+        .expect("docker CLI runs");
+    let labels: serde_json::Value =
+        serde_json::from_slice(&labels.stdout).expect("the labels as JSON");
+    assert_eq!(labels["cube.volume"], volume.as_str());
+    assert_eq!(labels["cube.worker"], worker.as_str());
+
+    runtime
+        .stop(status.container_id.clone(), Duration::from_secs(1))
+        .await
+        .expect("stopped");
+    assert_eq!(
+        runtime.inspect(status.container_id).await.expect("inspect"),
+        None
+    );
+    let listed = runtime.volumes(worker).await.expect("listed");
+    assert!(
+        listed.iter().any(|v| v.name == volume),
+        "{volume} kept after its container: {listed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_host_path_outside_the_allowed_prefixes_is_refused_before_anything_is_made() {
+    let (runtime, worker, _cleanup) = setup().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let allowed = dir.path().to_str().expect("utf-8").to_string();
+    let runtime = runtime.with_hardening(cube::runtime::Hardening {
+        allowed_host_paths: vec![allowed.clone()],
+        ..Default::default()
+    });
+    let mut spec = spec(&worker, &["true"]);
+    spec.volumes = vec![cube::volume::Volume::parse("/etc:/x:ro").expect("a volume")];
+    match runtime.start(spec.clone()).await {
+        Err(RuntimeError::Refused(m)) => assert_eq!(
+            m,
+            format!(
+                "volume /etc:/x:ro: host path /etc is not under a path this worker allows (--allow-host-path); it allows: {allowed}"
+            )
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(
+        common::containers(&worker, true).is_empty(),
+        "no container was made"
     );
 }

@@ -496,3 +496,174 @@ fn containers_run_hardened_and_publish_only_where_the_worker_says() {
         "{t}"
     );
 }
+
+/// Poll the worker's log of a task until it holds `text`; the log.
+fn wait_log(s: &Setup, id: &Value, text: &str) -> String {
+    let url = format!("{}/logs", task_url(s, id));
+    eventually(&format!("{text:?} in the log of {id}"), || {
+        let r = s.http.get(&url);
+        (r.status == 200 && r.body.contains(text)).then_some(r.body)
+    })
+}
+
+/// `docker volume inspect` of one volume, or None when it does not exist.
+fn inspect_volume(name: &str) -> Option<Value> {
+    let out = std::process::Command::new("docker")
+        .args(["volume", "inspect", name])
+        .output()
+        .expect("docker volume inspect");
+    if !out.status.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+    v.get(0).cloned()
+}
+
+#[test]
+fn a_named_volume_outlives_its_task_and_the_next_task_reads_it() {
+    let s = worker();
+    let volume = unique("vol");
+    let writer = submit(
+        &s,
+        json!({"image": IMAGE, "cmd": ["sh", "-c", "echo hello > /data/greeting && echo written && sleep 600"],
+            "volumes": [format!("{volume}:/data")], "stop_timeout_s": 1}),
+    );
+    wait_state(&s.http, &task_url(&s, &writer["id"]), "Running");
+    wait_log(&s, &writer["id"], "written");
+
+    // Created on demand, labelled as Cube's and its worker's.
+    let v = inspect_volume(&volume).expect("the volume was created");
+    assert_eq!(v["Labels"]["cube.volume"], volume.as_str(), "{v}");
+    assert_eq!(v["Labels"]["cube.worker"], s.name.as_str(), "{v}");
+    // Listed while the task mounts it, with that task; and in the stats.
+    let listed = s.http.get(&format!("{}/volumes", s.worker.url()));
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let listed = listed.json();
+    assert_eq!(listed["name"], s.name.as_str());
+    let entry = listed["volumes"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|e| e["name"] == volume.as_str()))
+        .unwrap_or_else(|| panic!("{volume} in {listed}"))
+        .clone();
+    assert!(entry["created"].is_string(), "{entry}");
+    assert_eq!(entry["tasks"], json!([writer["id"]]), "{entry}");
+    let stats = s.http.get(&format!("{}/stats", s.worker.url())).json();
+    assert!(
+        stats["volumes"]
+            .as_array()
+            .is_some_and(|vs| vs.iter().any(|n| n == volume.as_str())),
+        "{stats}"
+    );
+    assert_eq!(stats["allowed_host_paths"], json!([]), "{stats}");
+
+    // Stopped: its container goes, the volume stays.
+    let r = s.http.delete(&task_url(&s, &writer["id"]));
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_state(&s.http, &task_url(&s, &writer["id"]), "Completed");
+    eventually("the writer's container removed", || {
+        containers(&s.name, true).is_empty().then_some(())
+    });
+    assert!(inspect_volume(&volume).is_some(), "the volume was kept");
+
+    let reader = submit(
+        &s,
+        json!({"image": IMAGE, "cmd": ["cat", "/data/greeting"],
+            "volumes": [{"source": volume, "target": "/data", "read_only": true}]}),
+    );
+    let t = wait_state(&s.http, &task_url(&s, &reader["id"]), "Completed");
+    assert_eq!(t["exit_code"], 0, "{t}");
+    wait_log(&s, &reader["id"], "hello");
+    // Nobody mounts it any more, and it is still listed.
+    let listed = s.http.get(&format!("{}/volumes", s.worker.url())).json();
+    let entry = listed["volumes"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|e| e["name"] == volume.as_str()))
+        .unwrap_or_else(|| panic!("{volume} in {listed}"))
+        .clone();
+    assert_eq!(entry["tasks"], json!([]), "{entry}");
+}
+
+#[test]
+fn host_paths_mount_only_under_an_allowed_prefix_and_read_only_refuses_writes() {
+    test_image();
+    let name = unique("wt");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&shared).expect("mkdir");
+    std::fs::write(shared.join("in.txt"), "from the host\n").expect("write");
+    let allowed = shared.to_str().expect("utf-8").to_string();
+    let worker = worker_process_with(dir.path(), &name, 0, &["--allow-host-path", &allowed]);
+    let s = Setup {
+        worker,
+        _containers: Containers::of(&[&name]),
+        name,
+        dir,
+        http: Http::new(),
+    };
+    let stats = s.http.get(&format!("{}/stats", s.worker.url())).json();
+    assert_eq!(stats["allowed_host_paths"], json!([allowed]), "{stats}");
+
+    let rw = submit(
+        &s,
+        json!({"image": IMAGE, "cmd": ["sh", "-c", "cat /host/in.txt && echo out > /host/out.txt"],
+            "volumes": [format!("{allowed}:/host")]}),
+    );
+    let t = wait_state(&s.http, &task_url(&s, &rw["id"]), "Completed");
+    assert_eq!(t["exit_code"], 0, "{t}");
+    wait_log(&s, &rw["id"], "from the host");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("out.txt"))
+            .ok()
+            .as_deref(),
+        Some("out\n")
+    );
+
+    let ro = submit(
+        &s,
+        json!({"image": IMAGE, "cmd": ["sh", "-c", "echo no > /host/ro.txt"],
+            "volumes": [format!("{allowed}:/host:ro")]}),
+    );
+    let t = wait_state(&s.http, &task_url(&s, &ro["id"]), "Failed");
+    assert_ne!(t["exit_code"], 0, "{t}");
+    assert!(
+        !shared.join("ro.txt").exists(),
+        "a read-only mount was written"
+    );
+
+    // Outside the prefix (its parent, then somewhere else): Failed with the reason, no container.
+    for outside in [s.dir.path().to_str().expect("utf-8"), "/etc"] {
+        let t = submit(
+            &s,
+            json!({"image": IMAGE, "cmd": ["cat", "/x/passwd"], "volumes": [format!("{outside}:/x")]}),
+        );
+        let t = wait_state(&s.http, &task_url(&s, &t["id"]), "Failed");
+        assert_eq!(
+            t["error"],
+            format!(
+                "volume {outside}:/x: host path {outside} is not under a path this worker allows (--allow-host-path); it allows: {allowed}"
+            ),
+            "{t}"
+        );
+        assert!(t["container_id"].is_null(), "{t}");
+    }
+}
+
+#[test]
+fn a_bad_allowed_host_path_is_a_usage_error_naming_it() {
+    for bad in ["srv/data", "/", "/srv/../etc"] {
+        // Were the flag taken, the data directory would stop the worker anyway.
+        let (ok, out) = run_cube(
+            &[
+                "worker",
+                "--data-dir",
+                "/proc/cube-no-such-dir",
+                "--allow-host-path",
+                bad,
+            ],
+            &[],
+        );
+        assert!(!ok, "{bad} was taken: {out}");
+        assert!(out.contains("--allow-host-path"), "{out}");
+        assert!(out.contains(bad), "{out}");
+    }
+}

@@ -344,6 +344,10 @@ pub struct WorkerArgs {
     /// Capabilities to drop from every container besides Docker's defaults (e.g. NET_RAW).
     #[arg(long, value_delimiter = ',')]
     pub cap_drop: Vec<String>,
+    /// Let tasks mount host paths under this directory (repeatable); a task naming a host path
+    /// under none of them fails. None by default: tasks get named volumes only.
+    #[arg(long, value_name = "PATH", value_parser = parse_allowed_host_path)]
+    pub allow_host_path: Vec<String>,
     /// The token the manager must present; without it the API is open (loopback only).
     #[arg(long, env = "CUBE_CLUSTER_TOKEN", hide_env_values = true)]
     pub cluster_token: Option<String>,
@@ -372,6 +376,11 @@ pub struct WorkerArgs {
     /// Exit when standard input closes (set by `cube up`, so workers end with their parent).
     #[arg(long, hide = true)]
     pub exit_with_stdin: bool,
+}
+
+/// An `--allow-host-path` prefix: absolute, without `..`, not `/`.
+pub fn parse_allowed_host_path(text: &str) -> Result<String, String> {
+    crate::volume::check_allowed_prefix(text).map(|()| text.to_string())
 }
 
 fn parse_address(text: &str) -> Result<String, String> {
@@ -499,6 +508,7 @@ impl WorkerArgs {
             log_max_size: self.log_max_size.clone(),
             log_max_files: self.log_max_files,
             cap_drop: self.cap_drop.clone(),
+            allowed_host_paths: self.allow_host_path.clone(),
         };
         config.cluster_token = self.cluster_token.clone();
         config.insecure = self.insecure;

@@ -70,6 +70,10 @@ pub struct UpArgs {
     /// the CLI finds it (~/.config/cube/<host>-<port>.ca.pem).
     #[arg(long)]
     pub tls: bool,
+    /// Let the workers' tasks mount host paths under this directory (repeatable), as
+    /// `cube worker --allow-host-path`. None by default.
+    #[arg(long, value_name = "PATH", value_parser = super::parse_allowed_host_path)]
+    pub allow_host_path: Vec<String>,
 }
 
 pub async fn run(args: UpArgs) -> Result<ExitCode, String> {
@@ -159,6 +163,7 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, String> {
         let runtime = std::sync::Arc::new(FakeRuntime::new(Duration::ZERO));
         for i in 1..=args.workers {
             let name = format!("w{i}");
+            runtime.allow_host_paths(&name, args.allow_host_path.clone());
             handle
                 .actors
                 .add_local_worker(&name, runtime.clone(), DEFAULT_FAKE_CAPACITY)
@@ -235,7 +240,11 @@ fn spawn_worker(
         .args(["--name", name])
         .arg("--data-dir")
         .arg(&data_dir)
-        .arg("--exit-with-stdin")
+        .arg("--exit-with-stdin");
+    for prefix in &args.allow_host_path {
+        command.arg("--allow-host-path").arg(prefix);
+    }
+    command
         .stdin(Stdio::piped())
         .kill_on_drop(false)
         .spawn()

@@ -26,7 +26,9 @@ use super::error::ErrorBody;
 use super::manager::{JoinBody, ManagerHealth, NodeJoined};
 use super::worker::WorkerHealth;
 use crate::actors::manager::NodeReport;
-use crate::actors::worker::{Changes, StartOutcome, StartsAnswer, StopOutcome, StopsAnswer};
+use crate::actors::worker::{
+    Changes, StartOutcome, StartsAnswer, StopOutcome, StopsAnswer, VolumeReport, VolumesAnswer,
+};
 use crate::node::{NodeStats, NodeStatus};
 use crate::task::{Goal, RestartPolicy, Starts, State, StopInput, Stops, Submission, Task};
 
@@ -233,6 +235,7 @@ struct ManagerDoc;
         worker_api::stop_task,
         worker_api::task_logs,
         worker_api::stats,
+        worker_api::volumes,
         worker_api::health,
         worker_api::openapi,
     ),
@@ -250,7 +253,9 @@ struct ManagerDoc;
             Stops,
             StopInput,
             StopsAnswer,
-            StopOutcome
+            StopOutcome,
+            VolumesAnswer,
+            VolumeReport
         ),
         responses(
             BadRequest,
@@ -692,13 +697,32 @@ mod worker_api {
         path = "/stats",
         tag = "tasks",
         responses(
-            (status = 200, description = "The machine's cpus, memory, disk, load and task count.", body = NodeStats),
+            (status = 200, description = "The machine's cpus, memory, disk, load and task count; its named volumes and the host paths it lets tasks mount.", body = NodeStats),
             (status = 401, response = Unauthorized),
             (status = 503, response = Unavailable),
         ),
         security(("bearerAuth" = [])),
     )]
     fn stats() {}
+
+    /// The named volumes
+    ///
+    /// Listed by the container runtime now: the volumes Cube created on the worker's engine
+    /// (kept after the tasks that mounted them), each with the tasks on this worker that mount
+    /// it.
+    #[utoipa::path(
+        get,
+        path = "/volumes",
+        tag = "tasks",
+        responses(
+            (status = 200, description = "The named volumes, by name.", body = VolumesAnswer),
+            (status = 401, response = Unauthorized),
+            (status = 500, description = "The container runtime could not list them.", body = ErrorBody),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn volumes() {}
 
     /// Liveness
     #[utoipa::path(
@@ -950,6 +974,16 @@ mod tests {
             0,
         );
         assert_answer_schema(&worker, "NodeStats", &stats);
+        let volumes = VolumesAnswer {
+            name: "w1".into(),
+            volumes: vec![VolumeReport {
+                name: "data".into(),
+                created: None,
+                tasks: vec![uuid::Uuid::new_v4()],
+            }],
+        };
+        assert_answer_schema(&worker, "VolumesAnswer", &volumes);
+        assert_answer_schema(&worker, "VolumeReport", &volumes.volumes[0]);
         let changes = Changes {
             name: "w1".into(),
             instance: uuid::Uuid::new_v4(),

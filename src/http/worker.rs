@@ -9,7 +9,8 @@
 //! | `GET /tasks/{id}` | one task |
 //! | `DELETE /tasks/{id}` | stop and remove its container, then Completed (202) |
 //! | `GET /tasks/{id}/logs` | the container's output (`?tail=N`, `?follow=true`) |
-//! | `GET /stats` | the machine's cpus, memory, disk, load and task count |
+//! | `GET /stats` | the machine's cpus, memory, disk, load and task count; its named volumes and allowed host paths |
+//! | `GET /volumes` | the named volumes Cube created on its engine, each with the tasks that mount it |
 //! | `GET /health` | `{"status":"ok","name":…}` |
 //! | `GET /openapi.json` | this API's OpenAPI document ([`super::openapi`]) |
 //!
@@ -30,9 +31,9 @@ use super::{
     read_body_up_to, shown,
 };
 use crate::actors::worker::{
-    GetStats, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, StartAttempt, StartAttempts,
-    StartOutcome, StartsAnswer, StopAttempt, StopAttempts, StopOutcome, StopsAnswer, WatchChanges,
-    Worker, WorkerError,
+    GetStats, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, ReadVolumes, StartAttempt,
+    StartAttempts, StartOutcome, StartsAnswer, StopAttempt, StopAttempts, StopOutcome, StopsAnswer,
+    WatchChanges, Worker, WorkerError,
 };
 use crate::task::{Desired, parse_starts, parse_stops, parse_submission};
 
@@ -82,6 +83,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(endpoint("/starts").route(web::post().to(start_tasks)))
         .service(endpoint("/stops").route(web::post().to(stop_tasks)))
         .service(endpoint("/stats").route(web::get().to(stats)))
+        .service(endpoint("/volumes").route(web::get().to(volumes)))
         .service(endpoint("/health").route(web::get().to(health)))
         .service(endpoint("/openapi.json").route(web::get().to(super::openapi::worker)));
 }
@@ -373,6 +375,12 @@ async fn task_logs(
 async fn stats(api: web::Data<WorkerApi>) -> Result<HttpResponse, ApiError> {
     let stats = api.worker.send(GetStats).await??;
     Ok(HttpResponse::Ok().json(stats))
+}
+
+/// The named volumes, listed by the runtime now (a read: any token of the API may ask).
+async fn volumes(api: web::Data<WorkerApi>) -> Result<HttpResponse, ApiError> {
+    let volumes = api.worker.send(ReadVolumes).await??;
+    Ok(HttpResponse::Ok().json(volumes))
 }
 
 /// The answer of `GET /health`.

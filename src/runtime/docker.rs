@@ -3,7 +3,10 @@
 //! [`DockerRuntime`] owns the translation between a [`ContainerSpec`] and Docker's create body,
 //! between Docker's inspect document and a [`ContainerStatus`], and the long-lived, self-healing
 //! event subscription behind [`Runtime::events`]. It only lists and reports containers labelled
-//! `cube.worker=<worker>`. It also owns the helper that builds the small busybox test image.
+//! `cube.worker=<worker>`. It creates a task's missing named volumes (labelled `cube.volume` and
+//! `cube.worker`) and never removes them, and bind-mounts host paths only under the allowed
+//! prefixes, also once symbolic links are resolved. It also owns the helper that builds the small
+//! busybox test image.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -14,12 +17,13 @@ use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, EventMessage, HostConfig, HostConfigLogConfig,
-    PortBinding, PortMap, RestartPolicy, RestartPolicyNameEnum,
+    Mount, MountType, MountVolumeOptions, PortBinding, PortMap, RestartPolicy,
+    RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    EventsOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    EventsOptionsBuilder, ListContainersOptionsBuilder, ListVolumesOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -29,9 +33,11 @@ use log::{debug, info, warn};
 use uuid::Uuid;
 
 use super::{
-    ContainerSpec, ContainerStatus, Hardening, LABEL_ATTEMPT, LABEL_TASK_ID, LABEL_WORKER, Runtime,
-    RuntimeError, RuntimeEvent, normalize_port,
+    ContainerSpec, ContainerStatus, Hardening, LABEL_ATTEMPT, LABEL_TASK_ID, LABEL_VOLUME,
+    LABEL_WORKER, Runtime, RuntimeError, RuntimeEvent, VolumeInfo, allowed_list, check_host_paths,
+    is_allowed, normalize_port,
 };
+use crate::volume::Volume;
 
 /// First wait before reopening a broken event stream.
 const EVENTS_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
@@ -213,6 +219,11 @@ impl DockerRuntime {
     }
 
     async fn start_container(&self, spec: ContainerSpec) -> Result<ContainerStatus, RuntimeError> {
+        let allowed = &self.hardening.allowed_host_paths;
+        check_host_paths(&spec.volumes, allowed)?;
+        // Quick system calls on local paths (never a network round trip), so done in place.
+        check_resolved_host_paths(&spec.volumes, allowed)?;
+        self.ensure_volumes(&spec).await?;
         // Create first and pull only when Docker says the image is missing: the common case
         // costs no image inspection (every API call counts when the engine is the bottleneck).
         let id = match self.create(&spec).await {
@@ -264,6 +275,59 @@ impl DockerRuntime {
                 Err(e)
             }
         }
+    }
+
+    /// Create the spec's named volumes that do not exist yet, labelled as Cube's. One that
+    /// exists already (Cube's or not) is used as it is.
+    async fn ensure_volumes(&self, spec: &ContainerSpec) -> Result<(), RuntimeError> {
+        for name in spec.volumes.iter().filter_map(Volume::name) {
+            match self.docker.inspect_volume(name).await {
+                Ok(_) => continue,
+                Err(e) if status_code(&e) == Some(404) => {}
+                Err(e) => return Err(backend(&format!("inspect volume {name}"), &e)),
+            }
+            let request = VolumeCreateRequest {
+                name: Some(name.to_string()),
+                labels: Some(volume_labels(name, &spec.worker)),
+                ..Default::default()
+            };
+            // Creating a volume that appeared meanwhile (another start) returns that one.
+            self.docker
+                .create_volume(request)
+                .await
+                .map_err(|e| backend(&format!("create volume {name}"), &e))?;
+            info!(
+                "worker {}: created volume {name} for task {}",
+                spec.worker, spec.task_id
+            );
+        }
+        Ok(())
+    }
+
+    async fn list_volumes(&self) -> Result<Vec<VolumeInfo>, RuntimeError> {
+        let filters = HashMap::from([("label", vec![LABEL_VOLUME.to_string()])]);
+        let options = ListVolumesOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        let answer = self
+            .docker
+            .list_volumes(Some(options))
+            .await
+            .map_err(|e| backend("list volumes", &e))?;
+        for warning in answer.warnings.unwrap_or_default() {
+            warn!("listing volumes: {warning}");
+        }
+        let mut volumes: Vec<VolumeInfo> = answer
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| VolumeInfo {
+                created_at: v.created_at.as_deref().and_then(parse_docker_time),
+                name: v.name,
+            })
+            .collect();
+        volumes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(volumes)
     }
 
     /// Create the container; a missing image is `ImageUnavailable`, a taken name `NameConflict`.
@@ -504,9 +568,59 @@ impl Runtime for DockerRuntime {
         self.container_logs(container_id, tail, follow)
     }
 
+    fn allowed_host_paths(&self, _worker: &str) -> Vec<String> {
+        self.hardening.allowed_host_paths.clone()
+    }
+
+    fn volumes(
+        &self,
+        _worker: String,
+    ) -> BoxFuture<'static, Result<Vec<VolumeInfo>, RuntimeError>> {
+        let this = self.clone();
+        async move { this.list_volumes().await }.boxed()
+    }
+
     fn events(&self, worker: String) -> BoxStream<'static, RuntimeEvent> {
         self.container_events(worker)
     }
+}
+
+/// The labels of a named volume Cube creates: its name, and the worker that created it.
+fn volume_labels(name: &str, worker: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_VOLUME.to_string(), name.to_string()),
+        (LABEL_WORKER.to_string(), worker.to_string()),
+    ])
+}
+
+/// Host paths as Docker will find them: each must exist (Docker would otherwise refuse with
+/// less to go on), and once its symbolic links are resolved it must still lie under an allowed
+/// prefix (itself resolved), so a link under `/srv/data` cannot hand a task `/etc`.
+fn check_resolved_host_paths(volumes: &[Volume], allowed: &[String]) -> Result<(), RuntimeError> {
+    let resolved_allowed: Vec<String> = allowed
+        .iter()
+        .map(|p| {
+            std::fs::canonicalize(p)
+                .map_or_else(|_| p.clone(), |r| r.to_string_lossy().into_owned())
+        })
+        .collect();
+    for v in volumes.iter().filter(|v| v.is_host_path()) {
+        let real = std::fs::canonicalize(&v.source).map_err(|e| {
+            RuntimeError::Refused(format!(
+                "volume {v}: host path {} cannot be used on this worker: {e}; expected an existing file or directory",
+                v.source
+            ))
+        })?;
+        let real = real.to_string_lossy();
+        if !is_allowed(&real, &resolved_allowed) {
+            return Err(RuntimeError::Refused(format!(
+                "volume {v}: host path {} resolves to {real}, which is not under a path this worker allows (--allow-host-path); it allows: {}",
+                v.source,
+                allowed_list(allowed)
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// State of the never-ending event stream between two items.
@@ -628,6 +742,7 @@ fn create_body(
         cap_drop: (!hardening.cap_drop.is_empty()).then(|| hardening.cap_drop.clone()),
         log_config: Some(log_config),
         port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+        mounts: (!spec.volumes.is_empty()).then(|| mounts(spec)),
         restart_policy: Some(RestartPolicy {
             name: Some(RestartPolicyNameEnum::NO),
             maximum_retry_count: None,
@@ -643,6 +758,33 @@ fn create_body(
         host_config: Some(host_config),
         ..Default::default()
     })
+}
+
+/// The spec's volumes as Docker mounts: named volumes (labelled as Cube's, should Docker have to
+/// create one after all) and bind mounts of host paths; never removed with the container.
+fn mounts(spec: &ContainerSpec) -> Vec<Mount> {
+    spec.volumes
+        .iter()
+        .map(|v| {
+            let mut mount = Mount {
+                target: Some(v.target.clone()),
+                source: Some(v.source.clone()),
+                read_only: Some(v.read_only),
+                ..Default::default()
+            };
+            match v.name() {
+                Some(name) => {
+                    mount.typ = Some(MountType::VOLUME);
+                    mount.volume_options = Some(MountVolumeOptions {
+                        labels: Some(volume_labels(name, &spec.worker)),
+                        ..Default::default()
+                    });
+                }
+                None => mount.typ = Some(MountType::BIND),
+            }
+            mount
+        })
+        .collect()
 }
 
 /// A [`ContainerStatus`] from Docker's inspect document. A container without valid Cube labels
@@ -845,6 +987,10 @@ mod tests {
                 ("53/udp".into(), Some("25353".into())),
             ]),
             pids_limit: 100,
+            volumes: vec![
+                Volume::parse("data:/data").expect("a volume"),
+                Volume::parse("/srv/x:/x:ro").expect("a volume"),
+            ],
         };
         let hardening = Hardening {
             publish_address: "10.1.2.3".into(),
@@ -885,6 +1031,21 @@ mod tests {
             Some(vec!["no-new-privileges".to_string()])
         );
         assert_eq!(host.cap_drop, Some(vec!["NET_RAW".to_string()]));
+        let mounts = host.mounts.clone().unwrap_or_default();
+        assert_eq!(mounts.len(), 2);
+        assert_eq!(mounts[0].typ, Some(MountType::VOLUME));
+        assert_eq!(mounts[0].source.as_deref(), Some("data"));
+        assert_eq!(mounts[0].read_only, Some(false));
+        let labels = mounts[0]
+            .volume_options
+            .clone()
+            .and_then(|o| o.labels)
+            .unwrap_or_default();
+        assert_eq!(labels.get(LABEL_VOLUME).map(String::as_str), Some("data"));
+        assert_eq!(labels.get(LABEL_WORKER).map(String::as_str), Some("w1"));
+        assert_eq!(mounts[1].typ, Some(MountType::BIND));
+        assert_eq!(mounts[1].target.as_deref(), Some("/x"));
+        assert_eq!(mounts[1].read_only, Some(true));
         let log = host
             .log_config
             .unwrap_or_default()
@@ -904,6 +1065,42 @@ mod tests {
         assert_eq!(
             hardening.host_port(Some("20000")).ok().as_deref(),
             Some("20000")
+        );
+    }
+
+    #[test]
+    fn host_paths_are_checked_once_their_links_are_resolved() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let allowed_dir = dir.path().join("allowed");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(allowed_dir.join("web")).expect("mkdir");
+        std::fs::create_dir_all(&outside).expect("mkdir");
+        std::os::unix::fs::symlink(&outside, allowed_dir.join("escape")).expect("symlink");
+        let text = |p: &Path| p.to_string_lossy().into_owned();
+        let allowed = vec![text(&allowed_dir)];
+        let volume = |source: &Path| Volume {
+            source: text(source),
+            target: "/x".into(),
+            read_only: false,
+        };
+        check_resolved_host_paths(&[volume(&allowed_dir.join("web"))], &allowed)
+            .expect("a real directory under the prefix");
+        let escape = check_resolved_host_paths(&[volume(&allowed_dir.join("escape"))], &allowed)
+            .expect_err("a link out of the prefix");
+        assert!(
+            escape.to_string().contains(&format!(
+                "resolves to {}, which is not under a path this worker allows",
+                text(&outside.canonicalize().expect("exists"))
+            )),
+            "{escape}"
+        );
+        let missing = check_resolved_host_paths(&[volume(&allowed_dir.join("nope"))], &allowed)
+            .expect_err("a missing path");
+        assert!(
+            missing
+                .to_string()
+                .contains("expected an existing file or directory"),
+            "{missing}"
         );
     }
 

@@ -13,6 +13,10 @@
 //! | `sh -c "<one of the above>"`              | as the inner command                       |
 //! | anything else                             | runs until stopped                         |
 //!
+//! Volumes are checked as Docker's runtime checks them: a host path outside the prefixes allowed
+//! for the worker ([`FakeRuntime::allow_host_paths`], none by default) refuses the start; a named
+//! volume is "created" on the worker's engine the first time a container mounts it, and kept.
+//!
 //! An image whose name contains `missing` cannot be pulled. Like Docker, stopping or removing a
 //! running container announces its exit. It is kept lean for a million containers: a record of a
 //! few hundred bytes each, and no task per container except the timer of a `sleep N`.
@@ -31,7 +35,10 @@ use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 use uuid::Uuid;
 
-use super::{ContainerSpec, ContainerStatus, Runtime, RuntimeError, RuntimeEvent, normalize_port};
+use super::{
+    ContainerSpec, ContainerStatus, Runtime, RuntimeError, RuntimeEvent, VolumeInfo,
+    check_host_paths, normalize_port,
+};
 
 /// The first host port handed out when a spec leaves the choice to the runtime.
 const FIRST_AUTO_HOST_PORT: u16 = 40000;
@@ -70,6 +77,10 @@ struct WorkerState {
     next_port: u16,
     /// Created on the first subscription; without subscribers, exits are not announced.
     events: Option<broadcast::Sender<RuntimeEvent>>,
+    /// Host paths its containers may mount lie under one of these.
+    allowed_host_paths: Vec<String>,
+    /// The named volumes its containers mounted, and when each was first mounted (created).
+    volumes: BTreeMap<String, DateTime<Utc>>,
 }
 
 struct FakeContainer {
@@ -108,6 +119,16 @@ impl FakeRuntime {
         }
     }
 
+    /// Let the containers of `worker` mount host paths under these prefixes (none until then),
+    /// as `cube worker --allow-host-path` does.
+    pub fn allow_host_paths(&self, worker: &str, prefixes: Vec<String>) {
+        let mut state = self.shared.lock();
+        let key = state.worker_key(worker);
+        if let Some(worker_state) = state.workers.get_mut(&key) {
+            worker_state.allowed_host_paths = prefixes;
+        }
+    }
+
     /// Number of containers currently recorded, over all workers.
     pub fn container_count(&self) -> usize {
         self.shared.lock().containers.len()
@@ -136,8 +157,15 @@ impl FakeRuntime {
                 "fake: worker {worker} vanished"
             )));
         };
+        check_host_paths(&spec.volumes, &worker_state.allowed_host_paths)?;
         if worker_state.names.contains_key(spec.name.as_str()) {
             return Err(RuntimeError::NameConflict(spec.name));
+        }
+        for name in spec.volumes.iter().filter_map(|v| v.name()) {
+            if !worker_state.volumes.contains_key(name) {
+                debug!("fake: created volume {name} on {worker}");
+                worker_state.volumes.insert(name.to_string(), Utc::now());
+            }
         }
         let id = Uuid::new_v4();
         let host_ports = spec
@@ -281,6 +309,8 @@ impl WorkerState {
             names: HashMap::new(),
             next_port: FIRST_AUTO_HOST_PORT,
             events: None,
+            allowed_host_paths: Vec::new(),
+            volumes: BTreeMap::new(),
         }
     }
 
@@ -462,6 +492,35 @@ impl Runtime for FakeRuntime {
         }
     }
 
+    fn allowed_host_paths(&self, worker: &str) -> Vec<String> {
+        let state = self.shared.lock();
+        state
+            .workers
+            .get(worker)
+            .map(|w| w.allowed_host_paths.clone())
+            .unwrap_or_default()
+    }
+
+    fn volumes(&self, worker: String) -> BoxFuture<'static, Result<Vec<VolumeInfo>, RuntimeError>> {
+        let volumes = {
+            let state = self.shared.lock();
+            state
+                .workers
+                .get(worker.as_str())
+                .map(|w| {
+                    w.volumes
+                        .iter()
+                        .map(|(name, at)| VolumeInfo {
+                            name: name.clone(),
+                            created_at: Some(*at),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        futures_util::future::ready(Ok(volumes)).boxed()
+    }
+
     fn events(&self, worker: String) -> BoxStream<'static, RuntimeEvent> {
         let receiver = self.subscribe(&worker);
         stream::unfold(receiver, |mut receiver| async move {
@@ -501,6 +560,7 @@ mod tests {
             memory: 0,
             ports: BTreeMap::new(),
             pids_limit: crate::task::DEFAULT_PIDS_LIMIT,
+            volumes: vec![],
         }
     }
 
@@ -694,6 +754,88 @@ mod tests {
             next_event(&mut events).await,
             RuntimeEvent::Exited { .. }
         ));
+    }
+
+    fn with_volumes(worker: &str, volumes: &[&str]) -> ContainerSpec {
+        let mut spec = spec(worker, &[]);
+        spec.volumes = volumes
+            .iter()
+            .map(|v| crate::volume::Volume::parse(v).expect("a volume"))
+            .collect();
+        spec
+    }
+
+    #[tokio::test]
+    async fn host_paths_need_a_prefix_the_worker_allows() {
+        let runtime = FakeRuntime::new(Duration::ZERO);
+        let refused = runtime
+            .start(with_volumes("w1", &["/srv/data/web:/web"]))
+            .await
+            .expect_err("no host path is allowed by default");
+        assert_eq!(
+            refused.to_string(),
+            "volume /srv/data/web:/web: host path /srv/data/web is not under a path this worker allows (--allow-host-path); it allows: none"
+        );
+        assert_eq!(runtime.container_count(), 0, "nothing was created");
+
+        runtime.allow_host_paths("w1", vec!["/srv/data".into()]);
+        assert_eq!(runtime.allowed_host_paths("w1"), vec!["/srv/data"]);
+        assert!(runtime.allowed_host_paths("w2").is_empty());
+        runtime
+            .start(with_volumes("w1", &["/srv/data/web:/web:ro"]))
+            .await
+            .expect("allowed on w1");
+        // Allowances are per worker.
+        let elsewhere = runtime
+            .start(with_volumes("w2", &["/srv/data/web:/web"]))
+            .await
+            .expect_err("w2 allows nothing");
+        assert!(
+            elsewhere.to_string().contains("it allows: none"),
+            "{elsewhere}"
+        );
+        let sibling = runtime
+            .start(with_volumes("w1", &["/srv/database:/db"]))
+            .await
+            .expect_err("a sibling of the prefix is not under it");
+        assert!(
+            sibling.to_string().contains("it allows: /srv/data"),
+            "{sibling}"
+        );
+    }
+
+    #[tokio::test]
+    async fn named_volumes_are_remembered_per_worker_and_kept_after_the_container() {
+        let runtime = FakeRuntime::new(Duration::ZERO);
+        assert!(runtime.volumes("w1".into()).await.expect("list").is_empty());
+        let first = runtime
+            .start(with_volumes("w1", &["data:/data", "cache:/cache:ro"]))
+            .await
+            .expect("started");
+        runtime
+            .start(with_volumes("w1", &["data:/other"]))
+            .await
+            .expect("started");
+        let names = |v: Vec<VolumeInfo>| v.into_iter().map(|v| v.name).collect::<Vec<_>>();
+        let created = runtime.volumes("w1".into()).await.expect("list");
+        assert!(created.iter().all(|v| v.created_at.is_some()));
+        assert_eq!(names(created.clone()), vec!["cache", "data"]);
+        runtime
+            .stop(first.container_id, Duration::ZERO)
+            .await
+            .expect("stopped");
+        assert_eq!(
+            runtime.volumes("w1".into()).await.expect("list"),
+            created,
+            "kept, with their creation times, after the container"
+        );
+        assert!(runtime.volumes("w2".into()).await.expect("list").is_empty());
+        // A refused start creates nothing.
+        let _ = runtime
+            .start(with_volumes("w2", &["logs:/logs", "/etc:/etc"]))
+            .await
+            .expect_err("/etc is not allowed");
+        assert!(runtime.volumes("w2".into()).await.expect("list").is_empty());
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! same worker code.
 //!
 //! A runtime only ever lists, reports or touches containers labelled with its own worker name
-//! (`cube.worker=<name>`).
+//! (`cube.worker=<name>`). It mounts a task's named volumes, creating those missing (labelled
+//! `cube.volume=<name>`) and never removing them, and its host paths only under the prefixes the
+//! worker allows ([`check_host_paths`]), whatever the manager checked before.
 
 pub mod docker;
 pub mod fake;
@@ -16,9 +18,12 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use uuid::Uuid;
+
+use crate::volume::{Volume, under};
 
 /// Label naming the task a container belongs to.
 pub const LABEL_TASK_ID: &str = "cube.task.id";
@@ -26,6 +31,9 @@ pub const LABEL_TASK_ID: &str = "cube.task.id";
 pub const LABEL_ATTEMPT: &str = "cube.attempt";
 /// Label naming the worker that owns the container.
 pub const LABEL_WORKER: &str = "cube.worker";
+/// Label of a named volume Cube created, carrying its name: what a worker lists its volumes by.
+/// Such a volume also carries `cube.worker`, naming the worker that created it.
+pub const LABEL_VOLUME: &str = "cube.volume";
 
 /// What can go wrong in a runtime.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +77,9 @@ pub struct ContainerSpec {
     pub ports: BTreeMap<String, Option<String>>,
     /// Most processes the container may run at once.
     pub pids_limit: u64,
+    /// What it mounts: named volumes (created when missing, kept after the container) and
+    /// host paths (only under the worker's allowed prefixes).
+    pub volumes: Vec<Volume>,
 }
 
 /// The first port of a worker's default host port range.
@@ -92,6 +103,9 @@ pub struct Hardening {
     pub log_max_files: u32,
     /// Capabilities dropped besides Docker's defaults (`NET_RAW`, …).
     pub cap_drop: Vec<String>,
+    /// Host paths a task may mount lie under one of these (`--allow-host-path`); none by
+    /// default, so no task reaches the host's files.
+    pub allowed_host_paths: Vec<String>,
 }
 
 impl Default for Hardening {
@@ -102,6 +116,7 @@ impl Default for Hardening {
             log_max_size: DEFAULT_LOG_MAX_SIZE.to_string(),
             log_max_files: DEFAULT_LOG_MAX_FILES,
             cap_drop: Vec::new(),
+            allowed_host_paths: Vec::new(),
         }
     }
 }
@@ -121,6 +136,41 @@ impl Hardening {
             },
         }
     }
+}
+
+/// Refuse volumes whose host path lies under none of the `allowed` prefixes: the worker's own
+/// check of what it mounts, whatever the manager checked before. Named volumes always pass.
+pub fn check_host_paths(volumes: &[Volume], allowed: &[String]) -> Result<(), RuntimeError> {
+    match volumes.iter().find(|v| !v.allowed_by(allowed)) {
+        None => Ok(()),
+        Some(v) => Err(RuntimeError::Refused(format!(
+            "volume {v}: host path {} is not under a path this worker allows (--allow-host-path); it allows: {}",
+            v.source,
+            allowed_list(allowed)
+        ))),
+    }
+}
+
+/// The allowed prefixes as an error names them: `/a, /b`, or `none`.
+pub fn allowed_list(allowed: &[String]) -> String {
+    if allowed.is_empty() {
+        "none".to_string()
+    } else {
+        allowed.join(", ")
+    }
+}
+
+/// Whether `path` lies under one of the `allowed` prefixes.
+pub fn is_allowed(path: &str, allowed: &[String]) -> bool {
+    allowed.iter().any(|prefix| under(path, prefix))
+}
+
+/// A named volume Cube created on a worker's engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub name: String,
+    /// When the engine created it, when it says.
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 impl ContainerSpec {
@@ -223,7 +273,48 @@ pub trait Runtime: Send + Sync + 'static {
         follow: bool,
     ) -> BoxStream<'static, Result<Bytes, RuntimeError>>;
 
+    /// The host path prefixes the worker's tasks may mount (`--allow-host-path`), as this
+    /// runtime enforces them.
+    fn allowed_host_paths(&self, worker: &str) -> Vec<String>;
+
+    /// The named volumes Cube created on the worker's engine (labelled `cube.volume`), ordered
+    /// by name. On an engine several workers share, every worker holds them all.
+    fn volumes(&self, worker: String) -> BoxFuture<'static, Result<Vec<VolumeInfo>, RuntimeError>>;
+
     /// Exits of containers carrying `cube.worker=<worker>`, as they happen. The stream never ends
     /// on its own: after an interruption it reconnects and yields [`RuntimeEvent::Resync`].
     fn events(&self, worker: String) -> BoxStream<'static, RuntimeEvent>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_paths_outside_the_allowed_prefixes_are_refused_by_name() {
+        let volumes = |specs: &[&str]| -> Vec<Volume> {
+            specs
+                .iter()
+                .map(|s| Volume::parse(s).expect("a volume"))
+                .collect()
+        };
+        let none: Vec<String> = Vec::new();
+        let err = check_host_paths(&volumes(&["data:/d", "/etc:/x"]), &none)
+            .expect_err("/etc is allowed nowhere");
+        assert_eq!(
+            err.to_string(),
+            "volume /etc:/x: host path /etc is not under a path this worker allows (--allow-host-path); it allows: none"
+        );
+        let allowed = vec!["/srv/data".to_string(), "/srv/logs".to_string()];
+        let err = check_host_paths(&volumes(&["/srv/database:/x:ro"]), &allowed)
+            .expect_err("a sibling is not under the prefix");
+        assert!(
+            err.to_string().ends_with(
+                "volume /srv/database:/x:ro: host path /srv/database is not under a path this worker allows (--allow-host-path); it allows: /srv/data, /srv/logs"
+            ),
+            "{err}"
+        );
+        check_host_paths(&volumes(&["data:/d", "/srv/data/web:/w:ro"]), &allowed)
+            .expect("named volumes and allowed paths pass");
+    }
 }

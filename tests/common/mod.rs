@@ -252,7 +252,9 @@ impl Drop for CubeProcess {
     }
 }
 
-/// Removes every container carrying one of these worker labels, when dropped.
+/// Removes every container carrying one of these worker labels, when dropped, then the named
+/// volumes they created (labelled `cube.volume` and `cube.worker`; a volume is removable once
+/// no container uses it).
 pub struct Containers {
     workers: Vec<String>,
 }
@@ -284,7 +286,36 @@ impl Drop for Containers {
                 }
             }
         }
+        for w in &self.workers {
+            for name in volumes(w) {
+                let _ = Command::new("docker")
+                    .args(["volume", "rm", "-f", &name])
+                    .output();
+            }
+        }
     }
+}
+
+/// Names of the named volumes the worker `worker` created (labelled `cube.volume` and
+/// `cube.worker=<worker>`).
+pub fn volumes(worker: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args([
+            "volume",
+            "ls",
+            "-q",
+            "--filter",
+            "label=cube.volume",
+            "--filter",
+        ])
+        .arg(format!("label=cube.worker={worker}"))
+        .output()
+        .expect("docker volume ls");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 /// Ids of the containers labelled `cube.worker=<worker>` (running only unless `all`).

@@ -1194,6 +1194,7 @@ impl Core {
                 .map(|p| (p.clone(), task.port_bindings.get(p).cloned()))
                 .collect(),
             pids_limit: task.pids_limit,
+            volumes: task.volumes.clone(),
         }
     }
 

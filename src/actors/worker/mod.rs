@@ -270,6 +270,33 @@ pub struct WatchChanges {
 #[rtype(result = "Result<NodeStats, WorkerError>")]
 pub struct GetStats;
 
+/// The named volumes Cube created on the worker's engine, asked of the runtime now, with the
+/// tasks that mount each.
+#[derive(Message)]
+#[rtype(result = "Result<VolumesAnswer, WorkerError>")]
+pub struct ReadVolumes;
+
+/// The answer of a worker's `GET /volumes`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct VolumesAnswer {
+    /// The worker's name.
+    pub name: String,
+    /// The named volumes Cube created on the worker's engine (labelled `cube.volume`), by name.
+    /// A volume made outside Cube is mounted when a task names it, but not listed.
+    pub volumes: Vec<VolumeReport>,
+}
+
+/// One named volume of a worker.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct VolumeReport {
+    /// The volume's name.
+    pub name: String,
+    /// When the engine created it; null when it does not say.
+    pub created: Option<DateTime<Utc>>,
+    /// The tasks on this worker that mount it now (Scheduled or Running), by id.
+    pub tasks: Vec<Uuid>,
+}
+
 /// The output of a task's container: the last `tail` lines, and on while it runs when `follow`.
 #[derive(Message)]
 #[rtype(result = "Result<BoxStream<'static, Result<Bytes, RuntimeError>>, WorkerError>")]

@@ -18,16 +18,17 @@ use uuid::Uuid;
 use super::core::{Core, Effect, Writes};
 use super::feed::{Changes, Feed, Page};
 use super::{
-    GetStats, MAX_FEED_PAGE_BYTES, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, STOPS,
-    StartAttempt, StartAttempts, Started, StopAttempt, StopAttempts, TASKS, WatchChanges,
-    WorkerError, WorkerSetup,
+    GetStats, MAX_FEED_PAGE_BYTES, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, ReadVolumes,
+    STOPS, StartAttempt, StartAttempts, Started, StopAttempt, StopAttempts, TASKS, VolumeReport,
+    VolumesAnswer, WatchChanges, WorkerError, WorkerSetup,
 };
 use crate::actors::CoreTimer;
 use crate::clock::Clock;
 use crate::db::{Batch, Store, StoreError};
 use crate::node::{Capacity, NodeStats, Sample, StatsSampler};
-use crate::runtime::{ContainerSpec, Runtime, RuntimeError, RuntimeEvent};
+use crate::runtime::{ContainerSpec, Runtime, RuntimeError, RuntimeEvent, VolumeInfo};
 use crate::task::Task;
+use crate::volume::Volume;
 
 /// Resolves once a step's writes are durable (or failed).
 type Durable = oneshot::Receiver<Result<(), WorkerError>>;
@@ -65,6 +66,12 @@ pub struct Worker {
     notify_scheduled: bool,
     /// The armed timer of the core, and when it fires.
     timer: CoreTimer,
+    /// The named volumes Cube created on the runtime, as last listed: at the start, after a
+    /// start that mounted one not listed yet, and at each `GET /volumes` (never by polling).
+    volumes: Vec<VolumeInfo>,
+    /// Listings of the volumes asked for, and the latest one applied: an older listing that
+    /// arrives late never replaces a newer one.
+    volume_listings: (u64, u64),
 }
 
 impl Worker {
@@ -107,11 +114,57 @@ impl Worker {
             watchers: Vec::new(),
             notify_scheduled: false,
             timer: CoreTimer::default(),
+            volumes: Vec::new(),
+            volume_listings: (0, 0),
         })
     }
 
     fn name(&self) -> &str {
         self.core.name()
+    }
+
+    /// Ask the runtime for the named volumes again (a start may have created one).
+    fn refresh_volumes(&mut self, ctx: &mut Context<Self>) {
+        self.volume_listings.0 += 1;
+        let listing = self.volume_listings.0;
+        let runtime = self.runtime.clone();
+        let name = self.name().to_string();
+        ctx.spawn(
+            async move { runtime.volumes(name).await }
+                .into_actor(self)
+                .map(move |res, act, _| match res {
+                    Ok(volumes) => act.listed_volumes(listing, volumes),
+                    Err(e) => warn!("worker {}: cannot list its volumes: {e}", act.name()),
+                }),
+        );
+    }
+
+    /// Keep a listing of the volumes, unless a newer one was kept already.
+    fn listed_volumes(&mut self, listing: u64, volumes: Vec<VolumeInfo>) {
+        if listing > self.volume_listings.1 {
+            self.volume_listings.1 = listing;
+            self.volumes = volumes;
+        }
+    }
+
+    /// The volumes as `GET /volumes` shows them: each with the active tasks mounting it.
+    fn volume_reports(&self) -> Vec<VolumeReport> {
+        self.volumes
+            .iter()
+            .map(|v| VolumeReport {
+                name: v.name.clone(),
+                created: v.created_at,
+                tasks: self
+                    .core
+                    .tasks()
+                    .filter(|t| {
+                        t.state.is_active()
+                            && t.volumes.iter().any(|m| m.name() == Some(v.name.as_str()))
+                    })
+                    .map(|t| t.id)
+                    .collect(),
+            })
+            .collect()
     }
 
     /// Write what the core changed; once durable, publish the changes and carry out the core's
@@ -213,6 +266,12 @@ impl Worker {
         let runtime = self.runtime.clone();
         let worker = self.name().to_string();
         let (id, attempt) = (spec.task_id, spec.attempt);
+        // A named volume not listed yet is one this start creates (or tried to).
+        let creates_volume = spec
+            .volumes
+            .iter()
+            .filter_map(Volume::name)
+            .any(|name| !self.volumes.iter().any(|v| v.name == name));
         let start = async move {
             if let Some((old, timeout)) = replaces
                 && let Err(e) = runtime.stop(old.clone(), timeout).await
@@ -240,6 +299,9 @@ impl Worker {
             }
         };
         ctx.spawn(start.into_actor(self).map(move |res, act, ctx| {
+            if creates_volume {
+                act.refresh_volumes(ctx);
+            }
             let now = act.clock.now();
             act.core.started(now, id, attempt, res);
             act.step(ctx);
@@ -356,6 +418,7 @@ impl Actor for Worker {
         ctx.set_mailbox_capacity(crate::actors::MAILBOX_CAPACITY);
         ctx.add_stream(self.runtime.events(self.name().to_string()));
         self.reconcile(ctx);
+        self.refresh_volumes(ctx);
         if let Some(every) = self.runtime.reconcile_every() {
             // A phase of its own, so many workers started together do not all list their
             // containers at the same moment.
@@ -565,9 +628,13 @@ impl Handler<GetStats> for Worker {
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
         let name = self.name().to_string();
         let tasks = self.core.active();
+        let volumes: Vec<String> = self.volumes.iter().map(|v| v.name.clone()).collect();
+        let allowed_host_paths = self.runtime.allowed_host_paths(&name);
         match &self.sampler {
             None => {
-                let stats = NodeStats::simulated(&name, self.capacity, tasks);
+                let mut stats = NodeStats::simulated(&name, self.capacity, tasks);
+                stats.volumes = volumes;
+                stats.allowed_host_paths = allowed_host_paths;
                 Box::pin(async move { Ok(stats) })
             }
             Some(sampler) => {
@@ -576,10 +643,34 @@ impl Handler<GetStats> for Worker {
                     let mut stats = sample.await.map_err(|_| WorkerError::Gone)?;
                     stats.name = name;
                     stats.tasks = tasks;
+                    stats.volumes = volumes;
+                    stats.allowed_host_paths = allowed_host_paths;
                     Ok(stats)
                 })
             }
         }
+    }
+}
+
+impl Handler<ReadVolumes> for Worker {
+    type Result = ResponseActFuture<Self, Result<VolumesAnswer, WorkerError>>;
+
+    fn handle(&mut self, _: ReadVolumes, _: &mut Context<Self>) -> Self::Result {
+        self.volume_listings.0 += 1;
+        let listing = self.volume_listings.0;
+        let runtime = self.runtime.clone();
+        let name = self.name().to_string();
+        Box::pin(
+            async move { runtime.volumes(name).await }
+                .into_actor(self)
+                .map(move |res, act, _| {
+                    act.listed_volumes(listing, res?);
+                    Ok(VolumesAnswer {
+                        name: act.name().to_string(),
+                        volumes: act.volume_reports(),
+                    })
+                }),
+        )
     }
 }
 
@@ -599,5 +690,110 @@ impl Handler<ReadLogs> for Worker {
             .clone()
             .ok_or(WorkerError::NoContainer(msg.id))?;
         Ok(self.runtime.logs(container, msg.tail, msg.follow))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::actors::worker::DEFAULT_FEED_PAGE;
+    use crate::runtime::fake::FakeRuntime;
+    use crate::task::State;
+    use crate::volume::Volume;
+
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    fn task(volumes: &[&str]) -> Task {
+        let mut task = Task::new("cube-test/busybox:latest");
+        task.attempt = 1;
+        task.volumes = volumes
+            .iter()
+            .map(|v| Volume::parse(v).expect("a volume"))
+            .collect();
+        task
+    }
+
+    async fn eventually<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            actix_web::rt::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[actix_web::test]
+    async fn stats_and_volumes_show_what_the_runtime_made_and_allows() {
+        let runtime = FakeRuntime::new(Duration::ZERO);
+        runtime.allow_host_paths("w1", vec!["/srv/data".into()]);
+        let worker = Worker::new(WorkerSetup {
+            name: "w1".into(),
+            runtime: Arc::new(runtime),
+            store: None,
+            sampler: None,
+            capacity: crate::server::DEFAULT_FAKE_CAPACITY,
+            retention: super::super::DEFAULT_RETENTION,
+            feed_page: DEFAULT_FEED_PAGE,
+        })
+        .expect("a worker")
+        .start();
+        let stats = worker
+            .send(GetStats)
+            .await
+            .expect("answers")
+            .expect("stats");
+        assert!(stats.volumes.is_empty(), "{stats:?}");
+        assert_eq!(stats.allowed_host_paths, vec!["/srv/data"]);
+
+        let mounts = task(&["data:/data", "/srv/data/web:/web:ro"]);
+        worker
+            .send(StartAttempt(mounts.clone()))
+            .await
+            .expect("answers")
+            .expect("started");
+        // Listed once the start created it, without anyone asking.
+        eventually("the volume in the stats", async || {
+            let stats = worker.send(GetStats).await.ok()?.ok()?;
+            (stats.volumes == ["data"]).then_some(())
+        })
+        .await;
+        let listed = worker
+            .send(ReadVolumes)
+            .await
+            .expect("answers")
+            .expect("listed");
+        assert_eq!(listed.volumes.len(), 1);
+        assert_eq!(listed.volumes[0].name, "data");
+        assert!(listed.volumes[0].created.is_some());
+        assert_eq!(listed.volumes[0].tasks, vec![mounts.id]);
+
+        let outside = task(&["logs:/logs", "/etc:/x"]);
+        worker
+            .send(StartAttempt(outside.clone()))
+            .await
+            .expect("answers")
+            .expect("accepted");
+        let failed = eventually("the start outside the prefixes to fail", async || {
+            let t = worker.send(ReadTask(outside.id)).await.ok()??;
+            (t.state == State::Failed).then_some(t)
+        })
+        .await;
+        assert_eq!(
+            failed.error.as_deref(),
+            Some(
+                "volume /etc:/x: host path /etc is not under a path this worker allows (--allow-host-path); it allows: /srv/data"
+            )
+        );
+        let listed = worker
+            .send(ReadVolumes)
+            .await
+            .expect("answers")
+            .expect("listed");
+        let names: Vec<&str> = listed.volumes.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["data"], "a refused start creates no volume");
     }
 }
