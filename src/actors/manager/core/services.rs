@@ -389,6 +389,10 @@ impl Core {
                 self.reconcile_service(now, sid);
             }
         }
+        // Still marked after that: look again at once, in a step of its own.
+        for sid in std::mem::take(&mut self.dirty_services) {
+            self.timers.arm(now.mono, Timer::Service(sid));
+        }
         self.kick();
     }
 
@@ -440,10 +444,16 @@ impl Core {
         };
         t.task.state == State::Running
             && t.task.desired == Goal::Running
-            && (t.task.health_check.is_none() || t.healthy)
+            && self.passes_health(t)
             && e.running_since.get(&id).is_some_and(|since| {
                 self.service_clock >= *since + Duration::from_secs(e.svc.update.min_healthy_s)
             })
+    }
+
+    /// Whether a task passes its health check: it has none, passed the last one, or cannot be
+    /// checked (an in-process worker has no address to check it at).
+    fn passes_health(&self, e: &Entry) -> bool {
+        e.task.health_check.is_none() || e.healthy || !e.watched
     }
 
     /// Compare the service with its tasks and act on every difference. Idempotent.
@@ -889,10 +899,7 @@ impl Core {
                 continue;
             };
             let t = &e.task;
-            if t.state != State::Running
-                || t.desired != Goal::Running
-                || (t.health_check.is_some() && !e.healthy)
-            {
+            if t.state != State::Running || t.desired != Goal::Running || !self.passes_health(e) {
                 continue;
             }
             let Some(nid) = e.node else {
