@@ -580,7 +580,7 @@ async fn tasks(client: &Client, name: &str) -> Result<(), String> {
 async fn endpoints(client: &Client, name: &str, watch: bool) -> Result<(), String> {
     let path = format!("{}/endpoints", service_path(name)?);
     let mut answer: Endpoints = client.get(&path).await?;
-    print_endpoints(&answer, false);
+    print_endpoints(&answer, false)?;
     if !watch {
         return Ok(());
     }
@@ -592,15 +592,16 @@ async fn endpoints(client: &Client, name: &str, watch: bool) -> Result<(), Strin
             )
             .await?;
         if next.index != answer.index {
-            print_endpoints(&next, true);
+            print_endpoints(&next, true)?;
         }
         answer = next;
     }
 }
 
-fn print_endpoints(answer: &Endpoints, separate: bool) {
+/// Print a list of endpoints; an error once stdout is gone (a reader that stopped), which
+/// ends a watch.
+fn print_endpoints(answer: &Endpoints, separate: bool) -> Result<(), String> {
     use std::io::Write;
-    let mut out = std::io::stdout().lock();
     let mut text = String::new();
     if separate {
         text.push('\n');
@@ -610,7 +611,10 @@ fn print_endpoints(answer: &Endpoints, separate: bool) {
         text.push('\n');
     }
     // A watcher reads each list as it comes.
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write the endpoints: {e}"))
 }
 
 /// What `--wait` waits for.
