@@ -333,6 +333,18 @@ pub fn spec_from_value(value: Value, name: Option<&str>) -> Result<ServiceSpec, 
             "the body has no \"task\"; {EXPECTED_SERVICE}"
         )));
     }
+    // serde would read a struct from an array too (`"update": [1, 0]`): only an object is one.
+    if let Some(update) = map.get("update")
+        && !(update.is_object() || update.is_null())
+    {
+        return Err(InputError::at(
+            "update",
+            format!(
+                "is a JSON {}; expected an object, e.g. {{\"parallelism\": 2, \"order\": \"start-first\"}}",
+                json_kind(update)
+            ),
+        ));
+    }
     let input: ServiceInput = from_value(value)?;
     let name = match (input.name.map(|n| n.trim().to_string()), name) {
         (Some(given), Some(path)) if given != path => {
@@ -603,6 +615,10 @@ mod tests {
             (
                 r#"{"name": "w", "task": {"image": "i"}, "update": {"max_failure_ratio": 2}}"#,
                 "update.max_failure_ratio",
+            ),
+            (
+                r#"{"name": "w", "task": {"image": "i"}, "update": [null, null]}"#,
+                "update",
             ),
         ] {
             let err = spec(body).unwrap_err().0;

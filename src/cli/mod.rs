@@ -1,7 +1,7 @@
 //! The `cube` command: clap definitions and what each subcommand does.
 //!
 //! Server commands (`manager`, `worker`, `up`) start the library's servers; client commands
-//! (`run`, `status`, `stop`, `node`, `logs`) talk to a manager over HTTP. Every failure is one
+//! (`run`, `status`, `stop`, `node`, `logs`, `snapshot`, `service`) talk to a manager over HTTP. Every failure is one
 //! clear line on stderr and a non-zero exit.
 
 use std::collections::BTreeMap;
@@ -26,6 +26,7 @@ use crate::server::{
 };
 use crate::task::{Goal, State, Task};
 
+mod service;
 mod snapshot;
 mod up;
 
@@ -79,6 +80,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// Save a consistent copy of the manager's store, or restore one.
     Snapshot(snapshot::SnapshotArgs),
+    /// Run services: N copies of a task, replaced a few at a time when it changes.
+    Service(service::ServiceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -689,6 +692,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Node(args) => nodes(&client, args.output).await?,
         Command::Logs(args) => logs(&client, args).await?,
         Command::Snapshot(args) => snapshot::run(&client, args).await?,
+        Command::Service(args) => service::run(&client, args).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -896,6 +900,31 @@ impl Client {
             Some(body),
         )
         .await
+    }
+
+    pub async fn patch<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<T, String> {
+        self.json(
+            self.http()?.patch(format!("{}{path}", self.base)),
+            Some(body),
+        )
+        .await
+    }
+
+    /// A GET the manager may hold for a while (a long-poll): `timeout` instead of the usual.
+    pub async fn get_waiting<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<T, String> {
+        let req = self
+            .http()?
+            .get(format!("{}{path}", self.base))
+            .timeout(timeout);
+        self.json(req, None).await
     }
 
     /// A listing, every page of it: each answer's `Link: <…>; rel="next"` names the next.

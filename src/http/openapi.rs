@@ -30,6 +30,10 @@ use crate::actors::worker::{
     Changes, StartOutcome, StartsAnswer, StopOutcome, StopsAnswer, VolumeReport, VolumesAnswer,
 };
 use crate::node::{NodeStats, NodeStatus};
+use crate::service::{
+    Endpoint, Endpoints, FailureAction, Mode, Order, Rollout, RolloutState, ServiceInput,
+    ServiceView, UpdateConfig, UpdateInput, VersionCount,
+};
 use crate::task::{Goal, RestartPolicy, Starts, State, StopInput, Stops, Submission, Task};
 
 /// `GET /openapi.json` on the manager API.
@@ -61,7 +65,15 @@ pub fn worker_document() -> Value {
 }
 
 /// The schemas that describe input: only these may leave fields out.
-const INPUT_SCHEMAS: &[&str] = &["TaskInput", "TaskEventInput", "NodeJoin", "StopInput"];
+const INPUT_SCHEMAS: &[&str] = &[
+    "TaskInput",
+    "TaskEventInput",
+    "NodeJoin",
+    "StopInput",
+    "ServiceInput",
+    "UpdateInput",
+    "ServicePatch",
+];
 
 /// The document as served: every property of an answer required, and each unsigned integer's
 /// range stated as keywords (its `format` alone binds no JSON Schema validator).
@@ -162,6 +174,7 @@ error_responses! {
     Unauthorized = "No valid `Authorization: Bearer` token (only on an API that has tokens).";
     Forbidden = "A read token asked to write: this needs a write token.";
     TaskNotFound = "No task has this id.";
+    ServiceNotFound = "No service has this name.";
     RequestTimeout = "The body did not arrive within 10 s of the request's head.";
     PayloadTooLarge = "The body is larger than 1 MiB.";
     Unavailable = "Not now: the server is shutting down, or a worker it needs does not answer; try again.";
@@ -177,11 +190,33 @@ enum WorkerTasks {
     Feed(Changes),
 }
 
+/// The body of `PATCH /services/{name}`: a JSON merge patch (RFC 7396) of the spec as
+/// `POST /services` takes it. Each field given replaces the spec's (objects merge key by key);
+/// `null` removes a field, which then takes its default. The spec that results is checked as
+/// a `POST /services` body is.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // a schema only
+struct ServicePatch {
+    /// The same name as in the path, or `null`.
+    name: Option<String>,
+    /// A service's mode cannot change: only its current mode is accepted.
+    mode: Option<Mode>,
+    /// Tasks to keep running, 0 to 100000; `{"replicas": 5}` scales. Not for global services.
+    #[schema(minimum = 0, maximum = 100000)]
+    replicas: Option<u32>,
+    /// A merge patch of the task template (`{"image": "cube-demo/busybox:2"}` changes the
+    /// image and rolls it out); the template that results is checked as `POST /tasks` checks
+    /// a task.
+    #[schema(value_type = Option<Object>)]
+    task: Option<Value>,
+    update: Option<UpdateInput>,
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "Cube manager API",
-        description = "Submit, list, stop and read tasks; join and forget workers. README.md (Contracts) describes each answer; every error is {\"error\": \"…\"}.",
+        description = "Submit, list, stop and read tasks; run services (N copies of a task, rolled out a few at a time); join and forget workers. README.md (Contracts) describes each answer; every error is {\"error\": \"…\"}.",
         license(name = "MIT"),
     ),
     paths(
@@ -193,17 +228,47 @@ enum WorkerTasks {
         manager_api::nodes,
         manager_api::join_node,
         manager_api::forget_node,
+        manager_api::create_service,
+        manager_api::list_services,
+        manager_api::get_service,
+        manager_api::replace_service,
+        manager_api::patch_service,
+        manager_api::delete_service,
+        manager_api::rollback_service,
+        manager_api::service_endpoints,
         manager_api::snapshot,
         manager_api::health,
         manager_api::openapi,
     ),
     components(
-        schemas(ErrorBody, Task, State, Goal, RestartPolicy, NodeReport, NodeStatus),
+        schemas(
+            ErrorBody,
+            Task,
+            State,
+            Goal,
+            RestartPolicy,
+            NodeReport,
+            NodeStatus,
+            ServiceInput,
+            UpdateInput,
+            ServicePatch,
+            ServiceView,
+            Mode,
+            Order,
+            FailureAction,
+            UpdateConfig,
+            Rollout,
+            RolloutState,
+            VersionCount,
+            Endpoints,
+            Endpoint
+        ),
         responses(
             BadRequest,
             Unauthorized,
             Forbidden,
             TaskNotFound,
+            ServiceNotFound,
             RequestTimeout,
             PayloadTooLarge,
             Unavailable,
@@ -214,6 +279,7 @@ enum WorkerTasks {
     tags(
         (name = "tasks", description = "What runs where"),
         (name = "nodes", description = "The workers"),
+        (name = "services", description = "Replicated tasks and their rollouts"),
         (name = "meta", description = "Liveness and this document; no token needed"),
     ),
 )]
@@ -315,7 +381,7 @@ mod manager_api {
 
     /// List tasks
     ///
-    /// Tasks ordered by id, filtered by `state` and `worker`; `limit` and `after` page
+    /// Tasks ordered by id, filtered by `state`, `worker` and `service`; `limit` and `after` page
     /// through them.
     #[utoipa::path(
         get,
@@ -326,6 +392,7 @@ mod manager_api {
                 example = "Running",
                 description = "Only tasks in this state: Pending, Scheduled, Running, Completed or Failed, in any case."),
             ("worker" = Option<String>, Query, description = "Only tasks placed on this worker (a name no node has matches nothing)."),
+            ("service" = Option<String>, Query, description = "Only the tasks of this service (a name no service has matches nothing)."),
             ("limit" = Option<usize>, Query, minimum = 1,
                 description = "At most this many tasks: 500 without it, and a limit above 5000 is cut to 5000. When more follow, the Link header names the next page (rel=\"next\")."),
             ("after" = Option<uuid::Uuid>, Query, description = "Only tasks whose id sorts after this one (it need not exist)."),
@@ -467,6 +534,196 @@ mod manager_api {
         security(("bearerAuth" = [])),
     )]
     fn forget_node() {}
+
+    /// Create a service
+    ///
+    /// Keeps `replicas` copies of the task template running (or one on each eligible node, for
+    /// a global service). Answered once the service is committed; its tasks are placed from
+    /// then on. The same spec again answers the service as it is.
+    #[utoipa::path(
+        post,
+        path = "/services",
+        tag = "services",
+        request_body(content = ServiceInput, content_type = "application/json"),
+        responses(
+            (status = 201, description = "The service is new, and committed.", body = ServiceView,
+                headers(("Location" = String, description = "The service's URL, /services/{name}."))),
+            (status = 200, description = "A service with this name and the same spec exists.", body = ServiceView,
+                headers(("Location" = String, description = "The service's URL, /services/{name}."))),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 403, response = Forbidden),
+            (status = 408, response = RequestTimeout),
+            (status = 409, description = "A service with this name has another spec (change it with PUT or PATCH), or is being deleted.", body = ErrorBody),
+            (status = 413, response = PayloadTooLarge),
+            (status = 503, response = Unavailable),
+            (status = 507, response = InsufficientStorage),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn create_service() {}
+
+    /// List services
+    #[utoipa::path(
+        get,
+        path = "/services",
+        tag = "services",
+        responses(
+            (status = 200, description = "Every service, by name, with its counts and rollout.", body = [ServiceView]),
+            (status = 401, response = Unauthorized),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn list_services() {}
+
+    /// Get a service
+    ///
+    /// Its spec, the tasks it should run and runs, its tasks by version and its rollout.
+    #[utoipa::path(
+        get,
+        path = "/services/{name}",
+        tag = "services",
+        params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9-]{0,62}$", description = "The service's name.")),
+        responses(
+            (status = 200, description = "The service.", body = ServiceView),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 404, response = ServiceNotFound),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn get_service() {}
+
+    /// Replace a service's spec
+    ///
+    /// The whole spec, as `POST /services` takes it (`name` may be left out; given, it must be
+    /// the path's). A service that does not exist is created. A changed template rolls out
+    /// as `update` says.
+    #[utoipa::path(
+        put,
+        path = "/services/{name}",
+        tag = "services",
+        params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9-]{0,62}$", description = "The service's name.")),
+        request_body(content = ServiceInput, content_type = "application/json"),
+        responses(
+            (status = 200, description = "The service's spec is replaced, and committed.", body = ServiceView,
+                headers(("Location" = String, description = "The service's URL, /services/{name}."))),
+            (status = 201, description = "The service is new, and committed.", body = ServiceView,
+                headers(("Location" = String, description = "The service's URL, /services/{name}."))),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 403, response = Forbidden),
+            (status = 408, response = RequestTimeout),
+            (status = 409, description = "The service is being deleted.", body = ErrorBody),
+            (status = 413, response = PayloadTooLarge),
+            (status = 503, response = Unavailable),
+            (status = 507, response = InsufficientStorage),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn replace_service() {}
+
+    /// Change a service
+    ///
+    /// A JSON merge patch of the spec: `{"replicas": 5}` scales, `{"task": {"image": …}}`
+    /// rolls a new template out.
+    #[utoipa::path(
+        patch,
+        path = "/services/{name}",
+        tag = "services",
+        params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9-]{0,62}$", description = "The service's name.")),
+        request_body(content = ServicePatch, content_type = "application/json"),
+        responses(
+            (status = 200, description = "The change is committed.", body = ServiceView,
+                headers(("Location" = String, description = "The service's URL, /services/{name}."))),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 403, response = Forbidden),
+            (status = 404, response = ServiceNotFound),
+            (status = 408, response = RequestTimeout),
+            (status = 409, description = "The service is being deleted.", body = ErrorBody),
+            (status = 413, response = PayloadTooLarge),
+            (status = 503, response = Unavailable),
+            (status = 507, response = InsufficientStorage),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn patch_service() {}
+
+    /// Delete a service
+    ///
+    /// Every task of it stops; the service goes once none runs (`removing` until then).
+    #[utoipa::path(
+        delete,
+        path = "/services/{name}",
+        tag = "services",
+        params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9-]{0,62}$", description = "The service's name.")),
+        responses(
+            (status = 202, description = "Committed: its tasks are stopping.", body = ServiceView),
+            (status = 204, description = "Committed, and gone already: none of its tasks ran."),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 403, response = Forbidden),
+            (status = 404, response = ServiceNotFound),
+            (status = 503, response = Unavailable),
+            (status = 507, response = InsufficientStorage),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn delete_service() {}
+
+    /// Roll a service back
+    ///
+    /// The previous template rolls out again, as `update` says; the rollout's state is
+    /// `rolling_back`, then `rolled_back`.
+    #[utoipa::path(
+        post,
+        path = "/services/{name}/rollback",
+        tag = "services",
+        params(("name" = String, Path, pattern = "^[a-z0-9][a-z0-9-]{0,62}$", description = "The service's name.")),
+        responses(
+            (status = 202, description = "The rollback is committed and under way.", body = ServiceView,
+                headers(("Location" = String, description = "The service's URL, /services/{name}."))),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 403, response = Forbidden),
+            (status = 404, response = ServiceNotFound),
+            (status = 409, description = "The service has no previous version, or is being deleted.", body = ErrorBody),
+            (status = 503, response = Unavailable),
+            (status = 507, response = InsufficientStorage),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn rollback_service() {}
+
+    /// A service's endpoints
+    ///
+    /// `host:port` of each Running task (passing its health check, when it has one) for each
+    /// published port. With `index` (the `index` of an earlier answer), a long-poll: answered
+    /// when the list changes from it, or after `wait` seconds with the list as it is.
+    #[utoipa::path(
+        get,
+        path = "/services/{name}/endpoints",
+        tag = "services",
+        params(
+            ("name" = String, Path, pattern = "^[a-z0-9][a-z0-9-]{0,62}$", description = "The service's name."),
+            ("index" = Option<u64>, Query, description = "The index of an earlier answer: wait until the endpoints change from it. Another index (or none) answers at once."),
+            ("wait" = Option<u64>, Query, minimum = 0, maximum = 300,
+                description = "Seconds a long-poll waits at most (default 60; `30s` is taken too)."),
+        ),
+        responses(
+            (status = 200, description = "The endpoints, and their index.", body = Endpoints,
+                headers(("X-Cube-Index" = String, description = "The answer's index, as in its body."))),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 404, response = ServiceNotFound),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn service_endpoints() {}
 
     /// Snapshot the store
     ///
@@ -771,18 +1028,23 @@ mod tests {
         ops
     }
 
-    /// The paths a `configure` function mounts, read from its source: each is an `endpoint`.
-    fn mounted_paths(source: &str) -> Vec<String> {
-        let configure = source
-            .split("pub fn configure")
-            .nth(1)
-            .and_then(|rest| rest.split("\n}\n").next())
-            .expect("a configure function");
-        let mut paths: Vec<String> = configure
-            .split("endpoint(\"")
-            .skip(1)
-            .map(|s| s.split('"').next().unwrap().to_string())
-            .collect();
+    /// The paths the `configure` functions of `sources` mount, read from their source: each is
+    /// an `endpoint`.
+    fn mounted_paths(sources: &[&str]) -> Vec<String> {
+        let mut paths = Vec::new();
+        for source in sources {
+            let configure = source
+                .split("pub fn configure")
+                .nth(1)
+                .and_then(|rest| rest.split("\n}\n").next())
+                .expect("a configure function");
+            paths.extend(
+                configure
+                    .split("endpoint(\"")
+                    .skip(1)
+                    .map(|s| s.split('"').next().unwrap().to_string()),
+            );
+        }
         paths.sort();
         paths
     }
@@ -792,14 +1054,14 @@ mod tests {
     /// a mounted route answers 500 for want of its app data, or 200 for /openapi.json.)
     async fn documents_every_route(
         doc: &Value,
-        source: &str,
+        sources: &[&str],
         configure: fn(&mut actix_web::web::ServiceConfig),
     ) {
         let documented = operations(doc);
         let mut paths: Vec<String> = documented.iter().map(|(_, p)| p.clone()).collect();
         paths.sort();
         paths.dedup();
-        assert_eq!(paths, mounted_paths(source));
+        assert_eq!(paths, mounted_paths(sources));
         let app = web_test::init_service(App::new().configure(configure)).await;
         for path in &paths {
             let uri = path
@@ -828,7 +1090,8 @@ mod tests {
         assert!(serde_json::to_string(&doc).unwrap().len() > 1000);
         documents_every_route(
             &doc,
-            include_str!("manager.rs"),
+            // The manager mounts the service routes of services.rs too.
+            &[include_str!("manager.rs"), include_str!("services.rs")],
             super::super::manager::configure,
         )
         .await;
@@ -840,7 +1103,7 @@ mod tests {
         assert_eq!(doc["openapi"], "3.1.0");
         documents_every_route(
             &doc,
-            include_str!("worker.rs"),
+            &[include_str!("worker.rs")],
             super::super::worker::configure,
         )
         .await;
@@ -911,6 +1174,11 @@ mod tests {
                     ("DELETE", "/tasks/{id}"),
                     ("POST", "/nodes"),
                     ("DELETE", "/nodes/{name}"),
+                    ("POST", "/services"),
+                    ("PUT", "/services/{name}"),
+                    ("PATCH", "/services/{name}"),
+                    ("DELETE", "/services/{name}"),
+                    ("POST", "/services/{name}/rollback"),
                 ][..],
             ),
             (
@@ -1009,6 +1277,64 @@ mod tests {
         };
         assert_answer_schema(&manager, "NodeReport", &node);
         assert_answer_schema(&manager, "ErrorBody", ErrorBody { error: "no" });
+        let rollout = crate::service::Rollout {
+            started_at: Some(Utc::now()),
+            ..Default::default()
+        };
+        assert_answer_schema(&manager, "Rollout", &rollout);
+        let view = ServiceView {
+            name: "web".into(),
+            mode: Mode::Replicated,
+            replicas: 2,
+            desired: 2,
+            running: 1,
+            running_current: 1,
+            version: 2,
+            previous_version: Some(1),
+            task: serde_json::json!({"image": "i"}),
+            update: UpdateConfig::default(),
+            rollout,
+            updated: 1,
+            versions: vec![VersionCount {
+                version: 2,
+                tasks: 1,
+                running: 1,
+            }],
+            removing: false,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        assert_answer_schema(&manager, "ServiceView", &view);
+        assert_answer_schema(&manager, "UpdateConfig", UpdateConfig::default());
+        let endpoint = Endpoint {
+            address: "127.0.0.1:20000".into(),
+            port: "80/tcp".into(),
+            task: uuid::Uuid::new_v4(),
+            node: "w1".into(),
+            slot: 1,
+            version: 2,
+        };
+        assert_answer_schema(&manager, "Endpoint", &endpoint);
+        let endpoints = Endpoints {
+            service: "web".into(),
+            index: 3,
+            endpoints: vec![endpoint],
+        };
+        assert_answer_schema(&manager, "Endpoints", &endpoints);
+        // What may be null in an answer is nullable in its schema.
+        let schemas = &manager["components"]["schemas"];
+        for (schema, field) in [
+            ("ServiceView", "previous_version"),
+            ("Rollout", "started_at"),
+            ("Rollout", "finished_at"),
+            ("Rollout", "message"),
+        ] {
+            let types = &schemas[schema]["properties"][field]["type"];
+            assert!(
+                types.as_array().is_some_and(|t| t.contains(&"null".into())),
+                "{schema}.{field}: {types}"
+            );
+        }
         // A u64 may be as large as u64 allows; a u32 no larger than u32 does.
         let memory = &manager["components"]["schemas"]["Task"]["properties"]["memory"];
         assert_eq!(
