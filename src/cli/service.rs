@@ -201,7 +201,7 @@ pub async fn run(client: &Client, args: ServiceArgs) -> Result<(), String> {
             let path = format!("{}/rollback", service_path(&name)?);
             let view: ServiceView = client.post(&path, Vec::new()).await?;
             println!("{}", view.name);
-            follow(client, &view.name, Goal::Rollout, &wait).await
+            follow(client, &view.name, Goal::Rollback, &wait).await
         }
         ServiceAction::Rm { names } => remove(client, &names).await,
         ServiceAction::Endpoints { name, watch } => endpoints(client, &name, watch).await,
@@ -622,18 +622,22 @@ fn print_endpoints(answer: &Endpoints, separate: bool) -> Result<(), String> {
 enum Goal {
     /// A new service: every desired task runs.
     Running,
-    /// A change or a rollback: the rollout is over.
+    /// A change: the rollout completed (a rollback by itself is a failure, as
+    /// `docker service update` says).
     Rollout,
+    /// A rollback asked for: it is over.
+    Rollback,
 }
 
 /// Where a wait stands: `None` to go on, or its end.
-fn wait_outcome(view: &ServiceView) -> Option<Result<(), String>> {
+fn wait_outcome(view: &ServiceView, goal: Goal) -> Option<Result<(), String>> {
     let all_run = view.running_current >= view.desired;
+    let why = view.rollout.message.as_deref().unwrap_or("no reason given");
     match view.rollout.state {
-        RolloutState::Paused => Some(Err(format!(
-            "{}: rollout paused: {}",
-            view.name,
-            view.rollout.message.as_deref().unwrap_or("no reason given")
+        RolloutState::Paused => Some(Err(format!("{}: rollout paused: {why}", view.name))),
+        RolloutState::RolledBack if all_run && goal == Goal::Rollout => Some(Err(format!(
+            "{}: the update was rolled back to version {}: {why}",
+            view.name, view.version
         ))),
         RolloutState::Completed | RolloutState::RolledBack if all_run => Some(Ok(())),
         _ => None,
@@ -669,12 +673,7 @@ async fn follow(client: &Client, name: &str, goal: Goal, wait: &WaitArgs) -> Res
             eprintln!("{line}");
             last = line;
         }
-        if let Some(outcome) = wait_outcome(&view) {
-            if view.rollout.state == RolloutState::RolledBack
-                && let Some(message) = &view.rollout.message
-            {
-                eprintln!("{name}: rolled back: {message}");
-            }
+        if let Some(outcome) = wait_outcome(&view, goal) {
             return outcome;
         }
         if Instant::now() > deadline {
@@ -953,17 +952,22 @@ mod tests {
 
     #[test]
     fn a_wait_ends_when_the_rollout_is_over() {
-        assert_eq!(wait_outcome(&view(RolloutState::Updating, 2, 4)), None);
-        assert_eq!(wait_outcome(&view(RolloutState::Completed, 3, 4)), None);
+        let r = Goal::Rollout;
+        assert_eq!(wait_outcome(&view(RolloutState::Updating, 2, 4), r), None);
+        assert_eq!(wait_outcome(&view(RolloutState::Completed, 3, 4), r), None);
         assert_eq!(
-            wait_outcome(&view(RolloutState::Completed, 4, 4)),
+            wait_outcome(&view(RolloutState::Completed, 4, 4), r),
             Some(Ok(()))
         );
         assert_eq!(
-            wait_outcome(&view(RolloutState::RolledBack, 4, 4)),
+            wait_outcome(&view(RolloutState::RolledBack, 4, 4), Goal::Rollback),
             Some(Ok(()))
         );
-        let Some(Err(paused)) = wait_outcome(&view(RolloutState::Paused, 2, 4)) else {
+        let Some(Err(back)) = wait_outcome(&view(RolloutState::RolledBack, 4, 4), r) else {
+            panic!("an update rolled back by itself is a failure");
+        };
+        assert!(back.contains("rolled back"), "{back}");
+        let Some(Err(paused)) = wait_outcome(&view(RolloutState::Paused, 2, 4), r) else {
             panic!("a paused rollout ends the wait");
         };
         assert!(
