@@ -2,7 +2,9 @@
 //!
 //! The Manager tells it which attempt of which task to [`Watch`], at which URL (the task's
 //! `health_check` path on the host port of its first exposed port, at its worker's address).
-//! Checks begin one interval after the start; a check fails on a non-2xx answer, a refused
+//! The first check comes [`FIRST_CHECK`] after the start (or one interval, if shorter), so a
+//! healthy task is known to be healthy, and is listed among its service's endpoints, within a
+//! second; the next ones every interval. A check fails on a non-2xx answer, a refused
 //! connection or a timeout. Every result goes back to the Manager as [`HealthChecked`]: how many
 //! failures make an attempt Failed is a rule of the task's life, so it lives in the Manager's
 //! core. The checker never changes a task itself.
@@ -15,6 +17,8 @@ use uuid::Uuid;
 
 /// Longest a single check may take, whatever the interval.
 const MAX_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first check of an attempt comes this soon after the watch begins.
+pub const FIRST_CHECK: Duration = Duration::from_secs(1);
 
 /// The result of one check of an attempt: `Err` says what failed.
 #[derive(Message, Debug, Clone)]
@@ -52,8 +56,14 @@ impl HealthChecker {
         }
     }
 
-    fn schedule(&mut self, id: Uuid, attempt: u32, ctx: &mut Context<Self>) -> SpawnHandle {
-        ctx.run_later(self.interval, move |act, ctx| act.check(id, attempt, ctx))
+    fn schedule(
+        &mut self,
+        id: Uuid,
+        attempt: u32,
+        after: Duration,
+        ctx: &mut Context<Self>,
+    ) -> SpawnHandle {
+        ctx.run_later(after, move |act, ctx| act.check(id, attempt, ctx))
     }
 
     fn check(&mut self, id: Uuid, attempt: u32, ctx: &mut Context<Self>) {
@@ -79,7 +89,7 @@ impl HealthChecker {
                         attempt,
                         result,
                     });
-                    let timer = act.schedule(id, attempt, ctx);
+                    let timer = act.schedule(id, attempt, act.interval, ctx);
                     if let Some(w) = act.watched.get_mut(&id) {
                         w.timer = timer;
                     }
@@ -92,7 +102,7 @@ impl Actor for HealthChecker {
     type Context = Context<Self>;
 }
 
-/// Check this attempt of a task at `url`, one interval from now and every interval after.
+/// Check this attempt of a task at `url`: soon ([`FIRST_CHECK`]), then every interval.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Watch {
@@ -114,7 +124,8 @@ impl Handler<Watch> for HealthChecker {
         if let Some(old) = self.watched.remove(&msg.id) {
             ctx.cancel_future(old.timer);
         }
-        let timer = self.schedule(msg.id, msg.attempt, ctx);
+        let first = self.interval.min(FIRST_CHECK);
+        let timer = self.schedule(msg.id, msg.attempt, first, ctx);
         self.watched.insert(
             msg.id,
             Watched {
