@@ -58,25 +58,32 @@ impl Record for core::Tombstone {
     }
 }
 
-/// A registered worker, as the store keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    /// The address its name is bound to.
-    pub address: String,
-}
+/// A registered worker, as the store keeps it: the address its name is bound to, and the
+/// labels and availability the operator set on it (version 2; version 1 was the address
+/// alone, and reads as an active node with no labels of the manager's).
+pub use self::core::NodeRecord;
 
 impl Record for NodeRecord {
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
 
     /// Before versions, the record was the address itself.
     fn upgrade(version: u8, bytes: &[u8]) -> Result<Self, String> {
         match version {
             0 => String::from_utf8(bytes.to_vec())
-                .map(|address| NodeRecord { address })
+                .map(NodeRecord::at)
                 .map_err(|e| format!("the address is not UTF-8: {e}")),
+            1 => serde_json::from_slice::<NodeRecordV1>(bytes)
+                .map(|r| NodeRecord::at(r.address))
+                .map_err(|e| format!("not a version 1 node record ({e})")),
             v => Err(format!("schema version {v} is not one this build reads")),
         }
     }
+}
+
+/// A node record of version 1: its address only.
+#[derive(Deserialize)]
+struct NodeRecordV1 {
+    address: String,
 }
 
 /// What the events table of an older store kept of an accepted TaskEvent.
@@ -344,5 +351,28 @@ mod tests {
                 Some(t)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn node_records_of_version_1_and_0_read_as_active_nodes_without_labels() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), TABLES).expect("store");
+        let mut batch = Batch::new();
+        let mut v1 = vec![1];
+        v1.extend(br#"{"address":"10.0.0.1:5556"}"#);
+        batch.put(NODES.name(), b"w1".to_vec(), v1);
+        batch.put(NODES.name(), b"w0".to_vec(), b"10.0.0.0:5556".to_vec());
+        let mut labelled = NodeRecord::at("10.0.0.2:5556");
+        labelled.labels.insert("zone".into(), "a".into());
+        labelled.availability = crate::node::Availability::Pause;
+        NODES
+            .put(&mut batch, &"w2".to_string(), &labelled)
+            .expect("put");
+        store.commit(batch).await.expect("committed");
+        let read: std::collections::BTreeMap<String, NodeRecord> =
+            NODES.scan(&store).expect("readable").into_iter().collect();
+        assert_eq!(read["w0"], NodeRecord::at("10.0.0.0:5556"));
+        assert_eq!(read["w1"], NodeRecord::at("10.0.0.1:5556"));
+        assert_eq!(read["w2"], labelled);
     }
 }

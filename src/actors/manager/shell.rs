@@ -23,7 +23,8 @@ use crate::actors::CoreTimer;
 use crate::actors::client::{WorkerClient, WorkerLink, WorkerTarget};
 use crate::actors::health::{HealthChecked, HealthChecker, Unwatch, Watch};
 use crate::actors::scheduler::{
-    CapacityAvailable, ListBook, NodeReady, Place, Release, Restore, Scheduler, SetListener,
+    CapacityAvailable, ListBook, NodeFacts as SchedulerNodeFacts, NodeReady, Place, Release,
+    Restore, Scheduler, SetListener,
 };
 use crate::actors::worker_proxy::{
     CallWorker, Disconnect, FeedMark, Info, Link, Recorded, Registration, Resync, WorkerCall,
@@ -76,11 +77,7 @@ impl Manager {
     pub fn new(setup: ManagerSetup) -> Result<Manager, ManagerError> {
         let store = setup.store;
         let clock = Clock::new();
-        let nodes: Vec<(String, String)> = NODES
-            .scan(&store)?
-            .into_iter()
-            .map(|(name, n)| (name, n.address))
-            .collect();
+        let nodes: Vec<(String, NodeRecord)> = NODES.scan(&store)?;
         let known = nodes.len();
         let config = core::Config::new(setup.node_timeout)
             .with_retention(setup.retention, setup.retention_count);
@@ -178,6 +175,9 @@ impl Manager {
                 Effect::Release(ids) => self.scheduler.do_send(Release(ids)),
                 Effect::NodeReady { name, ready } => {
                     self.scheduler.do_send(NodeReady { name, ready })
+                }
+                Effect::NodeFacts { name, facts } => {
+                    self.scheduler.do_send(SchedulerNodeFacts { name, facts })
                 }
                 Effect::Registered { endpoint, name } => {
                     if let Some(p) = self.proxies.get(endpoint) {
@@ -402,11 +402,8 @@ fn batch_of(writes: &Writes) -> Result<Batch, StoreError> {
     for id in &writes.expired {
         COLLECTED.delete(&mut batch, id);
     }
-    for (name, address) in &writes.nodes {
-        let record = NodeRecord {
-            address: address.clone(),
-        };
-        NODES.put(&mut batch, name, &record)?;
+    for (name, record) in &writes.nodes {
+        NODES.put(&mut batch, name, record)?;
     }
     Ok(batch)
 }

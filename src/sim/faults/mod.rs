@@ -44,7 +44,7 @@ use crate::actors::manager::core::{
     CallKind, Config as ManagerConfig, Core as ManagerCore, Effect as MEffect, EndpointId, Seen,
     Submitted, Tombstone as Collected, is_final,
 };
-use crate::actors::policy::{PolicyKind, Resources};
+use crate::actors::policy::PolicyKind;
 use crate::actors::scheduler::{Book, NoFit, PlaceRequest, Room};
 use crate::actors::worker::core::{Core as WorkerCore, Effect as WEffect};
 use crate::actors::worker::feed::{Changes, Feed, Page};
@@ -281,11 +281,12 @@ enum Ev {
 
 #[derive(Debug, Clone)]
 enum SchedMsg {
-    Restore(Vec<(Uuid, String, Resources)>),
+    Restore(Vec<crate::actors::scheduler::Restored>),
     Place(Vec<PlaceRequest>),
     Release(Vec<Uuid>),
     Ready(String, bool),
     Capacity(String, Capacity),
+    Facts(String, crate::actors::scheduler::PlacementFacts),
 }
 
 #[derive(Debug, Clone)]
@@ -501,7 +502,7 @@ struct World {
     manager: Option<ManagerProc>,
     manager_inc: u64,
     disk_tasks: BTreeMap<u64, Task>,
-    disk_nodes: BTreeMap<String, String>,
+    disk_nodes: BTreeMap<String, crate::actors::manager::core::NodeRecord>,
     /// Tombstones of collected tasks, as the disk holds them.
     disk_tombs: BTreeMap<Uuid, Collected>,
     /// Every task whose collection was written.
@@ -1056,6 +1057,7 @@ fn describe_sched(m: &SchedMsg) -> String {
         ),
         SchedMsg::Ready(n, r) => format!("{n} ready: {r}"),
         SchedMsg::Capacity(n, _) => format!("{n} capacity"),
+        SchedMsg::Facts(n, f) => format!("{n} {} {:?}", f.availability, f.labels),
     }
 }
 

@@ -31,8 +31,11 @@ impl Core {
                 }
                 Ok(name) => {
                     let nid = self.node_id(&name);
-                    if self.nodes[nid].status != NodeStatus::Ready {
-                        // The node went Down after the scheduler chose it.
+                    if self.nodes[nid].status != NodeStatus::Ready
+                        || self.availability(nid) != Availability::Active
+                    {
+                        // The node went Down, or was paused or drained, after the scheduler
+                        // chose it.
                         self.releases.push(id);
                         self.enqueue(id);
                         continue;
@@ -200,11 +203,7 @@ impl Core {
                 continue;
             }
             e.placing = Placing::Asked;
-            batch.push(PlaceRequest {
-                id,
-                resources: resources(&e.task),
-                prefer: e.prefer.clone(),
-            });
+            batch.push(place_request(&e.task, e.prefer.clone()));
         }
         if !batch.is_empty() {
             self.asking = true;
@@ -217,5 +216,29 @@ impl Core {
             let ids = std::mem::take(&mut self.releases);
             self.effects.push(Effect::Release(ids));
         }
+    }
+}
+
+/// What the scheduler is asked for a task: its room, a node to try first, and what it asks
+/// of a node (constraints, spread, volumes).
+pub(super) fn place_request(task: &Task, prefer: Option<String>) -> PlaceRequest {
+    PlaceRequest {
+        id: task.id,
+        resources: resources(task),
+        prefer,
+        constraints: task.constraints.clone(),
+        spread_by: task.spread_by.clone(),
+        group: task.service.clone(),
+        volumes: task
+            .volumes
+            .iter()
+            .filter_map(|v| v.name().map(str::to_string))
+            .collect(),
+        host_paths: task
+            .volumes
+            .iter()
+            .filter(|v| v.is_host_path())
+            .map(|v| v.source.clone())
+            .collect(),
     }
 }
