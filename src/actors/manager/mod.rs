@@ -21,8 +21,9 @@ pub use self::shell::{Manager, ManagerSetup};
 use super::client::{CallError, WorkerLink};
 use super::worker_proxy::WorkerProxy;
 use crate::db::{Record, StoreError, Table};
-use crate::node::NodeStatus;
+use crate::node::{Availability, NodeStatus};
 use crate::task::{State, Task};
+use std::collections::BTreeMap;
 
 /// The manager's tasks: a sequence number given at submission → the task record, which carries
 /// what the user wants of it (`desired`). Keys that only grow make every insert an append at
@@ -121,9 +122,12 @@ pub enum ManagerError {
     /// The manager is shutting down.
     #[error("the manager is shutting down")]
     Gone,
-    /// A join or a forget refused.
+    /// A join, a forget or a change of a node refused.
     #[error("{0}")]
     Node(#[from] core::NodeRefusal),
+    /// The task cannot run on any worker the manager knows (a host path none allows).
+    #[error("{0}")]
+    Unplaceable(String),
 }
 
 impl From<core::Refusal> for ManagerError {
@@ -222,6 +226,20 @@ pub struct NodeReport {
     pub last_seen: Option<DateTime<Utc>>,
     /// Why it is not Ready, when it is not.
     pub reason: Option<String>,
+    /// Whether it takes new tasks: `active`; `pause` keeps what runs; `drain` moves it away.
+    pub availability: Availability,
+    /// When a drain should be over, if it was given a deadline.
+    pub drain_deadline: Option<DateTime<Utc>>,
+    /// Its labels as constraints see them: the worker's, overlaid by the manager's.
+    pub labels: BTreeMap<String, String>,
+    /// Labels the worker reports (`cube worker --label`).
+    pub worker_labels: BTreeMap<String, String>,
+    /// Labels set on the manager (`cube node label`); they win on the same key.
+    pub manager_labels: BTreeMap<String, String>,
+    /// Named volumes the worker holds.
+    pub volumes: Vec<String>,
+    /// Host paths under which the worker lets tasks mount.
+    pub allowed_host_paths: Vec<String>,
 }
 
 /// Every worker the manager knows, with what the scheduler has booked on it.
@@ -247,6 +265,20 @@ pub struct Joined {
     /// The token the manager presents to its workers, for the worker to accept.
     pub cluster_token: Option<String>,
 }
+
+/// Change a node's availability or the labels the manager sets on it (`PATCH /nodes/{name}`).
+/// Answers with the node's view once the change is committed.
+#[derive(Message)]
+#[rtype(result = "Result<NodeReport, ManagerError>")]
+pub struct ChangeNode {
+    pub name: String,
+    pub change: core::NodeChange,
+}
+
+/// One node as `GET /nodes` shows it.
+#[derive(Message)]
+#[rtype(result = "Result<NodeReport, ManagerError>")]
+pub struct GetNode(pub String);
 
 /// Forget a node with no tasks: its record, its proxy, its place in the scheduler. Answers
 /// once the forgetting is committed.
@@ -297,6 +329,15 @@ pub struct Report {
     pub tasks: Vec<Task>,
     /// Where the report stands in the worker's feed.
     pub mark: super::worker_proxy::FeedMark,
+}
+
+/// The worker at this endpoint reports its labels, named volumes and allowed host paths: sent
+/// after each registration and whenever they change.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerFacts {
+    pub endpoint: core::EndpointId,
+    pub facts: crate::node::NodeFacts,
 }
 
 /// The outcome of a call the Manager asked a proxy to make.

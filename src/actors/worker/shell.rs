@@ -59,6 +59,8 @@ pub struct Worker {
     store: Option<Store>,
     sampler: Option<Addr<StatsSampler>>,
     capacity: Capacity,
+    /// Its labels (`cube worker --label`), reported in its stats for placement constraints.
+    labels: BTreeMap<String, String>,
     /// Most tasks in one answer to a watcher that asks for pages.
     feed_page: usize,
     watchers: Vec<Watcher>,
@@ -103,6 +105,7 @@ impl Worker {
             store: setup.store,
             sampler: setup.sampler,
             capacity: setup.capacity,
+            labels: BTreeMap::new(),
             feed_page: setup.feed_page.max(1),
             watchers: Vec::new(),
             notify_scheduled: false,
@@ -112,6 +115,13 @@ impl Worker {
 
     fn name(&self) -> &str {
         self.core.name()
+    }
+
+    /// The worker's labels (`cube worker --label zone=a`), which its stats report and
+    /// placement constraints match.
+    pub fn with_labels(mut self, labels: BTreeMap<String, String>) -> Worker {
+        self.labels = labels;
+        self
     }
 
     /// Write what the core changed; once durable, publish the changes and carry out the core's
@@ -567,15 +577,18 @@ impl Handler<GetStats> for Worker {
         let tasks = self.core.active();
         match &self.sampler {
             None => {
-                let stats = NodeStats::simulated(&name, self.capacity, tasks);
+                let mut stats = NodeStats::simulated(&name, self.capacity, tasks);
+                stats.labels = self.labels.clone();
                 Box::pin(async move { Ok(stats) })
             }
             Some(sampler) => {
                 let sample = sampler.send(Sample);
+                let labels = self.labels.clone();
                 Box::pin(async move {
                     let mut stats = sample.await.map_err(|_| WorkerError::Gone)?;
                     stats.name = name;
                     stats.tasks = tasks;
+                    stats.labels = labels;
                     Ok(stats)
                 })
             }

@@ -972,7 +972,7 @@ impl Entry {
 }
 
 mod facts;
-pub use facts::{NodeChange, NodeInfo, NodeRecord};
+pub use facts::{MAX_DRAIN_DEADLINE, NodeChange, NodeInfo, NodeRecord};
 mod nodes;
 mod placement;
 mod reports;
