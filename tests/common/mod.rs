@@ -446,6 +446,14 @@ impl Http {
         Some(Http::reply(Ok(res)))
     }
 
+    pub fn patch(&self, url: &str, body: impl AsRef<[u8]>) -> Reply {
+        Http::reply(
+            self.auth(self.agent.patch(url))
+                .header("Content-Type", "application/json")
+                .send(body.as_ref()),
+        )
+    }
+
     pub fn post(&self, url: &str, body: impl AsRef<[u8]>) -> Reply {
         Http::reply(
             self.auth(self.agent.post(url))
