@@ -21,8 +21,32 @@ use crate::node::{Availability, Capacity};
 /// No node can take the task now; the reason names what is short on each, or the constraint no
 /// node satisfies.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct NoFit(pub String);
+#[error("{reason}")]
+pub struct NoFit {
+    pub reason: String,
+    /// No node that takes tasks meets what it asks besides room (a constraint, a host path):
+    /// room appearing cannot help, only a change of a node's facts, availability or
+    /// readiness.
+    pub unsatisfied: bool,
+}
+
+impl NoFit {
+    /// Short of room.
+    pub fn room(reason: impl Into<String>) -> NoFit {
+        NoFit {
+            reason: reason.into(),
+            unsatisfied: false,
+        }
+    }
+
+    /// No node meets what the task asks besides room.
+    pub fn unsatisfied(reason: impl Into<String>) -> NoFit {
+        NoFit {
+            reason: reason.into(),
+            unsatisfied: true,
+        }
+    }
+}
 
 /// One task to place: what it reserves, a node to try first (a restart goes back to the node
 /// it ran on when that has room), and what it asks of a node.
@@ -294,7 +318,7 @@ impl Book {
             return Err(no_fit.clone());
         }
         policy::place(self.policy.as_mut(), &req.resources, &self.nodes).map_err(|reason| {
-            let no_fit = NoFit(reason);
+            let no_fit = NoFit::room(reason);
             self.last_no_fit = Some((self.version, req.resources, no_fit.clone()));
             no_fit
         })
@@ -318,7 +342,7 @@ impl Book {
             .filter(|&i| self.eligible(i, req))
             .collect();
         if eligible.is_empty() {
-            return Err(NoFit(self.unsatisfied(req)));
+            return Err(NoFit::unsatisfied(self.unsatisfied(req)));
         }
         let mut fitting: Vec<usize> = eligible
             .iter()
@@ -331,7 +355,7 @@ impl Book {
                 .filter_map(|&i| self.nodes[i].fits(&req.resources).err())
                 .take(5)
                 .collect();
-            return Err(NoFit(format!(
+            return Err(NoFit::room(format!(
                 "no worker that meets its constraints can take it now (cpu {}, memory {} bytes, disk {} bytes): {}; waiting for room",
                 req.resources.cpu,
                 req.resources.memory,
@@ -375,7 +399,7 @@ impl Book {
         for n in &mut self.nodes {
             n.excluded = false;
         }
-        chosen.map_err(NoFit)
+        chosen.map_err(NoFit::room)
     }
 
     /// Of `candidates`, those whose value of label `key` has the fewest tasks of `group` over
@@ -633,7 +657,7 @@ mod tests {
         book.set_ready("a", false);
         let placed = book.place(vec![req(0.5, None)]);
         let err = placed[0].1.clone().unwrap_err();
-        assert!(err.0.contains("a is not ready"), "{err}");
+        assert!(err.reason.contains("a is not ready"), "{err}");
     }
 
     #[test]
@@ -738,13 +762,16 @@ mod tests {
         label(&mut book, "w1", &[("zone", "b")]);
         let err = placed_on(&mut book, constrained(&["zone==a"])).unwrap_err();
         assert!(
-            err.0
+            err.reason
                 .starts_with("no Ready node satisfies zone==a (w1: zone=b, w2: no zone)"),
             "{err}"
         );
         label(&mut book, "w2", &[("zone", "a"), ("disk", "hdd")]);
         let err = placed_on(&mut book, constrained(&["zone==b", "disk==hdd"])).unwrap_err();
-        assert!(err.0.contains("zone==b and disk==hdd together"), "{err}");
+        assert!(
+            err.reason.contains("zone==b and disk==hdd together"),
+            "{err}"
+        );
         assert_eq!(
             placed_on(&mut book, constrained(&["zone==a"])).as_deref(),
             Ok("w2")
@@ -778,7 +805,7 @@ mod tests {
         );
         let err = placed_on(&mut book, constrained(&["zone!=x"])).unwrap_err();
         assert!(
-            err.0.contains("w1 is paused") && err.0.contains("w2 is draining"),
+            err.reason.contains("w1 is paused") && err.reason.contains("w2 is draining"),
             "{err}"
         );
         assert!(
@@ -843,9 +870,9 @@ mod tests {
         }
         let err = placed_on(&mut book, mounts("/etc")).unwrap_err();
         assert!(
-            err.0.contains("allows the host path /etc")
-                && err.0.contains("w1 allows none")
-                && err.0.contains("w2 allows /srv/data"),
+            err.reason.contains("allows the host path /etc")
+                && err.reason.contains("w1 allows none")
+                && err.reason.contains("w2 allows /srv/data"),
             "{err}"
         );
         facts.allowed_host_paths.clear();

@@ -244,7 +244,7 @@ impl Core {
     }
 
     /// Tell the scheduler the node's facts if they changed; waiting tasks get another try,
-    /// since a constraint may be met now.
+    /// since a constraint may be met now (or a roomier node meet it).
     fn tell_facts(&mut self, nid: NodeId) {
         let facts = self.nodes[nid].placement_facts();
         if self.nodes[nid].settings.told.as_ref() == Some(&facts) {
@@ -255,9 +255,27 @@ impl Core {
             name: self.nodes[nid].name.clone(),
             facts,
         });
+        self.retry_unsatisfied();
         if !self.waiting.is_empty() {
             self.retry_waiting();
         }
+    }
+
+    /// The tasks no node satisfied are asked again: a node's facts, availability or readiness
+    /// changed. Answers to a request out now may be stale: it is done again when they come.
+    pub(super) fn retry_unsatisfied(&mut self) {
+        if self.asking {
+            self.facts_while_asking = true;
+        }
+        for id in std::mem::take(&mut self.unsatisfied) {
+            if let Some(e) = self.tasks.get_mut(&id)
+                && e.placing == Placing::Unsatisfied
+            {
+                e.placing = Placing::No;
+                self.enqueue(id);
+            }
+        }
+        self.kick();
     }
 
     /// A task on a draining node moves: a new attempt placed elsewhere, as when its node is

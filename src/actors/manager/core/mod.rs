@@ -360,6 +360,9 @@ enum Placing {
     Asked,
     /// Fits nowhere now; queued again when room appears.
     Waiting,
+    /// No node meets what it asks besides room (a constraint, a host path); queued again when
+    /// a node's facts or availability change or a node comes up (facts.rs).
+    Unsatisfied,
 }
 
 struct Entry {
@@ -459,6 +462,10 @@ pub struct Core {
     endpoints: Vec<Endpoint>,
     queue: VecDeque<Uuid>,
     waiting: VecDeque<Uuid>,
+    /// Tasks no node meets the constraints of (facts.rs).
+    unsatisfied: Vec<Uuid>,
+    /// Node facts changed while a request was out: its "unsatisfied" answers may be stale.
+    facts_while_asking: bool,
     /// A placement request is with the scheduler.
     asking: bool,
     /// Room appeared while a request was out: its "fits nowhere" answers may be stale.
@@ -523,6 +530,8 @@ impl Core {
             endpoints: Vec::new(),
             queue: VecDeque::new(),
             waiting: VecDeque::new(),
+            unsatisfied: Vec::new(),
+            facts_while_asking: false,
             asking: false,
             room_while_asking: false,
             room: None,

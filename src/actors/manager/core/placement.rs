@@ -43,7 +43,10 @@ impl Core {
                     self.assign(now, id, nid);
                     placed_any = true;
                 }
-                Err(NoFit(reason)) if wanted => {
+                Err(NoFit {
+                    reason,
+                    unsatisfied,
+                }) if wanted => {
                     // The reason is live information, worked out again after a restart: it is
                     // not written, so a full cluster costs no commit per waiting task.
                     let e = self.tasks.get_mut(&id).expect("looked up above");
@@ -51,8 +54,15 @@ impl Core {
                         debug!("task {id}: {reason}");
                         e.task.error = Some(reason);
                     }
-                    e.placing = Placing::Waiting;
-                    self.waiting.push_back(id);
+                    // A task no node can satisfy waits for node facts, not for room: it must
+                    // not take the room of those that wait for room (retry_waiting).
+                    if unsatisfied {
+                        e.placing = Placing::Unsatisfied;
+                        self.unsatisfied.push(id);
+                    } else {
+                        e.placing = Placing::Waiting;
+                        self.waiting.push_back(id);
+                    }
                 }
                 Err(_) => {}
             }
@@ -61,6 +71,9 @@ impl Core {
         // held some back and this answer placed some (so the room is known afresh).
         if retry || (std::mem::take(&mut self.held_back) && placed_any) {
             self.retry_waiting();
+        }
+        if std::mem::take(&mut self.facts_while_asking) {
+            self.retry_unsatisfied();
         }
         self.kick();
     }

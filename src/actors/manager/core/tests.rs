@@ -807,7 +807,7 @@ fn a_task_that_fits_nowhere_waits_with_the_reason_and_is_placed_when_room_appear
     assert!(effects.iter().any(|e| matches!(e, Effect::Place(_))));
     let now = h.now();
     h.core
-        .placed(now, vec![(id, Err(NoFit("no worker has room".into())))]);
+        .placed(now, vec![(id, Err(NoFit::room("no worker has room")))]);
     let t = h.task(id);
     assert_eq!(t.state, State::Pending);
     assert_eq!(t.error.as_deref(), Some("no worker has room"));
@@ -867,7 +867,7 @@ fn a_burst_of_room_retries_only_the_waiting_tasks_that_might_fit_and_then_the_re
         let now = h.now();
         let full = asked
             .into_iter()
-            .map(|id| (id, Err(NoFit("no worker has room".into()))))
+            .map(|id| (id, Err(NoFit::room("no worker has room"))))
             .collect();
         h.core.placed(now, full);
     }
@@ -914,7 +914,7 @@ fn room_announced_while_the_scheduler_chose_outlives_its_older_answer() {
     h.core.capacity_available(now, room(4.0, 4.0));
     h.core.room_left(room(0.0, 0.0));
     let why = "no worker is registered yet; waiting for one";
-    h.core.placed(now, vec![(id, Err(NoFit(why.into())))]);
+    h.core.placed(now, vec![(id, Err(NoFit::room(why)))]);
     assert_eq!(
         h.place_on("w1"),
         vec![id],
@@ -1349,7 +1349,7 @@ impl Harness {
             now,
             asked
                 .iter()
-                .map(|id| (*id, Err(NoFit(reason.to_string()))))
+                .map(|id| (*id, Err(NoFit::unsatisfied(reason))))
                 .collect(),
         );
         self.drain();
@@ -1642,4 +1642,64 @@ fn a_host_path_no_known_worker_allows_is_refused_only_once_workers_are_known() {
     );
     t.volumes = vec![crate::volume::Volume::parse("/srv/data/x:/x").expect("a volume")];
     assert_eq!(h.core.check_host_paths(&t), Ok(()));
+}
+
+#[test]
+fn tasks_no_node_satisfies_wait_for_node_facts_and_never_hold_back_tasks_waiting_for_room() {
+    let mut h = Harness::new();
+    h.worker("10.0.0.1:5556", "w1");
+    let mut constrained = Vec::new();
+    for _ in 0..10 {
+        let mut t = task("sleep");
+        t.cpu = 1.0;
+        t.constraints = vec!["zone==c".parse().expect("a constraint")];
+        constrained.push(h.submit(t));
+    }
+    let mut plain = task("sleep");
+    plain.cpu = 1.0;
+    let plain = h.submit(plain);
+    // Answer every request: the constrained tasks no node satisfies, the plain one no room.
+    let asked_again = |h: &mut Harness| -> Vec<Uuid> {
+        let mut asked = Vec::new();
+        loop {
+            let batch: Vec<Uuid> = h
+                .take()
+                .into_iter()
+                .filter_map(|e| match e {
+                    Effect::Place(b) => Some(b.into_iter().map(|r| r.id)),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            if batch.is_empty() {
+                return asked;
+            }
+            let now = h.now();
+            let answers = batch
+                .iter()
+                .map(|&id| {
+                    let no_fit = if id == plain {
+                        NoFit::room("w1 has 0.00 of 1.00 cores free")
+                    } else {
+                        NoFit::unsatisfied("no Ready node satisfies zone==c (w1: no zone)")
+                    };
+                    (id, Err(no_fit))
+                })
+                .collect();
+            h.core.placed(now, answers);
+            asked.extend(batch);
+        }
+    };
+    assert_eq!(asked_again(&mut h).len(), 11);
+    // Room for one task: the task waiting for room is asked, not those no node satisfies.
+    let now = h.now();
+    h.core.capacity_available(now, room(1.0, 1.0));
+    h.advance(ROOM_DEBOUNCE);
+    assert_eq!(asked_again(&mut h), vec![plain]);
+    // A node coming up may satisfy them: all are asked again.
+    h.worker("10.0.0.2:5556", "w2");
+    let mut again = asked_again(&mut h);
+    again.sort();
+    constrained.sort();
+    assert_eq!(again, constrained);
 }
