@@ -1,13 +1,15 @@
 //! Node labels, availability and placement constraints end to end (ARCHITECTURE.md §8b): a
 //! manager and fake-runtime workers as real processes, driven over HTTP and through the CLI.
-//! The fake runtime is enough here: what is tested is where tasks go, not how they run.
+//! The fake runtime is enough here: what is tested is where tasks go, not how they run; one
+//! test runs real containers on Docker.
 
 mod common;
 
 use std::path::Path;
 
 use common::{
-    CubeProcess, Http, eventually, manager_process, run_cube, wait_state, worker_process_with,
+    Containers, CubeProcess, Http, containers, eventually, inspect, manager_process, run_cube,
+    sleeper, test_image, unique, wait_state, worker_process_with,
 };
 use serde_json::{Value, json};
 
@@ -322,4 +324,68 @@ fn node_changes_that_cannot_be_made_are_clear_4xx_errors() {
         !ok && out.contains("--label") && out.contains("KEY=VALUE"),
         "{out}"
     );
+}
+
+/// On Docker: a constraint pins real containers to the labelled worker, and a drain of that
+/// worker stops them there and runs them on the other one.
+#[test]
+fn a_constraint_pins_containers_to_the_labelled_docker_worker_and_a_drain_moves_them() {
+    test_image();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (a, b) = (unique("lbl-a"), unique("lbl-b"));
+    let _containers = Containers::of(&[&a, &b]);
+    let wa = worker_process_with(dir.path(), &a, 0, &["--label", "zone=a"]);
+    let wb = worker_process_with(dir.path(), &b, 0, &["--label", "zone=b"]);
+    let workers = format!("{},{}", wa.addr, wb.addr);
+    let manager = manager_process(dir.path(), "manager", &["--workers", &workers]);
+    let http = Http::new();
+    let url = |path: &str| format!("{}{path}", manager.url());
+    eventually("both workers Ready with their labels", || {
+        let nodes = http.get(&url("/nodes")).json();
+        let labelled = nodes
+            .as_array()?
+            .iter()
+            .filter(|n| n["status"] == "Ready" && n["labels"]["zone"].is_string())
+            .count();
+        (labelled == 2).then_some(())
+    });
+    let ids: Vec<String> = (0..3)
+        .map(|_| {
+            let mut task = sleeper();
+            task["constraints"] = json!(["zone==a"]);
+            let r = http.post(&url("/tasks"), json!({ "task": task }).to_string());
+            assert_eq!(r.status, 201, "{}", r.body);
+            r.json()["id"].as_str().expect("an id").to_string()
+        })
+        .collect();
+    for id in &ids {
+        let t = wait_state(&http, &url(&format!("/tasks/{id}")), "Running");
+        assert_eq!(t["worker"], a.as_str());
+        let c = inspect(t["container_id"].as_str().expect("a container")).expect("it exists");
+        assert_eq!(c["Config"]["Labels"]["cube.worker"], a.as_str());
+    }
+    assert_eq!(containers(&a, false).len(), 3);
+    assert!(containers(&b, false).is_empty());
+    // Labelled zone=a on the manager, b satisfies the pin too; drained, a stops its
+    // containers and b runs the tasks.
+    let (ok, out) = run_cube(
+        &["node", "label", &b, "zone=a"],
+        &[("CUBE_MANAGER", manager.url().as_str())],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = run_cube(
+        &["node", "drain", &a],
+        &[("CUBE_MANAGER", manager.url().as_str())],
+    );
+    assert!(ok, "{out}");
+    for id in &ids {
+        eventually(&format!("task {id} Running on {b}"), || {
+            let t = http.get(&url(&format!("/tasks/{id}"))).json();
+            (t["state"] == "Running" && t["worker"] == b.as_str()).then_some(())
+        });
+    }
+    eventually(&format!("no running container left on {a}"), || {
+        containers(&a, false).is_empty().then_some(())
+    });
+    assert_eq!(containers(&b, false).len(), 3);
 }
