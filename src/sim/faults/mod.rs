@@ -855,7 +855,8 @@ impl World {
         self.actions += 1;
         let roll = self.rng.u32(0..100);
         match roll {
-            0..=34 => self.user_submit(),
+            0..=32 => self.user_submit(),
+            33..=34 => self.user_availability(),
             35..=39 => self.user_resubmit(),
             40..=49 => {
                 let id = self.pick_task();
@@ -960,6 +961,8 @@ impl World {
         if self.manager.is_none() {
             self.start_manager();
         }
+        // Every node takes tasks again, so at rest what should run can run.
+        self.activate_all();
     }
 
     /// Whether some node other than `w` is not lost for good: the last one never is.
