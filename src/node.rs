@@ -171,6 +171,74 @@ pub enum NodeStatus {
     Refused,
 }
 
+/// Whether a node takes new tasks, as its operator set it (`cube node pause|drain|activate`).
+/// Apart from its [`NodeStatus`]: a paused node is still Ready, and keeps what runs there.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    /// Takes new tasks.
+    #[default]
+    Active,
+    /// Takes no new tasks; what runs there stays.
+    Pause,
+    /// Takes no new tasks, and every task on it moves elsewhere.
+    Drain,
+}
+
+impl Availability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Availability::Active => "active",
+            Availability::Pause => "pause",
+            Availability::Drain => "drain",
+        }
+    }
+}
+
+impl std::fmt::Display for Availability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Availability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Availability, String> {
+        match s {
+            "active" => Ok(Availability::Active),
+            "pause" => Ok(Availability::Pause),
+            "drain" => Ok(Availability::Drain),
+            _ => Err(format!(
+                "{s:?} is not an availability; expected active, pause or drain"
+            )),
+        }
+    }
+}
+
+/// What a worker says about itself that placement needs beyond its room: its labels, the
+/// named volumes it holds and the host paths it lets tasks mount. The manager hears of it from
+/// the worker's `/stats`, when it changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub labels: BTreeMap<String, String>,
+    pub volumes: Vec<String>,
+    pub allowed_host_paths: Vec<String>,
+}
+
+impl NodeStats {
+    /// The facts placement needs, from the worker's report.
+    pub fn facts(&self) -> NodeFacts {
+        NodeFacts {
+            labels: self.labels.clone(),
+            volumes: self.volumes.clone(),
+            allowed_host_paths: self.allowed_host_paths.clone(),
+        }
+    }
+}
+
 /// A change of a node's liveness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LivenessChange {

@@ -1,6 +1,7 @@
 //! Starting Cube's processes as library calls: [`start_worker`] (and, in `manager`, the
 //! manager). `main`, the tests and the examples all start them the same way; tests bind port 0.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -104,6 +105,8 @@ pub struct WorkerConfig {
     pub tls_ca: Option<PathBuf>,
     /// The size of its store's memory map, the most it may hold (`--store-size`).
     pub store_size: usize,
+    /// Its labels (`--label zone=a`), which placement constraints match.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl WorkerConfig {
@@ -126,6 +129,7 @@ impl WorkerConfig {
             tls_key: None,
             tls_ca: None,
             store_size: crate::db::DEFAULT_MAP_SIZE,
+            labels: BTreeMap::new(),
         }
     }
 }
@@ -308,6 +312,7 @@ pub async fn start_worker(config: WorkerConfig) -> Result<WorkerHandle, ServeErr
         retention: config.retention,
         feed_page: config.feed_page,
     })?
+    .with_labels(config.labels.clone())
     .start();
 
     let tls = tls_files(

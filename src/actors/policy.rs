@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::node::Capacity;
+use crate::node::{Availability, Capacity};
 
 /// Scores closer than this are a tie.
 const TIE_EPSILON: f64 = 1e-9;
@@ -54,14 +54,24 @@ pub struct NodeView {
     pub allocated: Resources,
     /// Tasks placed and not finished.
     pub tasks: usize,
-    /// Ready for placements (reachable, not refused).
+    /// Reachable and registered (not refused).
     pub ready: bool,
+    /// Whether its operator lets it take new tasks; only `active` does.
+    #[serde(default)]
+    pub availability: Availability,
+    /// Left out of the placement under way: it does not meet the task's constraints (set by
+    /// the book for one placement at a time, so every policy respects them).
+    #[serde(skip)]
+    pub excluded: bool,
 }
 
 impl NodeView {
     /// Whether `task` fits in what is left; [`NodeView::fits`] says why not.
     pub fn can_take(&self, task: &Resources) -> bool {
-        let Some(cap) = self.capacity.filter(|_| self.ready) else {
+        let Some(cap) = self
+            .capacity
+            .filter(|_| self.takes_tasks() && !self.excluded)
+        else {
             return false;
         };
         (task.cpu <= 0.0 || self.allocated.cpu + task.cpu <= cap.cpus + TIE_EPSILON)
@@ -69,10 +79,20 @@ impl NodeView {
             && (task.disk == 0 || self.allocated.disk.saturating_add(task.disk) <= cap.disk)
     }
 
+    /// Ready, and active: it takes new tasks.
+    pub fn takes_tasks(&self) -> bool {
+        self.ready && self.availability == Availability::Active
+    }
+
     /// Whether `task` fits in what is left, with the reason when it does not.
     pub fn fits(&self, task: &Resources) -> Result<(), String> {
         if !self.ready {
             return Err(format!("{} is not ready", self.name));
+        }
+        match self.availability {
+            Availability::Active => {}
+            Availability::Pause => return Err(format!("{} is paused", self.name)),
+            Availability::Drain => return Err(format!("{} is draining", self.name)),
         }
         let Some(cap) = self.capacity else {
             return Err(format!("{} has not reported its capacity yet", self.name));
@@ -452,6 +472,8 @@ mod tests {
             allocated: Resources::default(),
             tasks: 0,
             ready: true,
+            availability: Availability::Active,
+            excluded: false,
         }
     }
 
@@ -570,6 +592,35 @@ mod tests {
             assert_eq!(picks, ["up", "up"], "{kind}");
             nodes2 = nodes.clone();
         }
+    }
+
+    #[test]
+    fn paused_draining_or_excluded_nodes_are_never_chosen_by_any_policy() {
+        let mut paused = node("paused", 8.0, 8);
+        paused.availability = Availability::Pause;
+        let mut draining = node("draining", 8.0, 8);
+        draining.availability = Availability::Drain;
+        let mut excluded = node("excluded", 8.0, 8);
+        excluded.excluded = true;
+        let nodes = vec![paused, draining, excluded, node("up", 1.0, 1)];
+        for kind in [
+            PolicyKind::RoundRobin,
+            PolicyKind::Epvm,
+            PolicyKind::BinPack,
+            PolicyKind::Spread,
+        ] {
+            let mut view = nodes.clone();
+            assert_eq!(
+                run(kind, &mut view, Resources::default(), 3),
+                ["up"; 3],
+                "{kind}"
+            );
+        }
+        let err = place(PolicyKind::Epvm.build().as_mut(), &res(2.0, 0), &nodes).unwrap_err();
+        assert!(
+            err.contains("paused is paused") && err.contains("draining is draining"),
+            "{err}"
+        );
     }
 
     #[test]

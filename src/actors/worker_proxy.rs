@@ -38,11 +38,11 @@ use super::client::{
 };
 use super::manager::core::EndpointId;
 use super::manager::core::{CallKind, Seen};
-use super::manager::{CallDone, CallsDone, Manager, NodeDown, NodeUp, Report};
+use super::manager::{CallDone, CallsDone, Manager, NodeDown, NodeUp, Report, WorkerFacts};
 use super::scheduler::{NodeCapacity, Scheduler};
 use super::worker::{Changes, DEFAULT_FEED_PAGE, WatchChanges};
 use crate::clock::Clock;
-use crate::node::{Capacity, Liveness, LivenessChange, NodeStats, NodeStatus};
+use crate::node::{Capacity, Liveness, LivenessChange, NodeFacts, NodeStats, NodeStatus};
 use crate::task::Task;
 
 /// How often the worker's stats are fetched: the heartbeat.
@@ -246,6 +246,8 @@ pub struct WorkerProxy {
     /// The Manager accepted the name: capacity may go to the Scheduler.
     registered: bool,
     capacity_sent: Option<Capacity>,
+    /// The labels, volumes and host paths last sent to the Manager.
+    facts_sent: Option<NodeFacts>,
     feed: FeedReader,
     watching: Option<SpawnHandle>,
     watch_backoff: Duration,
@@ -290,6 +292,7 @@ impl WorkerProxy {
             name: None,
             registered: false,
             capacity_sent: None,
+            facts_sent: None,
             feed: FeedReader::default(),
             watching: None,
             watch_backoff: MIN_BACKOFF,
@@ -595,12 +598,21 @@ impl WorkerProxy {
         ));
     }
 
-    /// The Scheduler hears of a registered worker's capacity when it changes: with thousands
-    /// of workers, a report per heartbeat would keep its thread busy for nothing.
+    /// The Scheduler hears of a registered worker's capacity when it changes, and the Manager
+    /// of its labels, volumes and allowed host paths: with thousands of workers, a report per
+    /// heartbeat would keep their thread busy for nothing.
     fn send_capacity(&mut self) {
         let (Some(stats), Some(name)) = (&self.stats, &self.name) else {
             return;
         };
+        let facts = stats.facts();
+        if self.registered && self.facts_sent.as_ref() != Some(&facts) {
+            self.facts_sent = Some(facts.clone());
+            self.manager.do_send(WorkerFacts {
+                endpoint: self.endpoint,
+                facts,
+            });
+        }
         let capacity = stats.capacity();
         if self.registered && self.capacity_sent != Some(capacity) {
             self.capacity_sent = Some(capacity);
@@ -698,6 +710,7 @@ impl Handler<Registration> for WorkerProxy {
                     info!("worker {name} at {} registered", self.address());
                     self.registered = true;
                     self.capacity_sent = None;
+                    self.facts_sent = None;
                     self.send_capacity();
                 }
             }

@@ -324,6 +324,10 @@ pub struct WorkerArgs {
     /// How containers are run.
     #[arg(long, value_enum, default_value_t = RuntimeKind::Docker)]
     pub runtime: RuntimeKind,
+    /// A label of this node, KEY=VALUE (repeatable), which placement constraints match
+    /// (`zone==a`); `cube node label` on the manager overrides it.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = crate::constraint::parse_label)]
+    pub labels: Vec<(String, String)>,
     /// How long the container of a finished task is kept for its logs (30s, 5m, 24h, 1h30m; a
     /// plain number is seconds). The task's record goes too once the manager has recorded it,
     /// and the tombstone that refuses its attempt this long after that.
@@ -499,6 +503,7 @@ impl WorkerArgs {
         config.runtime = self.runtime;
         config.retention = self.retention;
         config.feed_page = self.feed_page;
+        config.labels = self.labels.iter().cloned().collect();
         if let Some(size) = self.store_size {
             config.store_size = size;
         }
@@ -586,6 +591,37 @@ pub enum NodeAction {
     Rm {
         /// The node's name, as `cube node` shows it.
         name: String,
+    },
+    /// Take no new tasks on the node and move every task off it; it stays up.
+    Drain {
+        /// The node's name, as `cube node` shows it.
+        name: String,
+        /// How long a service's tasks have to be replaced elsewhere (30s, 5m; a plain number
+        /// is seconds).
+        #[arg(long, value_parser = parse_duration)]
+        deadline: Option<Duration>,
+    },
+    /// Take no new tasks on the node; what runs there stays.
+    Pause {
+        /// The node's name, as `cube node` shows it.
+        name: String,
+    },
+    /// Let the node take new tasks again (after a pause or a drain).
+    Activate {
+        /// The node's name, as `cube node` shows it.
+        name: String,
+    },
+    /// Set labels on the node, KEY=VALUE, over the worker's own (--label); --rm removes
+    /// labels set here.
+    Label {
+        /// The node's name, as `cube node` shows it.
+        name: String,
+        /// Labels to set, KEY=VALUE.
+        #[arg(value_name = "KEY=VALUE", value_parser = crate::constraint::parse_label)]
+        labels: Vec<(String, String)>,
+        /// Labels set here to remove (repeatable).
+        #[arg(long = "rm", value_name = "KEY")]
+        remove: Vec<String>,
     },
 }
 
@@ -682,13 +718,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
         }
         Command::Node(NodeArgs {
-            action: Some(NodeAction::Rm { name }),
-            ..
-        }) => {
-            crate::node::check_name(&name).map_err(|e| format!("node name: {e}"))?;
-            client.delete_empty(&format!("/nodes/{name}")).await?;
-            println!("{name} forgotten");
-        }
+            action: Some(action),
+            output,
+        }) => change_node(&client, action, output).await?,
         Command::Node(args) => nodes(&client, args.output).await?,
         Command::Logs(args) => logs(&client, args).await?,
         Command::Snapshot(args) => snapshot::run(&client, args).await?,
@@ -1127,7 +1159,15 @@ async fn nodes(client: &Client, args: OutputArgs) -> Result<(), String> {
     let mut table = Table::new();
     table.load_preset(NOTHING);
     table.set_header([
-        "NAME", "ADDRESS", "STATUS", "CPUS", "MEMORY", "DISK", "TASKS",
+        "NAME",
+        "ADDRESS",
+        "STATUS",
+        "AVAILABILITY",
+        "CPUS",
+        "MEMORY",
+        "DISK",
+        "TASKS",
+        "LABELS",
     ]);
     for n in &nodes {
         table.add_row([
@@ -1138,10 +1178,12 @@ async fn nodes(client: &Client, args: OutputArgs) -> Result<(), String> {
             },
             n.address.clone(),
             format!("{:?}", n.status),
+            n.availability.to_string(),
             format!("{:.1}/{:.0}", n.cpu_allocated, n.cpus),
             format!("{}/{}", bytes(n.memory_allocated), bytes(n.memory)),
             format!("{}/{}", bytes(n.disk_allocated), bytes(n.disk)),
             n.tasks.to_string(),
+            label_list(&n.labels),
         ]);
     }
     println!("{table}");
@@ -1153,6 +1195,84 @@ async fn nodes(client: &Client, args: OutputArgs) -> Result<(), String> {
     for (address, reason) in reasons {
         println!("{address}: {reason}");
     }
+    Ok(())
+}
+
+/// `zone=a,disk=ssd`, or `-` for none.
+fn label_list(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".into();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `cube node drain|pause|activate|label`: one PATCH of the node, then what it is now.
+async fn change_node(
+    client: &Client,
+    action: NodeAction,
+    output: OutputArgs,
+) -> Result<(), String> {
+    let (name, body) = match action {
+        NodeAction::Rm { name } => {
+            crate::node::check_name(&name).map_err(|e| format!("node name: {e}"))?;
+            client.delete_empty(&format!("/nodes/{name}")).await?;
+            println!("{name} forgotten");
+            return Ok(());
+        }
+        NodeAction::Drain { name, deadline } => {
+            let mut body = serde_json::json!({"availability": "drain"});
+            if let Some(d) = deadline {
+                body["deadline_s"] = d.as_secs().into();
+            }
+            (name, body)
+        }
+        NodeAction::Pause { name } => (name, serde_json::json!({"availability": "pause"})),
+        NodeAction::Activate { name } => (name, serde_json::json!({"availability": "active"})),
+        NodeAction::Label {
+            name,
+            labels,
+            remove,
+        } => {
+            if labels.is_empty() && remove.is_empty() {
+                return Err(
+                    "cube node label: nothing to do; expected KEY=VALUE labels to set, or --rm KEY"
+                        .into(),
+                );
+            }
+            let labels: BTreeMap<String, String> = labels.into_iter().collect();
+            (
+                name,
+                serde_json::json!({"labels": labels, "remove_labels": remove}),
+            )
+        }
+    };
+    crate::node::check_name(&name).map_err(|e| format!("node name: {e}"))?;
+    let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    let node: NodeReport = client.patch(&format!("/nodes/{name}"), body).await?;
+    if output.output == Output::Json {
+        let json = serde_json::to_string_pretty(&node).map_err(|e| e.to_string())?;
+        println!("{json}");
+        return Ok(());
+    }
+    let deadline = node
+        .drain_deadline
+        .map(|d| {
+            format!(
+                " until {}",
+                d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        })
+        .unwrap_or_default();
+    println!(
+        "{}: {}{deadline}, labels {}",
+        node.name,
+        node.availability,
+        label_list(&node.labels)
+    );
     Ok(())
 }
 

@@ -11,6 +11,8 @@
 //! | `GET /nodes` | every worker with capacity, allocation and status |
 //! | `POST /nodes` | a worker joins: `{name, address}` or `{name, port}`; 201 once committed |
 //! | `POST /snapshot` | a consistent, compacted copy of the store (`cube snapshot save`) |
+//! | `GET /nodes/{name}` | one worker, as `GET /nodes` shows it |
+//! | `PATCH /nodes/{name}` | `{availability, deadline_s, labels, remove_labels}` (any of them): the node once committed |
 //! | `DELETE /nodes/{name}` | forget a node with no tasks: 204; 409 naming its tasks |
 //! | `GET /health` | 200 once recovery is complete, 503 before |
 //! | `GET /openapi.json` | this API's OpenAPI document ([`super::openapi`]) |
@@ -30,10 +32,12 @@ use super::{ApiError, endpoint, integer, path_task_id, read_body, shown};
 use crate::actors::client::CallError;
 use crate::actors::client::WorkerClient;
 use crate::actors::manager::core::NodeRefusal;
+use crate::actors::manager::core::{MAX_DRAIN_DEADLINE, NodeChange};
 use crate::actors::manager::{
-    ForgetNode, GetTask, GetVitals, JoinNode, ListNodes, ListTasks, LogsOf, Manager, ManagerError,
-    Snapshot, StopTask, Submit,
+    ChangeNode, ForgetNode, GetNode, GetTask, GetVitals, JoinNode, ListNodes, ListTasks, LogsOf,
+    Manager, ManagerError, Snapshot, StopTask, Submit,
 };
+use crate::node::Availability;
 use crate::task::{Desired, State, parse_submission};
 
 /// The most tasks one page of `GET /tasks` holds: a larger `limit` is cut to it. Whether more
@@ -66,6 +70,8 @@ impl From<ManagerError> for ApiError {
             ManagerError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ManagerError::Gone => StatusCode::SERVICE_UNAVAILABLE,
             ManagerError::Node(NodeRefusal::NotFound(_)) => StatusCode::NOT_FOUND,
+            ManagerError::Node(NodeRefusal::BadChange(_)) => StatusCode::BAD_REQUEST,
+            ManagerError::Unplaceable(_) => StatusCode::BAD_REQUEST,
             ManagerError::Node(_) => StatusCode::CONFLICT,
             ManagerError::ServiceNotFound(_) => StatusCode::NOT_FOUND,
             ManagerError::Service(_) => StatusCode::CONFLICT,
@@ -94,7 +100,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(nodes))
                 .route(web::post().to(join_node)),
         )
-        .service(endpoint("/nodes/{name}").route(web::delete().to(forget_node)))
+        .service(
+            endpoint("/nodes/{name}")
+                .route(web::get().to(get_node))
+                .route(web::patch().to(change_node))
+                .route(web::delete().to(forget_node)),
+        )
         .configure(super::services::configure)
         .service(endpoint("/snapshot").route(web::post().to(snapshot)))
         .service(endpoint("/health").route(web::get().to(health)))
@@ -497,6 +508,127 @@ async fn snapshot(api: web::Data<ManagerApi>) -> Result<HttpResponse, ApiError> 
         .streaming(chunks))
 }
 
+/// A node's name in the path, checked as a join checks it, so a name no node can have is a
+/// 400, not a 404.
+fn path_node_name(name: web::Path<String>) -> Result<String, ApiError> {
+    let name = name.into_inner();
+    crate::node::check_name(&name).map_err(|e| {
+        ApiError::bad_request(format!("the node name {} in the path: {e}", shown(&name)))
+    })?;
+    Ok(name)
+}
+
+async fn get_node(
+    api: web::Data<ManagerApi>,
+    name: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let name = path_node_name(name)?;
+    let node = api.manager.send(GetNode(name)).await??;
+    Ok(HttpResponse::Ok().json(node))
+}
+
+/// What `PATCH /nodes/{name}` takes; every field may be left out.
+// Read by `parse_node_patch`, field by field; the derive gives its schema only.
+#[derive(utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = NodePatch)]
+#[allow(dead_code)] // never built: it only describes the body
+pub(crate) struct NodePatchBody {
+    /// `active` takes new tasks; `pause` takes none and keeps what runs; `drain` takes none
+    /// and moves every task elsewhere.
+    availability: Option<Availability>,
+    /// With `drain`: seconds a service's tasks have to be replaced elsewhere.
+    #[schema(minimum = 0, maximum = 2592000)]
+    deadline_s: Option<u64>,
+    /// Labels to set on the node, over the worker's own (merged with those set before).
+    #[schema(example = json!({"zone": "a"}))]
+    labels: Option<std::collections::BTreeMap<String, String>>,
+    /// Labels set on the manager to remove.
+    #[schema(example = json!(["rack"]))]
+    remove_labels: Option<Vec<String>>,
+}
+
+const PATCH_EXPECTED: &str = "expected {\"availability\": \"active\"|\"pause\"|\"drain\", \"deadline_s\": SECONDS, \"labels\": {\"KEY\": \"VALUE\"}, \"remove_labels\": [\"KEY\"]}, any of them";
+
+/// Read a node change field by field, so every refusal names its field.
+fn parse_node_patch(body: &[u8]) -> Result<NodeChange, ApiError> {
+    use serde_json::Value;
+    let bad = |what: String| ApiError::bad_request(format!("{what}; {PATCH_EXPECTED}"));
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| bad(format!("the body is not valid JSON ({e})")))?;
+    let Value::Object(map) = value else {
+        return Err(bad("the body is not a JSON object".into()));
+    };
+    let mut change = NodeChange::default();
+    for (key, value) in map {
+        if !matches!(
+            key.as_str(),
+            "availability" | "deadline_s" | "labels" | "remove_labels"
+        ) {
+            return Err(bad(format!(
+                "{} is not a field of a node change",
+                shown(&key)
+            )));
+        }
+        match (key.as_str(), value) {
+            (_, Value::Null) => {}
+            ("availability", Value::String(a)) => {
+                change.availability = Some(
+                    a.parse::<Availability>()
+                        .map_err(|e| ApiError::bad_request(format!("availability: {e}")))?,
+                );
+            }
+            ("deadline_s", Value::Number(n)) => {
+                let max = MAX_DRAIN_DEADLINE.as_secs();
+                let secs: u64 = integer("deadline_s", &n.to_string(), 0..=max, "")?;
+                change.deadline = Some(std::time::Duration::from_secs(secs));
+            }
+            ("labels", Value::Object(labels)) => {
+                for (k, v) in labels {
+                    let Value::String(v) = v else {
+                        return Err(bad(format!(
+                            "labels.{k} is {}, not a string",
+                            shown(&v.to_string())
+                        )));
+                    };
+                    change.labels.insert(k, v);
+                }
+            }
+            ("remove_labels", Value::Array(keys)) => {
+                for k in keys {
+                    let Value::String(k) = k else {
+                        return Err(bad(format!(
+                            "remove_labels holds {}, not a string",
+                            shown(&k.to_string())
+                        )));
+                    };
+                    change.remove_labels.push(k);
+                }
+            }
+            (_, other) => {
+                return Err(bad(format!(
+                    "{key} is {}, which is not what it takes",
+                    shown(&other.to_string())
+                )));
+            }
+        }
+    }
+    Ok(change)
+}
+
+async fn change_node(
+    api: web::Data<ManagerApi>,
+    name: web::Path<String>,
+    req: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let name = path_node_name(name)?;
+    let body = read_body(&req, payload).await?;
+    let change = parse_node_patch(&body)?;
+    let node = api.manager.send(ChangeNode { name, change }).await??;
+    Ok(HttpResponse::Ok().json(node))
+}
+
 async fn forget_node(
     api: web::Data<ManagerApi>,
     name: web::Path<String>,
@@ -690,6 +822,36 @@ mod tests {
             };
             assert_eq!(e.status, StatusCode::BAD_REQUEST);
             assert!(e.message.contains(says), "{body}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn a_node_change_names_the_field_it_refuses() {
+        let ok = parse_node_patch(
+            br#"{"availability": "drain", "deadline_s": 60, "labels": {"zone": "a"}, "remove_labels": ["rack"]}"#,
+        )
+        .expect("a change");
+        assert_eq!(ok.availability, Some(Availability::Drain));
+        assert_eq!(ok.deadline, Some(std::time::Duration::from_secs(60)));
+        assert_eq!(ok.labels.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(ok.remove_labels, vec!["rack".to_string()]);
+        assert_eq!(
+            parse_node_patch(b"{}").expect("nothing"),
+            NodeChange::default()
+        );
+        for (body, names) in [
+            (r#"{"availability": "off"}"#, "availability"),
+            (r#"{"availability": 1}"#, "availability"),
+            (r#"{"deadline_s": -1}"#, "deadline_s"),
+            (r#"{"deadline_s": 99999999999}"#, "deadline_s"),
+            (r#"{"labels": {"zone": 1}}"#, "labels.zone"),
+            (r#"{"remove_labels": [1]}"#, "remove_labels"),
+            (r#"{"drain": true}"#, "drain"),
+            ("[]", "not a JSON object"),
+        ] {
+            let err = parse_node_patch(body.as_bytes()).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{body}");
+            assert!(err.message.contains(names), "{body}: {}", err.message);
         }
     }
 }

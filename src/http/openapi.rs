@@ -23,13 +23,13 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, response::Response};
 
 use super::error::ErrorBody;
-use super::manager::{JoinBody, ManagerHealth, NodeJoined};
+use super::manager::{JoinBody, ManagerHealth, NodeJoined, NodePatchBody};
 use super::worker::WorkerHealth;
 use crate::actors::manager::NodeReport;
 use crate::actors::worker::{
     Changes, StartOutcome, StartsAnswer, StopOutcome, StopsAnswer, VolumeReport, VolumesAnswer,
 };
-use crate::node::{NodeStats, NodeStatus};
+use crate::node::{Availability, NodeStats, NodeStatus};
 use crate::service::{
     Endpoint, Endpoints, FailureAction, Mode, Order, Rollout, RolloutState, ServiceInput,
     ServiceView, UpdateConfig, UpdateInput, VersionCount,
@@ -69,6 +69,7 @@ const INPUT_SCHEMAS: &[&str] = &[
     "TaskInput",
     "TaskEventInput",
     "NodeJoin",
+    "NodePatch",
     "StopInput",
     "ServiceInput",
     "UpdateInput",
@@ -227,6 +228,8 @@ struct ServicePatch {
         manager_api::task_logs,
         manager_api::nodes,
         manager_api::join_node,
+        manager_api::get_node,
+        manager_api::change_node,
         manager_api::forget_node,
         manager_api::create_service,
         manager_api::list_services,
@@ -249,6 +252,7 @@ struct ServicePatch {
             RestartPolicy,
             NodeReport,
             NodeStatus,
+            Availability,
             ServiceInput,
             UpdateInput,
             ServicePatch,
@@ -514,6 +518,52 @@ mod manager_api {
         security(("bearerAuth" = [])),
     )]
     fn join_node() {}
+
+    /// One worker
+    #[utoipa::path(
+        get,
+        path = "/nodes/{name}",
+        tag = "nodes",
+        params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,63}$", description = "The worker's name.")),
+        responses(
+            (status = 200, description = "The worker, as GET /nodes shows it.", body = NodeReport),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 404, description = "No node has this name.", body = ErrorBody),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn get_node() {}
+
+    /// Change a worker's availability or labels
+    ///
+    /// `availability`: `active` takes new tasks, `pause` takes none and keeps what runs,
+    /// `drain` takes none and moves every task elsewhere (`deadline_s` with it: how long a
+    /// service's tasks have to be replaced). `labels` are set on the manager over the
+    /// worker's own (merged with those set before; they win on the same key);
+    /// `remove_labels` removes some of them. Any subset of the fields; answered once
+    /// committed.
+    #[utoipa::path(
+        patch,
+        path = "/nodes/{name}",
+        tag = "nodes",
+        params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,63}$", description = "The worker's name.")),
+        request_body(content = NodePatchBody, content_type = "application/json"),
+        responses(
+            (status = 200, description = "The worker after the change, which is committed.", body = NodeReport),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 403, response = Forbidden),
+            (status = 404, description = "No node has this name.", body = ErrorBody),
+            (status = 408, response = RequestTimeout),
+            (status = 413, response = PayloadTooLarge),
+            (status = 503, response = Unavailable),
+            (status = 507, response = InsufficientStorage),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn change_node() {}
 
     /// Forget a worker
     #[utoipa::path(
@@ -1173,6 +1223,7 @@ mod tests {
                     ("POST", "/tasks"),
                     ("DELETE", "/tasks/{id}"),
                     ("POST", "/nodes"),
+                    ("PATCH", "/nodes/{name}"),
                     ("DELETE", "/nodes/{name}"),
                     ("POST", "/services"),
                     ("PUT", "/services/{name}"),
@@ -1274,6 +1325,13 @@ mod tests {
             tasks: 1,
             last_seen: Some(Utc::now()),
             reason: None,
+            availability: crate::node::Availability::Drain,
+            drain_deadline: Some(Utc::now()),
+            labels: [("zone".to_string(), "a".to_string())].into(),
+            worker_labels: Default::default(),
+            manager_labels: Default::default(),
+            volumes: vec!["db".into()],
+            allowed_host_paths: vec![],
         };
         assert_answer_schema(&manager, "NodeReport", &node);
         assert_answer_schema(&manager, "ErrorBody", ErrorBody { error: "no" });
@@ -1364,5 +1422,29 @@ mod tests {
         let state = &manager_document()["paths"]["/tasks"]["get"]["parameters"][0];
         assert_eq!(state["name"], "state");
         assert_eq!(state["schema"]["pattern"], pattern.as_str());
+    }
+
+    #[test]
+    fn the_node_patch_schema_takes_each_field_or_null() {
+        let doc = manager_document();
+        let patch = &doc["components"]["schemas"]["NodePatch"];
+        let props = patch["properties"].as_object().expect("properties");
+        let mut names: Vec<&String> = props.keys().collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["availability", "deadline_s", "labels", "remove_labels"],
+            "{patch}"
+        );
+        assert!(
+            patch["required"].is_null(),
+            "every field may be left out: {patch}"
+        );
+        let availability = &doc["components"]["schemas"]["Availability"];
+        assert_eq!(
+            availability["enum"],
+            serde_json::json!(["active", "pause", "drain"]),
+            "{availability}"
+        );
     }
 }

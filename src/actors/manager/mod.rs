@@ -26,8 +26,9 @@ pub use self::shell::{Manager, ManagerSetup};
 use super::client::{CallError, WorkerLink};
 use super::worker_proxy::WorkerProxy;
 use crate::db::{Record, StoreError, Table};
-use crate::node::NodeStatus;
+use crate::node::{Availability, NodeStatus};
 use crate::task::{State, Task};
+use std::collections::BTreeMap;
 
 /// The manager's tasks: a sequence number given at submission → the task record, which carries
 /// what the user wants of it (`desired`). Keys that only grow make every insert an append at
@@ -71,25 +72,32 @@ impl Record for core::Tombstone {
     }
 }
 
-/// A registered worker, as the store keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    /// The address its name is bound to.
-    pub address: String,
-}
+/// A registered worker, as the store keeps it: the address its name is bound to, and the
+/// labels and availability the operator set on it (version 2; version 1 was the address
+/// alone, and reads as an active node with no labels of the manager's).
+pub use self::core::NodeRecord;
 
 impl Record for NodeRecord {
-    const VERSION: u8 = 1;
+    const VERSION: u8 = 2;
 
     /// Before versions, the record was the address itself.
     fn upgrade(version: u8, bytes: &[u8]) -> Result<Self, String> {
         match version {
             0 => String::from_utf8(bytes.to_vec())
-                .map(|address| NodeRecord { address })
+                .map(NodeRecord::at)
                 .map_err(|e| format!("the address is not UTF-8: {e}")),
+            1 => serde_json::from_slice::<NodeRecordV1>(bytes)
+                .map(|r| NodeRecord::at(r.address))
+                .map_err(|e| format!("not a version 1 node record ({e})")),
             v => Err(format!("schema version {v} is not one this build reads")),
         }
     }
+}
+
+/// A node record of version 1: its address only.
+#[derive(Deserialize)]
+struct NodeRecordV1 {
+    address: String,
 }
 
 /// What the events table of an older store kept of an accepted TaskEvent.
@@ -127,9 +135,12 @@ pub enum ManagerError {
     /// The manager is shutting down.
     #[error("the manager is shutting down")]
     Gone,
-    /// A join or a forget refused.
+    /// A join, a forget or a change of a node refused.
     #[error("{0}")]
     Node(#[from] core::NodeRefusal),
+    /// The task cannot run on any worker the manager knows (a host path none allows).
+    #[error("{0}")]
+    Unplaceable(String),
     /// No service has this name.
     #[error("service {0} does not exist")]
     ServiceNotFound(String),
@@ -248,6 +259,20 @@ pub struct NodeReport {
     pub last_seen: Option<DateTime<Utc>>,
     /// Why it is not Ready, when it is not.
     pub reason: Option<String>,
+    /// Whether it takes new tasks: `active`; `pause` keeps what runs; `drain` moves it away.
+    pub availability: Availability,
+    /// When a drain should be over, if it was given a deadline.
+    pub drain_deadline: Option<DateTime<Utc>>,
+    /// Its labels as constraints see them: the worker's, overlaid by the manager's.
+    pub labels: BTreeMap<String, String>,
+    /// Labels the worker reports (`cube worker --label`).
+    pub worker_labels: BTreeMap<String, String>,
+    /// Labels set on the manager (`cube node label`); they win on the same key.
+    pub manager_labels: BTreeMap<String, String>,
+    /// Named volumes the worker holds.
+    pub volumes: Vec<String>,
+    /// Host paths under which the worker lets tasks mount.
+    pub allowed_host_paths: Vec<String>,
 }
 
 /// Every worker the manager knows, with what the scheduler has booked on it.
@@ -273,6 +298,20 @@ pub struct Joined {
     /// The token the manager presents to its workers, for the worker to accept.
     pub cluster_token: Option<String>,
 }
+
+/// Change a node's availability or the labels the manager sets on it (`PATCH /nodes/{name}`).
+/// Answers with the node's view once the change is committed.
+#[derive(Message)]
+#[rtype(result = "Result<NodeReport, ManagerError>")]
+pub struct ChangeNode {
+    pub name: String,
+    pub change: core::NodeChange,
+}
+
+/// One node as `GET /nodes` shows it.
+#[derive(Message)]
+#[rtype(result = "Result<NodeReport, ManagerError>")]
+pub struct GetNode(pub String);
 
 /// Forget a node with no tasks: its record, its proxy, its place in the scheduler. Answers
 /// once the forgetting is committed.
@@ -323,6 +362,15 @@ pub struct Report {
     pub tasks: Vec<Task>,
     /// Where the report stands in the worker's feed.
     pub mark: super::worker_proxy::FeedMark,
+}
+
+/// The worker at this endpoint reports its labels, named volumes and allowed host paths: sent
+/// after each registration and whenever they change.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WorkerFacts {
+    pub endpoint: core::EndpointId,
+    pub facts: crate::node::NodeFacts,
 }
 
 /// The outcome of a call the Manager asked a proxy to make.
@@ -377,5 +425,28 @@ mod tests {
                 Some(t)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn node_records_of_version_1_and_0_read_as_active_nodes_without_labels() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), TABLES).expect("store");
+        let mut batch = Batch::new();
+        let mut v1 = vec![1];
+        v1.extend(br#"{"address":"10.0.0.1:5556"}"#);
+        batch.put(NODES.name(), b"w1".to_vec(), v1);
+        batch.put(NODES.name(), b"w0".to_vec(), b"10.0.0.0:5556".to_vec());
+        let mut labelled = NodeRecord::at("10.0.0.2:5556");
+        labelled.labels.insert("zone".into(), "a".into());
+        labelled.availability = crate::node::Availability::Pause;
+        NODES
+            .put(&mut batch, &"w2".to_string(), &labelled)
+            .expect("put");
+        store.commit(batch).await.expect("committed");
+        let read: std::collections::BTreeMap<String, NodeRecord> =
+            NODES.scan(&store).expect("readable").into_iter().collect();
+        assert_eq!(read["w0"], NodeRecord::at("10.0.0.0:5556"));
+        assert_eq!(read["w1"], NodeRecord::at("10.0.0.1:5556"));
+        assert_eq!(read["w2"], labelled);
     }
 }

@@ -15,15 +15,17 @@ use uuid::Uuid;
 
 use super::core::{self, Core, Effect, Writes};
 use super::{
-    COLLECTED, CallsDone, Connect, CountTasks, EVENTS, ForgetNode, GetTask, GetVitals, JoinNode,
-    Joined, ListNodes, ListTasks, LogsOf, ManagerError, NODES, NodeDown, NodeRecord, NodeReport,
-    NodeUp, Report, SERVICES, Snapshot, StopTask, Submit, Submitted, TASKS, Vitals,
+    COLLECTED, CallsDone, ChangeNode, Connect, CountTasks, EVENTS, ForgetNode, GetNode, GetTask,
+    GetVitals, JoinNode, Joined, ListNodes, ListTasks, LogsOf, ManagerError, NODES, NodeDown,
+    NodeRecord, NodeReport, NodeUp, Report, SERVICES, Snapshot, StopTask, Submit, Submitted, TASKS,
+    Vitals, WorkerFacts,
 };
 use crate::actors::CoreTimer;
 use crate::actors::client::{WorkerClient, WorkerLink, WorkerTarget};
 use crate::actors::health::{HealthChecked, HealthChecker, Unwatch, Watch};
 use crate::actors::scheduler::{
-    CapacityAvailable, ListBook, NodeReady, Place, Release, Restore, Scheduler, SetListener,
+    CapacityAvailable, ListBook, NodeFacts as SchedulerNodeFacts, NodeReady, Place, Release,
+    Restore, Scheduler, SetListener,
 };
 use crate::actors::worker_proxy::{
     CallWorker, Disconnect, FeedMark, Info, Link, Recorded, Registration, Resync, WorkerCall,
@@ -78,11 +80,7 @@ impl Manager {
     pub fn new(setup: ManagerSetup) -> Result<Manager, ManagerError> {
         let store = setup.store;
         let clock = Clock::new();
-        let nodes: Vec<(String, String)> = NODES
-            .scan(&store)?
-            .into_iter()
-            .map(|(name, n)| (name, n.address))
-            .collect();
+        let nodes: Vec<(String, NodeRecord)> = NODES.scan(&store)?;
         let known = nodes.len();
         let config = core::Config::new(setup.node_timeout)
             .with_retention(setup.retention, setup.retention_count);
@@ -188,6 +186,9 @@ impl Manager {
                 Effect::Release(ids) => self.scheduler.do_send(Release(ids)),
                 Effect::NodeReady { name, ready } => {
                     self.scheduler.do_send(NodeReady { name, ready })
+                }
+                Effect::NodeFacts { name, facts } => {
+                    self.scheduler.do_send(SchedulerNodeFacts { name, facts })
                 }
                 Effect::Registered { endpoint, name } => {
                     if let Some(p) = self.proxies.get(endpoint) {
@@ -413,11 +414,8 @@ fn batch_of(writes: &Writes) -> Result<Batch, StoreError> {
         COLLECTED.delete(&mut batch, id);
     }
     super::services::put_services(&mut batch, &writes.services, &writes.services_removed)?;
-    for (name, address) in &writes.nodes {
-        let record = NodeRecord {
-            address: address.clone(),
-        };
-        NODES.put(&mut batch, name, &record)?;
+    for (name, record) in &writes.nodes {
+        NODES.put(&mut batch, name, record)?;
     }
     Ok(batch)
 }
@@ -476,6 +474,13 @@ impl Handler<Submit> for Manager {
             && let Err(full) = self.store.check_room()
         {
             return Box::pin(async move { Err(ManagerError::Store(full)) });
+        }
+        // A host path no known worker allows would wait forever: refused while the manager
+        // knows its workers' prefixes (a new id only; a known one is answered as before).
+        if self.core.task(msg.0.id).is_none()
+            && let Err(why) = self.core.check_host_paths(&msg.0)
+        {
+            return Box::pin(async move { Err(ManagerError::Unplaceable(why)) });
         }
         let now = self.clock.now();
         let outcome = self.core.submit(now, msg.0);
@@ -672,11 +677,10 @@ impl Handler<LogsOf> for Manager {
     }
 }
 
-impl Handler<ListNodes> for Manager {
-    type Result = ResponseFuture<Vec<NodeReport>>;
-
-    fn handle(&mut self, _: ListNodes, _: &mut Context<Self>) -> Self::Result {
-        let views = self.core.endpoints();
+impl Manager {
+    /// The `GET /nodes` rows of these endpoints: the core's view, the proxies' last stats and
+    /// the scheduler's bookings.
+    fn node_reports(&self, views: Vec<core::EndpointView>) -> ResponseFuture<Vec<NodeReport>> {
         let infos = join_all(views.iter().map(|v| {
             let proxy = self.proxies.get(v.endpoint).cloned();
             async move {
@@ -712,6 +716,7 @@ impl Handler<ListNodes> for Manager {
                             .then(|| info.as_ref().and_then(|i| i.error.clone()))
                             .flatten()
                     });
+                    let facts = view.facts.unwrap_or_default();
                     NodeReport {
                         status: view.status,
                         address: view.address,
@@ -725,12 +730,83 @@ impl Handler<ListNodes> for Manager {
                         last_seen: info.and_then(|i| i.last_seen),
                         reason,
                         name,
+                        availability: facts.availability,
+                        drain_deadline: facts.drain_deadline,
+                        labels: facts.labels,
+                        worker_labels: facts.worker_labels,
+                        manager_labels: facts.manager_labels,
+                        volumes: facts.volumes,
+                        allowed_host_paths: facts.allowed_host_paths,
                     }
                 })
                 .collect();
             out.sort_by(|a, b| a.name.cmp(&b.name).then(a.address.cmp(&b.address)));
             out
         })
+    }
+
+    /// The row of the node called `name` (the endpoint bound to it, or the node alone).
+    fn node_report(&self, name: &str) -> ResponseFuture<Result<NodeReport, ManagerError>> {
+        let views: Vec<core::EndpointView> = self
+            .core
+            .endpoints()
+            .into_iter()
+            .filter(|v| v.name.as_deref() == Some(name) && v.status != NodeStatus::Refused)
+            .take(1)
+            .collect();
+        let reports = self.node_reports(views);
+        let name = name.to_string();
+        Box::pin(async move {
+            reports
+                .await
+                .into_iter()
+                .next()
+                .ok_or(ManagerError::Node(core::NodeRefusal::NotFound(name)))
+        })
+    }
+}
+
+impl Handler<ListNodes> for Manager {
+    type Result = ResponseFuture<Vec<NodeReport>>;
+
+    fn handle(&mut self, _: ListNodes, _: &mut Context<Self>) -> Self::Result {
+        self.node_reports(self.core.endpoints())
+    }
+}
+
+impl Handler<GetNode> for Manager {
+    type Result = ResponseFuture<Result<NodeReport, ManagerError>>;
+
+    fn handle(&mut self, msg: GetNode, _: &mut Context<Self>) -> Self::Result {
+        self.node_report(&msg.0)
+    }
+}
+
+impl Handler<ChangeNode> for Manager {
+    type Result = ResponseFuture<Result<NodeReport, ManagerError>>;
+
+    fn handle(&mut self, msg: ChangeNode, ctx: &mut Context<Self>) -> Self::Result {
+        let now = self.clock.now();
+        let outcome = self.core.change_node(now, &msg.name, msg.change);
+        let durable = self.carry_out(ctx, true);
+        let report = self.node_report(&msg.name);
+        Box::pin(async move {
+            outcome?;
+            if let Some(commit) = durable {
+                commit.await?;
+            }
+            report.await
+        })
+    }
+}
+
+impl Handler<WorkerFacts> for Manager {
+    type Result = ();
+
+    fn handle(&mut self, msg: WorkerFacts, ctx: &mut Context<Self>) {
+        let now = self.clock.now();
+        self.core.node_facts(now, msg.endpoint, msg.facts);
+        self.step(ctx);
     }
 }
 

@@ -14,9 +14,9 @@ use actix::prelude::*;
 use log::info;
 use uuid::Uuid;
 
-pub use book::{Book, NoFit, PlaceRequest, Placements, Room};
+pub use book::{Book, NoFit, PlaceRequest, PlacementFacts, Placements, Restored, Room};
 
-use super::policy::{NodeView, PolicyKind, Resources};
+use super::policy::{NodeView, PolicyKind};
 use crate::node::Capacity;
 
 /// Sent to the listener when room may have appeared: a node became ready or grew, or a task
@@ -105,6 +105,28 @@ impl Handler<NodeReady> for Scheduler {
     }
 }
 
+/// A node's labels, volumes, allowed host paths and availability, from the Manager (which
+/// overlays the worker's labels with its own and owns availability).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct NodeFacts {
+    pub name: String,
+    pub facts: PlacementFacts,
+}
+
+impl Handler<NodeFacts> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, msg: NodeFacts, _: &mut Context<Self>) {
+        info!(
+            "scheduler: node {} is {} with labels {:?}",
+            msg.name, msg.facts.availability, msg.facts.labels
+        );
+        let room = self.book.set_facts(&msg.name, msg.facts);
+        self.announce(room);
+    }
+}
+
 /// Choose a node for each task and book its reservation there. One message for a whole burst.
 #[derive(Message)]
 #[rtype(result = "(Placements, Room)")]
@@ -123,7 +145,7 @@ impl Handler<Place> for Scheduler {
 /// Book reservations without choosing: the Manager rebuilding the book after a restart.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Restore(pub Vec<(Uuid, String, Resources)>);
+pub struct Restore(pub Vec<Restored>);
 
 impl Handler<Restore> for Scheduler {
     type Result = ();

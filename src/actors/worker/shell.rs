@@ -60,6 +60,8 @@ pub struct Worker {
     store: Option<Store>,
     sampler: Option<Addr<StatsSampler>>,
     capacity: Capacity,
+    /// Its labels (`cube worker --label`), reported in its stats for placement constraints.
+    labels: BTreeMap<String, String>,
     /// Most tasks in one answer to a watcher that asks for pages.
     feed_page: usize,
     watchers: Vec<Watcher>,
@@ -110,6 +112,7 @@ impl Worker {
             store: setup.store,
             sampler: setup.sampler,
             capacity: setup.capacity,
+            labels: BTreeMap::new(),
             feed_page: setup.feed_page.max(1),
             watchers: Vec::new(),
             notify_scheduled: false,
@@ -165,6 +168,13 @@ impl Worker {
                     .collect(),
             })
             .collect()
+    }
+
+    /// The worker's labels (`cube worker --label zone=a`), which its stats report and
+    /// placement constraints match.
+    pub fn with_labels(mut self, labels: BTreeMap<String, String>) -> Worker {
+        self.labels = labels;
+        self
     }
 
     /// Write what the core changed; once durable, publish the changes and carry out the core's
@@ -635,16 +645,19 @@ impl Handler<GetStats> for Worker {
                 let mut stats = NodeStats::simulated(&name, self.capacity, tasks);
                 stats.volumes = volumes;
                 stats.allowed_host_paths = allowed_host_paths;
+                stats.labels = self.labels.clone();
                 Box::pin(async move { Ok(stats) })
             }
             Some(sampler) => {
                 let sample = sampler.send(Sample);
+                let labels = self.labels.clone();
                 Box::pin(async move {
                     let mut stats = sample.await.map_err(|_| WorkerError::Gone)?;
                     stats.name = name;
                     stats.tasks = tasks;
                     stats.volumes = volumes;
                     stats.allowed_host_paths = allowed_host_paths;
+                    stats.labels = labels;
                     Ok(stats)
                 })
             }

@@ -3,6 +3,7 @@
 //! actor does (heartbeats, liveness, the long-polled feed, calls with timeouts).
 
 use super::*;
+use crate::actors::manager::core::NodeRecord;
 
 impl World {
     pub(super) fn start_manager(&mut self) {
@@ -13,10 +14,10 @@ impl World {
             .iter()
             .map(|(k, t)| (*k, t.clone()))
             .collect();
-        let nodes: Vec<(String, String)> = self
+        let nodes: Vec<(String, NodeRecord)> = self
             .disk_nodes
             .iter()
-            .map(|(n, a)| (n.clone(), a.clone()))
+            .map(|(n, r)| (n.clone(), r.clone()))
             .collect();
         self.note(format!(
             "manager starts (incarnation {inc}) with {} records",
@@ -94,6 +95,9 @@ impl World {
                 MEffect::Release(ids) => self.tell_scheduler(SchedMsg::Release(ids)),
                 MEffect::NodeReady { name, ready } => {
                     self.tell_scheduler(SchedMsg::Ready(name, ready))
+                }
+                MEffect::NodeFacts { name, facts } => {
+                    self.tell_scheduler(SchedMsg::Facts(name, facts))
                 }
                 MEffect::Registered { endpoint, name } => {
                     let w = self.worker_of(endpoint);
@@ -215,8 +219,8 @@ impl World {
         for id in &held.writes.expired {
             self.disk_tombs.remove(id);
         }
-        for (name, address) in &held.writes.nodes {
-            self.disk_nodes.insert(name.clone(), address.clone());
+        for (name, record) in &held.writes.nodes {
+            self.disk_nodes.insert(name.clone(), record.clone());
         }
         let m = self.manager.as_mut().expect("checked above");
         let answers: Vec<(Answer, Uuid)> = m
@@ -326,6 +330,7 @@ impl World {
             SchedMsg::Release(ids) => m.book.release(&ids),
             SchedMsg::Ready(name, ready) => m.book.set_ready(&name, ready),
             SchedMsg::Capacity(name, capacity) => m.book.set_capacity(&name, capacity),
+            SchedMsg::Facts(name, facts) => m.book.set_facts(&name, facts),
         };
         if room && let Some(m) = self.manager.as_mut() {
             m.sched_in_flight += 1;

@@ -44,7 +44,7 @@ use crate::actors::manager::core::{
     CallKind, Config as ManagerConfig, Core as ManagerCore, Effect as MEffect, EndpointId, Seen,
     Submitted, Tombstone as Collected, is_final,
 };
-use crate::actors::policy::{PolicyKind, Resources};
+use crate::actors::policy::PolicyKind;
 use crate::actors::scheduler::{Book, NoFit, PlaceRequest, Room};
 use crate::actors::worker::core::{Core as WorkerCore, Effect as WEffect};
 use crate::actors::worker::feed::{Changes, Feed, Page};
@@ -281,11 +281,12 @@ enum Ev {
 
 #[derive(Debug, Clone)]
 enum SchedMsg {
-    Restore(Vec<(Uuid, String, Resources)>),
+    Restore(Vec<crate::actors::scheduler::Restored>),
     Place(Vec<PlaceRequest>),
     Release(Vec<Uuid>),
     Ready(String, bool),
     Capacity(String, Capacity),
+    Facts(String, crate::actors::scheduler::PlacementFacts),
 }
 
 #[derive(Debug, Clone)]
@@ -501,7 +502,7 @@ struct World {
     manager: Option<ManagerProc>,
     manager_inc: u64,
     disk_tasks: BTreeMap<u64, Task>,
-    disk_nodes: BTreeMap<String, String>,
+    disk_nodes: BTreeMap<String, crate::actors::manager::core::NodeRecord>,
     /// Tombstones of collected tasks, as the disk holds them.
     disk_tombs: BTreeMap<Uuid, Collected>,
     /// Every task whose collection was written.
@@ -854,7 +855,8 @@ impl World {
         self.actions += 1;
         let roll = self.rng.u32(0..100);
         match roll {
-            0..=34 => self.user_submit(),
+            0..=32 => self.user_submit(),
+            33..=34 => self.user_availability(),
             35..=39 => self.user_resubmit(),
             40..=49 => {
                 let id = self.pick_task();
@@ -959,6 +961,8 @@ impl World {
         if self.manager.is_none() {
             self.start_manager();
         }
+        // Every node takes tasks again, so at rest what should run can run.
+        self.activate_all();
     }
 
     /// Whether some node other than `w` is not lost for good: the last one never is.
@@ -1056,6 +1060,7 @@ fn describe_sched(m: &SchedMsg) -> String {
         ),
         SchedMsg::Ready(n, r) => format!("{n} ready: {r}"),
         SchedMsg::Capacity(n, _) => format!("{n} capacity"),
+        SchedMsg::Facts(n, f) => format!("{n} {} {:?}", f.availability, f.labels),
     }
 }
 

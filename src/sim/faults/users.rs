@@ -1,7 +1,10 @@
-//! The users of the simulated world: submissions (new, repeated, stopped at once) and stops,
-//! answered only once the manager's commit makes them durable.
+//! The users of the simulated world: submissions (new, repeated, stopped at once), stops, and
+//! an operator pausing, draining and activating nodes, answered only once the manager's commit
+//! makes them durable.
 
 use super::*;
+use crate::actors::manager::core::NodeChange;
+use crate::node::Availability;
 
 impl World {
     pub(super) fn user_submit(&mut self) {
@@ -83,6 +86,44 @@ impl World {
         }
         if let Some(m) = self.manager.as_mut() {
             m.answers.push((commit, answer, id));
+        }
+    }
+
+    /// An operator pauses, drains or activates a node.
+    pub(super) fn user_availability(&mut self) {
+        let w = self.rng.usize(..self.nodes.len());
+        let availability = [
+            Availability::Pause,
+            Availability::Drain,
+            Availability::Active,
+            Availability::Active,
+        ][self.rng.usize(..4)];
+        self.change_availability(w, availability);
+    }
+
+    /// Every node active again (the heal).
+    pub(super) fn activate_all(&mut self) {
+        for w in 0..self.nodes.len() {
+            self.change_availability(w, Availability::Active);
+        }
+    }
+
+    fn change_availability(&mut self, w: usize, availability: Availability) {
+        let now = self.now();
+        let Some(m) = self.manager.as_mut() else {
+            return;
+        };
+        let name = format!("w{}", w + 1);
+        let change = NodeChange {
+            availability: Some(availability),
+            deadline: (availability == Availability::Drain).then(|| Duration::from_secs(10)),
+            ..NodeChange::default()
+        };
+        // A node the manager has not heard of yet is not there to change.
+        if m.core.change_node(now, &name, change).is_ok() {
+            self.note(format!("operator sets {name} {availability}"));
+            self.count("availability changes");
+            self.manager_step_with(true);
         }
     }
 

@@ -36,9 +36,9 @@ use uuid::Uuid;
 use crate::actors::FastMap;
 use crate::actors::client::CallError;
 use crate::actors::policy::Resources;
-use crate::actors::scheduler::{NoFit, PlaceRequest, Room};
+use crate::actors::scheduler::{NoFit, PlaceRequest, PlacementFacts, Room};
 use crate::clock::{Now, Timers, backoff};
-use crate::node::NodeStatus;
+use crate::node::{Availability, NodeFacts, NodeStatus};
 use crate::sim::planted::{Bug, planted};
 use crate::task::{Goal, RestartPolicy, State, Task};
 
@@ -147,13 +147,16 @@ type NodeId = usize;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
     /// Book these reservations without choosing (the scheduler's book after a restart).
-    Restore(Vec<(Uuid, String, Resources)>),
+    Restore(Vec<crate::actors::scheduler::Restored>),
     /// Ask the scheduler where these tasks go; the answer comes back as [`Core::placed`].
     Place(Vec<PlaceRequest>),
     /// Give these tasks' reservations back to the scheduler.
     Release(Vec<Uuid>),
     /// Tell the scheduler a node takes placements, or no longer does.
     NodeReady { name: String, ready: bool },
+    /// Tell the scheduler a node's effective labels, volumes, allowed host paths and
+    /// availability (whether it takes new tasks); sent when any of them changes.
+    NodeFacts { name: String, facts: PlacementFacts },
     /// Start this attempt of the task on the worker; the outcome comes back as
     /// [`Core::call_done`]. Sent only after this step's writes are durable.
     Start {
@@ -209,6 +212,9 @@ pub enum NodeRefusal {
         tasks.iter().take(10).map(Uuid::to_string).collect::<Vec<_>>().join(", ")
     )]
     HasTasks { name: String, tasks: Vec<Uuid> },
+    /// A change of a node's availability or labels that cannot be made.
+    #[error("{0}")]
+    BadChange(String),
 }
 
 /// Records changed by the inputs since the last [`Core::take_writes`], to commit.
@@ -216,8 +222,8 @@ pub enum NodeRefusal {
 pub struct Writes {
     /// (store key, record).
     pub tasks: Vec<(u64, Task)>,
-    /// (name, address).
-    pub nodes: Vec<(String, String)>,
+    /// (name, its record: address, the labels and availability the manager set).
+    pub nodes: Vec<(String, NodeRecord)>,
     /// Names of nodes forgotten.
     pub forgotten: Vec<String>,
     /// Tasks collected: (store key, tombstone) — the record goes, the tombstone stays.
@@ -360,6 +366,9 @@ enum Placing {
     Asked,
     /// Fits nowhere now; queued again when room appears.
     Waiting,
+    /// No node meets what it asks besides room (a constraint, a host path); queued again when
+    /// a node's facts or availability change or a node comes up (facts.rs).
+    Unsatisfied,
 }
 
 struct Entry {
@@ -408,6 +417,9 @@ struct Node {
     /// Tasks whose current attempt is placed on it and not finished.
     placed: BTreeSet<Uuid>,
     calls: BTreeMap<(Uuid, u32, CallKind), Call>,
+    /// Labels, availability and drain deadline: the operator's, worker facts: the worker's
+    /// (facts.rs).
+    settings: facts::Settings,
 }
 
 struct Endpoint {
@@ -444,6 +456,8 @@ pub struct EndpointView {
     pub name: Option<String>,
     pub status: NodeStatus,
     pub reason: Option<String>,
+    /// Availability, labels, volumes and host paths, once it has a name.
+    pub facts: Option<NodeInfo>,
 }
 
 pub struct Core {
@@ -459,6 +473,10 @@ pub struct Core {
     endpoints: Vec<Endpoint>,
     queue: VecDeque<Uuid>,
     waiting: VecDeque<Uuid>,
+    /// Tasks no node meets the constraints of (facts.rs).
+    unsatisfied: Vec<Uuid>,
+    /// Node facts changed while a request was out: its "unsatisfied" answers may be stale.
+    facts_while_asking: bool,
     /// A placement request is with the scheduler.
     asking: bool,
     /// Room appeared while a request was out: its "fits nowhere" answers may be stale.
@@ -510,7 +528,7 @@ impl Core {
         config: Config,
         now: Now,
         records: Vec<(u64, Task)>,
-        nodes: Vec<(String, String)>,
+        nodes: Vec<(String, NodeRecord)>,
     ) -> Core {
         let count = records.len();
         Core::recover_from(config, now, count, records, nodes)
@@ -523,7 +541,7 @@ impl Core {
         now: Now,
         count: usize,
         records: impl IntoIterator<Item = (u64, Task)>,
-        nodes: Vec<(String, String)>,
+        nodes: Vec<(String, NodeRecord)>,
     ) -> Core {
         let mut core = Core {
             config,
@@ -535,6 +553,8 @@ impl Core {
             endpoints: Vec::new(),
             queue: VecDeque::new(),
             waiting: VecDeque::new(),
+            unsatisfied: Vec::new(),
+            facts_while_asking: false,
             asking: false,
             room_while_asking: false,
             room: None,
@@ -560,9 +580,9 @@ impl Core {
             endpoint_clock: 0,
             service_clock: Duration::ZERO,
         };
-        for (name, address) in nodes {
+        for (name, record) in nodes {
             let id = core.node_id(&name);
-            core.nodes[id].address = address;
+            core.restore_node(now, id, record);
         }
         // The ordered sets are built in bulk from sorted ids at the end: inserting a million
         // random ids one by one into a B-tree was most of a restart's time.
@@ -587,7 +607,12 @@ impl Core {
                 placed[nid].push(id);
                 entry.node = Some(nid);
                 entry.reserved = true;
-                restore.push((id, worker, resources(&entry.task)));
+                restore.push((
+                    id,
+                    worker,
+                    resources(&entry.task),
+                    entry.task.service.clone(),
+                ));
             }
             entry.counted = entry.task.state;
             core.counts[entry.counted.index()] += 1;
@@ -659,6 +684,7 @@ impl Core {
             seen: BTreeSet::new(),
             placed: BTreeSet::new(),
             calls: BTreeMap::new(),
+            settings: facts::Settings::default(),
         });
         let id = self.nodes.len() - 1;
         self.node_ids.insert(name.to_string(), id);
@@ -688,7 +714,7 @@ impl Core {
         }
         for nid in std::mem::take(&mut self.dirty_nodes) {
             let n = &self.nodes[nid];
-            writes.nodes.push((n.name.clone(), n.address.clone()));
+            writes.nodes.push((n.name.clone(), n.record()));
         }
         writes.forgotten = std::mem::take(&mut self.forgotten);
         writes.collected = std::mem::take(&mut self.collected);
@@ -808,6 +834,7 @@ impl Core {
                     name: e.name.clone(),
                     status,
                     reason: e.refused.clone(),
+                    facts: bound.map(Node::info),
                 }
             })
             .collect();
@@ -818,6 +845,7 @@ impl Core {
                 name: Some(n.name.clone()),
                 status: n.status,
                 reason: None,
+                facts: Some(n.info()),
             });
         }
         out
@@ -999,6 +1027,8 @@ impl Entry {
     }
 }
 
+mod facts;
+pub use facts::{MAX_DRAIN_DEADLINE, NodeChange, NodeInfo, NodeRecord};
 mod nodes;
 mod placement;
 mod reports;

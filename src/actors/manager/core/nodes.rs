@@ -117,6 +117,8 @@ impl Core {
             for id in touched {
                 self.reconcile(now, id);
             }
+            // A node up again may be the one a waiting task's constraints ask for.
+            self.retry_unsatisfied();
         }
         self.nodes_changed_services();
         self.settle(now);

@@ -31,8 +31,11 @@ impl Core {
                 }
                 Ok(name) => {
                     let nid = self.node_id(&name);
-                    if self.nodes[nid].status != NodeStatus::Ready {
-                        // The node went Down after the scheduler chose it.
+                    if self.nodes[nid].status != NodeStatus::Ready
+                        || self.availability(nid) != Availability::Active
+                    {
+                        // The node went Down, or was paused or drained, after the scheduler
+                        // chose it.
                         self.releases.push(id);
                         self.enqueue(id);
                         continue;
@@ -40,7 +43,10 @@ impl Core {
                     self.assign(now, id, nid);
                     placed_any = true;
                 }
-                Err(NoFit(reason)) if wanted => {
+                Err(NoFit {
+                    reason,
+                    unsatisfied,
+                }) if wanted => {
                     // The reason is live information, worked out again after a restart: it is
                     // not written, so a full cluster costs no commit per waiting task.
                     let e = self.tasks.get_mut(&id).expect("looked up above");
@@ -48,8 +54,15 @@ impl Core {
                         debug!("task {id}: {reason}");
                         e.task.error = Some(reason);
                     }
-                    e.placing = Placing::Waiting;
-                    self.waiting.push_back(id);
+                    // A task no node can satisfy waits for node facts, not for room: it must
+                    // not take the room of those that wait for room (retry_waiting).
+                    if unsatisfied {
+                        e.placing = Placing::Unsatisfied;
+                        self.unsatisfied.push(id);
+                    } else {
+                        e.placing = Placing::Waiting;
+                        self.waiting.push_back(id);
+                    }
                 }
                 Err(_) => {}
             }
@@ -58,6 +71,9 @@ impl Core {
         // held some back and this answer placed some (so the room is known afresh).
         if retry || (std::mem::take(&mut self.held_back) && placed_any) {
             self.retry_waiting();
+        }
+        if std::mem::take(&mut self.facts_while_asking) {
+            self.retry_unsatisfied();
         }
         self.settle(now);
     }
@@ -200,11 +216,7 @@ impl Core {
                 continue;
             }
             e.placing = Placing::Asked;
-            batch.push(PlaceRequest {
-                id,
-                resources: resources(&e.task),
-                prefer: e.prefer.clone(),
-            });
+            batch.push(place_request(&e.task, e.prefer.clone()));
         }
         if !batch.is_empty() {
             self.asking = true;
@@ -217,5 +229,29 @@ impl Core {
             let ids = std::mem::take(&mut self.releases);
             self.effects.push(Effect::Release(ids));
         }
+    }
+}
+
+/// What the scheduler is asked for a task: its room, a node to try first, and what it asks
+/// of a node (constraints, spread, volumes).
+pub(super) fn place_request(task: &Task, prefer: Option<String>) -> PlaceRequest {
+    PlaceRequest {
+        id: task.id,
+        resources: resources(task),
+        prefer,
+        constraints: task.constraints.clone(),
+        spread_by: task.spread_by.clone(),
+        group: task.service.clone(),
+        volumes: task
+            .volumes
+            .iter()
+            .filter_map(|v| v.name().map(str::to_string))
+            .collect(),
+        host_paths: task
+            .volumes
+            .iter()
+            .filter(|v| v.is_host_path())
+            .map(|v| v.source.clone())
+            .collect(),
     }
 }

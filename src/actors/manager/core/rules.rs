@@ -50,6 +50,11 @@ impl Core {
             Goal::Running => {
                 if self.nodes[nid].status == NodeStatus::Down {
                     self.move_away(now, id);
+                } else if self.availability(nid) == Availability::Drain
+                    && self.tasks[&id].task.service.is_none()
+                {
+                    // Level-triggered: whatever is found on a draining node moves (facts.rs).
+                    self.drain_task(now, id);
                 } else if !self.observed(nid, id, attempt) {
                     let task = self.tasks[&id].task.clone();
                     self.ensure_call(now, nid, id, attempt, CallKind::Start, Some(task));

@@ -99,7 +99,7 @@ impl World {
                         .filter(|n| pin.as_ref().is_none_or(|c| &c.value == n))
                         .collect();
                     let choice = if up.is_empty() {
-                        Err(crate::actors::scheduler::NoFit("no node".into()))
+                        Err(crate::actors::scheduler::NoFit::room("no node"))
                     } else {
                         self.next += 1;
                         Ok(up[self.next % up.len()].clone())
@@ -482,8 +482,8 @@ fn services_and_their_tasks_come_back_after_a_restart_and_carry_on() {
         w.now(),
         records,
         vec![
-            ("w1".into(), "10.0.0.1:5556".into()),
-            ("w2".into(), "10.0.0.2:5556".into()),
+            ("w1".into(), NodeRecord::at("10.0.0.1:5556")),
+            ("w2".into(), NodeRecord::at("10.0.0.2:5556")),
         ],
     );
     core.restore_services(w.now(), vec![svc]);

@@ -47,7 +47,10 @@ impl Harness {
                     wall: Utc.timestamp_opt(1_800_000_000, 0).unwrap(),
                 },
                 records,
-                nodes,
+                nodes
+                    .into_iter()
+                    .map(|(name, address)| (name, NodeRecord::at(address)))
+                    .collect(),
             ),
             mono: Duration::ZERO,
             effects: Vec::new(),
@@ -804,7 +807,7 @@ fn a_task_that_fits_nowhere_waits_with_the_reason_and_is_placed_when_room_appear
     assert!(effects.iter().any(|e| matches!(e, Effect::Place(_))));
     let now = h.now();
     h.core
-        .placed(now, vec![(id, Err(NoFit("no worker has room".into())))]);
+        .placed(now, vec![(id, Err(NoFit::room("no worker has room")))]);
     let t = h.task(id);
     assert_eq!(t.state, State::Pending);
     assert_eq!(t.error.as_deref(), Some("no worker has room"));
@@ -864,7 +867,7 @@ fn a_burst_of_room_retries_only_the_waiting_tasks_that_might_fit_and_then_the_re
         let now = h.now();
         let full = asked
             .into_iter()
-            .map(|id| (id, Err(NoFit("no worker has room".into()))))
+            .map(|id| (id, Err(NoFit::room("no worker has room"))))
             .collect();
         h.core.placed(now, full);
     }
@@ -911,7 +914,7 @@ fn room_announced_while_the_scheduler_chose_outlives_its_older_answer() {
     h.core.capacity_available(now, room(4.0, 4.0));
     h.core.room_left(room(0.0, 0.0));
     let why = "no worker is registered yet; waiting for one";
-    h.core.placed(now, vec![(id, Err(NoFit(why.into())))]);
+    h.core.placed(now, vec![(id, Err(NoFit::room(why)))]);
     assert_eq!(
         h.place_on("w1"),
         vec![id],
@@ -947,7 +950,10 @@ fn a_joining_worker_is_bound_durably_and_a_live_name_is_not_taken() {
     let mut h = Harness::new();
     assert_eq!(h.core.join(h.now(), "w1", "10.0.0.1:5556"), Ok(true));
     let writes = h.core.take_writes();
-    assert_eq!(writes.nodes, vec![("w1".into(), "10.0.0.1:5556".into())]);
+    assert_eq!(
+        writes.nodes,
+        vec![("w1".into(), NodeRecord::at("10.0.0.1:5556"))]
+    );
     assert_eq!(
         h.core.join(h.now(), "w1", "10.0.0.1:5556"),
         Ok(false),
@@ -1294,4 +1300,406 @@ fn counts_follow_every_change() {
         recount[t.state.index()] += 1;
     }
     assert_eq!(h.core.counts(), recount);
+}
+
+// ---- node facts, availability and constraints (facts.rs) ----------------------------------
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn told_facts(effects: &[Effect], node: &str) -> Option<PlacementFacts> {
+    effects.iter().rev().find_map(|e| match e {
+        Effect::NodeFacts { name, facts } if name == node => Some(facts.clone()),
+        _ => None,
+    })
+}
+
+impl Harness {
+    fn change(&mut self, node: &str, change: NodeChange) -> Result<NodeInfo, NodeRefusal> {
+        let now = self.now();
+        let out = self.core.change_node(now, node, change);
+        self.effects.extend(self.core.take_effects());
+        out
+    }
+
+    fn set_availability(&mut self, node: &str, a: Availability, deadline: Option<Duration>) {
+        let change = NodeChange {
+            availability: Some(a),
+            deadline,
+            ..NodeChange::default()
+        };
+        self.change(node, change).expect("a known node");
+    }
+
+    /// Answer the scheduler's pending request with "fits nowhere" and this reason.
+    fn no_fit(&mut self, reason: &str) -> Vec<Uuid> {
+        let effects = self.take();
+        let mut asked = Vec::new();
+        for e in effects {
+            if let Effect::Place(batch) = e {
+                asked.extend(batch.into_iter().map(|r| r.id));
+            }
+        }
+        let now = self.now();
+        self.core.placed(
+            now,
+            asked
+                .iter()
+                .map(|id| (*id, Err(NoFit::unsatisfied(reason))))
+                .collect(),
+        );
+        self.drain();
+        asked
+    }
+}
+
+#[test]
+fn worker_facts_and_the_operators_labels_reach_the_scheduler_and_the_operators_win() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let now = h.now();
+    let facts = NodeFacts {
+        labels: labels(&[("zone", "a"), ("disk", "ssd")]),
+        volumes: vec!["db".into()],
+        allowed_host_paths: vec!["/srv/data".into()],
+    };
+    h.core.node_facts(now, ep, facts.clone());
+    let effects = h.take();
+    let told = told_facts(&effects, "w1").expect("the scheduler is told");
+    assert_eq!(told.labels, facts.labels);
+    assert_eq!(told.volumes, vec!["db".to_string()]);
+    assert_eq!(told.allowed_host_paths, vec!["/srv/data".to_string()]);
+    // The same facts again tell nobody anything.
+    h.core.node_facts(now, ep, facts);
+    assert_eq!(told_facts(&h.take(), "w1"), None);
+    let info = h
+        .change(
+            "w1",
+            NodeChange {
+                labels: labels(&[("zone", "b")]),
+                remove_labels: vec!["rack".into()],
+                ..NodeChange::default()
+            },
+        )
+        .expect("w1 is known");
+    assert_eq!(info.labels, labels(&[("zone", "b"), ("disk", "ssd")]));
+    assert_eq!(
+        info.worker_labels,
+        labels(&[("zone", "a"), ("disk", "ssd")])
+    );
+    assert_eq!(info.manager_labels, labels(&[("zone", "b")]));
+    let writes = h.core.take_writes();
+    assert_eq!(writes.nodes[0].1.labels, labels(&[("zone", "b")]));
+    let told = told_facts(&h.take(), "w1").expect("told again");
+    assert_eq!(told.labels.get("zone").map(String::as_str), Some("b"));
+    // Bad labels and unknown nodes are refused, naming what is wrong.
+    let bad = h.change(
+        "w1",
+        NodeChange {
+            labels: labels(&[("node", "x")]),
+            ..NodeChange::default()
+        },
+    );
+    assert!(matches!(bad, Err(NodeRefusal::BadChange(m)) if m.contains("reserved")));
+    let bad = h.change(
+        "w1",
+        NodeChange {
+            labels: labels(&[("zone", "a b")]),
+            ..NodeChange::default()
+        },
+    );
+    assert!(matches!(bad, Err(NodeRefusal::BadChange(m)) if m.contains("spaces")));
+    assert_eq!(
+        h.change("w9", NodeChange::default()).unwrap_err(),
+        NodeRefusal::NotFound("w9".into())
+    );
+}
+
+#[test]
+fn a_task_waiting_for_a_constraint_is_asked_again_when_a_label_changes() {
+    let mut h = Harness::new();
+    h.worker("10.0.0.1:5556", "w1");
+    let mut t = task("sleep");
+    t.constraints = vec!["zone==a".parse().expect("a constraint")];
+    let id = h.submit(t);
+    let reason = "no Ready node satisfies zone==a (w1: no zone)";
+    assert_eq!(h.no_fit(reason), vec![id]);
+    assert_eq!(h.task(id).state, State::Pending);
+    assert_eq!(h.task(id).error.as_deref(), Some(reason));
+    assert!(!h.take().iter().any(|e| matches!(e, Effect::Place(_))));
+    h.change(
+        "w1",
+        NodeChange {
+            labels: labels(&[("zone", "a")]),
+            ..NodeChange::default()
+        },
+    )
+    .expect("w1 is known");
+    let effects = h.take();
+    let facts_at = effects
+        .iter()
+        .position(|e| matches!(e, Effect::NodeFacts { .. }));
+    let place_at = effects.iter().position(
+        |e| matches!(e, Effect::Place(b) if b.iter().any(|r| r.id == id && r.constraints.len() == 1)),
+    );
+    assert!(
+        facts_at.is_some() && place_at.is_some() && facts_at < place_at,
+        "the scheduler hears the label before the task is asked again: {effects:?}"
+    );
+}
+
+#[test]
+fn a_paused_node_keeps_what_runs_and_a_placement_there_is_asked_again() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let running = h.running_on(ep, "w1", task("sleep"));
+    h.set_availability("w1", Availability::Pause, None);
+    let effects = h.take();
+    assert_eq!(
+        told_facts(&effects, "w1").map(|f| f.availability),
+        Some(Availability::Pause)
+    );
+    assert!(!effects.iter().any(|e| matches!(e, Effect::Stop { .. })));
+    assert_eq!(h.state(running), State::Running);
+    // The scheduler chose w1 before it heard of the pause: the task is asked again.
+    let id = h.submit(task("sleep"));
+    h.place_on("w1");
+    assert_eq!(h.state(id), State::Pending);
+    let effects = h.take();
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Release(ids) if ids.contains(&id)))
+    );
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Place(b) if b.iter().any(|r| r.id == id)))
+    );
+    h.set_availability("w1", Availability::Active, None);
+    assert_eq!(
+        told_facts(&h.take(), "w1").map(|f| f.availability),
+        Some(Availability::Active)
+    );
+}
+
+#[test]
+fn a_drain_moves_tasks_of_no_service_stops_their_copies_and_leaves_service_tasks() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    h.worker("10.0.0.2:5556", "w2");
+    let plain = h.running_on(ep, "w1", task("sleep"));
+    let mut web = task("serve");
+    web.service = Some("web".into());
+    let web = h.running_on(ep, "w1", web);
+    h.set_availability("w1", Availability::Drain, Some(Duration::from_secs(60)));
+    let t = h.task(plain);
+    assert_eq!(t.state, State::Pending);
+    assert_eq!(t.worker, None);
+    assert_eq!(t.restart_count, 0, "a move is not a restart");
+    assert!(
+        t.error
+            .as_deref()
+            .is_some_and(|e| e.contains("w1 is draining")),
+        "{t:?}"
+    );
+    assert_eq!(
+        h.state(web),
+        State::Running,
+        "a service's task is the services' to move"
+    );
+    let nid = h.core.node_named("w1").expect("w1 is known");
+    assert_eq!(h.core.availability(nid), Availability::Drain);
+    assert_eq!(
+        h.core.drain_deadline(nid),
+        Some(h.mono + Duration::from_secs(60))
+    );
+    assert_eq!(h.core.tasks_on(nid).collect::<Vec<_>>(), vec![web]);
+    let effects = h.take();
+    assert!(effects.iter().any(|e| matches!(e,
+        Effect::Stop { node, id, attempt: 1, .. } if node == "w1" && *id == plain)));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Place(b) if b.iter().any(|r| r.id == plain)))
+    );
+    h.effects = effects
+        .into_iter()
+        .filter(|e| matches!(e, Effect::Place(_)))
+        .collect();
+    h.place_on("w2");
+    let t = h.task(plain);
+    assert_eq!((t.state, t.attempt), (State::Scheduled, 2));
+    assert_eq!(t.worker.as_deref(), Some("w2"));
+    // The node stays up and in the records.
+    assert_eq!(h.core.node_status("w1"), Some(NodeStatus::Ready));
+    // Activated again, the deadline goes.
+    h.set_availability("w1", Availability::Active, None);
+    assert_eq!(h.core.drain_deadline(nid), None);
+}
+
+#[test]
+fn a_task_reported_on_a_draining_node_after_a_restart_moves_too() {
+    let mut t = task("sleep");
+    t.state = State::Running;
+    t.attempt = 1;
+    t.worker = Some("w1".into());
+    let id = t.id;
+    let record = NodeRecord {
+        availability: Availability::Drain,
+        ..NodeRecord::at("10.0.0.1:5556")
+    };
+    let mut h = Harness {
+        core: Core::recover(
+            Config::new(TIMEOUT),
+            Now {
+                mono: Duration::ZERO,
+                wall: Utc.timestamp_opt(1_800_000_000, 0).unwrap(),
+            },
+            vec![(0, t)],
+            vec![("w1".into(), record)],
+        ),
+        mono: Duration::ZERO,
+        effects: Vec::new(),
+    };
+    let effects = h.take();
+    assert_eq!(
+        told_facts(&effects, "w1").map(|f| f.availability),
+        Some(Availability::Drain),
+        "the scheduler hears the drain at start-up"
+    );
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    h.report(ep, true, vec![seen(&h.task(id), 1, State::Running)]);
+    assert_eq!(h.state(id), State::Pending);
+    assert!(h.stops().contains(&("w1".to_string(), id, 1)));
+}
+
+#[test]
+fn labels_availability_and_a_drain_deadline_survive_recovery() {
+    let mut h = Harness::new();
+    h.worker("10.0.0.1:5556", "w1");
+    h.change(
+        "w1",
+        NodeChange {
+            availability: Some(Availability::Drain),
+            deadline: Some(Duration::from_secs(90)),
+            labels: labels(&[("zone", "a")]),
+            ..NodeChange::default()
+        },
+    )
+    .expect("w1 is known");
+    let written = h.core.take_writes().nodes;
+    assert_eq!(written.len(), 1);
+    // Thirty seconds later the manager restarts from what was written.
+    let wall = Utc.timestamp_opt(1_800_000_030, 0).unwrap();
+    let mut core = Core::recover(
+        Config::new(TIMEOUT),
+        Now {
+            mono: Duration::from_secs(1000),
+            wall,
+        },
+        vec![],
+        written,
+    );
+    let info = core.node_info("w1").expect("w1 is known");
+    assert_eq!(info.availability, Availability::Drain);
+    assert_eq!(info.manager_labels, labels(&[("zone", "a")]));
+    assert_eq!(
+        info.drain_deadline,
+        Some(Utc.timestamp_opt(1_800_000_090, 0).unwrap())
+    );
+    let nid = core.node_named("w1").expect("w1 is known");
+    assert_eq!(core.drain_deadline(nid), Some(Duration::from_secs(1060)));
+    let facts = told_facts(&core.take_effects(), "w1").expect("told at start-up");
+    assert_eq!(facts.labels, labels(&[("zone", "a")]));
+    assert_eq!(facts.availability, Availability::Drain);
+}
+
+#[test]
+fn a_host_path_no_known_worker_allows_is_refused_only_once_workers_are_known() {
+    let mut h = Harness::new();
+    let mut t = task("sleep");
+    t.volumes = vec![crate::volume::Volume::parse("/etc:/x").expect("a volume")];
+    assert_eq!(h.core.check_host_paths(&t), Ok(()), "nothing is known yet");
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let now = h.now();
+    h.core.node_facts(
+        now,
+        ep,
+        NodeFacts {
+            allowed_host_paths: vec!["/srv/data".into()],
+            ..NodeFacts::default()
+        },
+    );
+    let err = h.core.check_host_paths(&t).unwrap_err();
+    assert!(
+        err.contains("volumes[0]") && err.contains("/etc") && err.contains("w1 allows /srv/data"),
+        "{err}"
+    );
+    t.volumes = vec![crate::volume::Volume::parse("/srv/data/x:/x").expect("a volume")];
+    assert_eq!(h.core.check_host_paths(&t), Ok(()));
+}
+
+#[test]
+fn tasks_no_node_satisfies_wait_for_node_facts_and_never_hold_back_tasks_waiting_for_room() {
+    let mut h = Harness::new();
+    h.worker("10.0.0.1:5556", "w1");
+    let mut constrained = Vec::new();
+    for _ in 0..10 {
+        let mut t = task("sleep");
+        t.cpu = 1.0;
+        t.constraints = vec!["zone==c".parse().expect("a constraint")];
+        constrained.push(h.submit(t));
+    }
+    let mut plain = task("sleep");
+    plain.cpu = 1.0;
+    let plain = h.submit(plain);
+    // Answer every request: the constrained tasks no node satisfies, the plain one no room.
+    let asked_again = |h: &mut Harness| -> Vec<Uuid> {
+        let mut asked = Vec::new();
+        loop {
+            let batch: Vec<Uuid> = h
+                .take()
+                .into_iter()
+                .filter_map(|e| match e {
+                    Effect::Place(b) => Some(b.into_iter().map(|r| r.id)),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            if batch.is_empty() {
+                return asked;
+            }
+            let now = h.now();
+            let answers = batch
+                .iter()
+                .map(|&id| {
+                    let no_fit = if id == plain {
+                        NoFit::room("w1 has 0.00 of 1.00 cores free")
+                    } else {
+                        NoFit::unsatisfied("no Ready node satisfies zone==c (w1: no zone)")
+                    };
+                    (id, Err(no_fit))
+                })
+                .collect();
+            h.core.placed(now, answers);
+            asked.extend(batch);
+        }
+    };
+    assert_eq!(asked_again(&mut h).len(), 11);
+    // Room for one task: the task waiting for room is asked, not those no node satisfies.
+    let now = h.now();
+    h.core.capacity_available(now, room(1.0, 1.0));
+    h.advance(ROOM_DEBOUNCE);
+    assert_eq!(asked_again(&mut h), vec![plain]);
+    // A node coming up may satisfy them: all are asked again.
+    h.worker("10.0.0.2:5556", "w2");
+    let mut again = asked_again(&mut h);
+    again.sort();
+    constrained.sort();
+    assert_eq!(again, constrained);
 }
