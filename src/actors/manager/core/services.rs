@@ -436,9 +436,24 @@ impl Core {
         }
     }
 
-    /// Whether a current-version task counts as updated: Running for `min_healthy_s`, and
-    /// passing its health check when it has one.
+    /// Whether a current-version task counts as updated, so the rollout moves on: Running,
+    /// and with a health check, passing it for `min_healthy_s` (without one, Running is all a
+    /// rollout can wait for, as Swarm does).
     fn is_updated(&self, e: &ServiceEntry, id: Uuid) -> bool {
+        let Some(t) = self.tasks.get(&id) else {
+            return false;
+        };
+        if t.task.health_check.is_some() {
+            self.is_stable(e, id)
+        } else {
+            t.task.state == State::Running && t.task.desired == Goal::Running
+        }
+    }
+
+    /// Whether a current-version task has run, passing its health check if it has one, for
+    /// `min_healthy_s`: a rollout is over only once every new task is (Swarm's monitor), so
+    /// a version that crashes a few seconds after it starts is caught.
+    fn is_stable(&self, e: &ServiceEntry, id: Uuid) -> bool {
         let Some(t) = self.tasks.get(&id) else {
             return false;
         };
@@ -546,6 +561,8 @@ impl Core {
         let mut next_wake: Option<Duration> = None;
         let mut any_leaving = false;
         let mut healthy_slots: Vec<SlotKey> = Vec::new();
+        // Some slot's task has not run for `min_healthy_s` yet: the rollout is not over.
+        let mut unstable = false;
         for key in &keys {
             let slot = slots.remove(key).unwrap_or_default();
             any_leaving |= !slot.leaving.is_empty();
@@ -563,9 +580,13 @@ impl Core {
                 to_stop.extend_from_slice(&staying[1..]);
                 if self.is_updated(e, keep) {
                     to_stop.extend_from_slice(&slot.leaving);
-                    healthy_slots.push(key.clone());
                 } else {
                     in_progress += 1;
+                }
+                if self.is_stable(e, keep) {
+                    healthy_slots.push(key.clone());
+                } else {
+                    unstable = true;
                     if let Some(at) = e.running_since.get(&keep) {
                         let due = *at + Duration::from_secs(e.svc.update.min_healthy_s);
                         next_wake = Some(next_wake.map_or(due, |w: Duration| w.min(due)));
@@ -627,7 +648,7 @@ impl Core {
                 }
             }
         }
-        let done = moving && outdated.is_empty() && in_progress == 0 && !any_leaving;
+        let done = moving && outdated.is_empty() && in_progress == 0 && !any_leaving && !unstable;
 
         for id in to_stop {
             self.stop_service_task(now, id);
