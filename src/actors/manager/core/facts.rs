@@ -50,7 +50,7 @@ impl NodeRecord {
 pub(super) struct Settings {
     /// Labels set here; they win over the worker's on the same key.
     labels: BTreeMap<String, String>,
-    availability: Availability,
+    pub(super) availability: Availability,
     /// The drain's deadline: monotonic (for the services module) and wall (for the record).
     deadline: Option<(Duration, chrono::DateTime<chrono::Utc>)>,
     /// What the worker last reported; `None` until it did.
@@ -92,7 +92,7 @@ pub struct NodeInfo {
 
 impl Node {
     /// The worker's labels overlaid by the operator's.
-    fn effective_labels(&self) -> BTreeMap<String, String> {
+    pub(super) fn effective_labels(&self) -> BTreeMap<String, String> {
         let s = &self.settings;
         let mut labels = s
             .worker
@@ -158,7 +158,7 @@ impl Core {
 
     /// The worker at `endpoint` reports its labels, volumes and allowed host paths (the
     /// proxy sends them when they change, and after each registration).
-    pub fn node_facts(&mut self, _now: Now, endpoint: EndpointId, facts: NodeFacts) {
+    pub fn node_facts(&mut self, now: Now, endpoint: EndpointId, facts: NodeFacts) {
         let Some(nid) = self.bound_node(endpoint) else {
             return;
         };
@@ -171,7 +171,9 @@ impl Core {
         );
         self.nodes[nid].settings.worker = Some(facts);
         self.tell_facts(nid);
-        self.kick();
+        // A global service may now run here, or no longer.
+        self.nodes_changed_services();
+        self.settle(now);
     }
 
     /// An operator's change of a node's availability or labels (`PATCH /nodes/{name}`). The
@@ -239,7 +241,9 @@ impl Core {
                 self.reconcile(now, id);
             }
         }
-        self.kick();
+        // Services replace their tasks on a draining node, and follow labels.
+        self.nodes_changed_services();
+        self.settle(now);
         Ok(self.nodes[nid].info())
     }
 

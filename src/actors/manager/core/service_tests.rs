@@ -9,6 +9,7 @@ use chrono::{TimeZone, Utc};
 use uuid::Uuid;
 
 use super::*;
+use crate::node::Availability;
 use crate::service::{FailureAction, Mode, Order, RolloutState, ServiceSpec, UpdateConfig};
 
 struct World {
@@ -96,6 +97,11 @@ impl World {
                         .iter()
                         .filter(|n| n.2)
                         .map(|n| n.1.clone())
+                        .filter(|n| {
+                            self.core
+                                .node_named(n)
+                                .is_none_or(|nid| self.core.availability(nid) == Availability::Active)
+                        })
                         .filter(|n| pin.as_ref().is_none_or(|c| &c.value == n))
                         .collect();
                     let choice = if up.is_empty() {
@@ -491,4 +497,68 @@ fn services_and_their_tasks_come_back_after_a_restart_and_carry_on() {
     // Nothing new is made for slots whose tasks are recorded.
     assert_eq!(core.tasks().count(), 2);
     assert_eq!(core.service_view("web").unwrap().desired, 2);
+}
+
+fn drain(w: &mut World, node: &str, deadline: Option<Duration>) {
+    let now = w.now();
+    let change = NodeChange {
+        availability: Some(Availability::Drain),
+        deadline,
+        ..NodeChange::default()
+    };
+    w.core.change_node(now, node, change).unwrap();
+    w.pump();
+}
+
+#[test]
+fn a_drained_node_s_service_tasks_start_elsewhere_first_and_the_node_ends_empty() {
+    let mut w = World::new(3);
+    w.create(web(4, quick()));
+    w.run(2, SEC, |_| {});
+    let on_w1 = w.running_of("web").iter().filter(|t| t.worker.as_deref() == Some("w1")).count();
+    assert!(on_w1 > 0);
+    drain(&mut w, "w1", None);
+    let mut low = usize::MAX;
+    w.run(10, SEC, |w| low = low.min(w.running_of("web").len()));
+    assert!(low >= 4, "the drain dipped to {low} running");
+    let running = w.running_of("web");
+    assert_eq!(running.len(), 4);
+    assert!(running.iter().all(|t| t.worker.as_deref() != Some("w1")));
+    assert!(w.running.get("w1").is_none_or(|on| on.is_empty()));
+    let nid = w.core.node_named("w1").unwrap();
+    assert_eq!(w.core.tasks_on(nid).count(), 0);
+}
+
+#[test]
+fn a_drain_s_deadline_stops_what_could_not_move() {
+    let mut w = World::new(2);
+    w.create(web(2, quick()));
+    // Nowhere else to go: w2 is paused.
+    let now = w.now();
+    let pause = NodeChange {
+        availability: Some(Availability::Pause),
+        ..NodeChange::default()
+    };
+    w.core.change_node(now, "w2", pause).unwrap();
+    w.pump();
+    drain(&mut w, "w1", Some(Duration::from_secs(5)));
+    w.run(2, SEC, |_| {});
+    assert!(w.running.get("w1").is_some_and(|on| !on.is_empty()), "kept until the deadline");
+    w.run(5, SEC, |_| {});
+    assert!(w.running.get("w1").is_none_or(|on| on.is_empty()), "stopped at the deadline");
+}
+
+#[test]
+fn a_global_service_leaves_a_drained_node() {
+    let mut w = World::new(2);
+    let mut spec = web(0, quick());
+    spec.mode = Mode::Global;
+    w.create(spec);
+    assert_eq!(w.running_of("web").len(), 2);
+    drain(&mut w, "w2", None);
+    w.run(2, SEC, |_| {});
+    let running = w.running_of("web");
+    assert_eq!(running.len(), 1);
+    assert_eq!(running[0].worker.as_deref(), Some("w1"));
+    assert_eq!(w.view("web").desired, 1);
 }

@@ -503,6 +503,7 @@ impl Core {
         // Read the slots off the tasks.
         let mut slots: BTreeMap<SlotKey, Slot> = BTreeMap::new();
         let mut to_stop: Vec<Uuid> = Vec::new();
+        let mut drain_wake: Option<Duration> = None;
         let mut last_node: BTreeMap<SlotKey, String> = BTreeMap::new();
         // The newest task of each slot that ended on its own (not stopped).
         let mut ended: BTreeMap<SlotKey, (chrono::DateTime<chrono::Utc>, Uuid)> = BTreeMap::new();
@@ -542,6 +543,15 @@ impl Core {
                 continue;
             }
             let draining = e.node.is_some_and(|nid| self.node_drains(nid));
+            if draining && let Some(deadline) = e.node.and_then(|nid| self.drain_deadline(nid)) {
+                if deadline <= now.mono {
+                    // The drain's deadline passed: whatever still runs there stops, and its
+                    // slot fills elsewhere.
+                    to_stop.push(id);
+                    continue;
+                }
+                drain_wake = Some(drain_wake.map_or(deadline, |w: Duration| w.min(deadline)));
+            }
             let slot = slots.entry(key).or_default();
             if t.version == version && !draining {
                 slot.staying.push(id);
@@ -558,7 +568,7 @@ impl Core {
         let mut in_progress = 0usize;
         let mut outdated: Vec<SlotKey> = Vec::new();
         let mut to_create: Vec<SlotKey> = Vec::new();
-        let mut next_wake: Option<Duration> = None;
+        let mut next_wake: Option<Duration> = drain_wake;
         let mut any_leaving = false;
         let mut healthy_slots: Vec<SlotKey> = Vec::new();
         // Some slot's task has not run for `min_healthy_s` yet: the rollout is not over.
@@ -975,18 +985,19 @@ impl Core {
     }
 
     /// Whether a node drains (its tasks move away).
-    pub(super) fn node_drains(&self, _nid: NodeId) -> bool {
-        false
+    pub(super) fn node_drains(&self, nid: NodeId) -> bool {
+        self.availability(nid) == Availability::Drain
     }
 
-    /// Whether a node takes new tasks.
-    fn node_takes_new(&self, _n: &Node) -> bool {
-        true
+    /// Whether a node takes new tasks (it is neither paused nor draining).
+    fn node_takes_new(&self, n: &Node) -> bool {
+        n.settings.availability == Availability::Active
     }
 
-    /// Whether a node satisfies the constraints.
+    /// Whether a node's labels (the worker's, overlaid by the operator's) satisfy the
+    /// constraints.
     fn node_satisfies(&self, n: &Node, constraints: &[crate::constraint::Constraint]) -> bool {
-        crate::constraint::satisfies(constraints, &n.name, &Default::default())
+        crate::constraint::satisfies(constraints, &n.name, &n.effective_labels())
     }
 
     /// Service records to write, and names of those removed.
