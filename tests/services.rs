@@ -329,3 +329,100 @@ fn bad_service_requests_get_a_clear_4xx() {
     );
     assert_eq!(c.http.delete(&c.url("/services/w")).status, 204);
 }
+
+#[test]
+fn a_drained_worker_ends_empty_with_its_services_at_full_count_and_constraints_pin_tasks() {
+    let c = Cluster::start(3, &["--health-interval", "1"]);
+    let (w1, w2, w3) = (&c.names[0], &c.names[1], &c.names[2]);
+    for w in [w1, w2] {
+        let r = c.http.patch(
+            &c.url(&format!("/nodes/{w}")),
+            r#"{"labels": {"zone": "a"}}"#,
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let sleeper = |name: &str, replicas: u32, constraints: Value| {
+        json!({
+            "name": name, "replicas": replicas,
+            "task": {"image": IMAGE, "cmd": ["sleep", "600"], "stop_timeout_s": 1,
+                     "constraints": constraints},
+            "update": {"min_healthy_s": 1},
+        })
+        .to_string()
+    };
+    assert_eq!(
+        c.http
+            .post(
+                &c.url("/services"),
+                sleeper("pinned", 4, json!(["zone==a"]))
+            )
+            .status,
+        201
+    );
+    assert_eq!(
+        c.http
+            .post(&c.url("/services"), sleeper("free", 3, json!([])))
+            .status,
+        201
+    );
+    let running_of = |service: &str| -> Vec<Value> {
+        c.http
+            .get(&c.url(&format!("/tasks?service={service}&state=Running")))
+            .json()
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|t| t["desired"] == "running")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let pinned = eventually("4 pinned tasks Running", || {
+        let r = running_of("pinned");
+        (r.len() == 4).then_some(r)
+    });
+    assert!(
+        pinned
+            .iter()
+            .all(|t| t["worker"] == w1.as_str() || t["worker"] == w2.as_str()),
+        "a constraint zone==a keeps tasks off {w3}: {pinned:?}"
+    );
+    eventually("3 free tasks Running", || {
+        (running_of("free").len() == 3).then_some(())
+    });
+
+    // Drain w1: its tasks start elsewhere first (the pinned ones only on w2), then it is empty.
+    let watch = Watch::start(c.url("/services/pinned"));
+    let r = c.http.patch(
+        &c.url(&format!("/nodes/{w1}")),
+        r#"{"availability": "drain"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["availability"], "drain");
+    eventually("w1 empty, both services at full count elsewhere", || {
+        let pinned = running_of("pinned");
+        let free = running_of("free");
+        let on_w1 = c
+            .http
+            .get(&c.url(&format!("/tasks?worker={w1}&state=Running")))
+            .json()
+            .as_array()
+            .map_or(1, Vec::len);
+        (pinned.len() == 4
+            && free.len() == 3
+            && on_w1 == 0
+            && pinned.iter().all(|t| t["worker"] == w2.as_str()))
+        .then_some(())
+    });
+    let (low, at) = watch.lowest();
+    assert!(
+        low >= 4,
+        "the drain dipped the pinned service to {low}: {at}"
+    );
+    eventually("no container left on the drained worker", || {
+        containers(w1, false).is_empty().then_some(())
+    });
+    let node = c.http.get(&c.url(&format!("/nodes/{w1}"))).json();
+    assert_eq!(node["status"], "Ready", "a drained node stays up: {node}");
+}

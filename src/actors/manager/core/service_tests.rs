@@ -98,9 +98,9 @@ impl World {
                         .filter(|n| n.2)
                         .map(|n| n.1.clone())
                         .filter(|n| {
-                            self.core
-                                .node_named(n)
-                                .is_none_or(|nid| self.core.availability(nid) == Availability::Active)
+                            self.core.node_named(n).is_none_or(|nid| {
+                                self.core.availability(nid) == Availability::Active
+                            })
                         })
                         .filter(|n| pin.as_ref().is_none_or(|c| &c.value == n))
                         .collect();
@@ -515,7 +515,11 @@ fn a_drained_node_s_service_tasks_start_elsewhere_first_and_the_node_ends_empty(
     let mut w = World::new(3);
     w.create(web(4, quick()));
     w.run(2, SEC, |_| {});
-    let on_w1 = w.running_of("web").iter().filter(|t| t.worker.as_deref() == Some("w1")).count();
+    let on_w1 = w
+        .running_of("web")
+        .iter()
+        .filter(|t| t.worker.as_deref() == Some("w1"))
+        .count();
     assert!(on_w1 > 0);
     drain(&mut w, "w1", None);
     let mut low = usize::MAX;
@@ -543,9 +547,15 @@ fn a_drain_s_deadline_stops_what_could_not_move() {
     w.pump();
     drain(&mut w, "w1", Some(Duration::from_secs(5)));
     w.run(2, SEC, |_| {});
-    assert!(w.running.get("w1").is_some_and(|on| !on.is_empty()), "kept until the deadline");
+    assert!(
+        w.running.get("w1").is_some_and(|on| !on.is_empty()),
+        "kept until the deadline"
+    );
     w.run(5, SEC, |_| {});
-    assert!(w.running.get("w1").is_none_or(|on| on.is_empty()), "stopped at the deadline");
+    assert!(
+        w.running.get("w1").is_none_or(|on| on.is_empty()),
+        "stopped at the deadline"
+    );
 }
 
 #[test]
