@@ -426,3 +426,61 @@ fn a_drained_worker_ends_empty_with_its_services_at_full_count_and_constraints_p
     let node = c.http.get(&c.url(&format!("/nodes/{w1}"))).json();
     assert_eq!(node["status"], "Ready", "a drained node stays up: {node}");
 }
+
+#[test]
+fn a_manager_killed_mid_rollout_carries_on_from_where_it_was() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let workers: Vec<CubeProcess> = ["r1", "r2"]
+        .iter()
+        .map(|n| worker_process_with(dir.path(), &unique(n), 0, &["--runtime", "fake"]))
+        .collect();
+    let addrs: Vec<String> = workers.iter().map(|w| w.addr.clone()).collect();
+    let start = || manager_process(dir.path(), "manager", &["--workers", &addrs.join(",")]);
+    let http = Http::new();
+    let mut manager = start();
+    let url = |m: &CubeProcess, path: &str| format!("{}{path}", m.url());
+    let spec = json!({
+        "name": "api", "replicas": 6,
+        "task": {"image": "cube-sim/task", "cmd": ["sleep", "600"]},
+        "update": {"parallelism": 1, "delay_s": 1, "min_healthy_s": 1},
+    });
+    eventually("the service created", || {
+        let r = http.try_post(&url(&manager, "/services"), spec.to_string())?;
+        (r.status == 201).then_some(())
+    });
+    eventually("6 running", || {
+        (http.get(&url(&manager, "/services/api")).json()["running"] == 6).then_some(())
+    });
+    let r = http.patch(
+        &url(&manager, "/services/api"),
+        r#"{"task": {"cmd": ["sleep", "601"]}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let midway = eventually("the rollout under way", || {
+        let s = http.get(&url(&manager, "/services/api")).json();
+        let current = s["running_current"].as_u64()?;
+        (s["rollout"]["state"] == "updating" && (1..=4).contains(&current)).then_some(s)
+    });
+
+    manager.kill();
+    manager = start();
+    let done = eventually("the rollout completed after the restart", || {
+        let s = http.try_get(&url(&manager, "/services/api")).ok()?.json();
+        (s["rollout"]["state"] == "completed").then_some(s)
+    });
+    assert_eq!(done["version"], 2, "{done}");
+    assert_eq!(done["running_current"], 6, "{done}");
+    assert_eq!(done["versions"].as_array().map(Vec::len), Some(1), "{done}");
+    let tasks = http
+        .get(&url(&manager, "/tasks?service=api&state=Running"))
+        .json();
+    let names: BTreeSet<&str> = tasks
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|t| t["desired"] == "running")
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names.len(), 6, "one task per slot: {tasks}");
+    assert!(midway["running_current"].as_u64() < Some(6));
+}
