@@ -492,3 +492,27 @@ fn services_and_their_tasks_come_back_after_a_restart_and_carry_on() {
     assert_eq!(core.tasks().count(), 2);
     assert_eq!(core.service_view("web").unwrap().desired, 2);
 }
+
+/// Found by the fault simulation (a livelock): a new task Running for `min_healthy_s` but not
+/// yet passing its health check armed the service's timer at a time already past, so the
+/// manager woke at once, again and again, until the check passed.
+#[test]
+fn a_task_waiting_for_its_health_check_arms_no_wake_up_in_the_past() {
+    let mut w = World::new(2);
+    let mut spec = web(2, quick());
+    spec.task.health_check = Some("/".into());
+    w.create(spec);
+    // No health check answers yet: Running, long past min_healthy_s, not updated.
+    w.mono += 5 * SEC;
+    let now = w.now();
+    w.core.tick(now);
+    w.pump();
+    assert!(!w.watched.is_empty());
+    assert_eq!(w.view("web").updated, 0);
+    if let Some(at) = w.core.next_timer() {
+        assert!(at > now.mono, "a wake-up at {at:?}, now is {:?}", now.mono);
+    }
+    // The check passes: both count as updated, with no timer needed.
+    w.run(1, SEC, |_| {});
+    assert_eq!(w.view("web").updated, 2);
+}

@@ -556,9 +556,14 @@ impl Core {
                     healthy_slots.push(key.clone());
                 } else {
                     in_progress += 1;
+                    // Wake when it will have run long enough. Past that, what it waits for is
+                    // its health check, whose passing is an input of its own: a wake-up in the
+                    // past would only fire again at once, for ever.
                     if let Some(at) = e.running_since.get(&keep) {
                         let due = *at + Duration::from_secs(e.svc.update.min_healthy_s);
-                        next_wake = Some(next_wake.map_or(due, |w: Duration| w.min(due)));
+                        if due > now.mono {
+                            next_wake = Some(next_wake.map_or(due, |w: Duration| w.min(due)));
+                        }
                     }
                 }
             } else if !slot.leaving.is_empty() {
