@@ -567,6 +567,21 @@ impl Core {
                     }
                 }
             } else if !slot.leaving.is_empty() {
+                // Several old tasks in one slot (a start-first replacement overtaken by another
+                // change): keep the best, stop the others, whatever the rollout, or a paused one
+                // would run them all for good.
+                if slot.leaving.len() > 1 {
+                    let mut leaving = slot.leaving.clone();
+                    leaving.sort_by_key(|id| {
+                        let t = &self.tasks[id].task;
+                        (
+                            std::cmp::Reverse(t.state == State::Running),
+                            std::cmp::Reverse(t.version),
+                            std::cmp::Reverse(t.created_at),
+                        )
+                    });
+                    to_stop.extend_from_slice(&leaving[1..]);
+                }
                 if slot.urgent {
                     // Its node drains: the replacement starts first, whatever the rollout.
                     to_create.push(key.clone());
