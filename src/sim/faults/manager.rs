@@ -28,6 +28,7 @@ impl World {
         }
         let mut core = ManagerCore::recover(config, self.now(), records, nodes);
         core.restore_tombstones(self.now(), self.disk_tombs.values().cloned().collect());
+        core.restore_services(self.now(), self.disk_services.values().cloned().collect());
         // Every worker is given by address, as with `--workers`.
         let endpoints = self
             .nodes
@@ -56,6 +57,7 @@ impl World {
             endpoints,
             commits: BTreeMap::new(),
             answers: Vec::new(),
+            service_answers: Vec::new(),
             last_commit: self.now,
             last_sched: self.now,
             sched_in_flight: 0,
@@ -218,6 +220,7 @@ impl World {
         for (name, address) in &held.writes.nodes {
             self.disk_nodes.insert(name.clone(), address.clone());
         }
+        self.services_committed(&held.writes);
         let m = self.manager.as_mut().expect("checked above");
         let answers: Vec<(Answer, Uuid)> = m
             .answers
@@ -247,6 +250,7 @@ impl World {
                 }
             }
         }
+        self.services_answered(id);
         if !created.is_empty() {
             let m = self.manager.as_mut().expect("checked above");
             m.core.submit_committed(&created, true);
