@@ -22,11 +22,17 @@ const MAX_SERVICES: usize = 3;
 /// simulated Docker ends `exit <code> <after s>` after that long).
 const BAD_CMD: [&str; 3] = ["exit", "1", "0"];
 /// After healing, a service whose template is bad gets a good one this soon (a user repairs
-/// it), so every service can come to rest.
+/// it), so every service can come to rest; and again every `REPAIR_EVERY` until
+/// `REPAIR_UNTIL`, since what happened before healing still plays out for a while (a worker's
+/// first look at Docker, a resync, a late call) and may fail the new template's rollout and
+/// roll it back onto the bad one.
 const REPAIR_AFTER: Duration = Duration::from_secs(1);
+const REPAIR_EVERY: Duration = Duration::from_secs(10);
+const REPAIR_UNTIL: Duration = Duration::from_secs(35);
 /// After healing, services are checked at rest this much later, and the quiet rollout starts:
-/// long enough for the longest slot backoff (60 s), a placement, a start and `min_healthy_s`.
-const REST_AFTER: Duration = Duration::from_secs(90);
+/// long enough after the last repair for the longest slot backoff (60 s), a placement, a start
+/// and `min_healthy_s`.
+const REST_AFTER: Duration = Duration::from_secs(100);
 /// The quiet rollout needs this long after it starts (5 slots one at a time, each up to 3 s
 /// to count as updated and 1 s of delay), with room to spare.
 const QUIET_ROLLOUT_TIME: Duration = Duration::from_secs(50);
@@ -321,7 +327,8 @@ impl World {
                 }
                 continue;
             }
-            let Some(acked) = &u.acked else {
+            // A deletion on its way may end the service (its record goes) at any moment.
+            let Some(acked) = u.acked.as_ref().filter(|_| !u.delete_asked) else {
                 continue;
             };
             let Some(d) = durable else {
@@ -428,7 +435,7 @@ impl World {
             }
             if is_bad(&svc.task) {
                 problems.push(format!(
-                    "service {name} runs a failing template at rest (version {}, rollout {:?}), though its users gave it a good one when the world healed",
+                    "service {name} runs a failing template at rest (version {}, rollout {:?}), though its users gave it a good one after healing",
                     svc.version, svc.rollout
                 ));
                 continue;
@@ -511,6 +518,9 @@ impl World {
 
     /// The world healed: a service whose template fails at once gets a good one.
     pub(super) fn repair_services(&mut self) {
+        if self.now + REPAIR_EVERY <= self.options.fault_time + REPAIR_UNTIL {
+            self.at(REPAIR_EVERY, Ev::RepairServices);
+        }
         let bad: Vec<ServiceSpec> = self
             .manager
             .as_ref()
