@@ -143,6 +143,12 @@ impl World {
 
     /// What must hold after every step.
     pub(super) fn check_always(&mut self) {
+        if self.services.on {
+            self.check_services_always();
+            if self.violation.is_some() {
+                return;
+            }
+        }
         let durable: BTreeMap<Uuid, &Task> = self.disk_tasks.values().map(|t| (t.id, t)).collect();
         for id in self.users.acked.keys() {
             // Retention may collect a finished task: its record goes, its tombstone stays.
@@ -303,7 +309,9 @@ impl World {
                         t.id, t.attempt, t.worker
                     ));
                 }
-            } else if matches!(t.state, State::Pending | State::Scheduled) {
+            } else if matches!(t.state, State::Pending | State::Scheduled)
+                && !self.waits_for_lost_node(t)
+            {
                 problems.push(format!(
                     "task {} is stuck in {} ({:?}), copies {copies:?}",
                     t.id, t.state, t.error
@@ -334,6 +342,10 @@ impl World {
             problems.push(format!(
                 "task {id}, unknown to the manager, runs {copies:?}"
             ));
+        }
+        if self.services.on {
+            problems.extend(self.services_at_rest());
+            problems.extend(self.quiet_rollouts_done());
         }
         for id in &self.users.stops {
             if m.core

@@ -29,6 +29,7 @@ impl World {
         }
         let mut core = ManagerCore::recover(config, self.now(), records, nodes);
         core.restore_tombstones(self.now(), self.disk_tombs.values().cloned().collect());
+        core.restore_services(self.now(), self.disk_services.values().cloned().collect());
         // Every worker is given by address, as with `--workers`.
         let endpoints = self
             .nodes
@@ -57,6 +58,7 @@ impl World {
             endpoints,
             commits: BTreeMap::new(),
             answers: Vec::new(),
+            service_answers: Vec::new(),
             last_commit: self.now,
             last_sched: self.now,
             sched_in_flight: 0,
@@ -222,6 +224,7 @@ impl World {
         for (name, record) in &held.writes.nodes {
             self.disk_nodes.insert(name.clone(), record.clone());
         }
+        self.services_committed(&held.writes);
         let m = self.manager.as_mut().expect("checked above");
         let answers: Vec<(Answer, Uuid)> = m
             .answers
@@ -251,6 +254,7 @@ impl World {
                 }
             }
         }
+        self.services_answered(id);
         if !created.is_empty() {
             let m = self.manager.as_mut().expect("checked above");
             m.core.submit_committed(&created, true);

@@ -8,8 +8,9 @@
 //! later; disks whose writes become durable only when their group commit
 //! completes; a Docker per node whose starts and stops fail; processes that crash at any step
 //! (the manager restarts from its durable records, a worker from its own, its containers
-//! surviving or dying with it) or are lost for good; and users who submit, resubmit and stop
-//! tasks at any time. Everything happens on one simulated clock, in an order fixed by one seed,
+//! surviving or dying with it) or are lost for good; users who submit, resubmit and stop
+//! tasks at any time; and, on half the seeds, users of services (`services`), whose promises
+//! are checked too. Everything happens on one simulated clock, in an order fixed by one seed,
 //! so any run can be replayed exactly.
 //!
 //! The shells this world stands in for (the Manager, Worker and WorkerProxy actors, the
@@ -253,6 +254,10 @@ enum Ev {
     EndPartition(usize),
     /// A user's stop of a task, some time after its submission was acknowledged.
     UserStop(Uuid),
+    /// The world healed: users give services that fail at once a good template.
+    RepairServices,
+    /// The healed world is at rest: check services, and roll each out once more.
+    QuietRollouts,
     ManagerTimer(u64, Duration),
     ManagerCommit(u64),
     /// A message arrives at the scheduler.
@@ -379,6 +384,8 @@ struct ManagerProc {
     commits: BTreeMap<u64, ManagerHeld>,
     /// Submissions and stops waiting for their commit: (commit, who, task).
     answers: Vec<(u64, Answer, Uuid)>,
+    /// Service changes waiting for their commit.
+    service_answers: Vec<(u64, services::ServiceAnswer)>,
     last_commit: Duration,
     last_sched: Duration,
     /// Scheduler messages on their way, and placements on their way back.
@@ -503,12 +510,16 @@ struct World {
     manager_inc: u64,
     disk_tasks: BTreeMap<u64, Task>,
     disk_nodes: BTreeMap<String, crate::actors::manager::core::NodeRecord>,
+    /// Service records, as the disk holds them.
+    disk_services: BTreeMap<String, crate::service::Service>,
     /// Tombstones of collected tasks, as the disk holds them.
     disk_tombs: BTreeMap<Uuid, Collected>,
     /// Every task whose collection was written.
     collected_ever: BTreeSet<Uuid>,
     nodes: Vec<Node>,
     users: Users,
+    /// Services and their users (on half the seeds).
+    services: services::Services,
     next_req: u64,
     next_container: u64,
     /// Ends the world caused per task: exits, failed starts, unhealthy or killed containers.
@@ -573,10 +584,12 @@ impl World {
             manager_inc: 0,
             disk_tasks: BTreeMap::new(),
             disk_nodes: BTreeMap::new(),
+            disk_services: BTreeMap::new(),
             disk_tombs: BTreeMap::new(),
             collected_ever: BTreeSet::new(),
             nodes,
             users: Users::default(),
+            services: services::Services::new(seed),
             next_req: 0,
             next_container: 0,
             ends: BTreeMap::new(),
@@ -596,6 +609,7 @@ impl World {
         world.at(Duration::from_millis(200), Ev::Chaos);
         let fault_time = world.options.fault_time;
         world.at(fault_time, Ev::Heal);
+        world.schedule_quiet();
         world
     }
 
@@ -630,6 +644,9 @@ impl World {
             self.handle(ev);
             if check && self.violation.is_none() {
                 self.check_always();
+            }
+            if self.violation.is_none() {
+                self.check_quiet_rollouts();
             }
         }
         if self.violation.is_none() {
@@ -716,6 +733,8 @@ impl World {
             }
             Ev::EndPartition(w) => self.nodes[w].partitioned = false,
             Ev::UserStop(id) => self.user_stop(id),
+            Ev::RepairServices => self.repair_services(),
+            Ev::QuietRollouts => self.quiet_rollouts(),
             Ev::ManagerTimer(inc, at) if Some(inc) == minc => {
                 let now = self.now();
                 if let Some(m) = self.manager.as_mut() {
@@ -853,7 +872,18 @@ impl World {
             return;
         }
         self.actions += 1;
-        let roll = self.rng.u32(0..100);
+        // On seeds with services, a fifth of the actions are users' changes of services; the
+        // other seeds draw exactly as before.
+        let roll = if self.services.on && self.rng.u32(0..5) == 0 {
+            None
+        } else {
+            Some(self.rng.u32(0..100))
+        };
+        let Some(roll) = roll else {
+            self.user_service();
+            let next = self.ms(10, 1500);
+            return self.at(next, Ev::Chaos);
+        };
         match roll {
             0..=32 => self.user_submit(),
             33..=34 => self.user_availability(),
@@ -1090,6 +1120,7 @@ fn short(id: Uuid) -> String {
 
 mod invariants;
 mod manager;
+mod services;
 mod users;
 mod workers;
 

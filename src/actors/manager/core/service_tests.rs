@@ -572,3 +572,58 @@ fn a_global_service_leaves_a_drained_node() {
     assert_eq!(running[0].worker.as_deref(), Some("w1"));
     assert_eq!(w.view("web").desired, 1);
 }
+
+/// Found by the fault simulation (a livelock): a new task Running for `min_healthy_s` but not
+/// yet passing its health check armed the service's timer at a time already past, so the
+/// manager woke at once, again and again, until the check passed.
+#[test]
+fn a_task_waiting_for_its_health_check_arms_no_wake_up_in_the_past() {
+    let mut w = World::new(2);
+    let mut spec = web(2, quick());
+    spec.task.health_check = Some("/".into());
+    w.create(spec);
+    // No health check answers yet: Running, long past min_healthy_s, not updated.
+    w.mono += 5 * SEC;
+    let now = w.now();
+    w.core.tick(now);
+    w.pump();
+    assert!(!w.watched.is_empty());
+    assert_eq!(w.view("web").updated, 0);
+    if let Some(at) = w.core.next_timer() {
+        assert!(at > now.mono, "a wake-up at {at:?}, now is {:?}", now.mono);
+    }
+    // The check passes: both count as updated, with no timer needed.
+    w.run(1, SEC, |_| {});
+    assert_eq!(w.view("web").updated, 2);
+}
+
+/// Found by the fault simulation: a start-first replacement overtaken by another change leaves
+/// two old tasks in one slot; once the rollout paused, both ran for good (replicas + 1).
+#[test]
+fn a_paused_rollout_keeps_one_task_per_slot() {
+    let mut w = World::new(2);
+    let update = UpdateConfig {
+        order: Order::StartFirst,
+        min_healthy_s: 5,
+        ..UpdateConfig::default()
+    };
+    w.create(web(2, update));
+    w.run(6, SEC, |_| {});
+    // Version 2 starts in slot 1 beside version 1, and before it counts as updated, version
+    // 3 (which fails at once) overtakes it: slot 1 has two old tasks, and the rollout pauses.
+    w.update(|s| s.task.image = "web:2".into());
+    w.update(|s| s.task.image = "web:bad".into());
+    w.run(10, SEC, |_| {});
+    assert_eq!(w.view("web").rollout.state, RolloutState::Paused);
+    let running = w.running_of("web");
+    let slots: BTreeSet<u32> = running.iter().map(|t| t.slot).collect();
+    assert_eq!(
+        (running.len(), slots.len()),
+        (2, 2),
+        "{:?}",
+        running
+            .iter()
+            .map(|t| (t.slot, t.version))
+            .collect::<Vec<_>>()
+    );
+}

@@ -597,12 +597,32 @@ impl Core {
                     healthy_slots.push(key.clone());
                 } else {
                     unstable = true;
+                    // Wake when it will have run long enough. Past that, what it waits for is
+                    // its health check, whose passing is an input of its own: a wake-up in the
+                    // past would only fire again at once, for ever.
                     if let Some(at) = e.running_since.get(&keep) {
                         let due = *at + Duration::from_secs(e.svc.update.min_healthy_s);
-                        next_wake = Some(next_wake.map_or(due, |w: Duration| w.min(due)));
+                        if due > now.mono {
+                            next_wake = Some(next_wake.map_or(due, |w: Duration| w.min(due)));
+                        }
                     }
                 }
             } else if !slot.leaving.is_empty() {
+                // Several old tasks in one slot (a start-first replacement overtaken by another
+                // change): keep the best, stop the others, whatever the rollout, or a paused one
+                // would run them all for good.
+                if slot.leaving.len() > 1 {
+                    let mut leaving = slot.leaving.clone();
+                    leaving.sort_by_key(|id| {
+                        let t = &self.tasks[id].task;
+                        (
+                            std::cmp::Reverse(t.state == State::Running),
+                            std::cmp::Reverse(t.version),
+                            std::cmp::Reverse(t.created_at),
+                        )
+                    });
+                    to_stop.extend_from_slice(&leaving[1..]);
+                }
                 if slot.urgent {
                     // Its node drains: the replacement starts first, whatever the rollout.
                     to_create.push(key.clone());
