@@ -331,6 +331,7 @@ impl World {
                 && t.desired == Goal::Running
                 && t.restart_policy != RestartPolicy::Never
                 && t.restart_count < t.max_restarts
+                && !self.waits_for_lost_node(t)
             {
                 problems.push(format!(
                     "task {} is Failed with restarts left ({} of {})",

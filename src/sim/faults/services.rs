@@ -10,12 +10,9 @@ use crate::service::{
     FailureAction, Mode, Order, RolloutState, Service, ServiceSpec, UpdateConfig,
 };
 
-/// Whether the first service of seeds 24 to 31 modulo 32 is global. Off on this branch: a
-/// global task is pinned to its node by a constraint, and placement here does not honour
-/// constraints yet (that comes with the `nodes` branch), so the scheduler may put it on any
-/// node and a global service ends up with two tasks on one node and none on another (seed 24
-/// finds it in 4 actions). Turn on once placement honours constraints.
-const GLOBAL_SERVICES: bool = false;
+/// Whether the first service of seeds 24 to 31 modulo 32 is global (its tasks pinned to their
+/// nodes by a `node==` constraint, which placement honours).
+const GLOBAL_SERVICES: bool = true;
 /// At most this many services live at once.
 const MAX_SERVICES: usize = 3;
 /// The cmd of a template whose containers exit with an error as soon as they start (the

@@ -627,3 +627,39 @@ fn a_paused_rollout_keeps_one_task_per_slot() {
             .collect::<Vec<_>>()
     );
 }
+
+/// Found by the fault simulation: a global task on a node that was Down through a whole
+/// rollout came back with the old version after the rollout completed, and stayed so.
+#[test]
+fn a_slot_that_was_away_through_a_rollout_is_updated_when_it_comes_back() {
+    let mut w = World::new(2);
+    let mut spec = web(0, quick());
+    spec.mode = Mode::Global;
+    w.create(spec);
+    assert_eq!(w.running_of("web").len(), 2);
+    // w2 is partitioned away: Down for the manager, its container runs on.
+    let ep2 = w.ep("w2");
+    w.nodes[1].2 = false;
+    let now = w.now();
+    w.core.node_down(now, ep2);
+    w.pump();
+    w.update(|s| s.task.image = "web:2".into());
+    w.run(10, SEC, |_| {});
+    assert_eq!(w.view("web").rollout.state, RolloutState::Completed);
+    // Back: its full report shows the old version, which is replaced.
+    w.nodes[1].2 = true;
+    let now = w.now();
+    w.core.node_up(now, ep2, "w2");
+    let old: Vec<Task> = w
+        .core
+        .tasks()
+        .filter(|t| t.worker.as_deref() == Some("w2") && t.state == State::Running)
+        .cloned()
+        .collect();
+    w.core.report(now, ep2, true, false, old);
+    w.pump();
+    w.run(10, SEC, |_| {});
+    let running = w.running_of("web");
+    assert_eq!(running.len(), 2, "{running:?}");
+    assert!(running.iter().all(|t| t.image == "web:2"), "{running:?}");
+}

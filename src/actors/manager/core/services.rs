@@ -655,7 +655,11 @@ impl Core {
         }
         let e = &mut self.services[sid];
         let mut started: Vec<(SlotKey, bool)> = Vec::new();
-        if moving && !outdated.is_empty() {
+        // Outdated slots are replaced at the rollout's pace whenever it is not paused: also
+        // after it completed, for a slot that was away (a global task on a node that was Down)
+        // and came back with an older version.
+        let paced = moving || e.svc.rollout.state != RolloutState::Paused;
+        if paced && !outdated.is_empty() {
             if in_progress == 0 && e.in_batch {
                 e.in_batch = false;
                 if e.svc.update.delay_s > 0 {
