@@ -1,15 +1,18 @@
 #!/usr/bin/env python3
 """A rolling update of a 10-replica service, through Cube and through Docker Swarm mode, on the
 same Docker engine: the same change (a new environment variable), the same rollout settings
-(one task at a time, stop-first, no delay, each new task watched for MONITOR seconds before the
-next), timed from the update request until every replica runs the new version and the rollout
-says it is done.
+(one task at a time, stop-first, no delay, each new task watched for failure for MONITOR
+seconds, the rollout over once the last one has been), timed from the update request until
+every replica runs the new version and the rollout says it is done.
 
-    cargo build --release && python3 bench/service_update.py [--replicas 10] [--rounds 3] [--monitor 5]
+    cargo build --release && python3 bench/service_update.py [--replicas 10] [--rounds 3] [--monitor 5] [--grace 10]
 
 Swarm's defaults are parallelism 1, delay 0, stop-first and a 5 s monitor; Cube's are the same
-(`min_healthy_s` 5). Everything made is removed (containers by label, the Swarm service), and
-Swarm mode is left again if this script turned it on.
+(`min_healthy_s` 5). The task (`sleep`, which as PID 1 ignores SIGTERM) is killed after --grace
+seconds on both (`stop_timeout_s`, `--stop-grace-period`), so with the default of 10 s most of
+each step is that wait; `--grace 1` shows the orchestrators' own overhead. Everything made is
+removed (containers by label, the Swarm service), and Swarm mode is left again if this script
+turned it on.
 """
 import argparse, json, shutil, statistics, subprocess, sys, tempfile, time, uuid
 
@@ -18,7 +21,7 @@ from benchlib import CUBE, IMAGE, ensure_image, free_port, http, http_status, re
 CMD = ["sleep", "3600"]
 
 
-def cube_round(replicas, monitor):
+def cube_round(replicas, monitor, grace):
     tmp = tempfile.mkdtemp()
     names = ["upd-" + uuid.uuid4().hex[:8] for _ in range(2)]
     procs = []
@@ -40,7 +43,7 @@ def cube_round(replicas, monitor):
                 pass
             time.sleep(0.05)
         spec = {"name": "bench", "replicas": replicas,
-                "task": {"image": IMAGE, "cmd": CMD, "stop_timeout_s": 10},
+                "task": {"image": IMAGE, "cmd": CMD, "stop_timeout_s": grace},
                 "update": {"parallelism": 1, "delay_s": 0, "order": "stop-first", "min_healthy_s": monitor}}
         http("POST", url + "/services", spec)
         while http("GET", url + "/services/bench")["running"] < replicas:
@@ -60,11 +63,11 @@ def cube_round(replicas, monitor):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def swarm_round(replicas, monitor):
+def swarm_round(replicas, monitor, grace):
     name = "cube-upd-" + uuid.uuid4().hex[:8]
     try:
         sh("docker", "service", "create", "--detach", "--no-resolve-image", "--name", name,
-           "--replicas", str(replicas), "--stop-grace-period", "10s",
+           "--replicas", str(replicas), "--stop-grace-period", f"{grace}s",
            "--update-parallelism", "1", "--update-delay", "0s", "--update-order", "stop-first",
            "--update-monitor", f"{monitor}s", IMAGE, *CMD)
         while True:
@@ -96,6 +99,7 @@ def main():
     ap.add_argument("--replicas", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--monitor", type=int, default=5, help="seconds each new task is watched (min_healthy_s, --update-monitor)")
+    ap.add_argument("--grace", type=int, default=10, help="seconds a stopped task has before it is killed")
     args = ap.parse_args()
     ensure_image()
     results = {"cube": [], "swarm": []}
@@ -106,8 +110,8 @@ def main():
             sh("docker", "swarm", "init", "--advertise-addr", "127.0.0.1")
             joined = True
         for r in range(args.rounds):
-            results["cube"].append(cube_round(args.replicas, args.monitor))
-            results["swarm"].append(swarm_round(args.replicas, args.monitor))
+            results["cube"].append(cube_round(args.replicas, args.monitor, args.grace))
+            results["swarm"].append(swarm_round(args.replicas, args.monitor, args.grace))
             print(f"round {r + 1}: cube {results['cube'][-1]:.2f} s, swarm {results['swarm'][-1]:.2f} s", file=sys.stderr)
     finally:
         if joined:
@@ -116,6 +120,7 @@ def main():
     out["all"] = {k: [round(x, 2) for x in v] for k, v in results.items()}
     out["replicas"] = args.replicas
     out["monitor_s"] = args.monitor
+    out["grace_s"] = args.grace
     out["cube_vs_swarm"] = round(out["cube"] / out["swarm"], 2)
     print(json.dumps(out))
 
