@@ -38,6 +38,7 @@ pub mod constraint;
 pub mod db;
 pub mod fsutil;
 pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod runtime;
 pub mod server;

@@ -295,7 +295,12 @@ pub async fn start_worker(config: WorkerConfig) -> Result<WorkerHandle, ServeErr
         crate::actors::worker::TABLES,
         config.store_size,
     )?;
-    let runtime = open_runtime(&config).await?;
+    let runtime_metrics = crate::metrics::RuntimeMetrics::default();
+    let runtime: Arc<dyn Runtime> = Arc::new(crate::runtime::timed::Timed::new(
+        open_runtime(&config).await?,
+        runtime_metrics.clone(),
+    ));
+    let store_metrics = store.metrics();
     let sampler = match config.runtime {
         RuntimeKind::Docker => {
             let dir = config.data_dir.clone();
@@ -360,6 +365,8 @@ pub async fn start_worker(config: WorkerConfig) -> Result<WorkerHandle, ServeErr
     let api = WorkerApi {
         name: config.name.clone(),
         worker: worker.clone(),
+        runtime_metrics,
+        store_metrics,
     };
     let scheme = scheme(&tls);
     let server = serve(
@@ -456,6 +463,9 @@ pub struct ManagerActors {
     /// The thread the WorkerProxies (and in-process workers) run on, beside the Manager's, so
     /// talking to thousands of workers never queues behind the Manager's own work.
     pub workers_arbiter: actix::dev::ArbiterHandle,
+    /// The Manager's counters and histograms, and its store's.
+    pub metrics: crate::metrics::ManagerMetrics,
+    pub store_metrics: crate::metrics::StoreMetrics,
 }
 
 impl ManagerActors {
@@ -476,6 +486,7 @@ impl ManagerActors {
         let workers_arbiter = Arbiter::new().handle();
         let policy = config.scheduler;
         let scheduler = Scheduler::start_in_arbiter(&arbiter, move |_| Scheduler::new(policy));
+        let store_metrics = store.metrics();
         let manager = Manager::new(ManagerSetup {
             store,
             scheduler: scheduler.clone(),
@@ -487,11 +498,14 @@ impl ManagerActors {
             retention: config.retention,
             retention_count: config.retention_count,
         })?;
+        let metrics = manager.metrics();
         let manager = Manager::start_in_arbiter(&arbiter, move |_| manager);
         Ok(ManagerActors {
             manager,
             scheduler,
             workers_arbiter,
+            metrics,
+            store_metrics,
         })
     }
 
@@ -561,6 +575,8 @@ pub async fn start_manager(config: ManagerConfig) -> Result<ManagerHandle, Serve
         .map_err(ServeError::Config)?;
     let api = ManagerApi {
         manager: actors.manager.clone(),
+        metrics: actors.metrics.clone(),
+        store_metrics: actors.store_metrics.clone(),
     };
     let listener = bind(&config.host, config.port)?;
     let addr = local_addr(&listener)?;

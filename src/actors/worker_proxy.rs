@@ -271,9 +271,17 @@ pub struct WorkerProxy {
     stop_batches_in_flight: usize,
     /// A send of the waiting stops is scheduled for the end of this turn.
     stops_scheduled: bool,
+    /// Round trips of answered long-polls (`cube_worker_poll_seconds`).
+    poll_seconds: Option<crate::metrics::Histogram>,
 }
 
 impl WorkerProxy {
+    /// Observe every answered long-poll's round trip into `histogram`.
+    pub fn with_poll_histogram(mut self, histogram: crate::metrics::Histogram) -> WorkerProxy {
+        self.poll_seconds = Some(histogram);
+        self
+    }
+
     pub fn new(
         endpoint: EndpointId,
         client: WorkerClient,
@@ -308,6 +316,7 @@ impl WorkerProxy {
             stops: VecDeque::new(),
             stop_batches_in_flight: 0,
             stops_scheduled: false,
+            poll_seconds: None,
         }
     }
 
@@ -627,13 +636,17 @@ impl WorkerProxy {
     fn watch(&mut self, ctx: &mut Context<Self>) {
         let client = self.client.clone();
         let query = self.feed.query();
+        let sent = std::time::Instant::now();
         let handle = ctx.spawn(
             async move { client.watch(query).await }
                 .into_actor(self)
-                .map(|res, act, ctx| {
+                .map(move |res, act, ctx| {
                     act.watching = None;
                     match res {
                         Ok(changes) => {
+                            if let Some(h) = &act.poll_seconds {
+                                h.observe_duration(sent.elapsed());
+                            }
                             let name = if changes.name.is_empty() {
                                 act.name.clone().unwrap_or_default()
                             } else {

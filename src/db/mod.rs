@@ -405,6 +405,8 @@ struct Stats {
     /// Time the writer spent measuring, and how many times it did.
     measure_nanos: AtomicU64,
     measures: AtomicU64,
+    /// The group commits' sizes and durations, as `GET /metrics` shows them.
+    metrics: crate::metrics::StoreMetrics,
 }
 
 /// What the readers and the writer share: the environment and its tables.
@@ -754,6 +756,12 @@ impl Store {
             n,
         )
     }
+
+    /// The histograms of the writer's transactions: batches per transaction and the time
+    /// each took to commit (its fsync included). Shared: they go on counting.
+    pub fn metrics(&self) -> crate::metrics::StoreMetrics {
+        self.inner.shared.stats.metrics.clone()
+    }
 }
 
 impl Shared {
@@ -887,6 +895,11 @@ fn commit_group(shared: &Shared, jobs: Vec<Job>) -> Vec<(Reply, Result<(), Store
             shared.stats.commits.fetch_add(1, Ordering::Relaxed);
             shared
                 .stats
+                .metrics
+                .commit_batch_size
+                .observe(jobs.len() as f64);
+            shared
+                .stats
                 .batches
                 .fetch_add(jobs.len() as u64, Ordering::Relaxed);
             jobs.into_iter().map(|(_, reply)| (reply, Ok(()))).collect()
@@ -985,7 +998,14 @@ fn apply_and_commit<'b>(
             })?;
         }
     }
-    wtxn.commit().map_err(|e| map_txn_error(shared, e))
+    let started = std::time::Instant::now();
+    let committed = wtxn.commit().map_err(|e| map_txn_error(shared, e));
+    shared
+        .stats
+        .metrics
+        .fsync_seconds
+        .observe_duration(started.elapsed());
+    committed
 }
 
 fn map_txn_error(shared: &Shared, error: heed::Error) -> StoreError {

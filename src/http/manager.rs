@@ -15,6 +15,7 @@
 //! | `PATCH /nodes/{name}` | `{availability, deadline_s, labels, remove_labels}` (any of them): the node once committed |
 //! | `DELETE /nodes/{name}` | forget a node with no tasks: 204; 409 naming its tasks |
 //! | `GET /health` | 200 once recovery is complete, 503 before |
+//! | `GET /metrics` | Prometheus metrics, text format 0.0.4 ([`crate::metrics`]) |
 //! | `GET /openapi.json` | this API's OpenAPI document ([`super::openapi`]) |
 //!
 //! Every query field is taken as text and parsed by the handler, so a bad value is a 400 naming
@@ -34,8 +35,8 @@ use crate::actors::client::WorkerClient;
 use crate::actors::manager::core::NodeRefusal;
 use crate::actors::manager::core::{MAX_DRAIN_DEADLINE, NodeChange};
 use crate::actors::manager::{
-    ChangeNode, ForgetNode, GetNode, GetTask, GetVitals, JoinNode, ListNodes, ListTasks, LogsOf,
-    Manager, ManagerError, Snapshot, StopTask, Submit,
+    ChangeNode, ForgetNode, GetNode, GetTask, GetVitals, JoinNode, ListNodes, ListServices,
+    ListTasks, LogsOf, Manager, ManagerError, ScrapeManager, Snapshot, StopTask, Submit,
 };
 use crate::node::Availability;
 use crate::task::{Desired, State, parse_submission};
@@ -51,6 +52,9 @@ pub const DEFAULT_LIST_LIMIT: usize = 500;
 #[derive(Clone)]
 pub struct ManagerApi {
     pub manager: Addr<Manager>,
+    /// Bumped by the handlers (submissions), shown by `GET /metrics`.
+    pub metrics: crate::metrics::ManagerMetrics,
+    pub store_metrics: crate::metrics::StoreMetrics,
 }
 
 impl From<ManagerError> for ApiError {
@@ -109,6 +113,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(super::services::configure)
         .service(endpoint("/snapshot").route(web::post().to(snapshot)))
         .service(endpoint("/health").route(web::get().to(health)))
+        .service(endpoint("/metrics").route(web::get().to(metrics)))
         .service(endpoint("/openapi.json").route(web::get().to(super::openapi::manager)));
 }
 
@@ -117,6 +122,7 @@ async fn submit(
     req: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let received = std::time::Instant::now();
     let body = read_body(&req, payload).await?;
     let event = parse_submission(&body)?;
     if event.state == Desired::Completed {
@@ -132,7 +138,11 @@ async fn submit(
         }
         other => other?,
     };
+    api.metrics
+        .submit_commit_seconds
+        .observe_duration(received.elapsed());
     let status = if submitted.created {
+        api.metrics.submissions.inc();
         StatusCode::CREATED
     } else {
         StatusCode::OK
@@ -639,6 +649,27 @@ async fn forget_node(
     })?;
     api.manager.send(ForgetNode(name)).await??;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Prometheus metrics: the counters as they stand, and gauges from what the Manager (its
+/// core, its proxies' views of the nodes, the scheduler's book, the services) answers now.
+async fn metrics(api: web::Data<ManagerApi>) -> Result<HttpResponse, ApiError> {
+    let (scrape, nodes, services) = futures_util::join!(
+        api.manager.send(ScrapeManager),
+        api.manager.send(ListNodes),
+        api.manager.send(ListServices),
+    );
+    let registry = crate::metrics::manager_registry(
+        &api.metrics,
+        &api.store_metrics,
+        &scrape?,
+        &nodes?,
+        &services?,
+        chrono::Utc::now(),
+    );
+    Ok(HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(crate::metrics::encode(&registry)))
 }
 
 /// 200 once the Manager answers: it recovers everything from its store before its actor

@@ -12,6 +12,7 @@
 //! | `GET /stats` | the machine's cpus, memory, disk, load and task count; its named volumes and allowed host paths |
 //! | `GET /volumes` | the named volumes Cube created on its engine, each with the tasks that mount it |
 //! | `GET /health` | `{"status":"ok","name":…}` |
+//! | `GET /metrics` | Prometheus metrics, text format 0.0.4 ([`crate::metrics`]) |
 //! | `GET /openapi.json` | this API's OpenAPI document ([`super::openapi`]) |
 //!
 //! Every query field is taken as text and parsed by the handler, so a bad value is a 400 naming
@@ -31,9 +32,9 @@ use super::{
     read_body_up_to, shown,
 };
 use crate::actors::worker::{
-    GetStats, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, ReadVolumes, StartAttempt,
-    StartAttempts, StartOutcome, StartsAnswer, StopAttempt, StopAttempts, StopOutcome, StopsAnswer,
-    WatchChanges, Worker, WorkerError,
+    CountWorkerTasks, GetStats, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, ReadVolumes,
+    StartAttempt, StartAttempts, StartOutcome, StartsAnswer, StopAttempt, StopAttempts,
+    StopOutcome, StopsAnswer, WatchChanges, Worker, WorkerError,
 };
 use crate::task::{Desired, parse_starts, parse_stops, parse_submission};
 
@@ -46,6 +47,9 @@ pub const MAX_LOG_TAIL: usize = 100_000;
 pub struct WorkerApi {
     pub name: String,
     pub worker: Addr<Worker>,
+    /// Timed runtime calls and store commits, shown by `GET /metrics`.
+    pub runtime_metrics: crate::metrics::RuntimeMetrics,
+    pub store_metrics: crate::metrics::StoreMetrics,
 }
 
 impl From<WorkerError> for ApiError {
@@ -85,6 +89,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(endpoint("/stats").route(web::get().to(stats)))
         .service(endpoint("/volumes").route(web::get().to(volumes)))
         .service(endpoint("/health").route(web::get().to(health)))
+        .service(endpoint("/metrics").route(web::get().to(metrics)))
         .service(endpoint("/openapi.json").route(web::get().to(super::openapi::worker)));
 }
 
@@ -391,6 +396,16 @@ pub(crate) struct WorkerHealth<'a> {
     status: &'a str,
     /// The worker's name.
     name: &'a str,
+}
+
+/// Prometheus metrics: this worker's tasks by state, its runtime calls, its store's commits.
+async fn metrics(api: web::Data<WorkerApi>) -> Result<HttpResponse, ApiError> {
+    let counts = api.worker.send(CountWorkerTasks).await?;
+    let registry =
+        crate::metrics::worker_registry(&api.runtime_metrics, Some(&api.store_metrics), &counts);
+    Ok(HttpResponse::Ok()
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(crate::metrics::encode(&registry)))
 }
 
 async fn health(api: web::Data<WorkerApi>) -> HttpResponse {

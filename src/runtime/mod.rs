@@ -13,6 +13,7 @@
 
 pub mod docker;
 pub mod fake;
+pub mod timed;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

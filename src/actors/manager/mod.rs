@@ -222,6 +222,20 @@ pub struct CountTasks;
 #[rtype(result = "Vitals")]
 pub struct GetVitals;
 
+/// What the manager's core counts, for `GET /metrics`: tasks by state (kept as records change,
+/// no walk over the tasks) and its decisions so far.
+#[derive(Message)]
+#[rtype(result = "ManagerScrape")]
+pub struct ScrapeManager;
+
+/// The answer to [`ScrapeManager`].
+#[derive(Debug, Clone)]
+pub struct ManagerScrape {
+    /// Tasks by state, indexed by [`State::index`].
+    pub counts: [usize; State::COUNT],
+    pub tally: core::Tally,
+}
+
 /// The answer to [`GetVitals`].
 #[derive(Debug, Clone)]
 pub struct Vitals {

@@ -16,9 +16,9 @@ use uuid::Uuid;
 use super::core::{self, Core, Effect, Writes};
 use super::{
     COLLECTED, CallsDone, ChangeNode, Connect, CountTasks, EVENTS, ForgetNode, GetNode, GetTask,
-    GetVitals, JoinNode, Joined, ListNodes, ListTasks, LogsOf, ManagerError, NODES, NodeDown,
-    NodeRecord, NodeReport, NodeUp, Report, SERVICES, Snapshot, StopTask, Submit, Submitted, TASKS,
-    Vitals, WorkerFacts,
+    GetVitals, JoinNode, Joined, ListNodes, ListTasks, LogsOf, ManagerError, ManagerScrape, NODES,
+    NodeDown, NodeRecord, NodeReport, NodeUp, Report, SERVICES, ScrapeManager, Snapshot, StopTask,
+    Submit, Submitted, TASKS, Vitals, WorkerFacts,
 };
 use crate::actors::CoreTimer;
 use crate::actors::client::{WorkerClient, WorkerLink, WorkerTarget};
@@ -33,6 +33,7 @@ use crate::actors::worker_proxy::{
 };
 use crate::clock::Clock;
 use crate::db::{Batch, Store, StoreError};
+use crate::metrics::ManagerMetrics;
 use crate::node::NodeStatus;
 use crate::task::{Desired, Goal, State, Task};
 
@@ -73,6 +74,8 @@ pub struct Manager {
     upgrade: Option<Batch>,
     /// Long-polls of services' endpoints.
     pub(super) endpoint_waiters: Vec<super::services::Waiter>,
+    /// The counters and histograms `GET /metrics` shows; the HTTP handlers share them.
+    metrics: ManagerMetrics,
 }
 
 impl Manager {
@@ -146,7 +149,13 @@ impl Manager {
             timer: CoreTimer::default(),
             upgrade: (!upgrade.is_empty()).then_some(upgrade),
             endpoint_waiters: Vec::new(),
+            metrics: ManagerMetrics::default(),
         })
+    }
+
+    /// The counters and histograms this manager bumps (shared: they go on counting).
+    pub fn metrics(&self) -> ManagerMetrics {
+        self.metrics.clone()
     }
 
     /// Carry out what the core asks: the scheduler's and the proxies' messages now; the records
@@ -172,6 +181,9 @@ impl Manager {
     ) -> Option<Commit> {
         let writes = self.core.take_writes();
         let effects = self.core.take_effects();
+        for took in self.core.take_running_latencies() {
+            self.metrics.submit_running_seconds.observe_duration(took);
+        }
         self.rearm(ctx);
         self.wake_endpoint_waiters();
         let mut calls: Vec<(Addr<WorkerProxy>, CallWorker)> = Vec::new();
@@ -324,6 +336,7 @@ impl Manager {
         }
         let (manager, scheduler, timeout) =
             (ctx.address(), self.scheduler.clone(), self.node_timeout);
+        let poll_seconds = self.metrics.worker_poll_seconds.clone();
         let target = WorkerTarget {
             link,
             token: self.cluster_token.clone(),
@@ -338,6 +351,7 @@ impl Manager {
                 scheduler,
                 timeout,
             )
+            .with_poll_histogram(poll_seconds)
         });
         debug_assert_eq!(self.proxies.len(), endpoint);
         self.proxies.push(proxy.clone());
@@ -628,6 +642,17 @@ impl Handler<CountTasks> for Manager {
                 .map(|&s| (s, counts[s.index()]))
                 .collect(),
         )
+    }
+}
+
+impl Handler<ScrapeManager> for Manager {
+    type Result = MessageResult<ScrapeManager>;
+
+    fn handle(&mut self, _: ScrapeManager, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(ManagerScrape {
+            counts: self.core.counts(),
+            tally: self.core.tally(),
+        })
     }
 }
 

@@ -247,6 +247,12 @@ pub struct ReadTask(pub Uuid);
 #[rtype(result = "Vec<Task>")]
 pub struct ReadTasks;
 
+/// How many of this worker's tasks are in each state (as its feed publishes them), for
+/// `GET /metrics`.
+#[derive(Message)]
+#[rtype(result = "Vec<(crate::task::State, usize)>")]
+pub struct CountWorkerTasks;
+
 /// The change feed: tasks changed after `since`, answered as soon as there is at least one (or
 /// empty when `wait` passes). A watcher from another instance of the worker starts over at 0.
 #[derive(Message, Debug, Clone, PartialEq)]

@@ -18,9 +18,9 @@ use uuid::Uuid;
 use super::core::{Core, Effect, Writes};
 use super::feed::{Changes, Feed, Page};
 use super::{
-    GetStats, MAX_FEED_PAGE_BYTES, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks, ReadVolumes,
-    STOPS, StartAttempt, StartAttempts, Started, StopAttempt, StopAttempts, TASKS, VolumeReport,
-    VolumesAnswer, WatchChanges, WorkerError, WorkerSetup,
+    CountWorkerTasks, GetStats, MAX_FEED_PAGE_BYTES, MAX_WATCH_WAIT, ReadLogs, ReadTask, ReadTasks,
+    ReadVolumes, STOPS, StartAttempt, StartAttempts, Started, StopAttempt, StopAttempts, TASKS,
+    VolumeReport, VolumesAnswer, WatchChanges, WorkerError, WorkerSetup,
 };
 use crate::actors::CoreTimer;
 use crate::clock::Clock;
@@ -575,6 +575,29 @@ impl Handler<ReadTask> for Worker {
 
     fn handle(&mut self, msg: ReadTask, _: &mut Context<Self>) -> Self::Result {
         self.shown(msg.0).cloned()
+    }
+}
+
+impl Handler<CountWorkerTasks> for Worker {
+    type Result = MessageResult<CountWorkerTasks>;
+
+    fn handle(&mut self, _: CountWorkerTasks, _: &mut Context<Self>) -> Self::Result {
+        let mut counts = [0usize; crate::task::State::COUNT];
+        let states: Box<dyn Iterator<Item = crate::task::State>> = match &self.published {
+            Some(published) => Box::new(published.values().map(|t| t.state)),
+            None => Box::new(self.core.tasks().map(|t| t.state)),
+        };
+        for state in states {
+            if let Some(n) = counts.get_mut(state.index()) {
+                *n += 1;
+            }
+        }
+        MessageResult(
+            crate::task::State::ALL
+                .iter()
+                .map(|&s| (s, counts[s.index()]))
+                .collect(),
+        )
     }
 }
 

@@ -519,7 +519,28 @@ pub struct Core {
     endpoint_clock: u64,
     /// The time of the last look at a service.
     service_clock: Duration,
+    /// What the core has decided so far, counted for `GET /metrics`.
+    tally: Tally,
+    /// Creation to first Running of tasks that just started, for the shell to observe
+    /// ([`Core::take_running_latencies`]).
+    running_latencies: Vec<Duration>,
 }
+
+/// Counts of the core's decisions since it started: plain integers, since the core runs on one
+/// thread; read at scrape time ([`Core::tally`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Attempts placed on a node (each new attempt, a restart or a move included).
+    pub placements: u64,
+    /// Attempts that are restarts by the task's policy.
+    pub restarts: u64,
+    /// Health checks that failed.
+    pub health_check_failures: u64,
+}
+
+/// At most this many latencies wait for the shell: a driver that never takes them (the
+/// simulation) does not make the core grow.
+const MAX_RUNNING_LATENCIES: usize = 4096;
 
 impl Core {
     /// A core with what the store holds: task records under their keys, and bound nodes. Tasks
@@ -579,6 +600,8 @@ impl Core {
             services_removed: Vec::new(),
             endpoint_clock: 0,
             service_clock: Duration::ZERO,
+            tally: Tally::default(),
+            running_latencies: Vec::new(),
         };
         for (name, record) in nodes {
             let id = core.node_id(&name);
@@ -689,6 +712,26 @@ impl Core {
         let id = self.nodes.len() - 1;
         self.node_ids.insert(name.to_string(), id);
         id
+    }
+
+    /// What the core has decided so far ([`Tally`]).
+    pub fn tally(&self) -> Tally {
+        self.tally
+    }
+
+    /// How long tasks that became Running since the last call took from their creation (their
+    /// first attempt only: a restart is not a submission's latency).
+    pub fn take_running_latencies(&mut self) -> Vec<Duration> {
+        std::mem::take(&mut self.running_latencies)
+    }
+
+    /// Note that a task created at `created` was first seen Running at `now`.
+    pub(super) fn first_running(&mut self, now: Now, created: chrono::DateTime<chrono::Utc>) {
+        if self.running_latencies.len() < MAX_RUNNING_LATENCIES
+            && let Ok(took) = (now.wall - created).to_std()
+        {
+            self.running_latencies.push(took);
+        }
     }
 
     /// Effects to carry out, in order.

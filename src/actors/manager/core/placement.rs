@@ -163,8 +163,10 @@ impl Core {
             return;
         }
         e.task.attempt += 1;
+        self.tally.placements += 1;
         if std::mem::take(&mut e.restarting) {
             e.task.restart_count += 1;
+            self.tally.restarts += 1;
         }
         e.task.worker = Some(name.clone());
         e.task.container_id = None;

@@ -158,6 +158,7 @@ impl Core {
             Err(reason) => {
                 let was_healthy = std::mem::replace(&mut e.healthy, false);
                 e.health_failures += 1;
+                self.tally.health_check_failures += 1;
                 debug!(
                     "task {id}: health check {} failed: {reason}",
                     e.health_failures
@@ -243,7 +244,11 @@ impl Core {
                     "task {id} attempt {} Running on {}",
                     t.attempt, self.nodes[nid].name
                 );
+                let first = (t.restart_count == 0).then_some(t.created_at);
                 changed = true;
+                if let Some(created) = first {
+                    self.first_running(now, created);
+                }
             }
             State::Completed | State::Failed => {
                 let error = report.error.clone();
