@@ -241,6 +241,7 @@ struct ServicePatch {
         manager_api::service_endpoints,
         manager_api::snapshot,
         manager_api::health,
+        manager_api::metrics,
         manager_api::openapi,
     ),
     components(
@@ -307,6 +308,7 @@ struct ManagerDoc;
         worker_api::stats,
         worker_api::volumes,
         worker_api::health,
+        worker_api::metrics,
         worker_api::openapi,
     ),
     components(
@@ -808,6 +810,25 @@ mod manager_api {
     )]
     fn health() {}
 
+    /// Prometheus metrics
+    ///
+    /// Tasks by state, submissions, placements, restarts, failed health checks, latencies
+    /// (submit to commit, submit to Running, store commits, long-polls), nodes with their
+    /// capacity and bookings, services and their rollouts, the process's memory and CPU; in the
+    /// Prometheus text format, version 0.0.4.
+    #[utoipa::path(
+        get,
+        path = "/metrics",
+        tag = "meta",
+        responses(
+            (status = 200, description = "The metrics, one sample a line.", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
+            (status = 401, response = Unauthorized),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn metrics() {}
+
     /// This document
     #[utoipa::path(
         get,
@@ -1039,6 +1060,23 @@ mod worker_api {
         responses((status = 200, description = "The worker answers.", body = WorkerHealth)),
     )]
     fn health() {}
+
+    /// Prometheus metrics
+    ///
+    /// This worker's tasks by state, its runtime (Docker) calls' latencies, its store's
+    /// commits, the process's memory and CPU; in the Prometheus text format, version 0.0.4.
+    #[utoipa::path(
+        get,
+        path = "/metrics",
+        tag = "meta",
+        responses(
+            (status = 200, description = "The metrics, one sample a line.", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
+            (status = 401, response = Unauthorized),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn metrics() {}
 
     /// This document
     #[utoipa::path(
