@@ -1703,3 +1703,56 @@ fn tasks_no_node_satisfies_wait_for_node_facts_and_never_hold_back_tasks_waiting
     constrained.sort();
     assert_eq!(again, constrained);
 }
+
+#[test]
+fn the_tally_counts_placements_and_restarts_and_only_a_first_run_has_a_latency() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let mut t = task("fail");
+    t.max_restarts = 1;
+    t.created_at = h.now().wall;
+    let id = h.submit(t);
+    h.place_on("w1");
+    h.start_ok("w1", id, 1);
+    h.advance(Duration::from_secs(3));
+    h.report(ep, false, vec![seen(&h.task(id), 1, State::Running)]);
+    assert_eq!(
+        h.core.take_running_latencies(),
+        vec![Duration::from_secs(3)]
+    );
+    assert_eq!(
+        h.core.tally(),
+        Tally {
+            placements: 1,
+            restarts: 0,
+            health_check_failures: 0
+        }
+    );
+    let mut failed = seen(&h.task(id), 1, State::Failed);
+    failed.exit_code = Some(3);
+    h.report(ep, false, vec![failed]);
+    h.advance(MIN_RESTART_BACKOFF);
+    assert_eq!(h.place_on("w1"), vec![id]);
+    h.start_ok("w1", id, 2);
+    h.report(ep, false, vec![seen(&h.task(id), 2, State::Running)]);
+    assert_eq!(h.state(id), State::Running);
+    assert!(
+        h.core.take_running_latencies().is_empty(),
+        "a restart is not a submission's latency"
+    );
+    assert_eq!((h.core.tally().placements, h.core.tally().restarts), (2, 1));
+}
+
+#[test]
+fn the_tally_counts_every_failed_health_check_of_a_running_attempt() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let id = h.running_on(ep, "w1", task("serve"));
+    let now = h.now();
+    h.core.health_checked(now, id, 1, Err("refused".into()));
+    h.core.health_checked(now, id, 1, Ok(()));
+    h.core.health_checked(now, id, 1, Err("refused".into()));
+    // An older attempt's check is not about what runs: not counted.
+    h.core.health_checked(now, id, 0, Err("refused".into()));
+    assert_eq!(h.core.tally().health_check_failures, 2);
+}
