@@ -1314,9 +1314,7 @@ async fn status_tasks(client: &Client, args: &StatusArgs) -> Result<Vec<Task>, C
 fn status_table(tasks: &[Task], now: chrono::DateTime<chrono::Utc>) -> Table {
     let mut table = Table::new();
     table.load_preset(NOTHING);
-    table.set_header([
-        "ID", "NAME", "STATE", "WORKER", "IMAGE", "MEMORY", "CREATED",
-    ]);
+    table.set_header(["ID", "NAME", "STATE", "WORKER", "IMAGE", "MEMORY", "AGE"]);
     for t in tasks {
         table.add_row([
             t.id.to_string(),
