@@ -182,7 +182,7 @@ pub async fn run(client: &Client, args: EventsArgs) -> Result<(), CliError> {
         let res = match open(client, &path).await {
             Ok(Some(res)) => res,
             Ok(None) => {
-                return Err(CliError::Failed(format!(
+                return Err(CliError::NotFound(format!(
                     "the manager at {} serves no events (GET /events answered 404)",
                     client.base
                 )));
