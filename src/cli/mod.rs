@@ -1,8 +1,9 @@
 //! The `cube` command: clap definitions and what each subcommand does.
 //!
-//! Server commands (`manager`, `worker`, `up`) start the library's servers; client commands
-//! (`run`, `status`, `stop`, `node`, `logs`, `snapshot`, `service`) talk to a manager over HTTP. Every failure is one
-//! clear line on stderr and a non-zero exit.
+//! Server commands (`manager`, `worker`, `up`) start the library's servers and stop at once on
+//! SIGINT or SIGTERM; client commands (`run`, `status`, `inspect`, `events`, `stop`, `node`,
+//! `logs`, `snapshot`, `service`) talk to a manager over HTTP. Every failure is one clear line on
+//! stderr and an exit code scripts can tell apart ([`CliError`]: 1, 2 for usage, 3 not found).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -112,7 +113,8 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Run a manager and several workers as one process tree, for a local cluster.
     Up(up::UpArgs),
-    /// Submit a task from a JSON file (a POST /tasks body) and print its id.
+    /// Run a task: `cube run IMAGE [CMD…]` with docker-style flags, or `-f FILE` (a POST /tasks
+    /// body) that the flags change; prints the task's id.
     Run(RunArgs),
     /// Show tasks, or one task; `-w` keeps the table up to date.
     Status(StatusArgs),
