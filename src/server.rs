@@ -151,7 +151,8 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// Serve until the server stops (SIGINT or SIGTERM stop it gracefully).
+    /// Serve until the server stops (the program decides what stops it: actix's own signal
+    /// handling is off).
     pub async fn wait(self) -> std::io::Result<()> {
         self.server.await
     }
@@ -171,6 +172,9 @@ impl WorkerHandle {
 pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a client has to close after its connection is shut down.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest a graceful stop ([`ManagerHandle::stop`], [`WorkerHandle::stop`]) waits for
+/// requests in flight before it cuts them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// How long an idle keep-alive connection stays open. Longer than the manager's heartbeat
 /// (1 s), so its connections to workers are reused.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -209,7 +213,12 @@ where
     // request body gets its own deadline where it is read (`http::read_body`).
     .client_request_timeout(REQUEST_HEAD_TIMEOUT)
     .client_disconnect_timeout(DISCONNECT_TIMEOUT)
-    .keep_alive(KEEP_ALIVE);
+    .keep_alive(KEEP_ALIVE)
+    // The embedding program decides what a signal does (`cube` stops at once, see
+    // `cli::stop_on_signal`); a graceful stop waits this long at most for open requests, which
+    // are mostly long-polls with nothing to lose: every answer given was durable first.
+    .disable_signals()
+    .shutdown_timeout(SHUTDOWN_GRACE.as_secs());
     let server = match tls {
         Some(tls) => server.listen_rustls_0_23(listener, tls),
         None => server.listen(listener),
@@ -545,7 +554,13 @@ pub struct ManagerHandle {
 }
 
 impl ManagerHandle {
-    /// Serve until the server stops (SIGINT or SIGTERM stop it gracefully).
+    /// A handle that stops the server from elsewhere.
+    pub fn server_handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serve until the server stops (the program decides what stops it: actix's own signal
+    /// handling is off).
     pub async fn wait(self) -> std::io::Result<()> {
         self.server.await
     }

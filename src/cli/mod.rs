@@ -1,8 +1,9 @@
 //! The `cube` command: clap definitions and what each subcommand does.
 //!
-//! Server commands (`manager`, `worker`, `up`) start the library's servers; client commands
-//! (`run`, `status`, `stop`, `node`, `logs`, `snapshot`, `service`) talk to a manager over HTTP. Every failure is one
-//! clear line on stderr and a non-zero exit.
+//! Server commands (`manager`, `worker`, `up`) start the library's servers and stop at once on
+//! SIGINT or SIGTERM; client commands (`run`, `status`, `inspect`, `events`, `stop`, `node`,
+//! `logs`, `snapshot`, `service`) talk to a manager over HTTP. Every failure is one clear line on
+//! stderr and an exit code scripts can tell apart ([`CliError`]: 1, 2 for usage, 3 not found).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -26,9 +27,53 @@ use crate::server::{
 };
 use crate::task::{Goal, State, Task};
 
+mod events;
 mod service;
 mod snapshot;
 mod up;
+
+/// Why a command failed, and so the exit code scripts can tell apart: 1 for an error, 2 for
+/// a usage error (as clap's own), 3 when the manager has no such object.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Anything else that went wrong: exit 1.
+    #[error("{0}")]
+    Failed(String),
+    /// A flag or a config file that cannot work, found after clap parsed the line: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// The manager answered 404 (an unknown task, service or node): exit 3.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// Exit code of a usage error, as clap uses it.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code when the manager has no such object (it answered 404).
+pub const EXIT_NOT_FOUND: u8 = 3;
+
+impl CliError {
+    /// The process's exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Failed(_) => 1,
+            CliError::Usage(_) => EXIT_USAGE,
+            CliError::NotFound(_) => EXIT_NOT_FOUND,
+        }
+    }
+}
+
+impl From<String> for CliError {
+    fn from(message: String) -> CliError {
+        CliError::Failed(message)
+    }
+}
+
+impl From<&str> for CliError {
+    fn from(message: &str) -> CliError {
+        CliError::Failed(message.to_string())
+    }
+}
 
 /// Seconds `cube run --wait` waits for a task to run (or end) unless told otherwise.
 pub const RUN_WAIT_TIMEOUT_S: u64 = 120;
@@ -68,10 +113,20 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Run a manager and several workers as one process tree, for a local cluster.
     Up(up::UpArgs),
-    /// Submit a task from a JSON file (a POST /tasks body) and print its id.
+    /// Run a task: `cube run IMAGE [CMD…]` with docker-style flags, or `-f FILE` (a POST /tasks
+    /// body) that the flags change; prints the task's id.
     Run(RunArgs),
-    /// Show tasks, or one task.
+    /// Show tasks, or one task; `-w` keeps the table up to date.
     Status(StatusArgs),
+    /// Print a task as JSON, as `GET /tasks/{id}` answers it.
+    Inspect(IdArgs),
+    /// Follow the manager's events (tasks, services, nodes), one line each.
+    Events(events::EventsArgs),
+    /// Print a shell's completion script: `source <(cube completions bash)`.
+    Completions {
+        /// bash, zsh or fish (also elvish and powershell).
+        shell: clap_complete::Shell,
+    },
     /// Stop a task: its container is stopped and removed, then it is Completed.
     Stop(IdArgs),
     /// Show the workers, or forget one (`cube node rm NAME`).
@@ -92,7 +147,7 @@ pub struct ManagerArgs {
     #[arg(long)]
     pub port: Option<u16>,
     /// Worker addresses, host:port, separated by commas.
-    #[arg(long, env = "CUBE_WORKERS", value_delimiter = ',')]
+    #[arg(long, env = "CUBE_WORKERS", value_delimiter = ',', value_parser = parse_worker_entry)]
     pub workers: Option<Vec<String>>,
     /// A TOML file with any of: host, port, workers, scheduler, data_dir, health_interval,
     /// node_timeout, retention, retention_count, store_size. Flags and environment win over it.
@@ -163,6 +218,13 @@ struct ManagerFile {
 }
 
 impl ManagerArgs {
+    /// The config file's name, for errors about what it holds.
+    fn config_name(&self) -> String {
+        self.config
+            .as_deref()
+            .map_or_else(String::new, |p| p.display().to_string())
+    }
+
     /// Flags (and environment) over the config file over the defaults; `token` is the global
     /// `--token`/CUBE_TOKEN.
     pub fn config(&self, token: Option<&str>) -> Result<ManagerConfig, String> {
@@ -171,12 +233,14 @@ impl ManagerArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+                toml::from_str(&text).map_err(|e| config_file_error(path, &e))?
             }
         };
         let scheduler = match (&self.scheduler, &file.scheduler) {
             (Some(s), _) => *s,
-            (None, Some(s)) => s.parse()?,
+            (None, Some(s)) => s
+                .parse()
+                .map_err(|e| format!("{}: scheduler: {e}", self.config_name()))?,
             (None, None) => PolicyKind::default(),
         };
         let data_dir = self
@@ -196,6 +260,14 @@ impl ManagerArgs {
             .map(|w| w.trim().to_string())
             .filter(|w| !w.is_empty())
             .collect();
+        // A flag's entries were checked by clap; the file's are checked here, before anything
+        // starts, so a typo is not retried forever as an unreachable worker.
+        for w in &config.workers {
+            crate::node::check_address(w).map_err(|e| {
+                let path = self.config.as_deref().unwrap_or(std::path::Path::new(""));
+                format!("{}: workers: {e}", path.display())
+            })?;
+        }
         config.scheduler = scheduler;
         if let Some(s) = self.health_interval.or(file.health_interval) {
             config.health_interval = seconds("health interval", s)?;
@@ -237,6 +309,38 @@ impl ManagerArgs {
         config.tls_ca = self.tls_ca.clone();
         Ok(config)
     }
+}
+
+/// The keys of the manager's TOML file, for the error that names an unknown one.
+const MANAGER_FILE_KEYS: &str = "host, port, workers, scheduler, data_dir, health_interval, \
+     node_timeout, retention, retention_count, store_size";
+
+/// A config file that does not parse, in one line: an unknown key is named, with the keys
+/// there are.
+fn config_file_error(path: &std::path::Path, e: &toml::de::Error) -> String {
+    let message = e.message();
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let key = rest.split('`').next().unwrap_or(rest);
+        return format!(
+            "{}: unknown key {key:?}; the keys are {MANAGER_FILE_KEYS}",
+            path.display()
+        );
+    }
+    let line = e
+        .span()
+        .map(|span| format!(" (at byte {})", span.start))
+        .unwrap_or_default();
+    format!("{}: {message}{line}", path.display())
+}
+
+/// `--workers`: an entry `host:port` (blanks around it and empty entries are allowed, and
+/// dropped later).
+fn parse_worker_entry(text: &str) -> Result<String, String> {
+    let entry = text.trim();
+    if !entry.is_empty() {
+        crate::node::check_address(entry)?;
+    }
+    Ok(entry.to_string())
 }
 
 /// The smallest `--store-size`: below it the reserve kept for stops (at least 1 MiB, at most
@@ -559,9 +663,20 @@ pub fn default_worker_name(port: u16) -> String {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The task file: a TaskEvent ({"task": {...}}) or a bare task ({"image": ...}).
+    /// The image to run.
+    #[arg(required_unless_present = "file")]
+    pub image: Option<String>,
+    /// The command and its arguments (put `--` before it when a word starts with '-').
+    pub cmd: Vec<String>,
+    /// A task file: a TaskEvent ({"task": {...}}) or a bare task ({"image": ...}); the flags
+    /// given change it.
     #[arg(short, long)]
-    pub file: PathBuf,
+    pub file: Option<PathBuf>,
+    /// The task's name (unique among tasks that have not ended) [default: its id].
+    #[arg(long)]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub task: service::TaskFlags,
     /// Show progress until the task is Running, or has ended.
     #[arg(long)]
     pub wait: bool,
@@ -642,6 +757,10 @@ pub struct StatusArgs {
     /// Only tasks placed on this worker.
     #[arg(long, conflicts_with = "id")]
     pub worker: Option<String>,
+    /// Keep the table up to date: redrawn when a task changes (from the manager's events, or
+    /// by listing again every second when it serves none).
+    #[arg(short, long, conflicts_with = "id")]
+    pub watch: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -676,30 +795,35 @@ pub fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level))
         .format_timestamp_millis()
         .init();
-    let result = actix_web::rt::System::new().block_on(run(cli));
-    match result {
-        Ok(code) => code,
-        Err(message) => {
-            eprintln!("cube: {message}");
-            ExitCode::FAILURE
+    let system = actix_web::rt::System::new();
+    let code = match system.block_on(run(cli)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("cube: {e}");
+            e.exit_code()
         }
-    }
+    };
+    let _ = std::io::stdout().flush();
+    // Exit here rather than drop the runtime: dropping it waits for every blocking task still
+    // running (a Docker call, a store commit), which a stopping server has no reason to await.
+    std::process::exit(i32::from(code))
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, String> {
+async fn run(cli: Cli) -> Result<(), CliError> {
     let token = cli.token.clone().or_else(|| saved_token(&cli.manager));
     let client = Client::new(&cli.manager, token, cli.ca_cert.clone());
     match cli.command {
         Command::Manager(args) => {
-            let handle = start_manager(args.config(cli.token.as_deref())?)
-                .await
-                .map_err(|e| e.to_string())?;
+            let config = args.config(cli.token.as_deref()).map_err(CliError::Usage)?;
+            let handle = start_manager(config).await.map_err(|e| e.to_string())?;
+            stop_on_signal(vec![handle.server_handle()]);
             handle.wait().await.map_err(|e| e.to_string())?;
         }
         Command::Worker(args) => {
             let handle = start_worker(args.config(cli.token.as_deref()))
                 .await
                 .map_err(|e| e.to_string())?;
+            stop_on_signal(vec![handle.server_handle()]);
             if args.exit_with_stdin {
                 exit_when_stdin_closes(handle.server_handle());
             }
@@ -707,7 +831,20 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Command::Up(args) => return up::run(args).await,
         Command::Run(args) => run_task(&client, args).await?,
+        Command::Status(args) if args.watch => events::watch_status(&client, args).await?,
         Command::Status(args) => status(&client, args).await?,
+        Command::Inspect(args) => {
+            let task: serde_json::Value = client
+                .get(&format!("/tasks/{}", task_id(&args.id)?))
+                .await?;
+            let json = serde_json::to_string_pretty(&task).map_err(|e| e.to_string())?;
+            println!("{json}");
+        }
+        Command::Events(args) => events::run(&client, args).await?,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "cube", &mut std::io::stdout());
+        }
         Command::Stop(args) => {
             let id = task_id(&args.id)?;
             let task: Task = client.delete(&format!("/tasks/{id}")).await?;
@@ -726,7 +863,36 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Snapshot(args) => snapshot::run(&client, args).await?,
         Command::Service(args) => service::run(&client, args).await?,
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
+}
+
+/// Resolve on SIGINT or SIGTERM, with the signal's name; never when signals cannot be watched
+/// (the process then stops as a signal's default action says).
+pub async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        log::warn!("cannot watch SIGINT and SIGTERM");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// On SIGINT or SIGTERM stop `servers` at once, without waiting for open requests: they are
+/// long-polls and streams, and every answer given was durable first.
+fn stop_on_signal(servers: Vec<actix_web::dev::ServerHandle>) {
+    actix_web::rt::spawn(async move {
+        let name = shutdown_signal().await;
+        log::info!("{name}: stopping");
+        for server in servers {
+            server.stop(false).await;
+        }
+    });
 }
 
 /// Stop the process when stdin reaches its end: the parent that holds the other end is gone.
@@ -870,8 +1036,8 @@ impl Client {
         Client { base, http }
     }
 
-    fn http(&self) -> Result<&awc::Client, String> {
-        self.http.as_ref().map_err(Clone::clone)
+    fn http(&self) -> Result<&awc::Client, CliError> {
+        self.http.as_ref().map_err(|e| CliError::Failed(e.clone()))
     }
 
     fn unreachable(&self, e: impl std::fmt::Display) -> String {
@@ -885,7 +1051,7 @@ impl Client {
         &self,
         req: awc::ClientRequest,
         body: Option<Vec<u8>>,
-    ) -> Result<(u16, bytes::Bytes), String> {
+    ) -> Result<(u16, bytes::Bytes), CliError> {
         let sent = match body {
             Some(b) => {
                 req.insert_header(("Content-Type", "application/json"))
@@ -901,8 +1067,11 @@ impl Client {
             .limit(1 << 30)
             .await
             .map_err(|e| format!("the manager's answer could not be read: {e}"))?;
+        if status == 404 {
+            return Err(CliError::NotFound(error_message(&body)));
+        }
         if status >= 400 {
-            return Err(error_message(&body));
+            return Err(error_message(&body).into());
         }
         Ok((status, body))
     }
@@ -911,13 +1080,13 @@ impl Client {
         &self,
         req: awc::ClientRequest,
         body: Option<Vec<u8>>,
-    ) -> Result<T, String> {
+    ) -> Result<T, CliError> {
         let (_, body) = self.send(req, body).await?;
         serde_json::from_slice(&body)
-            .map_err(|e| format!("unexpected answer from the manager: {e}"))
+            .map_err(|e| format!("unexpected answer from the manager: {e}").into())
     }
 
-    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
         self.json(self.http()?.get(format!("{}{path}", self.base)), None)
             .await
     }
@@ -926,7 +1095,7 @@ impl Client {
         &self,
         path: &str,
         body: Vec<u8>,
-    ) -> Result<T, String> {
+    ) -> Result<T, CliError> {
         self.json(
             self.http()?.post(format!("{}{path}", self.base)),
             Some(body),
@@ -938,7 +1107,7 @@ impl Client {
         &self,
         path: &str,
         body: Vec<u8>,
-    ) -> Result<T, String> {
+    ) -> Result<T, CliError> {
         self.json(
             self.http()?.patch(format!("{}{path}", self.base)),
             Some(body),
@@ -951,7 +1120,7 @@ impl Client {
         &self,
         path: &str,
         timeout: Duration,
-    ) -> Result<T, String> {
+    ) -> Result<T, CliError> {
         let req = self
             .http()?
             .get(format!("{}{path}", self.base))
@@ -963,7 +1132,7 @@ impl Client {
     pub async fn get_pages<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
-    ) -> Result<Vec<T>, String> {
+    ) -> Result<Vec<T>, CliError> {
         let mut all = Vec::new();
         let mut next = Some(path.to_string());
         while let Some(path) = next.take() {
@@ -984,8 +1153,11 @@ impl Client {
                 .limit(1 << 30)
                 .await
                 .map_err(|e| format!("the manager's answer could not be read: {e}"))?;
+            if status == 404 {
+                return Err(CliError::NotFound(error_message(&body)));
+            }
             if status >= 400 {
-                return Err(error_message(&body));
+                return Err(error_message(&body).into());
             }
             let page: Vec<T> = serde_json::from_slice(&body)
                 .map_err(|e| format!("unexpected answer from the manager: {e}"))?;
@@ -995,28 +1167,75 @@ impl Client {
     }
 
     /// A POST with no body whose answer is bytes, not JSON (a snapshot).
-    pub async fn post_raw(&self, path: &str) -> Result<bytes::Bytes, String> {
+    pub async fn post_raw(&self, path: &str) -> Result<bytes::Bytes, CliError> {
         self.send(self.http()?.post(format!("{}{path}", self.base)), None)
             .await
             .map(|(_, body)| body)
     }
 
     /// A DELETE whose answer has no body (204).
-    pub async fn delete_empty(&self, path: &str) -> Result<(), String> {
+    pub async fn delete_empty(&self, path: &str) -> Result<(), CliError> {
         self.send(self.http()?.delete(format!("{}{path}", self.base)), None)
             .await
             .map(|_| ())
     }
 
-    pub async fn delete<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+    pub async fn delete<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
         self.json(self.http()?.delete(format!("{}{path}", self.base)), None)
             .await
     }
 }
 
-async fn run_task(client: &Client, args: RunArgs) -> Result<(), String> {
-    let body = std::fs::read(&args.file)
-        .map_err(|e| format!("cannot read {}: {e}", args.file.display()))?;
+/// The body of `POST /tasks` that `cube run` sends: the file's task (if any) with what the
+/// flags give over it.
+pub fn run_body(
+    args: &RunArgs,
+    file: Option<serde_json::Value>,
+) -> Result<serde_json::Value, String> {
+    use serde_json::{Map, Value};
+    let mut flags = Map::new();
+    if let Some(image) = &args.image {
+        flags.insert("image".into(), image.as_str().into());
+    }
+    if !args.cmd.is_empty() {
+        flags.insert("cmd".into(), serde_json::json!(args.cmd));
+    }
+    if let Some(name) = &args.name {
+        flags.insert("name".into(), name.as_str().into());
+    }
+    service::task_template(&mut flags, &args.task)?;
+    let patch = Value::Object(flags);
+    match file {
+        None => Ok(serde_json::json!({ "task": patch })),
+        // A TaskEvent: the flags change the task inside, the rest is kept.
+        Some(Value::Object(mut event)) if event.get("task").is_some_and(Value::is_object) => {
+            if let Some(task) = event.get_mut("task") {
+                crate::service::merge_patch(task, &patch);
+            }
+            Ok(Value::Object(event))
+        }
+        Some(mut task @ Value::Object(_)) => {
+            crate::service::merge_patch(&mut task, &patch);
+            Ok(serde_json::json!({ "task": task }))
+        }
+        Some(_) => Err("the task file is not a JSON object; expected {\"task\": {\"image\": ...}} or {\"image\": ...}".into()),
+    }
+}
+
+async fn run_task(client: &Client, args: RunArgs) -> Result<(), CliError> {
+    let file = match &args.file {
+        None => None,
+        Some(path) => {
+            let text =
+                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            Some(
+                serde_json::from_slice(&text)
+                    .map_err(|e| format!("{} is not JSON: {e}", path.display()))?,
+            )
+        }
+    };
+    let body = run_body(&args, file).map_err(CliError::Usage)?;
+    let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
     let task: Task = client.post("/tasks", body).await?;
     println!("{}", task.id);
     if !args.wait {
@@ -1024,6 +1243,8 @@ async fn run_task(client: &Client, args: RunArgs) -> Result<(), String> {
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(args.timeout);
     let mut last: Option<State> = None;
+    // Progress is for a person watching; a script reads the id and the exit code.
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     loop {
         let t: Task = client.get(&format!("/tasks/{}", task.id)).await?;
         if last != Some(t.state) {
@@ -1037,7 +1258,9 @@ async fn run_task(client: &Client, args: RunArgs) -> Result<(), String> {
                 .as_deref()
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default();
-            eprintln!("{}{place}{why}", t.state);
+            if progress {
+                eprintln!("{}{place}{why}", t.state);
+            }
             last = Some(t.state);
         }
         match t.state {
@@ -1047,7 +1270,8 @@ async fn run_task(client: &Client, args: RunArgs) -> Result<(), String> {
                     "task {} failed: {}",
                     t.id,
                     t.error.unwrap_or_else(|| "no reason given".into())
-                ));
+                )
+                .into());
             }
             State::Pending | State::Scheduled => {}
         }
@@ -1055,25 +1279,28 @@ async fn run_task(client: &Client, args: RunArgs) -> Result<(), String> {
             return Err(format!(
                 "task {} is still {} after {} s",
                 t.id, t.state, args.timeout
-            ));
+            )
+            .into());
         }
         actix_web::rt::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-async fn status(client: &Client, args: StatusArgs) -> Result<(), String> {
-    let tasks: Vec<Task> = match &args.id {
+/// The tasks `cube status` shows: the one asked for, or every page of the listing.
+async fn status_tasks(client: &Client, args: &StatusArgs) -> Result<Vec<Task>, CliError> {
+    Ok(match &args.id {
         Some(id) => vec![client.get(&format!("/tasks/{}", task_id(id)?)).await?],
         None => {
             let mut query = Vec::new();
             if let Some(state) = &args.state {
                 let state = State::parse(state).ok_or_else(|| {
-                    format!("--state {state:?} is not a state; expected Pending, Scheduled, Running, Completed or Failed")
+                    CliError::Usage(format!("--state {state:?} is not a state; expected Pending, Scheduled, Running, Completed or Failed"))
                 })?;
                 query.push(format!("state={state}"));
             }
             if let Some(worker) = &args.worker {
-                crate::node::check_name(worker).map_err(|e| format!("--worker: {e}"))?;
+                crate::node::check_name(worker)
+                    .map_err(|e| CliError::Usage(format!("--worker: {e}")))?;
                 query.push(format!("worker={worker}"));
             }
             query.push(format!("limit={}", crate::http::manager::MAX_LIST_LIMIT));
@@ -1081,31 +1308,44 @@ async fn status(client: &Client, args: StatusArgs) -> Result<(), String> {
                 .get_pages(&format!("/tasks?{}", query.join("&")))
                 .await?
         }
-    };
-    if args.output.output == Output::Json {
-        let json = if args.id.is_some() {
-            serde_json::to_string_pretty(&tasks[0])
-        } else {
-            serde_json::to_string_pretty(&tasks)
-        };
-        println!("{}", json.map_err(|e| e.to_string())?);
-        return Ok(());
-    }
+    })
+}
+
+/// The table of `cube status`: ID, NAME and STATE first (scripts read them), then where,
+/// what, and how long ago it was submitted.
+fn status_table(tasks: &[Task], now: chrono::DateTime<chrono::Utc>) -> Table {
     let mut table = Table::new();
     table.load_preset(NOTHING);
-    table.set_header(["ID", "NAME", "STATE", "WORKER", "IMAGE", "AGE"]);
-    let now = chrono::Utc::now();
-    for t in &tasks {
+    table.set_header(["ID", "NAME", "STATE", "WORKER", "IMAGE", "MEMORY", "AGE"]);
+    for t in tasks {
         table.add_row([
             t.id.to_string(),
             t.name.clone(),
             t.state.to_string(),
             t.worker.clone().unwrap_or_else(|| "-".into()),
             t.image.clone(),
-            age(now - t.created_at),
+            if t.memory == 0 {
+                "-".into()
+            } else {
+                bytes(t.memory)
+            },
+            format!("{} ago", age(now - t.created_at)),
         ]);
     }
-    println!("{table}");
+    table
+}
+
+async fn status(client: &Client, args: StatusArgs) -> Result<(), CliError> {
+    let tasks = status_tasks(client, &args).await?;
+    if args.output.output == Output::Json {
+        let json = match (&args.id, tasks.as_slice()) {
+            (Some(_), [t]) => serde_json::to_string_pretty(t),
+            _ => serde_json::to_string_pretty(&tasks),
+        };
+        println!("{}", json.map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    println!("{}", status_table(&tasks, chrono::Utc::now()));
     if let (Some(_), [t]) = (&args.id, tasks.as_slice()) {
         for (port, host) in &t.host_ports {
             println!("\nport {port} is published on the worker's host port {host}");
@@ -1149,7 +1389,7 @@ fn bytes(n: u64) -> String {
     }
 }
 
-async fn nodes(client: &Client, args: OutputArgs) -> Result<(), String> {
+async fn nodes(client: &Client, args: OutputArgs) -> Result<(), CliError> {
     let nodes: Vec<NodeReport> = client.get("/nodes").await?;
     if args.output == Output::Json {
         let json = serde_json::to_string_pretty(&nodes).map_err(|e| e.to_string())?;
@@ -1215,7 +1455,7 @@ async fn change_node(
     client: &Client,
     action: NodeAction,
     output: OutputArgs,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     let (name, body) = match action {
         NodeAction::Rm { name } => {
             crate::node::check_name(&name).map_err(|e| format!("node name: {e}"))?;
@@ -1276,7 +1516,7 @@ async fn change_node(
     Ok(())
 }
 
-async fn logs(client: &Client, args: LogsArgs) -> Result<(), String> {
+async fn logs(client: &Client, args: LogsArgs) -> Result<(), CliError> {
     let id = task_id(&args.id)?;
     let mut path = format!("/tasks/{id}/logs?follow={}", args.follow);
     if let Some(t) = args.tail {
@@ -1291,7 +1531,7 @@ async fn logs(client: &Client, args: LogsArgs) -> Result<(), String> {
     let mut res = req.send().await.map_err(|e| client.unreachable(e))?;
     if !res.status().is_success() {
         let body = res.body().await.map_err(|e| e.to_string())?;
-        return Err(error_message(&body));
+        return Err(error_message(&body).into());
     }
     let mut out = std::io::stdout().lock();
     while let Some(chunk) = res.next().await {

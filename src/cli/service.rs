@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::NOTHING};
 use serde_json::{Map, Value, json};
 
-use super::{Client, parse_duration};
+use super::{CliError, Client, parse_duration};
 use crate::service::{Endpoints, RolloutState, ServiceView, check_name, merge_patch};
 use crate::task::Task;
 
@@ -78,7 +78,7 @@ pub enum ServiceAction {
 /// `--wait` and its `--timeout`.
 #[derive(Debug, Args)]
 pub struct WaitArgs {
-    /// Show progress on stderr until the rollout is over (completed or rolled back; a
+    /// Wait until the rollout is over, with progress on stderr when it is a terminal (completed or rolled back; a
     /// paused one fails with its message).
     #[arg(long)]
     pub wait: bool,
@@ -111,25 +111,10 @@ pub struct UpdateFlags {
     pub update_min_healthy: Option<Duration>,
 }
 
-#[derive(Debug, Args)]
-pub struct CreateArgs {
-    /// The service's name: lower-case letters, digits and '-' (its tasks are NAME.SLOT).
-    #[arg(required_unless_present = "file")]
-    pub name: Option<String>,
-    /// The image to run.
-    #[arg(required_unless_present = "file")]
-    pub image: Option<String>,
-    /// The command and its arguments (put `--` before it when a word starts with '-').
-    pub cmd: Vec<String>,
-    /// A JSON spec (a POST /services body); the flags given change it.
-    #[arg(short, long, value_name = "FILE")]
-    pub file: Option<PathBuf>,
-    /// Tasks to keep running [default: 1].
-    #[arg(long, value_name = "N")]
-    pub replicas: Option<u32>,
-    /// replicated (N tasks wherever they fit) or global (one on each node).
-    #[arg(long, value_parser = ["replicated", "global"])]
-    pub mode: Option<String>,
+/// What a task runs with, as flags: shared by `cube run` and `cube service create`, which
+/// both turn them into a task template with [`task_template`].
+#[derive(Debug, Args, Default)]
+pub struct TaskFlags {
     /// Publish a container port: PORT[/PROTO] on a host port the worker picks, or
     /// HOST_PORT:PORT[/PROTO] on that one.
     #[arg(short = 'p', long = "publish", value_name = "PORT")]
@@ -158,6 +143,29 @@ pub struct CreateArgs {
     /// A volume: SOURCE:TARGET[:ro] (a named volume or an allowed host path).
     #[arg(long, value_name = "SRC:DST[:ro]")]
     pub volume: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The service's name: lower-case letters, digits and '-' (its tasks are NAME.SLOT).
+    #[arg(required_unless_present = "file")]
+    pub name: Option<String>,
+    /// The image to run.
+    #[arg(required_unless_present = "file")]
+    pub image: Option<String>,
+    /// The command and its arguments (put `--` before it when a word starts with '-').
+    pub cmd: Vec<String>,
+    /// A JSON spec (a POST /services body); the flags given change it.
+    #[arg(short, long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// Tasks to keep running [default: 1].
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<u32>,
+    /// replicated (N tasks wherever they fit) or global (one on each node).
+    #[arg(long, value_parser = ["replicated", "global"])]
+    pub mode: Option<String>,
+    #[command(flatten)]
+    pub task: TaskFlags,
     #[command(flatten)]
     pub update: UpdateFlags,
     #[command(flatten)]
@@ -184,7 +192,7 @@ pub struct UpdateArgs {
 }
 
 /// Run `cube service …`.
-pub async fn run(client: &Client, args: ServiceArgs) -> Result<(), String> {
+pub async fn run(client: &Client, args: ServiceArgs) -> Result<(), CliError> {
     match args.action {
         ServiceAction::Create(args) => create(client, *args).await,
         ServiceAction::Ls => list(client).await,
@@ -314,6 +322,40 @@ fn update_object(flags: &UpdateFlags) -> Result<Map<String, Value>, String> {
     Ok(u)
 }
 
+/// Add what `flags` give to the task template `task` (a POST /tasks task, a service's
+/// `task`), in the API's field names.
+pub fn task_template(task: &mut Map<String, Value>, flags: &TaskFlags) -> Result<(), String> {
+    for entry in &flags.env {
+        env_entry(entry)?;
+        push(task, "env", entry.as_str().into());
+    }
+    if let Some(cpu) = flags.cpu {
+        task.insert("cpu".into(), cpu.into());
+    }
+    if let Some(memory) = flags.memory {
+        task.insert("memory".into(), memory.into());
+    }
+    for p in &flags.publish {
+        publish(task, p)?;
+    }
+    if let Some(path) = &flags.health {
+        task.insert("health_check".into(), path.as_str().into());
+    }
+    if let Some(policy) = &flags.restart {
+        task.insert("restart_policy".into(), policy.as_str().into());
+    }
+    for c in &flags.constraint {
+        push(task, "constraints", c.as_str().into());
+    }
+    if let Some(label) = &flags.spread_by {
+        task.insert("spread_by".into(), label.as_str().into());
+    }
+    for v in &flags.volume {
+        push(task, "volumes", v.as_str().into());
+    }
+    Ok(())
+}
+
 /// The body of `POST /services` that `cube service create` sends: the file's spec (if any)
 /// with what the flags give merged over it.
 pub fn create_body(args: &CreateArgs, file: Option<Value>) -> Result<Value, String> {
@@ -324,34 +366,7 @@ pub fn create_body(args: &CreateArgs, file: Option<Value>) -> Result<Value, Stri
     if !args.cmd.is_empty() {
         task.insert("cmd".into(), json!(args.cmd));
     }
-    for entry in &args.env {
-        env_entry(entry)?;
-        push(&mut task, "env", entry.as_str().into());
-    }
-    if let Some(cpu) = args.cpu {
-        task.insert("cpu".into(), cpu.into());
-    }
-    if let Some(memory) = args.memory {
-        task.insert("memory".into(), memory.into());
-    }
-    for p in &args.publish {
-        publish(&mut task, p)?;
-    }
-    if let Some(path) = &args.health {
-        task.insert("health_check".into(), path.as_str().into());
-    }
-    if let Some(policy) = &args.restart {
-        task.insert("restart_policy".into(), policy.as_str().into());
-    }
-    for c in &args.constraint {
-        push(&mut task, "constraints", c.as_str().into());
-    }
-    if let Some(label) = &args.spread_by {
-        task.insert("spread_by".into(), label.as_str().into());
-    }
-    for v in &args.volume {
-        push(&mut task, "volumes", v.as_str().into());
-    }
+    task_template(&mut task, &args.task)?;
     let mut flags = Map::new();
     if let Some(name) = &args.name {
         check_name(name)?;
@@ -423,7 +438,7 @@ pub fn scale_target(target: &str) -> Result<(&str, u32), String> {
     Ok((name, n))
 }
 
-async fn create(client: &Client, args: CreateArgs) -> Result<(), String> {
+async fn create(client: &Client, args: CreateArgs) -> Result<(), CliError> {
     let file = match &args.file {
         None => None,
         Some(path) => {
@@ -442,7 +457,7 @@ async fn create(client: &Client, args: CreateArgs) -> Result<(), String> {
     follow(client, &view.name, Goal::Running, &args.wait).await
 }
 
-async fn update(client: &Client, args: UpdateArgs) -> Result<(), String> {
+async fn update(client: &Client, args: UpdateArgs) -> Result<(), CliError> {
     let path = service_path(&args.name)?;
     let env = if args.env.is_empty() {
         Vec::new()
@@ -471,7 +486,7 @@ fn string_list(value: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn scale(client: &Client, targets: &[String]) -> Result<(), String> {
+async fn scale(client: &Client, targets: &[String]) -> Result<(), CliError> {
     // Check every target before changing any.
     let targets = targets
         .iter()
@@ -493,17 +508,17 @@ async fn scale(client: &Client, targets: &[String]) -> Result<(), String> {
         }
     }
     if failed > 0 {
-        return Err(format!("{failed} of the services could not be scaled"));
+        return Err(format!("{failed} of the services could not be scaled").into());
     }
     Ok(())
 }
 
-async fn remove(client: &Client, names: &[String]) -> Result<(), String> {
+async fn remove(client: &Client, names: &[String]) -> Result<(), CliError> {
     let mut failed = 0;
     for name in names {
         let done = match service_path(name) {
             Ok(path) => client.delete_empty(&path).await,
-            Err(e) => Err(e),
+            Err(e) => Err(CliError::Usage(e)),
         };
         match done {
             Ok(()) => println!("{name}"),
@@ -514,7 +529,7 @@ async fn remove(client: &Client, names: &[String]) -> Result<(), String> {
         }
     }
     if failed > 0 {
-        return Err(format!("{failed} of the services could not be removed"));
+        return Err(format!("{failed} of the services could not be removed").into());
     }
     Ok(())
 }
@@ -528,7 +543,7 @@ fn rollout_column(view: &ServiceView) -> String {
     }
 }
 
-async fn list(client: &Client) -> Result<(), String> {
+async fn list(client: &Client) -> Result<(), CliError> {
     let services: Vec<ServiceView> = client.get("/services").await?;
     let mut table = Table::new();
     table.load_preset(NOTHING);
@@ -550,7 +565,7 @@ async fn list(client: &Client) -> Result<(), String> {
     Ok(())
 }
 
-async fn tasks(client: &Client, name: &str) -> Result<(), String> {
+async fn tasks(client: &Client, name: &str) -> Result<(), CliError> {
     // The service first: an unknown name is an error, not an empty list.
     let path = service_path(name)?;
     let _: ServiceView = client.get(&path).await?;
@@ -577,7 +592,7 @@ async fn tasks(client: &Client, name: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn endpoints(client: &Client, name: &str, watch: bool) -> Result<(), String> {
+async fn endpoints(client: &Client, name: &str, watch: bool) -> Result<(), CliError> {
     let path = format!("{}/endpoints", service_path(name)?);
     let mut answer: Endpoints = client.get(&path).await?;
     print_endpoints(&answer, false)?;
@@ -659,29 +674,34 @@ fn progress(view: &ServiceView, goal: Goal) -> String {
 }
 
 /// With `--wait`, print progress on stderr until the rollout is over.
-async fn follow(client: &Client, name: &str, goal: Goal, wait: &WaitArgs) -> Result<(), String> {
+async fn follow(client: &Client, name: &str, goal: Goal, wait: &WaitArgs) -> Result<(), CliError> {
     if !wait.wait {
         return Ok(());
     }
     let path = format!("/services/{name}");
     let deadline = Instant::now() + Duration::from_secs(wait.timeout);
     let mut last = String::new();
+    // Progress is for a person watching; a script reads the exit code.
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     loop {
         let view: ServiceView = client.get(&path).await?;
         let line = progress(&view, goal);
         if line != last {
-            eprintln!("{line}");
+            if terminal {
+                eprintln!("{line}");
+            }
             last = line;
         }
         if let Some(outcome) = wait_outcome(&view, goal) {
-            return outcome;
+            return outcome.map_err(CliError::Failed);
         }
         if Instant::now() > deadline {
             return Err(format!(
                 "{name}: still {} after {} s",
                 last.split_once(": ").map_or(last.as_str(), |(_, s)| s),
                 wait.timeout
-            ));
+            )
+            .into());
         }
         actix_web::rt::time::sleep(WAIT_POLL).await;
     }

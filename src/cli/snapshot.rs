@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 
-use super::Client;
+use super::{CliError, Client};
 use crate::actors::manager::{TABLES, TASKS};
 use crate::db::Store;
 use crate::db::lock::DirLock;
@@ -35,7 +35,7 @@ pub enum SnapshotAction {
     },
 }
 
-pub async fn run(client: &Client, args: SnapshotArgs) -> Result<(), String> {
+pub async fn run(client: &Client, args: SnapshotArgs) -> Result<(), CliError> {
     match args.action {
         SnapshotAction::Save { file } => {
             let bytes = client.post_raw("/snapshot").await?;

@@ -7,13 +7,14 @@
 //! the same data directory, as after any crash.
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitCode, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use clap::Args;
 use log::{info, warn};
 use tokio::process::{Child, Command};
 
+use super::CliError;
 use crate::actors::policy::PolicyKind;
 use crate::http::auth::{self, Role};
 use crate::runtime::fake::FakeRuntime;
@@ -76,16 +77,18 @@ pub struct UpArgs {
     pub allow_host_path: Vec<String>,
 }
 
-pub async fn run(args: UpArgs) -> Result<ExitCode, String> {
+pub async fn run(args: UpArgs) -> Result<(), CliError> {
     if args.workers == 0 {
-        return Err("--workers must be at least 1".into());
+        return Err(CliError::Usage("--workers must be at least 1".into()));
     }
     let mut config = ManagerConfig::new(args.data_dir.join("manager"));
     config.host = args.host.clone();
     config.port = args.port;
     config.scheduler = args.scheduler;
-    config.health_interval = super::seconds("health interval", args.health_interval)?;
-    config.node_timeout = super::seconds("node timeout", args.node_timeout)?;
+    config.health_interval =
+        super::seconds("health interval", args.health_interval).map_err(CliError::Usage)?;
+    config.node_timeout =
+        super::seconds("node timeout", args.node_timeout).map_err(CliError::Usage)?;
     config.insecure = args.insecure;
     let manager_url = format!("http://{}:{}", args.host, args.port);
     let token_file = if args.insecure {
@@ -179,14 +182,23 @@ pub async fn run(args: UpArgs) -> Result<ExitCode, String> {
         pki.as_ref().map(|(_, saved)| saved.as_path()),
     );
 
+    // A signal to this process alone (systemd, `kill`) stops the manager at once, cutting its
+    // long-polls; the workers are told next, all together, by closing their pipes.
+    let server = handle.server_handle();
+    actix_web::rt::spawn(async move {
+        let name = super::shutdown_signal().await;
+        eprintln!("cube up: {name}, stopping the manager and the workers");
+        server.stop(false).await;
+    });
     let served = handle.wait().await;
+    let workers = children.len();
     info!("stopping the workers; their containers keep running");
     stop_children(children).await;
     served.map_err(|e| e.to_string())?;
     eprintln!(
-        "cube up stopped. Containers are left running; `cube up` on the same --data-dir adopts them."
+        "cube up stopped (the manager and {workers} worker process(es)). Containers are left running; `cube up` on the same --data-dir adopts them."
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The API token for the manager at `url`: the one a previous `cube up` saved, so shells that
