@@ -14,6 +14,7 @@
 //! (LMDB commits, /proc reads) runs on threads of its own.
 
 pub mod client;
+pub mod events;
 pub mod health;
 pub mod manager;
 pub mod policy;
