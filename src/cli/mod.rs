@@ -123,6 +123,9 @@ pub struct ManagerArgs {
     /// The most finished tasks kept; the oldest beyond it are collected [default: 100000].
     #[arg(long)]
     pub retention_count: Option<usize>,
+    /// Events `GET /events` keeps for clients that reconnect with `since` [default: 100000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_buffer: Option<u64>,
     /// Tokens the API accepts: TOML (`[[token]]` with `token` and `role`) or `ROLE TOKEN` a
     /// line, roles `read` (GET only) and `write`. CUBE_TOKEN (or --token) adds a write token.
     #[arg(long)]
@@ -210,6 +213,9 @@ impl ManagerArgs {
         }
         if let Some(n) = self.retention_count.or(file.retention_count) {
             config.retention_count = n;
+        }
+        if let Some(n) = self.event_buffer {
+            config.event_buffer = usize::try_from(n).unwrap_or(usize::MAX);
         }
         match (self.store_size, &file.store_size) {
             (Some(size), _) => config.store_size = size,
