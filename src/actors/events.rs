@@ -429,13 +429,10 @@ impl EventHub {
     }
 }
 
+/// Publications come with `do_send`, which no mailbox capacity holds back: a burst after a
+/// group commit is never refused.
 impl Actor for EventHub {
     type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        // Publications arrive in bursts after group commits; never refuse one.
-        ctx.set_mailbox_capacity(usize::MAX);
-    }
 }
 
 /// What one durable step changed: its records, and the changes that are no record.
