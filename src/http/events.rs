@@ -28,6 +28,18 @@ pub const MAX_EVENTS_WAIT: u64 = 86_400;
 /// Longest name `?node=` or `?service=` takes.
 const MAX_NAME: usize = 253;
 
+/// One server-sent event as a client's parser sees it (the OpenAPI document's schema of the
+/// stream's items; the handler writes the lines itself).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ServerSentEvent {
+    /// The event's index, as in `data` (what `since` and `Last-Event-ID` take).
+    pub id: String,
+    /// `task`, `service`, `node`, or `reset`.
+    pub event: String,
+    /// JSON: `{index, time, type, action, id | name, object}`.
+    pub data: String,
+}
+
 /// The query of `GET /events`, every field as text (see [`super::integer`]).
 #[derive(Deserialize)]
 pub(crate) struct EventsQuery {

@@ -23,6 +23,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, response::Response};
 
 use super::error::ErrorBody;
+use super::events::ServerSentEvent;
 use super::manager::{JoinBody, ManagerHealth, NodeJoined, NodePatchBody};
 use super::worker::WorkerHealth;
 use crate::actors::manager::NodeReport;
@@ -247,6 +248,7 @@ struct ServicePatch {
     components(
         schemas(
             ErrorBody,
+            ServerSentEvent,
             Task,
             State,
             Goal,
@@ -802,7 +804,7 @@ mod manager_api {
                 description = "End the stream after this many seconds (without it, the stream has no end)."),
         ),
         responses(
-            (status = 200, description = "The events, streamed.", body = String, content_type = "text/event-stream"),
+            (status = 200, description = "The events, streamed.", body = ServerSentEvent, content_type = "text/event-stream"),
             (status = 400, response = BadRequest),
             (status = 401, response = Unauthorized),
             (status = 503, response = Unavailable),
