@@ -449,6 +449,7 @@ impl Handler<Publish> for EventHub {
 
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) {
         let time = Utc::now();
+        let mut forgotten: Vec<String> = Vec::new();
         if let Some(writes) = msg.writes {
             for (_, task) in writes.tasks {
                 self.publish(time, Change::Task(Box::new(task)));
@@ -463,10 +464,17 @@ impl Handler<Publish> for EventHub {
                 self.publish(time, Change::Node { name, record });
             }
             for name in writes.forgotten {
-                self.publish(time, Change::NodeForgotten(name));
+                self.publish(time, Change::NodeForgotten(name.clone()));
+                forgotten.push(name);
             }
         }
         for change in msg.changes {
+            // A forgotten node is no longer Ready either; its `deleted` says it all.
+            if let Change::NodeStatus { name, .. } = &change
+                && forgotten.contains(name)
+            {
+                continue;
+            }
             self.publish(time, change);
         }
     }
@@ -641,6 +649,54 @@ mod tests {
         assert_eq!(json["object"]["worker"], "a");
         assert!(json["time"].as_str().is_some_and(|t| t.contains('T')));
         assert!(frame.ends_with("\n\n"));
+    }
+
+    #[actix_rt::test]
+    async fn a_step_s_records_become_events_and_a_forgotten_node_is_deleted_not_down() {
+        let hub = EventHub::new(100).start();
+        let mut writes = Writes::default();
+        writes.tasks.push((1, task(Some("a"), None)));
+        writes.forgotten.push("b".into());
+        hub.do_send(Publish {
+            writes: Some(writes),
+            changes: vec![
+                Change::NodeStatus {
+                    name: "b".into(),
+                    ready: false,
+                },
+                status("a"),
+            ],
+        });
+        let sub = hub
+            .send(Subscribe {
+                since: Some(0),
+                filter: Filter::default(),
+            })
+            .await
+            .expect("the hub answers");
+        let kinds: Vec<(String, String)> = sub
+            .replay
+            .iter()
+            .map(|frame| {
+                let text = String::from_utf8_lossy(frame);
+                let data = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .expect("a data line");
+                let json: serde_json::Value = serde_json::from_str(data).expect("JSON");
+                (
+                    json["type"].as_str().unwrap_or_default().to_string(),
+                    json["action"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        let expected = [("task", "updated"), ("node", "deleted"), ("node", "ready")];
+        assert_eq!(
+            kinds,
+            expected
+                .map(|(t, a)| (t.to_string(), a.to_string()))
+                .to_vec()
+        );
     }
 
     #[actix_rt::test]
