@@ -95,7 +95,8 @@ pub struct ManagerArgs {
     #[arg(long, env = "CUBE_WORKERS", value_delimiter = ',')]
     pub workers: Option<Vec<String>>,
     /// A TOML file with any of: host, port, workers, scheduler, data_dir, health_interval,
-    /// node_timeout, retention, retention_count, store_size. Flags and environment win over it.
+    /// node_timeout, retention, retention_count, event_buffer, store_size. Flags and environment
+    /// win over it.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Placement policy: epvm, roundrobin (round-robin), binpack (bin-pack) or spread.
@@ -161,6 +162,7 @@ struct ManagerFile {
     node_timeout: Option<f64>,
     retention: Option<String>,
     retention_count: Option<usize>,
+    event_buffer: Option<usize>,
     /// `"512m"` or a number of bytes.
     store_size: Option<toml::Value>,
 }
@@ -214,8 +216,11 @@ impl ManagerArgs {
         if let Some(n) = self.retention_count.or(file.retention_count) {
             config.retention_count = n;
         }
-        if let Some(n) = self.event_buffer {
-            config.event_buffer = usize::try_from(n).unwrap_or(usize::MAX);
+        match (self.event_buffer, file.event_buffer) {
+            (Some(n), _) => config.event_buffer = usize::try_from(n).unwrap_or(usize::MAX),
+            (None, Some(0)) => return Err("event_buffer: expected at least 1".into()),
+            (None, Some(n)) => config.event_buffer = n,
+            (None, None) => {}
         }
         match (self.store_size, &file.store_size) {
             (Some(size), _) => config.store_size = size,
