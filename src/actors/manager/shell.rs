@@ -293,6 +293,17 @@ impl Manager {
                 }
                 Err(e) => {
                     warn!("manager: could not write task records: {e}");
+                    // The records are written (and told) again later; a node's readiness is
+                    // no record and would not be: it is told now.
+                    if let Some((hub, mut changes)) = events {
+                        changes.retain(|c| matches!(c, Change::NodeStatus { .. }));
+                        if !changes.is_empty() {
+                            hub.do_send(Publish {
+                                writes: None,
+                                changes,
+                            });
+                        }
+                    }
                     me.do_send(Unwritten(writes));
                 }
             }
