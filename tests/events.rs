@@ -194,6 +194,13 @@ fn a_task_s_states_arrive_in_order_and_a_reconnect_gets_exactly_what_it_missed()
         "indexes grow: {seen:#?}"
     );
     let states = task_states(&seen, &id);
+    let actions: Vec<&Value> = seen
+        .iter()
+        .filter(|e| e.data["id"] == id.as_str())
+        .map(|e| &e.data["action"])
+        .collect();
+    assert_eq!(actions[0], "created", "{actions:?}");
+    assert!(actions[1..].iter().all(|a| *a == "updated"), "{actions:?}");
     assert_eq!(
         states.first().map(String::as_str),
         Some("Pending"),

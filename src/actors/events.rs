@@ -69,8 +69,8 @@ impl Topic {
 /// What changed, as the hub keeps it: the committed record itself, serialized only when sent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
-    /// A task record was written.
-    Task(Box<Task>),
+    /// A task record was written; `created` when it was its first.
+    Task { task: Box<Task>, created: bool },
     /// A finished task was collected: its record went, this tombstone stays.
     Collected(Tombstone),
     /// A service record was written; its view as the manager had it then.
@@ -91,7 +91,7 @@ pub enum Change {
 impl Change {
     pub fn topic(&self) -> Topic {
         match self {
-            Change::Task(_) | Change::Collected(_) => Topic::Task,
+            Change::Task { .. } | Change::Collected(_) => Topic::Task,
             Change::Service { .. } | Change::ServiceRemoved(_) => Topic::Service,
             Change::Node { .. } | Change::NodeForgotten(_) | Change::NodeStatus { .. } => {
                 Topic::Node
@@ -101,9 +101,9 @@ impl Change {
 
     pub fn action(&self) -> &'static str {
         match self {
-            Change::Task(_) => "updated",
+            Change::Task { created: true, .. } | Change::Service { created: true, .. } => "created",
+            Change::Task { .. } => "updated",
             Change::Collected(_) => "collected",
-            Change::Service { created: true, .. } => "created",
             Change::Service { .. } | Change::Node { .. } => "updated",
             Change::ServiceRemoved(_) | Change::NodeForgotten(_) => "deleted",
             Change::NodeStatus { ready: true, .. } => "ready",
@@ -113,7 +113,7 @@ impl Change {
 
     fn task_id(&self) -> Option<Uuid> {
         match self {
-            Change::Task(t) => Some(t.id),
+            Change::Task { task, .. } => Some(task.id),
             Change::Collected(t) => Some(t.id),
             _ => None,
         }
@@ -127,14 +127,14 @@ impl Change {
             | Change::Node { name, .. }
             | Change::NodeForgotten(name)
             | Change::NodeStatus { name, .. } => Some(name),
-            Change::Task(_) | Change::Collected(_) => None,
+            Change::Task { .. } | Change::Collected(_) => None,
         }
     }
 
     /// The node it concerns: a node's name, or the worker a task is placed on.
     fn node(&self) -> Option<&str> {
         match self {
-            Change::Task(t) => t.worker.as_deref(),
+            Change::Task { task, .. } => task.worker.as_deref(),
             _ if self.topic() == Topic::Node => self.name(),
             _ => None,
         }
@@ -143,7 +143,7 @@ impl Change {
     /// The service it concerns: a service's name, or the service a task belongs to.
     fn service(&self) -> Option<&str> {
         match self {
-            Change::Task(t) => t.service.as_deref(),
+            Change::Task { task, .. } => task.service.as_deref(),
             _ if self.topic() == Topic::Service => self.name(),
             _ => None,
         }
@@ -198,7 +198,7 @@ impl Event {
     /// The event's `data:` JSON: `{index, time, type, action, id | name, object}`.
     pub fn to_json(&self) -> String {
         let object = match &self.change {
-            Change::Task(t) => Object::Task(t),
+            Change::Task { task, .. } => Object::Task(task),
             Change::Collected(t) => Object::Collected(t),
             Change::Service { view, .. } => Object::Service(view),
             Change::Node { name, record } => Object::Node { name, record },
@@ -451,8 +451,13 @@ impl Handler<Publish> for EventHub {
         let time = Utc::now();
         let mut forgotten: Vec<String> = Vec::new();
         if let Some(writes) = msg.writes {
+            // Only a step that created tasks pays for the look-up.
+            let created: std::collections::HashSet<Uuid, foldhash::fast::RandomState> =
+                writes.created.into_iter().collect();
             for (_, task) in writes.tasks {
-                self.publish(time, Change::Task(Box::new(task)));
+                let created = !created.is_empty() && created.contains(&task.id);
+                let task = Box::new(task);
+                self.publish(time, Change::Task { task, created });
             }
             for (_, tomb) in writes.collected {
                 self.publish(time, Change::Collected(tomb));
@@ -587,9 +592,15 @@ mod tests {
 
     #[test]
     fn filters_take_types_tasks_nodes_and_services() {
-        let on_a = Change::Task(Box::new(task(Some("a"), Some("web"))));
+        let on_a = Change::Task {
+            task: Box::new(task(Some("a"), Some("web"))),
+            created: false,
+        };
         let id = on_a.task_id();
-        let elsewhere = Change::Task(Box::new(task(Some("b"), None)));
+        let elsewhere = Change::Task {
+            task: Box::new(task(Some("b"), None)),
+            created: false,
+        };
         let node_a = status("a");
         let removed = Change::ServiceRemoved("web".into());
 
@@ -632,7 +643,15 @@ mod tests {
         let mut ring = Ring::new(4, 41);
         let t = task(Some("a"), None);
         let id = t.id;
-        let event = ring.push(Utc::now(), Change::Task(Box::new(t))).clone();
+        let event = ring
+            .push(
+                Utc::now(),
+                Change::Task {
+                    task: Box::new(t),
+                    created: false,
+                },
+            )
+            .clone();
         let frame = String::from_utf8(event.frame().to_vec()).expect("utf-8");
         let mut lines = frame.lines();
         assert_eq!(lines.next(), Some("id: 42"));
@@ -655,7 +674,10 @@ mod tests {
     async fn a_step_s_records_become_events_and_a_forgotten_node_is_deleted_not_down() {
         let hub = EventHub::new(100).start();
         let mut writes = Writes::default();
-        writes.tasks.push((1, task(Some("a"), None)));
+        let created = task(None, None);
+        writes.created.push(created.id);
+        writes.tasks.push((1, created));
+        writes.tasks.push((2, task(Some("a"), None)));
         writes.forgotten.push("b".into());
         hub.do_send(Publish {
             writes: Some(writes),
@@ -690,7 +712,12 @@ mod tests {
                 )
             })
             .collect();
-        let expected = [("task", "updated"), ("node", "deleted"), ("node", "ready")];
+        let expected = [
+            ("task", "created"),
+            ("task", "updated"),
+            ("node", "deleted"),
+            ("node", "ready"),
+        ];
         assert_eq!(
             kinds,
             expected
