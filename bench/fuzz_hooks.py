@@ -10,6 +10,8 @@ test case stays as valid (or as invalid) as it was generated.
 - The worker's change feed may hold a request for up to `wait` seconds; a wait over 1 s is cut
   to 1 s. So may a service's endpoints (`GET /services/{name}/endpoints?index=N`, 60 s without
   `wait`): a `wait` from 2 to 300, or none, is made 1.
+- The event stream (`GET /events`) has no end without `wait`: a `wait` over 1 s, or none, is
+  made 1.
 - A service keeps `replicas` tasks running: `replicas` from 11 to 100000 in the body of
   `POST /services`, `PUT /services/{name}` or `PATCH /services/{name}` is cut to 10, so that
   fuzzed services stay cheap for the two workers.
@@ -40,6 +42,8 @@ def _is_int(value):
 MAX_REPLICAS, SCHEMA_MAX_REPLICAS = 10, 100_000
 # Longest wait of a fuzzed long-poll, in seconds, and the longest the endpoints' schema allows.
 MAX_WAIT, SCHEMA_MAX_ENDPOINTS_WAIT = 1, 300
+# The longest the event stream's schema allows.
+SCHEMA_MAX_EVENTS_WAIT = 86_400
 
 
 @schemathesis.hook
@@ -56,6 +60,13 @@ def before_call(context, case, kwargs):
         if isinstance(case.query, dict):
             wait = case.query.get("wait")
             if wait is None or (_is_int(wait) and MAX_WAIT < wait <= SCHEMA_MAX_ENDPOINTS_WAIT):
+                case.query["wait"] = MAX_WAIT
+    if method == "GET" and path == "/events":
+        if case.query is None:
+            case.query = {}
+        if isinstance(case.query, dict):
+            wait = case.query.get("wait")
+            if wait is None or (_is_int(wait) and MAX_WAIT < wait <= SCHEMA_MAX_EVENTS_WAIT):
                 case.query["wait"] = MAX_WAIT
     if method == "POST" and path == "/nodes" and isinstance(case.body, dict):
         address = case.body.get("address")

@@ -12,6 +12,7 @@ use actix_web::{App, HttpServer, web};
 use log::info;
 
 use crate::actors::client::WorkerLink;
+use crate::actors::events::EventHub;
 use crate::actors::manager::{Connect, Manager, ManagerError, ManagerSetup};
 use crate::actors::policy::PolicyKind;
 use crate::actors::scheduler::Scheduler;
@@ -438,6 +439,8 @@ pub struct ManagerConfig {
     pub tls_ca: Option<PathBuf>,
     /// The size of its store's memory map, the most it may hold (`--store-size`).
     pub store_size: usize,
+    /// Events the event stream keeps for clients that reconnect (`--event-buffer`).
+    pub event_buffer: usize,
 }
 
 impl ManagerConfig {
@@ -459,6 +462,7 @@ impl ManagerConfig {
             tls_key: None,
             tls_ca: None,
             store_size: crate::db::DEFAULT_MAP_SIZE,
+            event_buffer: crate::actors::events::DEFAULT_EVENT_BUFFER,
         }
     }
 }
@@ -475,6 +479,8 @@ pub struct ManagerActors {
     /// The Manager's counters and histograms, and its store's.
     pub metrics: crate::metrics::ManagerMetrics,
     pub store_metrics: crate::metrics::StoreMetrics,
+    /// The event stream's hub, on a thread of its own.
+    pub events: Addr<EventHub>,
 }
 
 impl ManagerActors {
@@ -493,6 +499,11 @@ impl ManagerActors {
         // (an HTTP accept loop, a simulation's submitter) nor the workers' side slows them.
         let arbiter = Arbiter::new().handle();
         let workers_arbiter = Arbiter::new().handle();
+        // The event hub numbers, keeps and serializes what the Manager committed on a thread
+        // of its own, so that a burst of task records costs the Manager's thread one message.
+        let capacity = config.event_buffer;
+        let events =
+            EventHub::start_in_arbiter(&Arbiter::new().handle(), move |_| EventHub::new(capacity));
         let policy = config.scheduler;
         let scheduler = Scheduler::start_in_arbiter(&arbiter, move |_| Scheduler::new(policy));
         let store_metrics = store.metrics();
@@ -506,6 +517,7 @@ impl ManagerActors {
             worker_tls: worker_tls(config)?,
             retention: config.retention,
             retention_count: config.retention_count,
+            events: Some(events.clone()),
         })?;
         let metrics = manager.metrics();
         let manager = Manager::start_in_arbiter(&arbiter, move |_| manager);
@@ -515,6 +527,7 @@ impl ManagerActors {
             workers_arbiter,
             metrics,
             store_metrics,
+            events,
         })
     }
 
@@ -592,6 +605,7 @@ pub async fn start_manager(config: ManagerConfig) -> Result<ManagerHandle, Serve
         manager: actors.manager.clone(),
         metrics: actors.metrics.clone(),
         store_metrics: actors.store_metrics.clone(),
+        events: actors.events.clone(),
     };
     let listener = bind(&config.host, config.port)?;
     let addr = local_addr(&listener)?;

@@ -8,12 +8,14 @@
 //! | [`scheduler::Scheduler`] | the book of capacity and reservations; the placement policy | Place, Release, Restore, NodeReady, NodeCapacity, ListBook |
 //! | [`worker_proxy::WorkerProxy`] | the connection to one worker endpoint; its liveness | CallStart, CallStop, Resync, Registration, Info, Link |
 //! | [`health::HealthChecker`] | HTTP health probes of running tasks | Watch, Unwatch |
+//! | [`events::EventHub`] | the event stream: the last events in a ring, the subscribers | Publish (manager, after a commit), Subscribe (`GET /events`) |
 //! | [`worker::Worker`] | the tasks placed on one node, their containers, the change feed | StartAttempt, StopAttempt, ReadTask, ReadTasks, WatchChanges, GetStats, ReadLogs |
 //!
 //! Actors own their state and are reached only through `Addr`/`Recipient`; blocking work
 //! (LMDB commits, /proc reads) runs on threads of its own.
 
 pub mod client;
+pub mod events;
 pub mod health;
 pub mod manager;
 pub mod policy;

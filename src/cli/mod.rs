@@ -150,7 +150,8 @@ pub struct ManagerArgs {
     #[arg(long, env = "CUBE_WORKERS", value_delimiter = ',', value_parser = parse_worker_entry)]
     pub workers: Option<Vec<String>>,
     /// A TOML file with any of: host, port, workers, scheduler, data_dir, health_interval,
-    /// node_timeout, retention, retention_count, store_size. Flags and environment win over it.
+    /// node_timeout, retention, retention_count, event_buffer, store_size. Flags and environment
+    /// win over it.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Placement policy: epvm, roundrobin (round-robin), binpack (bin-pack) or spread.
@@ -178,6 +179,9 @@ pub struct ManagerArgs {
     /// The most finished tasks kept; the oldest beyond it are collected [default: 100000].
     #[arg(long)]
     pub retention_count: Option<usize>,
+    /// Events `GET /events` keeps for clients that reconnect with `since` [default: 100000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_buffer: Option<u64>,
     /// Tokens the API accepts: TOML (`[[token]]` with `token` and `role`) or `ROLE TOKEN` a
     /// line, roles `read` (GET only) and `write`. CUBE_TOKEN (or --token) adds a write token.
     #[arg(long)]
@@ -213,6 +217,7 @@ struct ManagerFile {
     node_timeout: Option<f64>,
     retention: Option<String>,
     retention_count: Option<usize>,
+    event_buffer: Option<usize>,
     /// `"512m"` or a number of bytes.
     store_size: Option<toml::Value>,
 }
@@ -282,6 +287,12 @@ impl ManagerArgs {
         }
         if let Some(n) = self.retention_count.or(file.retention_count) {
             config.retention_count = n;
+        }
+        match (self.event_buffer, file.event_buffer) {
+            (Some(n), _) => config.event_buffer = usize::try_from(n).unwrap_or(usize::MAX),
+            (None, Some(0)) => return Err("event_buffer: expected at least 1".into()),
+            (None, Some(n)) => config.event_buffer = n,
+            (None, None) => {}
         }
         match (self.store_size, &file.store_size) {
             (Some(size), _) => config.store_size = size,

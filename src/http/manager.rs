@@ -14,6 +14,7 @@
 //! | `GET /nodes/{name}` | one worker, as `GET /nodes` shows it |
 //! | `PATCH /nodes/{name}` | `{availability, deadline_s, labels, remove_labels}` (any of them): the node once committed |
 //! | `DELETE /nodes/{name}` | forget a node with no tasks: 204; 409 naming its tasks |
+//! | `GET /events` | server-sent events of every task, service and node change ([`super::events`]) |
 //! | `GET /health` | 200 once recovery is complete, 503 before |
 //! | `GET /metrics` | Prometheus metrics, text format 0.0.4 ([`crate::metrics`]) |
 //! | `GET /openapi.json` | this API's OpenAPI document ([`super::openapi`]) |
@@ -55,6 +56,8 @@ pub struct ManagerApi {
     /// Bumped by the handlers (submissions), shown by `GET /metrics`.
     pub metrics: crate::metrics::ManagerMetrics,
     pub store_metrics: crate::metrics::StoreMetrics,
+    /// The event stream's hub (`GET /events`).
+    pub events: Addr<crate::actors::events::EventHub>,
 }
 
 impl From<ManagerError> for ApiError {
@@ -111,6 +114,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route(web::delete().to(forget_node)),
         )
         .configure(super::services::configure)
+        .service(endpoint("/events").route(web::get().to(super::events::events)))
         .service(endpoint("/snapshot").route(web::post().to(snapshot)))
         .service(endpoint("/health").route(web::get().to(health)))
         .service(endpoint("/metrics").route(web::get().to(metrics)))

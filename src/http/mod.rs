@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod manager;
 pub mod openapi;
 pub mod services;

@@ -23,6 +23,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, response::Response};
 
 use super::error::ErrorBody;
+use super::events::ServerSentEvent;
 use super::manager::{JoinBody, ManagerHealth, NodeJoined, NodePatchBody};
 use super::worker::WorkerHealth;
 use crate::actors::manager::NodeReport;
@@ -239,6 +240,7 @@ struct ServicePatch {
         manager_api::delete_service,
         manager_api::rollback_service,
         manager_api::service_endpoints,
+        manager_api::events,
         manager_api::snapshot,
         manager_api::health,
         manager_api::metrics,
@@ -247,6 +249,7 @@ struct ServicePatch {
     components(
         schemas(
             ErrorBody,
+            ServerSentEvent,
             Task,
             State,
             Goal,
@@ -285,6 +288,7 @@ struct ServicePatch {
         (name = "tasks", description = "What runs where"),
         (name = "nodes", description = "The workers"),
         (name = "services", description = "Replicated tasks and their rollouts"),
+        (name = "events", description = "Every change, as it is committed"),
         (name = "meta", description = "Liveness and this document; no token needed"),
     ),
 )]
@@ -776,6 +780,40 @@ mod manager_api {
         security(("bearerAuth" = [])),
     )]
     fn service_endpoints() {}
+
+    /// Follow every change
+    ///
+    /// Server-sent events: each change of a task, service or node as `id: <index>`,
+    /// `event: <type>` and `data: <JSON>` lines, the JSON being `{index, time, type, action,
+    /// id (a task's) or name, object}`; `type` is `task`, `service` or `node`; `action` is
+    /// `updated`, `created`, `deleted` or `collected` (a task), or `ready`/`down` (a node's
+    /// status). Indexes grow; a client that reconnects with `since` (or the `Last-Event-ID`
+    /// header) first gets what it missed, or an `event: reset` when some of it is no longer
+    /// retained (then it must list again). Comment lines (`: keep-alive`) come every 15 s.
+    /// The stream has no end unless `wait` is given.
+    #[utoipa::path(
+        get,
+        path = "/events",
+        tag = "events",
+        params(
+            ("since" = Option<u64>, Query, minimum = 0,
+                description = "Replay what is retained after this index first (0: everything retained). Without it, only new events."),
+            ("type" = Option<String>, Query, description = "Only these types, separated by commas: task, service, node.", example = "task,node"),
+            ("task" = Option<uuid::Uuid>, Query, description = "Only this task's events."),
+            ("node" = Option<String>, Query, description = "Only this node's events and those of the tasks placed on it."),
+            ("service" = Option<String>, Query, description = "Only this service's events and those of its tasks."),
+            ("wait" = Option<u64>, Query, minimum = 0, maximum = 86400,
+                description = "End the stream after this many seconds (without it, the stream has no end)."),
+        ),
+        responses(
+            (status = 200, description = "The events, streamed.", body = ServerSentEvent, content_type = "text/event-stream"),
+            (status = 400, response = BadRequest),
+            (status = 401, response = Unauthorized),
+            (status = 503, response = Unavailable),
+        ),
+        security(("bearerAuth" = [])),
+    )]
+    fn events() {}
 
     /// Snapshot the store
     ///

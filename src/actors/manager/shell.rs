@@ -22,6 +22,7 @@ use super::{
 };
 use crate::actors::CoreTimer;
 use crate::actors::client::{WorkerClient, WorkerLink, WorkerTarget};
+use crate::actors::events::{Change, EventHub, Publish};
 use crate::actors::health::{HealthChecked, HealthChecker, Unwatch, Watch};
 use crate::actors::scheduler::{
     CapacityAvailable, ListBook, NodeFacts as SchedulerNodeFacts, NodeReady, Place, Release,
@@ -54,6 +55,8 @@ pub struct ManagerSetup {
     /// Finished tasks are kept this long, and at most this many of them.
     pub retention: Duration,
     pub retention_count: usize,
+    /// The event stream: told what each step committed once it is durable.
+    pub events: Option<Addr<EventHub>>,
 }
 
 pub struct Manager {
@@ -76,6 +79,8 @@ pub struct Manager {
     pub(super) endpoint_waiters: Vec<super::services::Waiter>,
     /// The counters and histograms `GET /metrics` shows; the HTTP handlers share them.
     metrics: ManagerMetrics,
+    /// The event stream (`GET /events`).
+    events: Option<Addr<EventHub>>,
 }
 
 impl Manager {
@@ -150,6 +155,7 @@ impl Manager {
             upgrade: (!upgrade.is_empty()).then_some(upgrade),
             endpoint_waiters: Vec::new(),
             metrics: ManagerMetrics::default(),
+            events: setup.events,
         })
     }
 
@@ -187,6 +193,7 @@ impl Manager {
         self.rearm(ctx);
         self.wake_endpoint_waiters();
         let mut calls: Vec<(Addr<WorkerProxy>, CallWorker)> = Vec::new();
+        let mut changes = self.events.as_ref().map(|_| self.service_changes(&writes));
         for effect in effects {
             match effect {
                 Effect::Restore(allocations) => {
@@ -197,6 +204,10 @@ impl Manager {
                 Effect::Place(batch) => self.place(batch, ctx),
                 Effect::Release(ids) => self.scheduler.do_send(Release(ids)),
                 Effect::NodeReady { name, ready } => {
+                    if let Some(changes) = &mut changes {
+                        let name = name.clone();
+                        changes.push(Change::NodeStatus { name, ready });
+                    }
                     self.scheduler.do_send(NodeReady { name, ready })
                 }
                 Effect::NodeFacts { name, facts } => {
@@ -255,8 +266,17 @@ impl Manager {
                 }
             }
         }
+        let events = self.events.clone().zip(changes);
         if writes.is_empty() && !barrier {
             send_calls(calls);
+            if let Some((hub, changes)) = events
+                && !changes.is_empty()
+            {
+                hub.do_send(Publish {
+                    writes: None,
+                    changes,
+                });
+            }
             return None;
         }
         let commit = match batch_of(&writes) {
@@ -270,15 +290,51 @@ impl Manager {
         Some(Box::pin(async move {
             let res = commit.await;
             match &res {
-                // Nothing leaves before the records that explain it are durable.
-                Ok(()) => send_calls(calls),
+                // Nothing leaves before the records that explain it are durable; nor is it
+                // told on the event stream before.
+                Ok(()) => {
+                    send_calls(calls);
+                    if let Some((hub, changes)) = events
+                        && (!writes.is_empty() || !changes.is_empty())
+                    {
+                        hub.do_send(Publish {
+                            writes: Some(writes),
+                            changes,
+                        });
+                    }
+                }
                 Err(e) => {
                     warn!("manager: could not write task records: {e}");
+                    // The records are written (and told) again later; a node's readiness is
+                    // no record and would not be: it is told now.
+                    if let Some((hub, mut changes)) = events {
+                        changes.retain(|c| matches!(c, Change::NodeStatus { .. }));
+                        if !changes.is_empty() {
+                            hub.do_send(Publish {
+                                writes: None,
+                                changes,
+                            });
+                        }
+                    }
                     me.do_send(Unwritten(writes));
                 }
             }
             res
         }))
+    }
+
+    /// The event stream's view of each service this step writes: cheap, for services change
+    /// seldom; the other records go to the stream as they are.
+    fn service_changes(&self, writes: &Writes) -> Vec<Change> {
+        writes
+            .services
+            .iter()
+            .filter_map(|svc| self.core.service_view(&svc.name))
+            .map(|view| Change::Service {
+                created: view.created_at == view.updated_at,
+                view: Box::new(view),
+            })
+            .collect()
     }
 
     /// Carry out, when nobody waits for the writes.

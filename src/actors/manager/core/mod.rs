@@ -234,6 +234,8 @@ pub struct Writes {
     pub services: Vec<crate::service::Service>,
     /// Names of services removed.
     pub services_removed: Vec<String>,
+    /// Tasks of `tasks` written for the first time (for the event stream; not stored).
+    pub created: Vec<Uuid>,
 }
 
 impl Writes {
@@ -397,6 +399,8 @@ struct Entry {
     /// What each worker last said about its copy.
     copies: Vec<(NodeId, Seen)>,
     dirty: bool,
+    /// Never written yet: its first record is its creation (`Writes::created`).
+    fresh: bool,
     /// The state it is counted under (kept in step with the record by [`Core::touch`]).
     counted: State,
     /// Its key in the index of finished tasks, while it is final.
@@ -620,6 +624,7 @@ impl Core {
             let id = task.id;
             let mut entry = Box::new(Entry::new(task, key));
             entry.acked = true;
+            entry.fresh = false;
             if entry.task.state.is_active()
                 && let Some(worker) = entry.task.worker.clone()
             {
@@ -752,6 +757,10 @@ impl Core {
         for id in dirty {
             if let Some(e) = self.tasks.get_mut(&id) {
                 e.dirty = false;
+                if e.fresh {
+                    e.fresh = false;
+                    writes.created.push(id);
+                }
                 writes.tasks.push((e.key, e.task.clone()));
             }
         }
@@ -770,6 +779,11 @@ impl Core {
     pub fn unwritten(&mut self, writes: Writes) {
         for (_, task) in writes.tasks {
             self.touch(task.id);
+        }
+        for id in writes.created {
+            if let Some(e) = self.tasks.get_mut(&id) {
+                e.fresh = true;
+            }
         }
         for (name, _) in writes.nodes {
             if let Some(&nid) = self.node_ids.get(&name) {
@@ -1064,6 +1078,7 @@ impl Entry {
             healthy: false,
             copies: Vec::new(),
             dirty: false,
+            fresh: true,
             counted: State::Pending,
             ended: None,
         }

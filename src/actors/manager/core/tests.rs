@@ -946,6 +946,28 @@ fn records_are_written_for_every_change_a_user_can_see() {
 }
 
 #[test]
+fn a_task_s_first_record_is_its_creation_and_again_when_its_commit_failed() {
+    let mut h = Harness::new();
+    let t = task("sleep");
+    let id = t.id;
+    let now = h.now();
+    assert!(matches!(h.core.submit(now, t), Ok(Submitted::Created(_))));
+    let first = h.core.take_writes();
+    assert_eq!(first.created, vec![id]);
+    // The commit failed: the record, and its being the first, are written again.
+    h.core.unwritten(first);
+    assert_eq!(h.core.take_writes().created, vec![id]);
+    h.core.submit_committed(&[id], true);
+    h.core.stop(h.now(), id).expect("a known task stops");
+    let later = h.core.take_writes();
+    assert_eq!(later.tasks.len(), 1);
+    assert!(
+        later.created.is_empty(),
+        "only the first record is a creation"
+    );
+}
+
+#[test]
 fn a_joining_worker_is_bound_durably_and_a_live_name_is_not_taken() {
     let mut h = Harness::new();
     assert_eq!(h.core.join(h.now(), "w1", "10.0.0.1:5556"), Ok(true));
