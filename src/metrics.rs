@@ -118,6 +118,10 @@ impl EncodeMetric for Histogram {
     }
 }
 
+impl prometheus_client::metrics::TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
 /// A gauge of any value (`f64`), set at scrape time.
 pub type GaugeF64 = Gauge<f64, AtomicU64>;
 
@@ -177,8 +181,23 @@ pub struct ManagerMetrics {
     pub submit_commit_seconds: Histogram,
     /// A task's creation to the first report of it Running.
     pub submit_running_seconds: Histogram,
-    /// One long-poll of a worker's change feed, sent to answered.
-    pub worker_poll_seconds: Histogram,
+    /// One long-poll of a worker's change feed, sent to answered, by worker.
+    pub worker_poll_seconds: PerWorker,
+}
+
+/// Histograms by worker (`{node="w1"}`); a proxy takes its worker's once and observes into it
+/// with no lock.
+pub type PerWorker = Family<Vec<(&'static str, String)>, Histogram, fn() -> Histogram>;
+
+fn poll_histogram() -> Histogram {
+    Histogram::new(POLL_BUCKETS)
+}
+
+/// The histogram of worker `node` in a [`PerWorker`] family.
+pub fn of_worker(family: &PerWorker, node: &str) -> Histogram {
+    family
+        .get_or_create(&vec![("node", node.to_owned())])
+        .clone()
 }
 
 impl Default for ManagerMetrics {
@@ -187,7 +206,7 @@ impl Default for ManagerMetrics {
             submissions: Count::default(),
             submit_commit_seconds: Histogram::new(LATENCY_BUCKETS),
             submit_running_seconds: Histogram::new(LATENCY_BUCKETS),
-            worker_poll_seconds: Histogram::new(POLL_BUCKETS),
+            worker_poll_seconds: Family::new_with_constructor(poll_histogram),
         }
     }
 }
@@ -213,7 +232,7 @@ impl ManagerMetrics {
         );
         registry.register(
             "cube_worker_poll_seconds",
-            "Round trip of one long-poll of a worker's change feed",
+            "Round trip of one long-poll of a worker's change feed, by worker",
             self.worker_poll_seconds.clone(),
         );
     }

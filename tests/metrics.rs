@@ -84,7 +84,10 @@ fn metrics_count_what_the_manager_and_its_workers_did() {
     );
     assert!(must(&s, "cube_store_commit_batch_size_count", &[]) >= 1.0);
     assert!(must(&s, "cube_store_fsync_seconds_count", &[]) >= 1.0);
-    assert!(must(&s, "cube_worker_poll_seconds_count", &[]) >= 1.0);
+    // Each worker's long-polls are timed under its name.
+    for w in [&w1, &w2] {
+        assert!(must(&s, "cube_worker_poll_seconds_count", &[("node", w)]) >= 1.0);
+    }
     assert!(must(&s, "process_resident_memory_bytes", &[]) > 0.0);
     let booked: f64 = [&w1, &w2]
         .iter()

@@ -271,15 +271,34 @@ pub struct WorkerProxy {
     stop_batches_in_flight: usize,
     /// A send of the waiting stops is scheduled for the end of this turn.
     stops_scheduled: bool,
-    /// Round trips of answered long-polls (`cube_worker_poll_seconds`).
-    poll_seconds: Option<crate::metrics::Histogram>,
+    /// Round trips of answered long-polls (`cube_worker_poll_seconds`), by worker; this
+    /// worker's, once its name is known.
+    poll_seconds: Option<crate::metrics::PerWorker>,
+    poll_histogram: Option<(String, crate::metrics::Histogram)>,
 }
 
 impl WorkerProxy {
-    /// Observe every answered long-poll's round trip into `histogram`.
-    pub fn with_poll_histogram(mut self, histogram: crate::metrics::Histogram) -> WorkerProxy {
-        self.poll_seconds = Some(histogram);
+    /// Observe every answered long-poll's round trip into its worker's histogram of `family`.
+    pub fn with_poll_histogram(mut self, family: crate::metrics::PerWorker) -> WorkerProxy {
+        self.poll_seconds = Some(family);
         self
+    }
+
+    /// Observe one long-poll's round trip, under the worker's name.
+    fn observe_poll(&mut self, name: &str, took: Duration) {
+        let Some(family) = &self.poll_seconds else {
+            return;
+        };
+        if name.is_empty() {
+            return;
+        }
+        let cached = self.poll_histogram.as_ref().is_some_and(|(n, _)| n == name);
+        if !cached {
+            self.poll_histogram = Some((name.to_owned(), crate::metrics::of_worker(family, name)));
+        }
+        if let Some((_, h)) = &self.poll_histogram {
+            h.observe_duration(took);
+        }
     }
 
     pub fn new(
@@ -317,6 +336,7 @@ impl WorkerProxy {
             stop_batches_in_flight: 0,
             stops_scheduled: false,
             poll_seconds: None,
+            poll_histogram: None,
         }
     }
 
@@ -644,14 +664,12 @@ impl WorkerProxy {
                     act.watching = None;
                     match res {
                         Ok(changes) => {
-                            if let Some(h) = &act.poll_seconds {
-                                h.observe_duration(sent.elapsed());
-                            }
                             let name = if changes.name.is_empty() {
                                 act.name.clone().unwrap_or_default()
                             } else {
                                 changes.name.clone()
                             };
+                            act.observe_poll(&name, sent.elapsed());
                             act.heard(&name, ctx);
                             act.watch_backoff = MIN_BACKOFF;
                             if let Some(report) = act.feed.answered(changes) {
