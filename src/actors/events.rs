@@ -288,11 +288,66 @@ pub enum Replay<'a> {
     },
 }
 
-/// The last `capacity` events, numbered from `start + 1` on.
+/// Most bytes the retained events may take, whatever their count: a burst of tasks with large
+/// specs (long commands, many variables) must not hold gigabytes. About 64 MiB.
+pub const MAX_RING_BYTES: usize = 64 << 20;
+
+/// About what an event holds in memory: the event itself and the text of its object.
+fn event_bytes(change: &Change) -> usize {
+    let object = match change {
+        Change::Task { task, .. } => task_bytes(task),
+        // A view holds its service's template; a few of these are ever retained at once.
+        Change::Service { view, .. } => {
+            serde_json::to_string(view.as_ref()).map_or(1024, |json| json.len())
+        }
+        Change::Node { record, .. } => {
+            256 + record
+                .labels
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 8)
+                .sum::<usize>()
+        }
+        Change::Collected(_) | Change::ServiceRemoved(_) | Change::NodeForgotten(_) => 128,
+        Change::NodeStatus { .. } => 64,
+    };
+    object + std::mem::size_of::<Event>()
+}
+
+/// About what a task holds in memory beyond its fixed part: its text.
+fn task_bytes(t: &Task) -> usize {
+    let list = |v: &[String]| v.iter().map(|s| s.len() + 24).sum::<usize>();
+    let map = |m: &std::collections::BTreeMap<String, String>| {
+        m.iter().map(|(k, v)| k.len() + v.len() + 64).sum::<usize>()
+    };
+    std::mem::size_of::<Task>()
+        + t.name.len()
+        + t.image.len()
+        + list(&t.cmd)
+        + list(&t.env)
+        + list(&t.exposed_ports)
+        + map(&t.port_bindings)
+        + map(&t.host_ports)
+        + t.error.as_ref().map_or(0, String::len)
+        + t.health_check.as_ref().map_or(0, String::len)
+        + t.worker.as_ref().map_or(0, String::len)
+        + t.container_id.as_ref().map_or(0, String::len)
+        + t.service.as_ref().map_or(0, String::len)
+        + t.volumes
+            .iter()
+            .map(|v| v.source.len() + v.target.len() + 56)
+            .sum::<usize>()
+        + t.constraints.len() * 72
+}
+
+/// The last `capacity` events (and at most [`MAX_RING_BYTES`] of them), numbered from
+/// `start + 1` on.
 #[derive(Debug)]
 pub struct Ring {
-    events: VecDeque<Event>,
+    events: VecDeque<(Event, usize)>,
     capacity: usize,
+    /// Bytes the retained events hold, about.
+    bytes: usize,
+    max_bytes: usize,
     /// Every index up to this one is no longer held, or was never given out in this run.
     floor: u64,
     next: u64,
@@ -301,30 +356,50 @@ pub struct Ring {
 impl Ring {
     /// An empty ring whose first event is numbered `start + 1`.
     pub fn new(capacity: usize, start: u64) -> Ring {
+        Ring::with_max_bytes(capacity, start, MAX_RING_BYTES)
+    }
+
+    /// [`Ring::new`] with another bound on the bytes held.
+    pub fn with_max_bytes(capacity: usize, start: u64, max_bytes: usize) -> Ring {
         Ring {
             events: VecDeque::new(),
             capacity: capacity.max(1),
+            bytes: 0,
+            max_bytes,
             floor: start,
             next: start.saturating_add(1),
         }
     }
 
-    /// Number the change, keep it (dropping the oldest beyond the capacity) and return it.
+    /// Number the change, keep it (dropping the oldest beyond the capacity or the bytes) and
+    /// return it.
     pub fn push(&mut self, time: DateTime<Utc>, change: Change) -> &Event {
-        if self.events.len() == self.capacity
-            && let Some(old) = self.events.pop_front()
+        let bytes = event_bytes(&change);
+        while (self.events.len() >= self.capacity
+            || (!self.events.is_empty() && self.bytes + bytes > self.max_bytes))
+            && let Some((old, held)) = self.events.pop_front()
         {
             self.floor = old.index;
+            self.bytes -= held;
         }
         let index = self.next;
         self.next = self.next.saturating_add(1);
-        self.events.push_back(Event {
-            index,
-            time,
-            change,
-        });
+        self.bytes += bytes;
+        self.events.push_back((
+            Event {
+                index,
+                time,
+                change,
+            },
+            bytes,
+        ));
         let last = self.events.len() - 1;
-        &self.events[last]
+        &self.events[last].0
+    }
+
+    /// Bytes the retained events hold, about.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The newest index given out, or the start of the numbering.
@@ -345,7 +420,7 @@ impl Ring {
     pub fn since(&self, since: u64, filter: &Filter) -> Replay<'_> {
         if since != 0 && (since < self.floor || since > self.latest()) {
             return Replay::Reset {
-                oldest: self.events.front().map(|e| e.index),
+                oldest: self.events.front().map(|(e, _)| e.index),
                 latest: self.latest(),
             };
         }
@@ -355,6 +430,7 @@ impl Ring {
             self.events
                 .iter()
                 .skip(if since == 0 { 0 } else { skip })
+                .map(|(e, _)| e)
                 .filter(|e| filter.matches(&e.change))
                 .collect(),
         )
@@ -579,6 +655,33 @@ mod tests {
         assert_eq!(indexes(ring.since(2, &all)), vec![3, 4, 5]);
         // `since=0` is everything held, no reset.
         assert_eq!(indexes(ring.since(0, &all)), vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn ring_keeps_at_most_its_bytes_whatever_the_count() {
+        let big = || {
+            let mut t = task(Some("a"), None);
+            t.env = vec![format!("BLOB={}", "x".repeat(10_000))];
+            Change::Task {
+                task: Box::new(t),
+                created: false,
+            }
+        };
+        let mut ring = Ring::with_max_bytes(1_000, 0, 100_000);
+        for _ in 0..50 {
+            ring.push(Utc::now(), big());
+        }
+        assert!(ring.bytes() <= 100_000, "{} bytes held", ring.bytes());
+        assert!((5..10).contains(&ring.len()), "{} events held", ring.len());
+        // What was dropped for room resets a client that had not seen it.
+        let all = Filter::default();
+        assert!(matches!(ring.since(1, &all), Replay::Reset { .. }));
+        assert_eq!(indexes(ring.since(49, &all)), vec![50]);
+        // One event larger than the whole bound is still held, alone.
+        let mut tiny = Ring::with_max_bytes(1_000, 0, 10);
+        tiny.push(Utc::now(), big());
+        tiny.push(Utc::now(), big());
+        assert_eq!(tiny.len(), 1);
     }
 
     #[test]
