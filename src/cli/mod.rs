@@ -1233,18 +1233,14 @@ pub fn run_body(
     }
 }
 
+/// A JSON file a command takes with `-f`, or why it cannot be read.
+pub(crate) fn read_json_file(path: &std::path::Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_slice(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))
+}
+
 async fn run_task(client: &Client, args: RunArgs) -> Result<(), CliError> {
-    let file = match &args.file {
-        None => None,
-        Some(path) => {
-            let text =
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            Some(
-                serde_json::from_slice(&text)
-                    .map_err(|e| format!("{} is not JSON: {e}", path.display()))?,
-            )
-        }
-    };
+    let file = args.file.as_deref().map(read_json_file).transpose()?;
     let body = run_body(&args, file).map_err(CliError::Usage)?;
     let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
     let task: Task = client.post("/tasks", body).await?;

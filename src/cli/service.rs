@@ -439,17 +439,11 @@ pub fn scale_target(target: &str) -> Result<(&str, u32), String> {
 }
 
 async fn create(client: &Client, args: CreateArgs) -> Result<(), CliError> {
-    let file = match &args.file {
-        None => None,
-        Some(path) => {
-            let text =
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            Some(
-                serde_json::from_slice(&text)
-                    .map_err(|e| format!("{} is not JSON: {e}", path.display()))?,
-            )
-        }
-    };
+    let file = args
+        .file
+        .as_deref()
+        .map(super::read_json_file)
+        .transpose()?;
     let body = create_body(&args, file)?;
     let body = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
     let view: ServiceView = client.post("/services", body).await?;

@@ -64,6 +64,15 @@ async fn view(
         .json(view))
 }
 
+/// 201 when a service was created, 200 when it was there already.
+fn created_or_ok(created: bool) -> actix_web::http::StatusCode {
+    if created {
+        actix_web::http::StatusCode::CREATED
+    } else {
+        actix_web::http::StatusCode::OK
+    }
+}
+
 async fn create(
     api: web::Data<ManagerApi>,
     req: HttpRequest,
@@ -72,12 +81,7 @@ async fn create(
     let body = read_body(&req, payload).await?;
     let spec = parse_service(&body, None)?;
     let (svc, created) = api.manager.send(CreateService(spec)).await??;
-    let status = if created {
-        actix_web::http::StatusCode::CREATED
-    } else {
-        actix_web::http::StatusCode::OK
-    };
-    view(&api, svc.name, status).await
+    view(&api, svc.name, created_or_ok(created)).await
 }
 
 async fn list(api: web::Data<ManagerApi>) -> Result<HttpResponse, ApiError> {
@@ -102,12 +106,7 @@ async fn replace(
     let body = read_body(&req, payload).await?;
     let spec = parse_service(&body, Some(&name))?;
     let (svc, created) = api.manager.send(ReplaceService(spec)).await??;
-    let status = if created {
-        actix_web::http::StatusCode::CREATED
-    } else {
-        actix_web::http::StatusCode::OK
-    };
-    view(&api, svc.name, status).await
+    view(&api, svc.name, created_or_ok(created)).await
 }
 
 async fn patch(

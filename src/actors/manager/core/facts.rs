@@ -300,20 +300,15 @@ impl Core {
             return;
         }
         let node = self.nodes[nid].name.clone();
-        self.unplace(id);
-        let e = self.tasks.get_mut(&id).expect("looked up above");
-        if e.task.state == State::Running {
-            let _ = e.task.transition(State::Scheduled, now.wall);
+        if let Some(e) = self.tasks.get_mut(&id) {
+            e.prefer = None;
         }
-        let _ = e.task.transition(State::Pending, now.wall);
-        e.task.worker = None;
-        e.task.container_id = None;
-        e.task.host_ports.clear();
-        e.prefer = None;
-        e.task.error = Some(format!("node {node} is draining; placing it elsewhere"));
         info!("task {id}: node {node} is draining, moving it");
-        self.touch(id);
-        self.enqueue(id);
+        self.place_elsewhere(
+            now,
+            id,
+            format!("node {node} is draining; placing it elsewhere"),
+        );
         // Its copy on the draining node is now a stray one: stopped.
         self.reconcile(now, id);
     }

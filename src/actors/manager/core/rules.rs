@@ -292,8 +292,22 @@ impl Core {
     /// The task's worker is Down: place it elsewhere, as a new attempt (not a restart).
     pub(super) fn move_away(&mut self, now: Now, id: Uuid) {
         let node = self.tasks[&id].task.worker.clone().unwrap_or_default();
+        info!("task {id}: worker {node} lost, moving it");
+        self.place_elsewhere(
+            now,
+            id,
+            format!("worker {node} was lost; placing it elsewhere"),
+        );
+    }
+
+    /// Give up the task's current attempt where it is placed and queue it for a new one,
+    /// Pending with `why` (a move, not a restart).
+    pub(super) fn place_elsewhere(&mut self, now: Now, id: Uuid, why: String) {
         self.unplace(id);
-        let e = self.tasks.get_mut(&id).expect("move_away on a known task");
+        let e = self
+            .tasks
+            .get_mut(&id)
+            .expect("place_elsewhere on a known task");
         if e.task.state == State::Running {
             let _ = e.task.transition(State::Scheduled, now.wall);
         }
@@ -301,8 +315,7 @@ impl Core {
         e.task.worker = None;
         e.task.container_id = None;
         e.task.host_ports.clear();
-        e.task.error = Some(format!("worker {node} was lost; placing it elsewhere"));
-        info!("task {id}: worker {node} lost, moving it");
+        e.task.error = Some(why);
         self.touch(id);
         self.enqueue(id);
     }
