@@ -610,6 +610,8 @@ pub async fn start_manager(config: ManagerConfig) -> Result<ManagerHandle, Serve
     let listener = bind(&config.host, config.port)?;
     let addr = local_addr(&listener)?;
     let scheme = scheme(&tls);
+    // One set of dashboard sessions for every HTTP thread.
+    let sessions = web::Data::new(crate::http::session::Sessions::new(tls.is_some()));
     let server = serve(
         listener,
         tls,
@@ -617,7 +619,9 @@ pub async fn start_manager(config: ManagerConfig) -> Result<ManagerHandle, Serve
         Access(Arc::new(config.tokens.clone())),
         move |cfg: &mut web::ServiceConfig| {
             cfg.app_data(web::Data::new(api.clone()))
-                .configure(crate::http::manager::configure);
+                .app_data(sessions.clone())
+                .configure(crate::http::manager::configure)
+                .configure(crate::http::ui::configure);
         },
     )?;
     info!(

@@ -417,6 +417,20 @@ impl Ring {
 
     /// What follows `since` that `filter` takes. `since = 0` means everything held: a client
     /// that never saw an index misses nothing it could be told.
+    /// The last `n` retained events that `filter` takes, oldest first.
+    pub fn last(&self, n: usize, filter: &Filter) -> Vec<&Event> {
+        let mut last: Vec<&Event> = self
+            .events
+            .iter()
+            .rev()
+            .map(|(e, _)| e)
+            .filter(|e| filter.matches(&e.change))
+            .take(n)
+            .collect();
+        last.reverse();
+        last
+    }
+
     pub fn since(&self, since: u64, filter: &Filter) -> Replay<'_> {
         if since != 0 && (since < self.floor || since > self.latest()) {
             return Replay::Reset {
@@ -561,12 +575,13 @@ impl Handler<Publish> for EventHub {
     }
 }
 
-/// Subscribe: what is retained after `since` (or nothing, without it), then every new event
-/// that `filter` takes, through the receiver.
+/// Subscribe: what is retained after `since`, or else the last `tail` events (nothing without
+/// either), then every new event that `filter` takes, through the receiver.
 #[derive(Message)]
 #[rtype(result = "Subscription")]
 pub struct Subscribe {
     pub since: Option<u64>,
+    pub tail: Option<usize>,
     pub filter: Filter,
 }
 
@@ -581,7 +596,12 @@ impl Handler<Subscribe> for EventHub {
 
     fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) -> Self::Result {
         let replay = match msg.since {
-            None => Vec::new(),
+            None => self
+                .ring
+                .last(msg.tail.unwrap_or(0), &msg.filter)
+                .into_iter()
+                .map(Event::frame)
+                .collect(),
             Some(since) => match self.ring.since(since, &msg.filter) {
                 Replay::Events(events) => events.into_iter().map(Event::frame).collect(),
                 Replay::Reset { oldest, latest } => vec![reset_frame(since, oldest, latest)],
@@ -795,6 +815,7 @@ mod tests {
         let sub = hub
             .send(Subscribe {
                 since: Some(0),
+                tail: None,
                 filter: Filter::default(),
             })
             .await

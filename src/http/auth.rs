@@ -4,7 +4,9 @@
 //! write token); a worker accepts the cluster token (`--cluster-token`, `CUBE_CLUSTER_TOKEN`)
 //! that its manager presents. A `read` token may GET; a `write` token may do anything. A request
 //! without a valid `Authorization: Bearer …` is 401, a read token writing is 403, both in the
-//! JSON error shape. `/health` and `/openapi.json` stay open.
+//! JSON error shape. `/health`, `/openapi.json` and the dashboard's page (`/`, `/ui/…`) stay
+//! open. On the manager, a dashboard session's cookie stands for the token it was made from,
+//! with its CSRF header on writes ([`super::session`]).
 //!
 //! With no token configured the API is open, and an `Authorization` header is ignored; serving
 //! it beyond loopback that way needs `--insecure` ([`check_exposure`]).
@@ -21,17 +23,25 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::middleware::Next;
 use actix_web::{Error, web};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::ApiError;
+use super::session::{self, Sessions};
 
-/// Paths anyone may read: liveness probes and the API's description.
-pub const OPEN_PATHS: &[&str] = &["/health", "/openapi.json"];
+/// Paths anyone may read: liveness probes, the API's description and the dashboard's page,
+/// whose own requests then authenticate (see [`is_open`]).
+pub const OPEN_PATHS: &[&str] = &["/health", "/openapi.json", "/"];
+
+/// Whether `path` is served without a token: [`OPEN_PATHS`] and the dashboard's assets and
+/// sign-in under `/ui/`.
+pub fn is_open(path: &str) -> bool {
+    OPEN_PATHS.contains(&path) || path.starts_with("/ui/")
+}
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// GET and HEAD only.
@@ -206,38 +216,20 @@ pub async fn require_token(
         .app_data::<web::Data<Access>>()
         .map(|a| a.0.clone())
         .unwrap_or_default();
-    if tokens.is_empty() || OPEN_PATHS.contains(&req.path()) {
+    if tokens.is_empty() || is_open(req.path()) {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    let refusal = match presented.map(|t| tokens.role_of(t)) {
-        None => Some(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "no token: expected an Authorization: Bearer <token> header",
+    let refusal = match role_of_request(&req, &tokens) {
+        Err(refusal) => Some(refusal),
+        Ok(Role::Read) if !is_read(req.method()) => Some(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "a read token may only GET; {} {} needs a write token",
+                req.method(),
+                req.path()
+            ),
         )),
-        Some(None) => Some(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "the token is not valid here: expected one of this API's tokens",
-        )),
-        Some(Some(Role::Read)) if !matches!(*req.method(), Method::GET | Method::HEAD) => {
-            Some(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "a read token may only GET; {} {} needs a write token",
-                    req.method(),
-                    req.path()
-                ),
-            ))
-        }
-        Some(Some(_)) => None,
+        Ok(_) => None,
     };
     match refusal {
         Some(err) => {
@@ -253,6 +245,61 @@ pub async fn require_token(
         }
         None => Ok(next.call(req).await?.map_into_boxed_body()),
     }
+}
+
+fn is_read(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+}
+
+/// The role a request authenticates with: its bearer token's, or else (on the manager) its
+/// dashboard session's, whose writes must carry the session's CSRF token.
+fn role_of_request(req: &ServiceRequest, tokens: &Tokens) -> Result<Role, ApiError> {
+    let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, message);
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    if let Some(token) = bearer {
+        return tokens.role_of(token).ok_or_else(|| {
+            unauthorized("the token is not valid here: expected one of this API's tokens")
+        });
+    }
+    let sessions = req.app_data::<web::Data<Sessions>>();
+    let (Some(sessions), Some(cookie)) = (sessions, req.cookie(session::COOKIE)) else {
+        return Err(unauthorized(
+            "no token: expected an Authorization: Bearer <token> header",
+        ));
+    };
+    let session = sessions
+        .get(cookie.value(), std::time::Instant::now())
+        .ok_or_else(|| {
+            unauthorized(
+                "the dashboard session has expired or is unknown (the manager may have restarted): sign in again",
+            )
+        })?;
+    if !is_read(req.method()) {
+        let presented = req
+            .headers()
+            .get(session::CSRF_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if !presented.is_some_and(|p| session.csrf_matches(p)) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "{} {} with a dashboard session needs the session's CSRF token in the {} header (reload the page)",
+                    req.method(),
+                    req.path(),
+                    session::CSRF_HEADER
+                ),
+            ));
+        }
+    }
+    Ok(session.role)
 }
 
 #[cfg(test)]

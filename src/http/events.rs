@@ -5,7 +5,8 @@
 //! node's) and `object`. `?since=N` (or the `Last-Event-ID` header a browser sends when it
 //! reconnects) first replays what is retained after N, or sends an `event: reset` when
 //! something after N is no longer retained; `?since=0` replays everything retained; without
-//! it only new events come. `?type=`, `?task=`, `?node=` and `?service=` filter on the server.
+//! it only new events come; `?tail=N` (without `since`) first replays the last N retained.
+//! `?type=`, `?task=`, `?node=` and `?service=` filter on the server.
 //! `?wait=S` ends the stream after S seconds (a bounded read; the fuzzer's). A comment line
 //! every [`KEEP_ALIVE`] keeps proxies from closing an idle stream.
 
@@ -25,6 +26,8 @@ use crate::actors::events::{Filter, Subscribe, Topic};
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Longest `wait` a stream may be given, in seconds (a day); without `wait` it has no end.
 pub const MAX_EVENTS_WAIT: u64 = 86_400;
+/// Most events `?tail=` replays.
+pub const MAX_EVENTS_TAIL: usize = 1000;
 /// Longest name `?node=` or `?service=` takes.
 const MAX_NAME: usize = 253;
 
@@ -49,6 +52,7 @@ pub(crate) struct EventsQuery {
     task: Option<String>,
     node: Option<String>,
     service: Option<String>,
+    tail: Option<String>,
     wait: Option<String>,
 }
 
@@ -56,6 +60,7 @@ pub(crate) struct EventsQuery {
 #[derive(Debug, PartialEq)]
 pub(crate) struct EventsRequest {
     pub since: Option<u64>,
+    pub tail: Option<usize>,
     pub filter: Filter,
     pub wait: Option<Duration>,
 }
@@ -63,6 +68,7 @@ pub(crate) struct EventsRequest {
 impl EventsQuery {
     /// Checked; `last_event_id` is the header's value, taken when `since` is not given.
     pub(crate) fn checked(self, last_event_id: Option<&str>) -> Result<EventsRequest, ApiError> {
+        let since_given = self.since.is_some();
         let since = match (self.since, last_event_id) {
             (Some(raw), _) => Some(integer("since", &raw, 0..=u64::MAX, "")?),
             (None, Some(raw)) => Some(integer(
@@ -98,6 +104,17 @@ impl EventsQuery {
             ))),
             other => Ok(other),
         };
+        let tail = self
+            .tail
+            .map(|raw| integer("tail", &raw, 0..=MAX_EVENTS_TAIL, " (events)"))
+            .transpose()?;
+        if tail.is_some() && since_given {
+            return Err(ApiError::bad_request(
+                "since and tail both given; expected one: since replays what followed an event, tail the last events",
+            ));
+        }
+        // A browser reconnecting sends Last-Event-ID: it continues from there, not from a tail.
+        let tail = if since.is_some() { None } else { tail };
         let wait = self
             .wait
             .map(|raw| integer("wait", &raw, 0..=MAX_EVENTS_WAIT, " (seconds)"))
@@ -105,6 +122,7 @@ impl EventsQuery {
             .map(Duration::from_secs);
         Ok(EventsRequest {
             since,
+            tail,
             filter: Filter {
                 topics,
                 task,
@@ -130,6 +148,7 @@ pub(crate) async fn events(
         .events
         .send(Subscribe {
             since: asked.since,
+            tail: asked.tail,
             filter: asked.filter,
         })
         .await
@@ -187,6 +206,7 @@ mod tests {
             task: get("task"),
             node: get("node"),
             service: get("service"),
+            tail: get("tail"),
             wait: get("wait"),
         }
     }

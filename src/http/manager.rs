@@ -4,7 +4,7 @@
 //! | route | answer |
 //! |---|---|
 //! | `POST /tasks` | 201 + `Location` once committed; same id and spec: 200; other spec: 409; no room in the store: 507 |
-//! | `GET /tasks` | a page of tasks ordered by id (500; `?limit=` up to 5000), `?state=`, `?worker=`, `?after=ID`; `Link` names the next page |
+//! | `GET /tasks` | a page of tasks ordered by id (500; `?limit=` up to 5000), `?state=`, `?worker=`, `?service=`, `?q=` (name, id or image holds it), `?after=ID`; `Link` names the next page |
 //! | `GET /tasks/{id}` | one task |
 //! | `DELETE /tasks/{id}` | 202; stopped and removed, then Completed |
 //! | `GET /tasks/{id}/logs` | the container's output (`?tail=N`, `?follow=true`) |
@@ -48,6 +48,9 @@ pub const MAX_LIST_LIMIT: usize = 5000;
 /// The page `GET /tasks` gives without `limit`: a listing never copies the whole table on the
 /// thread the Manager shares with the Scheduler.
 pub const DEFAULT_LIST_LIMIT: usize = 500;
+
+/// Longest `q` `GET /tasks` takes, in characters.
+pub const MAX_SEARCH: usize = 256;
 
 /// What the handlers reach.
 #[derive(Clone)]
@@ -161,13 +164,17 @@ struct ListQuery {
     state: Option<String>,
     worker: Option<String>,
     service: Option<String>,
+    q: Option<String>,
+    order: Option<String>,
     limit: Option<String>,
     after: Option<String>,
 }
 
 /// The filters of `GET /tasks`, checked: `state` one of the five states; `worker` any name
 /// (one no node has matches nothing); `limit` a positive integer, cut to [`MAX_LIST_LIMIT`]
-/// ([`DEFAULT_LIST_LIMIT`] without it); `after` a task id (it need not exist). The request to
+/// ([`DEFAULT_LIST_LIMIT`] without it); `order` `id` (the default) or `newest`; `q` up to
+/// [`MAX_SEARCH`] characters; `after` a task id (it need not exist, except newest first, where
+/// it must be a task the manager holds: 404 otherwise). The request to
 /// the Manager asks for one more than the page, to know whether a next page follows.
 fn list_filters(query: ListQuery) -> Result<ListTasks, ApiError> {
     let state = match query.state.as_deref() {
@@ -205,10 +212,33 @@ fn list_filters(query: ListQuery) -> Result<ListTasks, ApiError> {
         .after
         .map(|a| super::uuid("after", &a, "a task id"))
         .transpose()?;
+    let search = match query.q {
+        Some(q) if q.chars().count() > MAX_SEARCH => {
+            return Err(ApiError::bad_request(format!(
+                "q={} is {} characters; expected at most {MAX_SEARCH}",
+                shown(&q),
+                q.chars().count()
+            )));
+        }
+        Some(q) if !q.trim().is_empty() => Some(q.trim().to_lowercase()),
+        _ => None,
+    };
+    let newest = match query.order.as_deref() {
+        None | Some("id") => false,
+        Some("newest") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "order={} is not an order; expected id (the default) or newest",
+                shown(other)
+            )));
+        }
+    };
     Ok(ListTasks {
+        newest,
         state,
         worker: query.worker,
         service: query.service,
+        search,
         after,
         // One more than the page, to know whether another follows.
         limit: Some(limit + 1),
@@ -218,6 +248,9 @@ fn list_filters(query: ListQuery) -> Result<ListTasks, ApiError> {
 /// `Link: </tasks?…&after=ID>; rel="next"` for the page after `last`, with the same filters.
 fn next_link(filters: &ListTasks, limit: usize, last: uuid::Uuid) -> String {
     let mut query = Vec::new();
+    if filters.newest {
+        query.push("order=newest".to_string());
+    }
     if let Some(state) = filters.state {
         query.push(format!("state={}", state.as_str()));
     }
@@ -226,6 +259,9 @@ fn next_link(filters: &ListTasks, limit: usize, last: uuid::Uuid) -> String {
     }
     if let Some(service) = &filters.service {
         query.push(format!("service={}", percent_encode(service)));
+    }
+    if let Some(search) = &filters.search {
+        query.push(format!("q={}", percent_encode(search)));
     }
     query.push(format!("limit={limit}"));
     query.push(format!("after={last}"));
@@ -253,12 +289,21 @@ async fn list_tasks(
     let filters = list_filters(query.into_inner())?;
     let limit = filters.limit.unwrap_or(DEFAULT_LIST_LIMIT + 1) - 1;
     let link_filters = ListTasks {
+        newest: filters.newest,
         state: filters.state,
         worker: filters.worker.clone(),
         service: filters.service.clone(),
+        search: filters.search.clone(),
         ..ListTasks::default()
     };
-    let mut tasks = api.manager.send(filters).await?;
+    let after = filters.after;
+    let mut tasks = api.manager.send(filters).await?.map_err(|e| match e {
+        ManagerError::NotFound(_) => ApiError::not_found(format!(
+            "after={}: no such task here (it was collected, or never was); a newest-first listing continues after a task the manager holds, so list from the start",
+            after.unwrap_or_default()
+        )),
+        other => other.into(),
+    })?;
     let mut response = HttpResponse::Ok();
     if tasks.len() > limit {
         tasks.truncate(limit);
@@ -711,6 +756,8 @@ mod tests {
             state: state.map(str::to_string),
             worker: None,
             service: None,
+            q: None,
+            order: None,
             limit: limit.map(str::to_string),
             after: after.map(str::to_string),
         })

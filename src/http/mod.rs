@@ -7,6 +7,8 @@ pub mod events;
 pub mod manager;
 pub mod openapi;
 pub mod services;
+pub mod session;
+pub mod ui;
 pub mod worker;
 
 use actix_web::http::StatusCode;

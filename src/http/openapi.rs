@@ -391,7 +391,7 @@ mod manager_api {
 
     /// List tasks
     ///
-    /// Tasks ordered by id, filtered by `state`, `worker` and `service`; `limit` and `after` page
+    /// Tasks ordered by id (or newest first), filtered by `state`, `worker`, `service` and a search `q`; `limit` and `after` page
     /// through them.
     #[utoipa::path(
         get,
@@ -403,14 +403,19 @@ mod manager_api {
                 description = "Only tasks in this state: Pending, Scheduled, Running, Completed or Failed, in any case."),
             ("worker" = Option<String>, Query, description = "Only tasks placed on this worker (a name no node has matches nothing)."),
             ("service" = Option<String>, Query, description = "Only the tasks of this service (a name no service has matches nothing)."),
+            ("order" = Option<String>, Query, pattern = "^(?:id|newest)$",
+                description = "`id` (the default): ordered by id. `newest`: newest first, by submission; `after` must then name a task the manager holds (404 otherwise)."),
+            ("q" = Option<String>, Query, max_length = 256,
+                description = "Only tasks whose name, id or image holds this text, in any case (surrounding white space is ignored)."),
             ("limit" = Option<usize>, Query, minimum = 1,
                 description = "At most this many tasks: 500 without it, and a limit above 5000 is cut to 5000. When more follow, the Link header names the next page (rel=\"next\")."),
             ("after" = Option<uuid::Uuid>, Query, description = "Only tasks whose id sorts after this one (it need not exist)."),
         ),
         responses(
-            (status = 200, description = "The tasks, ordered by id.", body = [Task],
+            (status = 200, description = "The tasks, ordered by id or newest first.", body = [Task],
                 headers(("Link" = String, description = "`</tasks?…&after=ID>; rel=\"next\"`: the next page, when there is one."))),
             (status = 400, response = BadRequest),
+            (status = 404, description = "A newest-first page was asked for after a task the manager does not hold.", body = ErrorBody),
             (status = 401, response = Unauthorized),
             (status = 503, response = Unavailable),
         ),
@@ -798,6 +803,8 @@ mod manager_api {
         params(
             ("since" = Option<u64>, Query, minimum = 0,
                 description = "Replay what is retained after this index first (0: everything retained). Without it, only new events."),
+            ("tail" = Option<usize>, Query, minimum = 0, maximum = 1000,
+                description = "Without since: replay the last this many retained events first (those the filters take). Not with since."),
             ("type" = Option<String>, Query, description = "Only these types, separated by commas: task, service, node.", example = "task,node"),
             ("task" = Option<uuid::Uuid>, Query, description = "Only this task's events."),
             ("node" = Option<String>, Query, description = "Only this node's events and those of the tasks placed on it."),

@@ -197,14 +197,19 @@ pub struct StopTask(pub Uuid);
 #[rtype(result = "Result<Task, ManagerError>")]
 pub struct GetTask(pub Uuid);
 
-/// Tasks ordered by id, filtered, one page at a time.
+/// Tasks ordered by id (or newest first), filtered, one page at a time; not found when a
+/// newest-first page starts after a task that is gone.
 #[derive(Message, Default)]
-#[rtype(result = "Vec<Task>")]
+#[rtype(result = "Result<Vec<Task>, ManagerError>")]
 pub struct ListTasks {
+    /// Newest first (by submission) rather than by id.
+    pub newest: bool,
     pub state: Option<State>,
     pub worker: Option<String>,
     /// Only the tasks of this service.
     pub service: Option<String>,
+    /// Only tasks whose name, id or image holds this text, in any case (lower-cased here).
+    pub search: Option<String>,
     /// Start after this id.
     pub after: Option<Uuid>,
     /// At most this many; all when `None`.

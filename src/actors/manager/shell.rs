@@ -635,12 +635,25 @@ impl Handler<GetTask> for Manager {
     }
 }
 
+/// Whether `task`'s name, id or image holds `text` (lower case), in any case.
+fn mentions(task: &Task, text: &str) -> bool {
+    let holds = |field: &str| field.to_lowercase().contains(text);
+    holds(&task.name) || holds(&task.image) || task.id.to_string().contains(text)
+}
+
 impl Handler<ListTasks> for Manager {
-    type Result = Vec<Task>;
+    type Result = Result<Vec<Task>, ManagerError>;
 
     fn handle(&mut self, msg: ListTasks, _: &mut Context<Self>) -> Self::Result {
-        self.core
-            .ids_after(msg.after)
+        let ids: Box<dyn Iterator<Item = &Uuid>> = if msg.newest {
+            match self.core.ids_newest_after(msg.after) {
+                Some(ids) => Box::new(ids),
+                None => return Err(ManagerError::NotFound(msg.after.unwrap_or_default())),
+            }
+        } else {
+            Box::new(self.core.ids_after(msg.after))
+        };
+        Ok(ids
             .filter_map(|id| self.core.task(*id))
             .filter(|t| msg.state.is_none_or(|s| t.state == s))
             .filter(|t| {
@@ -653,9 +666,10 @@ impl Handler<ListTasks> for Manager {
                     .as_ref()
                     .is_none_or(|w| t.worker.as_ref() == Some(w))
             })
+            .filter(|t| msg.search.as_deref().is_none_or(|text| mentions(t, text)))
             .take(msg.limit.unwrap_or(usize::MAX))
             .cloned()
-            .collect()
+            .collect())
     }
 }
 

@@ -464,13 +464,40 @@ pub struct EndpointView {
     pub facts: Option<NodeInfo>,
 }
 
+/// Every task id by id, and by submission (its store key), kept together.
+#[derive(Default)]
+struct TaskOrder {
+    by_id: BTreeSet<Uuid>,
+    by_key: BTreeMap<u64, Uuid>,
+}
+
+impl TaskOrder {
+    /// From `(id, key)` pairs sorted by id.
+    fn from_sorted(ids: Vec<(Uuid, u64)>) -> TaskOrder {
+        TaskOrder {
+            by_key: ids.iter().map(|&(id, key)| (key, id)).collect(),
+            by_id: ids.into_iter().map(|(id, _)| id).collect(),
+        }
+    }
+
+    fn insert(&mut self, id: Uuid, key: u64) {
+        self.by_id.insert(id);
+        self.by_key.insert(key, id);
+    }
+
+    fn remove(&mut self, id: Uuid, key: u64) {
+        self.by_id.remove(&id);
+        self.by_key.remove(&key);
+    }
+}
+
 pub struct Core {
     config: Config,
     /// Boxed: a slot of the table is then 24 bytes, so the half-empty table after it grows (and
     /// the old and new tables side by side while it does) cost little at a million tasks.
     tasks: FastMap<Uuid, Box<Entry>>,
-    /// Every task id, in order, for listings and deterministic walks.
-    order: BTreeSet<Uuid>,
+    /// Every task id, in order and by submission, for listings and deterministic walks.
+    order: TaskOrder,
     next_key: u64,
     nodes: Vec<Node>,
     node_ids: FastMap<String, NodeId>,
@@ -571,7 +598,7 @@ impl Core {
         let mut core = Core {
             config,
             tasks: FastMap::with_capacity_and_hasher(count, Default::default()),
-            order: BTreeSet::new(),
+            order: TaskOrder::default(),
             next_key: 0,
             nodes: Vec::new(),
             node_ids: FastMap::default(),
@@ -651,11 +678,11 @@ impl Core {
             if matches!(entry.task.state, State::Pending | State::Failed) {
                 unsettled.push(id);
             }
-            ids.push(id);
+            ids.push((id, entry.key));
             core.tasks.insert(id, entry);
         }
         ids.sort_unstable();
-        core.order = ids.into_iter().collect();
+        core.order = TaskOrder::from_sorted(ids);
         ended.sort_unstable();
         core.ended = ended.into_iter().collect();
         for (nid, mut on_node) in placed.into_iter().enumerate() {
@@ -826,7 +853,17 @@ impl Core {
     pub fn ids_after(&self, after: Option<Uuid>) -> impl Iterator<Item = &Uuid> {
         use std::ops::Bound;
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        self.order.range((start, Bound::Unbounded))
+        self.order.by_id.range((start, Bound::Unbounded))
+    }
+
+    /// Task ids newest first (by submission), from just after `after` in that order; `None`
+    /// when `after` names no task this manager holds (it was collected, or never was).
+    pub fn ids_newest_after(&self, after: Option<Uuid>) -> Option<impl Iterator<Item = &Uuid>> {
+        let end = match after {
+            None => u64::MAX,
+            Some(id) => self.tasks.get(&id)?.key,
+        };
+        Some(self.order.by_key.range(..end).rev().map(|(_, id)| id))
     }
 
     pub fn len(&self) -> usize {
@@ -953,7 +990,7 @@ impl Core {
         task.created_at = now.wall;
         let key = self.next_key;
         self.next_key += 1;
-        self.order.insert(id);
+        self.order.insert(id, key);
         self.tasks
             .insert(id, Box::new(Entry::new(task.clone(), key)));
         self.count_in(id);
@@ -975,8 +1012,9 @@ impl Core {
                 }
             } else if self.tasks.get(&id).is_some_and(|e| !e.acked) {
                 self.count_out(id);
-                self.tasks.remove(&id);
-                self.order.remove(&id);
+                if let Some(e) = self.tasks.remove(&id) {
+                    self.order.remove(id, e.key);
+                }
             }
         }
         self.kick();

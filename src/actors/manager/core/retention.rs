@@ -166,7 +166,7 @@ impl Core {
         let Some(e) = self.tasks.remove(&id) else {
             return;
         };
-        self.order.remove(&id);
+        self.order.remove(id, e.key);
         self.forget_service_task(&e.task);
         for (nid, _) in &e.copies {
             let node = &mut self.nodes[*nid];

@@ -919,7 +919,7 @@ impl Core {
         self.service_changed(sid);
         let key_no = self.next_key;
         self.next_key += 1;
-        self.order.insert(id);
+        self.order.insert(id, key_no);
         let mut entry = Box::new(Entry::new(task, key_no));
         // Nothing waits for an answer: its record is written with this step, before any call
         // it leads to (a crash before that leaves no trace, and the service makes it again).

@@ -1,0 +1,170 @@
+//! The dashboard's sessions: a token exchanged once (`POST /ui/login`) for a cookie the APIs
+//! accept in its place.
+//!
+//! A browser cannot put an `Authorization` header on an `EventSource` or keep a token out of
+//! reach of the page's scripts, so the dashboard trades the token for a session: a random id in
+//! an `HttpOnly; SameSite=Strict` cookie (`Secure` too over TLS), valid for [`SESSION_TTL`]
+//! with the role of the token it was made from. The id is kept only as its SHA-256 digest, as
+//! tokens are.
+//!
+//! A cookie rides along on any request the browser makes to the manager, so a write made with
+//! one must also carry the session's CSRF token in [`CSRF_HEADER`]: a page of another origin
+//! can neither read that token nor set a custom header without the manager's consent (CORS),
+//! which it never gives. `SameSite=Strict` is a second, independent guard.
+//!
+//! Sessions live in the manager's memory: a restart signs everyone out, and the page asks for
+//! the token again. At most [`MAX_SESSIONS`] exist; a new one beyond that pushes out the one
+//! closest to expiring.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::auth::{Role, generate};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "cube_session";
+/// The header a cookie-authenticated write carries its session's CSRF token in.
+pub const CSRF_HEADER: &str = "x-cube-csrf";
+/// How long a session lasts from the login that made it.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Most sessions held at once.
+pub const MAX_SESSIONS: usize = 10_000;
+
+/// A session as a request sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub role: Role,
+    /// What [`CSRF_HEADER`] must hold for a write.
+    pub csrf: String,
+    pub expires: Instant,
+}
+
+impl Session {
+    /// Whether `presented` is this session's CSRF token, compared in constant time.
+    pub fn csrf_matches(&self, presented: &str) -> bool {
+        bool::from(self.csrf.as_bytes().ct_eq(presented.as_bytes()))
+    }
+}
+
+/// Every live session, by the digest of its id.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    live: Mutex<HashMap<[u8; 32], Session>>,
+    /// Mark cookies `Secure`: the API is served over TLS.
+    pub secure: bool,
+}
+
+impl Sessions {
+    pub fn new(secure: bool) -> Sessions {
+        Sessions {
+            live: Mutex::default(),
+            secure,
+        }
+    }
+
+    /// A new session with `role` at `now`: its id (for the cookie) and the session.
+    pub fn open(&self, role: Role, now: Instant) -> (String, Session) {
+        let id = generate();
+        let session = Session {
+            role,
+            csrf: generate(),
+            expires: now + SESSION_TTL,
+        };
+        let mut live = self.lock();
+        live.retain(|_, s| s.expires > now);
+        if live.len() >= MAX_SESSIONS
+            && let Some(soonest) = live
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(key, _)| *key)
+        {
+            live.remove(&soonest);
+        }
+        live.insert(digest(&id), session.clone());
+        (id, session)
+    }
+
+    /// The live session whose id is `id`, if any.
+    pub fn get(&self, id: &str, now: Instant) -> Option<Session> {
+        let key = digest(id);
+        let mut live = self.lock();
+        match live.get(&key) {
+            Some(s) if s.expires > now => Some(s.clone()),
+            Some(_) => {
+                live.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// End the session whose id is `id`; whether there was one.
+    pub fn close(&self, id: &str) -> bool {
+        self.lock().remove(&digest(id)).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
+        // A panic while holding the lock leaves only a map of sessions behind: keep using it.
+        self.live
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn digest(id: &str) -> [u8; 32] {
+    Sha256::digest(id.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_is_found_by_its_id_until_it_expires_or_closes() {
+        let sessions = Sessions::new(false);
+        let t0 = Instant::now();
+        let (id, opened) = sessions.open(Role::Read, t0);
+        assert_eq!(id.len(), 64);
+        assert_eq!(sessions.get(&id, t0), Some(opened.clone()));
+        assert_eq!(sessions.get("not-a-session", t0), None);
+        assert!(opened.csrf_matches(&opened.csrf));
+        assert!(!opened.csrf_matches(&opened.csrf[1..]));
+        assert!(!opened.csrf_matches(""));
+        assert_eq!(sessions.get(&id, t0 + SESSION_TTL), None, "expired");
+        assert!(
+            sessions.is_empty(),
+            "an expired session is dropped when seen"
+        );
+        let (id, _) = sessions.open(Role::Write, t0);
+        assert!(sessions.close(&id));
+        assert!(!sessions.close(&id));
+        assert_eq!(sessions.get(&id, t0), None);
+    }
+
+    #[test]
+    fn sessions_are_bounded_by_pushing_out_the_soonest_to_expire() {
+        let sessions = Sessions::new(false);
+        let t0 = Instant::now();
+        let (first, _) = sessions.open(Role::Read, t0);
+        for i in 1..MAX_SESSIONS {
+            sessions.open(Role::Read, t0 + Duration::from_millis(i as u64));
+        }
+        assert_eq!(sessions.len(), MAX_SESSIONS);
+        let (last, _) = sessions.open(Role::Write, t0 + Duration::from_secs(60));
+        assert_eq!(sessions.len(), MAX_SESSIONS);
+        assert_eq!(sessions.get(&first, t0), None, "the oldest went");
+        assert!(sessions.get(&last, t0).is_some());
+    }
+}

@@ -1,0 +1,398 @@
+// Dialogs that change the cluster: run a task (a form, or its JSON), scale a service, confirm a
+// stop or a drain. Each shows the API's own message when the change is refused.
+
+import { api } from "./api.js";
+import { $, bytes, fill, h, parseBytes, toast, words } from "./dom.js";
+
+/** Show `content` (built by `build(close)`) in the page's one dialog; resolves when it closes. */
+function openDialog(build) {
+  const dialog = $("#dialog");
+  return new Promise((resolve) => {
+    let result = null;
+    const close = (value) => {
+      result = value;
+      dialog.close();
+    };
+    dialog.addEventListener("close", () => resolve(result), { once: true });
+    fill(dialog, build(close));
+    dialog.showModal();
+    dialog.querySelector("[autofocus]")?.focus();
+  });
+}
+
+/** A form whose submit runs `act`; its error shows in the form and the dialog stays open. */
+function actionForm({ title, body, okLabel, danger, act, close }) {
+  const error = h("p", { class: "error-text", role: "alert", hidden: true });
+  const ok = h("button", { class: `btn ${danger ? "danger" : "primary"}`, type: "submit", text: okLabel });
+  const form = h(
+    "form",
+    {
+      method: "dialog",
+      on: {
+        submit: async (e) => {
+          e.preventDefault();
+          error.hidden = true;
+          ok.disabled = true;
+          try {
+            close(await act());
+          } catch (err) {
+            error.textContent = err.message;
+            error.hidden = false;
+          } finally {
+            ok.disabled = false;
+          }
+        },
+      },
+    },
+    h("h2", { text: title }),
+    body,
+    error,
+    h(
+      "div",
+      { class: "foot" },
+      h("button", { class: "btn", type: "button", text: "Cancel", on: { click: () => close(null) } }),
+      ok,
+    ),
+  );
+  return form;
+}
+
+/** Ask before doing something; `act` is what is done (its error keeps the dialog open). */
+export function confirmAction({ title, text, okLabel, danger = false, act }) {
+  return openDialog((close) =>
+    actionForm({ title, body: h("p", { text }), okLabel, danger, act, close }),
+  );
+}
+
+/** Scale a service: resolves with the service as changed, or null. */
+export function scaleDialog(service) {
+  const input = h("input", {
+    id: "scale-replicas",
+    type: "number",
+    min: 0,
+    max: 10000,
+    value: service.replicas,
+    required: true,
+    autofocus: true,
+  });
+  return openDialog((close) =>
+    actionForm({
+      title: `Scale ${service.name}`,
+      body: h(
+        "div",
+        { class: "field" },
+        h("label", { for: "scale-replicas", text: "Replicas" }),
+        input,
+        h("div", { class: "hint", text: `Now ${service.replicas}; ${service.running} running.` }),
+      ),
+      okLabel: "Scale",
+      close,
+      act: async () => {
+        const replicas = Number(input.value);
+        const { data } = await api("PATCH", `/services/${encodeURIComponent(service.name)}`, { replicas });
+        toast(`${service.name} scaled to ${replicas}`);
+        return data;
+      },
+    }),
+  );
+}
+
+/** Drain a node: its tasks move elsewhere (a service's start first). */
+export function drainDialog(node) {
+  const deadline = h("input", { id: "drain-deadline", type: "number", min: 0, placeholder: "none", autofocus: true });
+  return openDialog((close) =>
+    actionForm({
+      title: `Drain ${node.name}`,
+      body: [
+        h(
+          "p",
+          {},
+          `${node.tasks} task(s) on ${node.name} will move to other nodes; services start their new copy before stopping the old one. `,
+          "Nothing new is placed here until you activate it again.",
+        ),
+        h(
+          "div",
+          { class: "field" },
+          h("label", { for: "drain-deadline", text: "Deadline (seconds, optional)" }),
+          deadline,
+          h("div", { class: "hint", text: "Tasks that could not move by then are stopped and placed elsewhere." }),
+        ),
+      ],
+      okLabel: "Drain",
+      danger: true,
+      close,
+      act: async () => {
+        const change = { availability: "drain" };
+        if (deadline.value !== "") change.deadline_s = Number(deadline.value);
+        const { data } = await api("PATCH", `/nodes/${encodeURIComponent(node.name)}`, change);
+        toast(`${node.name} is draining`);
+        return data;
+      },
+    }),
+  );
+}
+
+/** Set a node's availability without questions (activate, pause). */
+export async function setAvailability(node, availability) {
+  try {
+    await api("PATCH", `/nodes/${encodeURIComponent(node.name)}`, { availability });
+    toast(`${node.name} is ${availability === "active" ? "active" : "paused"}`);
+  } catch (e) {
+    toast(e.message, "error");
+  }
+}
+
+// ---- run a task ----
+
+const EXAMPLE = {
+  name: "",
+  image: "",
+  cmd: [],
+  cpu: 0,
+  memory: 0,
+  restart_policy: "on-failure",
+};
+
+/** The task the form describes, or an Error naming the field that is wrong. */
+function taskFromForm(form) {
+  const value = (name) => form.elements[name].value.trim();
+  const task = {};
+  if (value("name")) task.name = value("name");
+  task.image = value("image");
+  if (!task.image) throw new Error("image: give the image to run, e.g. cube-test/busybox:latest");
+  try {
+    const cmd = words(value("cmd"));
+    if (cmd.length) task.cmd = cmd;
+  } catch (e) {
+    throw new Error(`command: ${e.message}`);
+  }
+  if (value("cpu")) {
+    const cpu = Number(value("cpu"));
+    if (!Number.isFinite(cpu) || cpu < 0) throw new Error(`cpu: ${value("cpu")} is not a number of cores, e.g. 0.5`);
+    task.cpu = cpu;
+  }
+  if (value("memory")) {
+    const memory = parseBytes(value("memory"));
+    if (!Number.isFinite(memory)) throw new Error(`memory: ${value("memory")} is not a size, e.g. 256M or 1G`);
+    task.memory = memory;
+  }
+  const ports = value("ports").split(/[\s,]+/).filter(Boolean);
+  if (ports.length) task.exposed_ports = ports.map((p) => (p.includes("/") ? p : `${p}/tcp`));
+  const env = form.elements.env.value.split("\n").map((l) => l.trim()).filter(Boolean);
+  if (env.length) task.env = env;
+  task.restart_policy = value("restart_policy");
+  if (value("health_check")) task.health_check = value("health_check");
+  return task;
+}
+
+function formFromTask(form, task) {
+  const set = (name, v) => {
+    form.elements[name].value = v ?? "";
+  };
+  set("name", task.name);
+  set("image", task.image);
+  set("cmd", (task.cmd ?? []).map((w) => (/[\s"'\\]/.test(w) || w === "" ? JSON.stringify(w) : w)).join(" "));
+  set("cpu", task.cpu ? task.cpu : "");
+  set("memory", task.memory ? bytes(task.memory).replace(/ (\w)iB$/, "$1").replace(" B", "") : "");
+  set("ports", (task.exposed_ports ?? []).join(" "));
+  set("env", (task.env ?? []).join("\n"));
+  set("restart_policy", task.restart_policy ?? "on-failure");
+  set("health_check", task.health_check);
+}
+
+function field(label, control, hint) {
+  return h("div", { class: "field" }, h("label", { for: control.id, text: label }), control, hint && h("div", { class: "hint", text: hint }));
+}
+
+/** The "Run a task" dialog: resolves with the created task, or null. */
+export function runTaskDialog(defaults = {}) {
+  return openDialog((close) => {
+    const error = h("p", { class: "error-text", role: "alert", hidden: true });
+    const jsonError = h("p", { class: "error-text small", hidden: true });
+    const input = (name, props = {}) => h("input", { id: `run-${name}`, name, autocomplete: "off", ...props });
+    const form = h(
+      "div",
+      { id: "run-form" },
+      h(
+        "div",
+        { class: "row2" },
+        field("Image", input("image", { placeholder: "cube-test/busybox:latest", required: true, autofocus: true })),
+        field("Name", input("name", { placeholder: "optional" })),
+      ),
+      field("Command", input("cmd", { placeholder: 'sh -c "echo hello; sleep 3600"' }), "Words as a shell splits them; quotes group."),
+      h(
+        "div",
+        { class: "row2" },
+        field("CPU (cores)", input("cpu", { placeholder: "0.5", inputmode: "decimal" })),
+        field("Memory", input("memory", { placeholder: "256M" })),
+      ),
+      h(
+        "div",
+        { class: "row2" },
+        field("Ports", input("ports", { placeholder: "8080/tcp" })),
+        field(
+          "Restart policy",
+          h(
+            "select",
+            { id: "run-restart_policy", name: "restart_policy" },
+            ["on-failure", "always", "never"].map((p) => h("option", { value: p, text: p })),
+          ),
+        ),
+      ),
+      field("Health check", input("health_check", { placeholder: "/health (HTTP, on the first port)" })),
+      field("Environment", h("textarea", { id: "run-env", name: "env", rows: 2, placeholder: "KEY=value, one a line" })),
+    );
+    const json = h("textarea", { id: "run-json", rows: 16, spellcheck: "false", "aria-label": "The task as JSON" });
+    const jsonPane = h("div", { hidden: true }, json, jsonError, h("div", { class: "hint", text: "The body of POST /tasks: any field the API takes." }));
+    const formTab = h("button", { type: "button", role: "tab", "aria-selected": "true", text: "Form" });
+    const jsonTab = h("button", { type: "button", role: "tab", "aria-selected": "false", text: "JSON" });
+    let mode = "form";
+    const fields = { elements: {} };
+    // The form's controls by name, for reading and writing them.
+    for (const el of form.querySelectorAll("[name]")) fields.elements[el.name] = el;
+    formFromTask(fields, { ...EXAMPLE, ...defaults });
+
+    const show = (next) => {
+      error.hidden = true;
+      if (next === mode) return;
+      if (next === "json") {
+        let task;
+        try {
+          task = taskFromForm(fields);
+        } catch {
+          task = { ...EXAMPLE, image: fields.elements.image.value.trim() };
+        }
+        json.value = JSON.stringify(task, null, 2);
+      } else {
+        try {
+          formFromTask(fields, JSON.parse(json.value));
+        } catch (e) {
+          jsonError.textContent = `Fix the JSON first: ${e.message}`;
+          jsonError.hidden = false;
+          return;
+        }
+      }
+      mode = next;
+      form.hidden = mode !== "form";
+      jsonPane.hidden = mode !== "json";
+      formTab.setAttribute("aria-selected", String(mode === "form"));
+      jsonTab.setAttribute("aria-selected", String(mode === "json"));
+    };
+    formTab.addEventListener("click", () => show("form"));
+    jsonTab.addEventListener("click", () => show("json"));
+    json.addEventListener("input", () => {
+      try {
+        JSON.parse(json.value);
+        jsonError.hidden = true;
+      } catch (e) {
+        jsonError.textContent = e.message;
+        jsonError.hidden = false;
+      }
+    });
+
+    const submit = h("button", { class: "btn primary", type: "submit", text: "Run" });
+    return h(
+      "form",
+      {
+        id: "run-dialog",
+        method: "dialog",
+        novalidate: true,
+        on: {
+          submit: async (e) => {
+            e.preventDefault();
+            error.hidden = true;
+            let body;
+            try {
+              body = mode === "form" ? taskFromForm(fields) : json.value;
+              if (mode === "json") JSON.parse(body);
+            } catch (err) {
+              error.textContent = err.message;
+              error.hidden = false;
+              return;
+            }
+            submit.disabled = true;
+            try {
+              const { data } = await api("POST", "/tasks", body);
+              toast(`${data.name || data.id} submitted`);
+              close(data);
+            } catch (err) {
+              error.textContent = err.message;
+              error.hidden = false;
+            } finally {
+              submit.disabled = false;
+            }
+          },
+        },
+      },
+      h("h2", { text: "Run a task" }),
+      h("div", { class: "tabs", role: "tablist" }, formTab, jsonTab),
+      form,
+      jsonPane,
+      error,
+      h(
+        "div",
+        { class: "foot" },
+        h("button", { class: "btn", type: "button", text: "Cancel", on: { click: () => close(null) } }),
+        submit,
+      ),
+    );
+  });
+}
+
+/** The sign-in page: a token for a session. Resolves once signed in. */
+export function loginView(main, { onLogin, message }) {
+  const token = h("input", {
+    id: "login-token",
+    type: "password",
+    autocomplete: "current-password",
+    required: true,
+    autofocus: true,
+    placeholder: "the API token",
+  });
+  const error = h("p", { class: "error-text", role: "alert", hidden: !message, text: message ?? "" });
+  const button = h("button", { class: "btn primary", type: "submit", text: "Sign in" });
+  fill(
+    main,
+    h(
+      "section",
+      { class: "panel login" },
+      h("h1", { text: "Sign in to Cube" }),
+      h(
+        "p",
+        {},
+        "This manager asks for a token. ",
+        h("code", { text: "cube up" }),
+        " wrote one to ",
+        h("code", { text: "~/.config/cube/<host>-<port>.token" }),
+        "; a read token gives a read-only view.",
+      ),
+      h(
+        "form",
+        {
+          id: "login",
+          on: {
+            submit: async (e) => {
+              e.preventDefault();
+              error.hidden = true;
+              button.disabled = true;
+              try {
+                const { data } = await api("POST", "/ui/login", { token: token.value });
+                token.value = "";
+                onLogin(data);
+              } catch (err) {
+                error.textContent = err.message;
+                error.hidden = false;
+              } finally {
+                button.disabled = false;
+              }
+            },
+          },
+        },
+        h("div", { class: "field" }, h("label", { for: "login-token", text: "Token" }), token),
+        error,
+        button,
+      ),
+    ),
+  );
+  token.focus();
+}
