@@ -155,7 +155,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
                 children.push(child);
                 let address = format!("{}:{port}", args.host);
                 let scheme = if tls.is_some() { "https" } else { "http" };
-                worker_lines.push(format!("  worker   {name}  {scheme}://{address}"));
+                worker_lines.push(format!("  worker     {name}  {scheme}://{address}"));
                 config.workers.push(address);
             }
         }
@@ -171,7 +171,7 @@ pub async fn run(args: UpArgs) -> Result<(), CliError> {
                 .actors
                 .add_local_worker(&name, runtime.clone(), DEFAULT_FAKE_CAPACITY)
                 .map_err(|e| e.to_string())?;
-            worker_lines.push(format!("  worker   {name}  (in-process, fake runtime)"));
+            worker_lines.push(format!("  worker     {name}  (in-process, fake runtime)"));
         }
     }
     print_banner(
@@ -342,14 +342,15 @@ fn print_banner(
             },
             args.scheduler
         ),
-        format!("  manager  {scheme}://{manager}"),
+        format!("  manager    {scheme}://{manager}"),
+        format!("  dashboard  {scheme}://{manager}/"),
     ];
     lines.extend(workers.iter().cloned());
     lines.push(String::new());
     match token_file {
         Some(path) => {
             lines.push(format!(
-                "API token in {} (the cube CLI finds it by itself).",
+                "API token in {} (the cube CLI finds it by itself; the dashboard asks for it once).",
                 home_relative(path)
             ));
         }
