@@ -327,3 +327,40 @@ fn an_index_no_longer_retained_gets_a_reset() {
     let fine = Stream::open(&s.manager.url(), &format!("since={latest}&wait=1")).all();
     assert!(fine.iter().all(|e| e.event != "reset"), "{fine:#?}");
 }
+
+#[test]
+fn a_tail_replays_the_last_events_then_follows() {
+    let s = Setup::start(&["t1"], &[]);
+    for _ in 0..3 {
+        let id = s.submit();
+        s.wait_running(&id);
+    }
+    let everything = Stream::open(&s.manager.url(), "since=0&wait=1").all();
+    assert!(everything.len() > 4, "{everything:#?}");
+    // The last four retained, oldest first, with nothing before them.
+    let tail = Stream::open(&s.manager.url(), "tail=4&wait=1").all();
+    let indexes = |events: &[Sse]| events.iter().map(index).collect::<Vec<_>>();
+    assert_eq!(
+        indexes(&tail),
+        indexes(&everything[everything.len() - 4..]),
+        "{tail:#?}"
+    );
+    // Filters apply to the tail: the last task event only.
+    let last_task = Stream::open(&s.manager.url(), "tail=1&type=node&wait=1").all();
+    assert!(
+        last_task.iter().all(|e| e.event == "node"),
+        "{last_task:#?}"
+    );
+    // Then it follows like any stream.
+    let following = Stream::open(&s.manager.url(), "tail=1&wait=10");
+    let first = following.next().expect("the tail");
+    let id = s.submit();
+    let created = following.until("the new task", |e| e.data["id"] == id.as_str());
+    assert!(index(created.last().expect("an event")) > index(&first));
+    // since and tail contradict each other.
+    let both = s.http.get(&s.url("/events?since=0&tail=3"));
+    assert_eq!(both.status, 400, "{}", both.body);
+    assert!(both.json()["error"].as_str().unwrap_or("").contains("tail"));
+    let too_many = s.http.get(&s.url("/events?tail=1001"));
+    assert_eq!(too_many.status, 400, "{}", too_many.body);
+}

@@ -98,3 +98,79 @@ fn listings_come_in_pages_that_the_link_header_chains_and_the_cli_follows() {
         serde_json::from_str(&cli(&["status", "--state", "running", "-o", "json"])).expect("JSON");
     assert_eq!(json.as_array().map(Vec::len), Some(TASKS));
 }
+
+#[test]
+fn listings_go_newest_first_and_search_names_ids_and_images() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let name = unique("newest");
+    let worker = worker_process_with(dir.path(), &name, 0, &["--runtime", "fake"]);
+    let manager = manager_process(dir.path(), "manager", &["--workers", &worker.addr]);
+    let http = Http::new();
+    let base = manager.url();
+    let submitted: Vec<Value> = (0..25)
+        .map(|i| {
+            let image = if i % 5 == 0 {
+                "cube-sim/task:Other"
+            } else {
+                "cube-sim/task"
+            };
+            let r = http.post(
+                &format!("{base}/tasks"),
+                json!({"name": format!("job-{i:02}"), "image": image, "cmd": ["sleep", "600"]})
+                    .to_string(),
+            );
+            assert_eq!(r.status, 201, "{}", r.body);
+            r.json()
+        })
+        .collect();
+    let names = |page: &Value| -> Vec<String> {
+        page.as_array()
+            .expect("an array")
+            .iter()
+            .map(|t| t["name"].as_str().expect("a name").to_string())
+            .collect()
+    };
+
+    // Newest first, ten at a time, the Link keeping the order.
+    let first = http.get(&format!("{base}/tasks?order=newest&limit=10"));
+    assert_eq!(first.status, 200, "{}", first.body);
+    let expected: Vec<String> = (15..25).rev().map(|i| format!("job-{i:02}")).collect();
+    assert_eq!(names(&first.json()), expected);
+    let link = first.link.expect("a next page");
+    assert!(link.contains("order=newest"), "{link}");
+    let target = link.split(['<', '>']).nth(1).expect("a target").to_string();
+    let second = http.get(&format!("{base}{target}"));
+    let expected: Vec<String> = (5..15).rev().map(|i| format!("job-{i:02}")).collect();
+    assert_eq!(names(&second.json()), expected);
+
+    // A search matches the name, the id or the image, in any case, with the other filters.
+    let by_name = http.get(&format!("{base}/tasks?order=newest&q=JOB-1"));
+    let expected: Vec<String> = (10..20).rev().map(|i| format!("job-{i:02}")).collect();
+    assert_eq!(names(&by_name.json()), expected);
+    let by_image = http.get(&format!("{base}/tasks?q=TASK:other"));
+    assert_eq!(ids(&by_image.json()).len(), 5);
+    let id = submitted[7]["id"].as_str().expect("an id");
+    let by_id = http.get(&format!("{base}/tasks?q={}", &id[..13]));
+    assert_eq!(ids(&by_id.json()), vec![id.to_string()]);
+    let none = http.get(&format!("{base}/tasks?q=nothing-is-called-this"));
+    assert_eq!((none.status, ids(&none.json()).len()), (200, 0));
+    let paged = http.get(&format!("{base}/tasks?q=job&limit=3"));
+    assert!(paged.link.expect("a next page").contains("q=job"));
+
+    // Refusals name the field.
+    let bad = http.get(&format!("{base}/tasks?order=oldest"));
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"].as_str().unwrap_or("").contains("order"));
+    let long = http.get(&format!("{base}/tasks?q={}", "x".repeat(300)));
+    assert_eq!(long.status, 400);
+    let gone = http.get(&format!(
+        "{base}/tasks?order=newest&after=00000000-0000-4000-8000-000000000000"
+    ));
+    assert_eq!(gone.status, 404, "{}", gone.body);
+    assert!(
+        gone.json()["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("from the start")
+    );
+}
