@@ -36,8 +36,11 @@ pub struct EventsArgs {
     #[arg(long)]
     pub service: Option<String>,
     /// Start after this event index (earlier events the manager still holds are sent first).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", conflicts_with = "tail")]
     pub since: Option<u64>,
+    /// Print the last N events the manager holds first (up to 1000), then follow.
+    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=1000))]
+    pub tail: Option<u16>,
     /// `table` prints a line per event; `json` the event's JSON as the manager sent it.
     #[arg(short, long, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -115,8 +118,10 @@ pub fn events_path(args: &EventsArgs, since: Option<u64>) -> Result<String, Stri
         crate::service::check_name(service).map_err(|e| format!("--service: {e}"))?;
         query.push(format!("service={service}"));
     }
-    if let Some(since) = since {
-        query.push(format!("since={since}"));
+    match (since, args.tail) {
+        (Some(since), _) => query.push(format!("since={since}")),
+        (None, Some(tail)) => query.push(format!("tail={tail}")),
+        (None, None) => {}
     }
     Ok(if query.is_empty() {
         "/events".into()
@@ -315,11 +320,17 @@ mod tests {
             kind: Some("node".into()),
             service: None,
             since: None,
+            tail: Some(5),
             output: Output::Table,
         };
         assert_eq!(
             events_path(&args, Some(42)).as_deref(),
-            Ok("/events?node=w1&type=node&since=42")
+            Ok("/events?node=w1&type=node&since=42"),
+            "a reconnect continues after the last event seen, not from a tail"
+        );
+        assert_eq!(
+            events_path(&args, None).as_deref(),
+            Ok("/events?node=w1&type=node&tail=5")
         );
         let bad = EventsArgs {
             task: Some("not-an-id".into()),
