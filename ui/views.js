@@ -42,7 +42,7 @@ export function overview(main) {
     main,
     head("Overview", {
       sub: subtitle,
-      actions: canWrite() && h("button", { class: "btn primary", text: "Run task", on: { click: runAndOpen } }),
+      actions: canWrite() && h("button", { class: "btn primary", id: "run-task", text: "Run task", on: { click: runAndOpen } }),
     }),
     stats,
     h(
@@ -259,7 +259,7 @@ export function tasks(main, params) {
     main,
     head("Tasks", {
       sub: scope && h("span", {}, `Tasks ${scope} · `, h("a", { href: "#/tasks", text: "show all" })),
-      actions: canWrite() && h("button", { class: "btn primary", text: "Run task", on: { click: runAndOpen } }),
+      actions: canWrite() && h("button", { class: "btn primary", id: "run-task", text: "Run task", on: { click: runAndOpen } }),
     }),
     h(
       "section",
