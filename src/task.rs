@@ -33,6 +33,9 @@ pub const MAX_STOP_TIMEOUT_S: u64 = 3600;
 pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
 /// Most processes a task may ask for.
 pub const MAX_PIDS_LIMIT: u64 = 1 << 22;
+/// Earlier attempts a task's record keeps ([`Task::attempts`]): enough to see a crash loop or a
+/// move, few enough that a task restarted forever keeps a record of bounded size.
+pub const MAX_ATTEMPTS_KEPT: usize = 10;
 
 /// Where a task is in its life. Serialized as its name; the Go Cube's integers 0..4 are accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -336,6 +339,64 @@ pub struct Task {
     pub start_time: Option<DateTime<Utc>>,
     #[serde(default, with = "stamp::optional")]
     pub finish_time: Option<DateTime<Utc>>,
+    /// The attempts before the current one, oldest first: the last 10 (`MAX_ATTEMPTS_KEPT`) the
+    /// manager gave up (ended and restarted, or moved off a lost or draining node). The current
+    /// attempt is the task's own fields. A worker's copy has none.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+}
+
+/// An earlier attempt of a task, as it was when the manager gave it up for a restart or a move:
+/// the task's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Attempt {
+    /// Its placement number.
+    pub attempt: u32,
+    /// The worker it was placed on.
+    #[serde(default)]
+    pub worker: Option<String>,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    /// How it ended: Completed or Failed, or Scheduled or Running when it was given up (its
+    /// node was lost or drained).
+    pub state: State,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default, with = "stamp::optional")]
+    pub start_time: Option<DateTime<Utc>>,
+    #[serde(default, with = "stamp::optional")]
+    pub finish_time: Option<DateTime<Utc>>,
+    /// When the manager gave it up: a restart or move began, or its node was lost or drained.
+    #[serde(with = "stamp")]
+    pub ended_at: DateTime<Utc>,
+}
+
+impl Attempt {
+    /// The task's current attempt, given up at `ended_at`; none before its first placement.
+    pub fn of(task: &Task, ended_at: DateTime<Utc>) -> Option<Attempt> {
+        if task.attempt == 0 {
+            return None;
+        }
+        let state = match task.state {
+            // Completed is final, so an `always` task whose container exited 0 waits for its
+            // restart in Pending: the attempt itself completed.
+            State::Pending if task.finish_time.is_some() => State::Completed,
+            state => state,
+        };
+        Some(Attempt {
+            attempt: task.attempt,
+            worker: task.worker.clone(),
+            container_id: task.container_id.clone(),
+            state,
+            exit_code: task.exit_code,
+            error: task.error.clone(),
+            start_time: task.start_time,
+            finish_time: task.finish_time,
+            ended_at,
+        })
+    }
 }
 
 /// A task's times: RFC 3339 text in JSON, and seconds and nanoseconds since the epoch in binary
@@ -397,15 +458,16 @@ pub(crate) mod stamp {
     }
 }
 
-/// The record the manager's and the workers' stores keep of a task. Versions 2 and 3 are binary
+/// The record the manager's and the workers' stores keep of a task. Versions 2 to 4 are binary
 /// (a store holds millions of them: a third of the JSON's bytes, and recovery decodes them
 /// several times faster); versions 0 and 1 were the API's JSON. Version 3 added the service
-/// fields, constraints, `spread_by` and volumes. Adding, removing or reordering a field of
+/// fields, constraints, `spread_by` and volumes; version 4 the history of earlier attempts
+/// (`attempts`, empty when read from an older version). Adding, removing or reordering a field of
 /// [`Task`], or a variant of [`State`] or [`Goal`] (written by index; [`RestartPolicy`] is
 /// written by name), changes the binary shape: give it a new version and read the old one in
 /// `upgrade` (the pinned layout test says so).
 impl crate::db::Record for Task {
-    const VERSION: u8 = 3;
+    const VERSION: u8 = 4;
     const ENCODING: crate::db::Encoding = crate::db::Encoding::Binary;
 
     fn upgrade(version: u8, bytes: &[u8]) -> Result<Task, String> {
@@ -414,6 +476,9 @@ impl crate::db::Record for Task {
             2 => postcard::from_bytes::<TaskV2>(bytes)
                 .map(Task::from)
                 .map_err(|e| format!("not a version 2 task record ({e})")),
+            3 => postcard::from_bytes::<TaskV3>(bytes)
+                .map(Task::from)
+                .map_err(|e| format!("not a version 3 task record ({e})")),
             v => Err(format!(
                 "schema version {v} is not one this build reads (it writes {})",
                 Self::VERSION
@@ -494,6 +559,90 @@ impl From<TaskV2> for Task {
             created_at: t.created_at,
             start_time: t.start_time,
             finish_time: t.finish_time,
+            attempts: Vec::new(),
+        }
+    }
+}
+
+/// The binary shape of a version 3 task record: [`Task`] before its history of attempts. Kept
+/// only to read old stores.
+#[derive(Deserialize)]
+struct TaskV3 {
+    id: Uuid,
+    name: String,
+    service: Option<String>,
+    version: u64,
+    slot: u32,
+    state: State,
+    attempt: u32,
+    image: String,
+    cmd: Vec<String>,
+    env: Vec<String>,
+    cpu: f64,
+    memory: u64,
+    disk: u64,
+    exposed_ports: Vec<String>,
+    port_bindings: BTreeMap<String, String>,
+    host_ports: BTreeMap<String, String>,
+    restart_policy: RestartPolicy,
+    max_restarts: u32,
+    restart_count: u32,
+    health_check: Option<String>,
+    stop_timeout_s: u64,
+    pids_limit: u64,
+    constraints: Vec<Constraint>,
+    spread_by: Option<String>,
+    volumes: Vec<Volume>,
+    desired: Goal,
+    worker: Option<String>,
+    container_id: Option<String>,
+    exit_code: Option<i64>,
+    error: Option<String>,
+    #[serde(with = "stamp")]
+    created_at: DateTime<Utc>,
+    #[serde(with = "stamp::optional")]
+    start_time: Option<DateTime<Utc>>,
+    #[serde(with = "stamp::optional")]
+    finish_time: Option<DateTime<Utc>>,
+}
+
+impl From<TaskV3> for Task {
+    fn from(t: TaskV3) -> Task {
+        Task {
+            id: t.id,
+            name: t.name,
+            service: t.service,
+            version: t.version,
+            slot: t.slot,
+            state: t.state,
+            attempt: t.attempt,
+            image: t.image,
+            cmd: t.cmd,
+            env: t.env,
+            cpu: t.cpu,
+            memory: t.memory,
+            disk: t.disk,
+            exposed_ports: t.exposed_ports,
+            port_bindings: t.port_bindings,
+            host_ports: t.host_ports,
+            restart_policy: t.restart_policy,
+            max_restarts: t.max_restarts,
+            restart_count: t.restart_count,
+            health_check: t.health_check,
+            stop_timeout_s: t.stop_timeout_s,
+            pids_limit: t.pids_limit,
+            constraints: t.constraints,
+            spread_by: t.spread_by,
+            volumes: t.volumes,
+            desired: t.desired,
+            worker: t.worker,
+            container_id: t.container_id,
+            exit_code: t.exit_code,
+            error: t.error,
+            created_at: t.created_at,
+            start_time: t.start_time,
+            finish_time: t.finish_time,
+            attempts: Vec::new(),
         }
     }
 }
@@ -549,6 +698,7 @@ impl Task {
             created_at: Utc::now(),
             start_time: None,
             finish_time: None,
+            attempts: Vec::new(),
         }
     }
 
@@ -596,6 +746,22 @@ impl Task {
             && self.service == other.service
             && self.version == other.version
             && self.slot == other.slot
+    }
+
+    /// Add `ended`, an attempt the task gives up, to its history: once (an attempt given up
+    /// when its node was lost is not added again when the next one is placed), dropping the
+    /// oldest beyond [`MAX_ATTEMPTS_KEPT`].
+    pub fn keep_attempt(&mut self, ended: Attempt) {
+        if self
+            .attempts
+            .last()
+            .is_some_and(|last| last.attempt >= ended.attempt)
+        {
+            return;
+        }
+        let excess = (self.attempts.len() + 1).saturating_sub(MAX_ATTEMPTS_KEPT);
+        self.attempts.drain(..excess);
+        self.attempts.push(ended);
     }
 
     /// The container port the health check is made on: the first exposed port.
@@ -1727,6 +1893,7 @@ mod tests {
             "created_at",
             "start_time",
             "finish_time",
+            "attempts",
         ] {
             assert!(json.get(key).is_some(), "missing {key} in {json}");
         }
@@ -1889,9 +2056,42 @@ mod tests {
         b.state = State::Running;
         b.worker = Some("w1".into());
         b.created_at = Utc::now();
-        assert!(a.same_spec(&b));
+        let mut ran = a.clone();
+        ran.attempt = 1;
+        b.attempts = Attempt::of(&ran, Utc::now()).into_iter().collect();
+        b.attempt = 2;
+        assert!(
+            !b.attempts.is_empty() && a.same_spec(&b),
+            "history is not spec"
+        );
         b.cmd = vec!["true".into()];
         assert!(!a.same_spec(&b));
+    }
+
+    #[test]
+    fn the_history_keeps_each_attempt_once_and_only_the_newest() {
+        let mut t = Task::new("img");
+        assert_eq!(Attempt::of(&t, Utc::now()), None, "nothing ran yet");
+        for n in 1..=MAX_ATTEMPTS_KEPT as u32 + 3 {
+            t.attempt = n;
+            t.state = State::Failed;
+            t.exit_code = Some(n.into());
+            let ended = Attempt::of(&t, Utc::now()).expect("an attempt");
+            t.keep_attempt(ended.clone());
+            t.keep_attempt(ended);
+        }
+        let kept: Vec<u32> = t.attempts.iter().map(|a| a.attempt).collect();
+        assert_eq!(
+            kept,
+            (4..=13).collect::<Vec<_>>(),
+            "the oldest go, once each"
+        );
+        assert_eq!(t.attempts[0].exit_code, Some(4));
+        // An `always` task that exited 0 waits in Pending; its attempt completed.
+        t.state = State::Pending;
+        t.finish_time = Some(Utc::now());
+        let ended = Attempt::of(&t, Utc::now()).expect("an attempt");
+        assert_eq!(ended.state, State::Completed);
     }
 
     #[test]

@@ -90,6 +90,7 @@ const IGNORED_KEYS: &[&str] = &[
     "error",
     "exit_code",
     "desired",
+    "attempts",
 ];
 
 /// The Go spellings of a known field (empty for an unknown one).
@@ -200,6 +201,7 @@ fn check_valid(t: &Task) -> Result<(), TestCaseError> {
     prop_assert!(t.worker.is_none() && t.container_id.is_none());
     prop_assert!(t.exit_code.is_none() && t.error.is_none());
     prop_assert!(t.start_time.is_none() && t.finish_time.is_none());
+    prop_assert!(t.attempts.is_empty(), "a submission brings no history");
     prop_assert!(t.cpu.is_finite() && t.cpu >= 0.0, "cpu {}", t.cpu);
     for e in &t.env {
         prop_assert!(!e.is_empty() && !e.starts_with('='), "env {:?}", e);

@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::actors::manager::NodeRecord;
 use crate::actors::manager::core::{Tombstone, Writes};
 use crate::service::ServiceView;
-use crate::task::Task;
+use crate::task::{Attempt, Task};
 
 /// Events kept for replay unless told otherwise (`--event-buffer`).
 pub const DEFAULT_EVENT_BUFFER: usize = 100_000;
@@ -337,6 +337,15 @@ fn task_bytes(t: &Task) -> usize {
             .map(|v| v.source.len() + v.target.len() + 56)
             .sum::<usize>()
         + t.constraints.len() * 72
+        + t.attempts
+            .iter()
+            .map(|a| {
+                std::mem::size_of::<Attempt>()
+                    + a.worker.as_ref().map_or(0, String::len)
+                    + a.container_id.as_ref().map_or(0, String::len)
+                    + a.error.as_ref().map_or(0, String::len)
+            })
+            .sum::<usize>()
 }
 
 /// The last `capacity` events (and at most [`MAX_RING_BYTES`] of them), numbered from

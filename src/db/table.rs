@@ -339,6 +339,37 @@ mod tests {
         task.constraints = vec!["zone==a".parse().expect("a constraint")];
         task.spread_by = Some("rack".into());
         task.volumes = vec![crate::volume::Volume::parse("data:/data:ro").expect("a volume")];
+        task.attempts = vec![
+            crate::task::Attempt {
+                attempt: 1,
+                worker: Some("w0".into()),
+                container_id: Some("c1".into()),
+                state: crate::task::State::Failed,
+                exit_code: Some(137),
+                error: Some("OOM killed".into()),
+                start_time: Some(task.created_at),
+                finish_time: Some(task.created_at),
+                ended_at: task.created_at,
+            },
+            crate::task::Attempt {
+                attempt: 2,
+                worker: Some("w2".into()),
+                container_id: None,
+                state: crate::task::State::Running,
+                exit_code: None,
+                error: None,
+                start_time: None,
+                finish_time: None,
+                ended_at: task.created_at,
+            },
+        ];
+        task
+    }
+
+    /// [`fixed_task`] as a record of an older version holds it: without its history.
+    fn fixed_task_before_attempts() -> crate::task::Task {
+        let mut task = fixed_task();
+        task.attempts.clear();
         task
     }
 
@@ -354,7 +385,7 @@ mod tests {
             .expect("get")
             .expect("a row");
         let json = serde_json::to_vec(&task).expect("json");
-        assert_eq!(raw[0], 3, "version 3 is binary");
+        assert_eq!(raw[0], 4, "version 4 is binary");
         assert!(
             raw.len() * 2 < json.len(),
             "{} bytes, JSON {}",
@@ -368,10 +399,11 @@ mod tests {
         );
     }
 
-    /// The binary shape is the order of the fields of `Task` and of the variants of its enums.
-    /// If this fails, the shape changed: give `Task`'s record a new version, read version 3 in
-    /// its `upgrade` (keep the old shape as a type of its own, as `TaskV2` is), and pin the new
-    /// bytes here.
+    /// The binary shape is the order of the fields of `Task` (and of `Attempt`) and of the
+    /// variants of its enums. If this fails, the shape changed: give `Task`'s record a new
+    /// version, read version 4 in its `upgrade` (keep the old shape as a type of its own, as
+    /// `TaskV2` and `TaskV3` are), move these bytes to a test that they still read, and pin the
+    /// new bytes here.
     #[test]
     fn the_task_record_layout_is_pinned() {
         let bytes = postcard::to_allocvec(&fixed_task()).expect("encode");
@@ -394,18 +426,13 @@ mod tests {
     #[tokio::test]
     async fn version_2_task_records_still_read() {
         let (store, _dir) = task_store();
-        let hex = PINNED_TASK_V2;
         let mut v2 = vec![2u8];
-        v2.extend(
-            (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")),
-        );
+        v2.extend(unhex(PINNED_TASK_V2));
         let mut batch = Batch::new();
         batch.put("tasks", 1u64.to_be_bytes().to_vec(), v2);
         commit(&store, batch).await;
         let got = TASKS.get(&store, &1).expect("readable").expect("a task");
-        let mut want = fixed_task();
+        let mut want = fixed_task_before_attempts();
         want.service = None;
         want.version = 0;
         want.slot = 0;
@@ -415,12 +442,42 @@ mod tests {
         assert_eq!(got, want);
     }
 
-    const PINNED_TASK: &str = concat!(
+    /// A version 3 record's body (before the history of attempts), as the version 3 build
+    /// pinned it.
+    const PINNED_TASK_V3: &str = concat!(
         "100123456789abcdef0123456789abcdef0377656201037765620201020318637562652d64656d6f2f627573",
         "79626f783a6c617465737402056874747064022d660103413d31000000000000e03f8080802000010638302f",
         "746370010638302f7463700438303830010638302f746370043830383006616c77617973030001012f058020",
         "01077a6f6e653d3d6101047261636b010464617461052f646174610101010277310106633066666565010101",
         "046f6f707380c8ceb40d050180c8ceb40d0500",
+    );
+
+    #[tokio::test]
+    async fn version_3_task_records_still_read() {
+        let (store, _dir) = task_store();
+        let mut v3 = vec![3u8];
+        v3.extend(unhex(PINNED_TASK_V3));
+        let mut batch = Batch::new();
+        batch.put("tasks", 1u64.to_be_bytes().to_vec(), v3);
+        commit(&store, batch).await;
+        let got = TASKS.get(&store, &1).expect("readable").expect("a task");
+        assert_eq!(got, fixed_task_before_attempts());
+    }
+
+    fn unhex(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect()
+    }
+
+    const PINNED_TASK: &str = concat!(
+        "100123456789abcdef0123456789abcdef0377656201037765620201020318637562652d64656d6f2f627573",
+        "79626f783a6c617465737402056874747064022d660103413d31000000000000e03f8080802000010638302f",
+        "746370010638302f7463700438303830010638302f746370043830383006616c77617973030001012f058020",
+        "01077a6f6e653d3d6101047261636b010464617461052f646174610101010277310106633066666565010101",
+        "046f6f707380c8ceb40d050180c8ceb40d05000201010277300102633104019202010a4f4f4d206b696c6c65",
+        "640180c8ceb40d050180c8ceb40d0580c8ceb40d05020102773200020000000080c8ceb40d05",
     );
 
     #[tokio::test]
@@ -433,7 +490,8 @@ mod tests {
         v1.extend_from_slice(&json);
         batch.put("tasks", 1u64.to_be_bytes().to_vec(), v1);
         batch.put("tasks", 2u64.to_be_bytes().to_vec(), json);
-        batch.put("tasks", 3u64.to_be_bytes().to_vec(), vec![3, 1, 2, 3]);
+        batch.put("tasks", 3u64.to_be_bytes().to_vec(), vec![4, 1, 2, 3]);
+        batch.put("tasks", 4u64.to_be_bytes().to_vec(), vec![3, 1, 2, 3]);
         commit(&store, batch).await;
         for key in [1, 2] {
             let got = TASKS.get(&store, &key).expect("readable").expect("a task");
@@ -445,5 +503,10 @@ mod tests {
             .expect_err("damaged binary")
             .to_string();
         assert!(err.contains("tasks") && err.contains("shape"), "{err}");
+        let err = TASKS
+            .get(&store, &4)
+            .expect_err("damaged version 3")
+            .to_string();
+        assert!(err.contains("not a version 3 task record"), "{err}");
     }
 }

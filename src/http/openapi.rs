@@ -35,7 +35,9 @@ use crate::service::{
     Endpoint, Endpoints, FailureAction, Mode, Order, Rollout, RolloutState, ServiceInput,
     ServiceView, UpdateConfig, UpdateInput, VersionCount,
 };
-use crate::task::{Goal, RestartPolicy, Starts, State, StopInput, Stops, Submission, Task};
+use crate::task::{
+    Attempt, Goal, RestartPolicy, Starts, State, StopInput, Stops, Submission, Task,
+};
 
 /// `GET /openapi.json` on the manager API.
 pub async fn manager() -> HttpResponse {
@@ -251,6 +253,7 @@ struct ServicePatch {
             ErrorBody,
             ServerSentEvent,
             Task,
+            Attempt,
             State,
             Goal,
             RestartPolicy,
@@ -319,6 +322,7 @@ struct ManagerDoc;
         schemas(
             ErrorBody,
             Task,
+            Attempt,
             State,
             Goal,
             RestartPolicy,
@@ -1366,6 +1370,13 @@ mod tests {
         let task = Task::new("cube-demo/busybox:latest");
         assert_answer_schema(&manager, "Task", &task);
         assert_answer_schema(&worker, "Task", &task);
+        let mut ran = task.clone();
+        ran.attempt = 1;
+        let attempt = Attempt::of(&ran, Utc::now()).expect("attempt 1");
+        assert_answer_schema(&manager, "Attempt", &attempt);
+        assert_answer_schema(&worker, "Attempt", &attempt);
+        let attempts = &manager["components"]["schemas"]["Task"]["properties"]["attempts"];
+        assert_eq!(attempts["items"]["$ref"], "#/components/schemas/Attempt");
         let stats = NodeStats::simulated(
             "w1",
             crate::node::Capacity {

@@ -177,6 +177,9 @@ impl Feed {
 /// Room every task's JSON takes besides its text: the field names, quotes, commas and colons,
 /// the id, the numbers at their widest and the three dates. A default task takes about 450.
 const JSON_FRAME: usize = 1024;
+/// Room an earlier attempt's JSON takes besides its text (a worker's tasks have none, but the
+/// bound holds for any task): field names, numbers at their widest, three dates.
+const JSON_ATTEMPT_FRAME: usize = 512;
 /// The most bytes a string's own quotes, comma and colon add.
 const JSON_PER_STRING: usize = 4;
 /// JSON's widest escape of one byte of text (`\u001f`).
@@ -204,6 +207,10 @@ pub fn json_size_bound(task: &Task) -> usize {
         add(k);
         add(v);
     }
+    let history = task
+        .attempts
+        .iter()
+        .flat_map(|a| [&a.worker, &a.container_id, &a.error]);
     for s in [
         &task.health_check,
         &task.worker,
@@ -211,11 +218,15 @@ pub fn json_size_bound(task: &Task) -> usize {
         &task.error,
     ]
     .into_iter()
+    .chain(history)
     .flatten()
     {
         add(s);
     }
-    JSON_FRAME + strings * JSON_PER_STRING + text * JSON_WIDEST_ESCAPE
+    JSON_FRAME
+        + task.attempts.len() * JSON_ATTEMPT_FRAME
+        + strings * JSON_PER_STRING
+        + text * JSON_WIDEST_ESCAPE
 }
 
 #[cfg(test)]
@@ -366,6 +377,8 @@ mod tests {
         task.exit_code = Some(i64::MIN);
         task.start_time = Some(task.created_at);
         task.finish_time = Some(task.created_at);
+        let ended = crate::task::Attempt::of(&task, task.created_at).expect("an attempt");
+        task.attempts = vec![ended; crate::task::MAX_ATTEMPTS_KEPT];
         task
     }
 

@@ -192,6 +192,19 @@ impl World {
                     t.restart_count, t.max_restarts
                 ));
             }
+            // The history holds earlier attempts, oldest first, each once; the current one
+            // joins it only once given up (moved, and not yet placed again).
+            let kept: Vec<u32> = t.attempts.iter().map(|a| a.attempt).collect();
+            let ordered = kept.windows(2).all(|w| w[0] < w[1]);
+            let earlier = kept.last().is_none_or(|&last| {
+                last < t.attempt || (last == t.attempt && !t.state.is_active())
+            });
+            if kept.len() > crate::task::MAX_ATTEMPTS_KEPT || !ordered || !earlier {
+                problems.push(format!(
+                    "task {id} at attempt {} ({}) keeps the history {kept:?}",
+                    t.attempt, t.state
+                ));
+            }
         }
         for (id, t) in &durable {
             if t.state == State::Completed {

@@ -22,7 +22,8 @@
 //! seconds, so they drop what the manager acknowledged, and expire tombstones, amid the faults.
 //!
 //! After every step the invariants that must always hold are checked (nothing acknowledged is
-//! lost, a stop acknowledged stays asked for, Completed is final, attempts only grow,
+//! lost, a stop acknowledged stays asked for, Completed is final, attempts only grow, a task's
+//! history of attempts is ordered, bounded and earlier than its current attempt,
 //! `restart_count` never exceeds the ends the world caused, the scheduler's book matches the
 //! tasks' reservations, a worker drops a task only once the manager durably recorded its end
 //! and keeps its tombstone for the retention, no worker takes a start of an attempt it

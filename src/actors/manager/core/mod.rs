@@ -40,7 +40,7 @@ use crate::actors::scheduler::{NoFit, PlaceRequest, PlacementFacts, Room};
 use crate::clock::{Now, Timers, backoff};
 use crate::node::{Availability, NodeFacts, NodeStatus};
 use crate::sim::planted::{Bug, planted};
-use crate::task::{Goal, RestartPolicy, State, Task};
+use crate::task::{Attempt, Goal, RestartPolicy, State, Task};
 
 /// First restart waits this long; each further one twice as long, up to [`MAX_RESTART_BACKOFF`].
 pub const MIN_RESTART_BACKOFF: Duration = Duration::from_secs(1);
@@ -987,6 +987,7 @@ impl Core {
         task.error = None;
         task.start_time = None;
         task.finish_time = None;
+        task.attempts.clear();
         task.created_at = now.wall;
         let key = self.next_key;
         self.next_key += 1;

@@ -157,10 +157,15 @@ impl Core {
     pub(super) fn assign(&mut self, now: Now, id: Uuid, nid: NodeId) {
         let name = self.nodes[nid].name.clone();
         let e = self.tasks.get_mut(&id).expect("assign on a known task");
+        // The attempt this one replaces, read before the new one's state is set over it.
+        let ended = Attempt::of(&e.task, now.wall);
         if let Err(err) = e.task.transition(State::Scheduled, now.wall) {
             warn!("manager: task {id}: {err}");
             self.releases.push(id);
             return;
+        }
+        if let Some(ended) = ended {
+            e.task.keep_attempt(ended);
         }
         e.task.attempt += 1;
         self.tally.placements += 1;

@@ -56,7 +56,9 @@ impl Core {
                     // Level-triggered: whatever is found on a draining node moves (facts.rs).
                     self.drain_task(now, id);
                 } else if !self.observed(nid, id, attempt) {
-                    let task = self.tasks[&id].task.clone();
+                    // The history is the manager's: a worker is sent the attempt it runs.
+                    let mut task = self.tasks[&id].task.clone();
+                    task.attempts = Vec::new();
                     self.ensure_call(now, nid, id, attempt, CallKind::Start, Some(task));
                 }
             }
@@ -308,6 +310,10 @@ impl Core {
             .tasks
             .get_mut(&id)
             .expect("place_elsewhere on a known task");
+        // Kept now, while it still names its worker and container, which are cleared below.
+        if let Some(given_up) = Attempt::of(&e.task, now.wall) {
+            e.task.keep_attempt(given_up);
+        }
         if e.task.state == State::Running {
             let _ = e.task.transition(State::Scheduled, now.wall);
         }

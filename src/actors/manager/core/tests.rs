@@ -411,6 +411,194 @@ fn a_lost_worker_s_tasks_move_as_new_attempts_without_counting_a_restart() {
     assert_eq!(h.starts(), vec![("w2".into(), id, 2)]);
 }
 
+/// The starts among the effects taken now, whole: what a worker is sent.
+fn started_tasks(h: &mut Harness) -> Vec<Task> {
+    h.take()
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::Start { task, .. } => Some(*task),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Attempt `attempt` of the task started on `node`, reported Running, then Failed with `code`.
+fn run_and_end(h: &mut Harness, ep: EndpointId, node: &str, id: Uuid, attempt: u32, code: i64) {
+    h.start_ok(node, id, attempt);
+    h.report(ep, false, vec![seen(&h.task(id), attempt, State::Running)]);
+    let mut failed = seen(&h.task(id), attempt, State::Failed);
+    failed.exit_code = Some(code);
+    failed.error = Some(format!("exited with code {code}"));
+    h.report(ep, false, vec![failed]);
+    assert_eq!(h.state(id), State::Failed);
+}
+
+#[test]
+fn a_task_restarted_twice_shows_both_earlier_attempts_in_order() {
+    let mut h = Harness::new();
+    let ep1 = h.worker("10.0.0.1:5556", "w1");
+    let ep2 = h.worker("10.0.0.2:5556", "w2");
+    let t = task("fail");
+    let id = t.id;
+    h.submit(t);
+    h.place_on("w1");
+    assert_eq!(h.starts(), vec![("w1".into(), id, 1)]);
+    run_and_end(&mut h, ep1, "w1", id, 1, 3);
+    let first_ended = h.task(id);
+    assert!(
+        first_ended.attempts.is_empty(),
+        "attempt 1 is still current"
+    );
+    h.advance(MAX_RESTART_BACKOFF);
+    let replaced_at = h.now().wall;
+    h.place_on("w2");
+    let sent = started_tasks(&mut h);
+    assert_eq!(sent.len(), 1);
+    assert!(
+        sent[0].attempts.is_empty(),
+        "a worker is not sent the history"
+    );
+    run_and_end(&mut h, ep2, "w2", id, 2, 4);
+    h.advance(MAX_RESTART_BACKOFF);
+    h.place_on("w1");
+    let t = h.task(id);
+    assert_eq!(
+        (t.attempt, t.restart_count, t.worker.as_deref(), t.exit_code),
+        (3, 2, Some("w1"), None)
+    );
+    let history: Vec<_> = t
+        .attempts
+        .iter()
+        .map(|a| {
+            (
+                a.attempt,
+                a.worker.as_deref(),
+                a.state,
+                a.exit_code,
+                a.error.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        history,
+        vec![
+            (
+                1,
+                Some("w1"),
+                State::Failed,
+                Some(3),
+                Some("exited with code 3")
+            ),
+            (
+                2,
+                Some("w2"),
+                State::Failed,
+                Some(4),
+                Some("exited with code 4")
+            ),
+        ]
+    );
+    let first = &t.attempts[0];
+    assert_eq!(
+        (
+            first.start_time,
+            first.finish_time,
+            first.container_id.clone()
+        ),
+        (
+            first_ended.start_time,
+            first_ended.finish_time,
+            first_ended.container_id
+        )
+    );
+    assert!(first.finish_time.is_some());
+    assert_eq!(first.ended_at, replaced_at);
+}
+
+#[test]
+fn a_task_moved_off_a_lost_node_shows_the_lost_attempt() {
+    let mut h = Harness::new();
+    let ep1 = h.worker("10.0.0.1:5556", "w1");
+    h.worker("10.0.0.2:5556", "w2");
+    let id = h.running_on(ep1, "w1", task("sleep"));
+    let running = h.task(id);
+    let now = h.now();
+    h.core.node_down(now, ep1);
+    let lost = h.task(id);
+    assert_eq!((lost.state, lost.worker.as_deref()), (State::Pending, None));
+    let kept = |t: &Task| {
+        t.attempts
+            .iter()
+            .map(|a| (a.attempt, a.worker.clone(), a.state, a.container_id.clone()))
+            .collect::<Vec<_>>()
+    };
+    let want = vec![(
+        1,
+        Some("w1".to_string()),
+        State::Running,
+        running.container_id.clone(),
+    )];
+    assert!(running.container_id.is_some());
+    assert_eq!(kept(&lost), want, "kept when it is lost, naming its worker");
+    assert_eq!(lost.attempts[0].start_time, running.start_time);
+    assert_eq!(lost.attempts[0].ended_at, now.wall);
+    h.advance(Duration::from_secs(1));
+    h.place_on("w2");
+    let moved = h.task(id);
+    assert_eq!((moved.attempt, moved.worker.as_deref()), (2, Some("w2")));
+    assert_eq!(kept(&moved), want, "kept once");
+    assert_eq!(moved.attempts[0].ended_at, now.wall, "as it was when lost");
+}
+
+#[test]
+fn the_history_keeps_only_the_newest_attempts() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let mut t = task("fail");
+    let placements = crate::task::MAX_ATTEMPTS_KEPT as u32 + 3;
+    t.max_restarts = placements;
+    let id = t.id;
+    h.submit(t);
+    for attempt in 1..=placements {
+        assert_eq!(h.place_on("w1"), vec![id], "attempt {attempt}");
+        run_and_end(&mut h, ep, "w1", id, attempt, attempt.into());
+        h.advance(MAX_RESTART_BACKOFF);
+    }
+    h.place_on("w1");
+    let t = h.task(id);
+    assert_eq!(t.attempt, placements + 1);
+    let kept: Vec<(u32, Option<i64>)> = t
+        .attempts
+        .iter()
+        .map(|a| (a.attempt, a.exit_code))
+        .collect();
+    let newest = placements + 1 - crate::task::MAX_ATTEMPTS_KEPT as u32..=placements;
+    assert_eq!(
+        kept,
+        newest.map(|a| (a, Some(a.into()))).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_resubmission_with_the_same_spec_is_not_refused_for_its_history() {
+    let mut h = Harness::new();
+    let ep = h.worker("10.0.0.1:5556", "w1");
+    let t = task("fail");
+    let again = t.clone();
+    let id = t.id;
+    h.submit(t);
+    h.place_on("w1");
+    run_and_end(&mut h, ep, "w1", id, 1, 1);
+    h.advance(MAX_RESTART_BACKOFF);
+    h.place_on("w1");
+    assert_eq!(h.task(id).attempts.len(), 1);
+    let now = h.now();
+    match h.core.submit(now, again) {
+        Ok(Submitted::Existing(t)) => assert_eq!(t.attempts.len(), 1),
+        other => panic!("expected the existing task, got {other:?}"),
+    }
+}
+
 #[test]
 fn a_placement_on_a_worker_that_just_went_down_is_placed_again() {
     let mut h = Harness::new();
