@@ -1,8 +1,10 @@
 //! What the integration tests share: real `cube` processes on free ports, a test image built from
-//! Debian's static busybox, a small HTTP client, and guards that remove every process and
-//! container a test made, also when it fails.
+//! Debian's static busybox, a small HTTP client, a headless browser ([`browser`]), and guards
+//! that remove every process and container a test made, also when it fails.
 
 #![allow(dead_code)] // each test binary uses a different part of this module
+
+pub mod browser;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
