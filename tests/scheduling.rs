@@ -68,7 +68,8 @@ async fn placements(actors: &ManagerActors, n: usize) -> HashMap<String, usize> 
         .manager
         .send(ListTasks::default())
         .await
-        .expect("tasks");
+        .expect("the manager answers")
+        .expect("a listing by id never fails");
     let mut per_node = HashMap::new();
     for t in tasks.iter().filter(|t| t.state == State::Running) {
         *per_node

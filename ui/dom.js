@@ -123,10 +123,13 @@ const GLYPHS = {
   drain: "⇣",
 };
 
+/** How a state reads, where its name is not a word (a node's availability). */
+const WORDS = { active: "Active", pause: "Paused", drain: "Draining" };
+
 /** A state as a badge: colour, glyph and word. A running task asked to stop says so. */
 export function badge(state, desired) {
   const stopping = desired === "stopped" && (state === "Running" || state === "Scheduled");
-  const word = stopping ? "Stopping" : state;
+  const word = stopping ? "Stopping" : WORDS[state] ?? state;
   return h(
     "span",
     { class: `badge ${stopping ? "stopping" : String(state).toLowerCase()}`, "data-state": state },
@@ -172,6 +175,7 @@ export function toast(message, kind = "ok") {
   if (!box) return;
   const el = h("div", { class: `toast ${kind}`, role: kind === "error" ? "alert" : "status", text: message });
   box.append(el);
+  while (box.children.length > 3) box.firstElementChild.remove();
   setTimeout(() => el.remove(), kind === "error" ? 8000 : 3500);
 }
 

@@ -126,7 +126,7 @@ async function snapshot() {
     emit("nodes", state.nodes);
     emit("service", null);
   } catch (e) {
-    console.warn("cannot read the cluster", e);
+    if (e.status !== 401) console.warn("cannot read the cluster", e);
   }
   const pending = held ?? [];
   held = null;
@@ -136,6 +136,9 @@ async function snapshot() {
 function apply(event) {
   if (event.type === "task") {
     emit("task", event);
+    // A service's counts (running, updated) follow its tasks, and its own events come only
+    // when its record changes: read the services again too.
+    if (event.object?.service) servicesStale = true;
     scheduleRefresh();
   } else if (event.type === "service") {
     if (event.action === "removed") state.services.delete(event.name);
@@ -152,6 +155,7 @@ function apply(event) {
 let refreshTimer = null;
 let refreshing = false;
 let again = false;
+let servicesStale = false;
 
 /** Read nodes and counts again soon, coalescing bursts. */
 function scheduleRefresh() {
@@ -168,13 +172,25 @@ export async function refresh() {
     return;
   }
   refreshing = true;
+  const withServices = servicesStale;
+  servicesStale = false;
   try {
-    const [nodes, health] = await Promise.all([get("/nodes"), get("/health")]);
+    const [nodes, health, services] = await Promise.all([
+      get("/nodes"),
+      get("/health"),
+      withServices ? get("/services") : null,
+    ]);
     state.nodes = nodes;
     setHealth(health);
     emit("nodes", nodes);
+    if (services) {
+      state.services = new Map(services.map((s) => [s.name, s]));
+      emit("service", null);
+    }
   } catch (e) {
-    console.warn("cannot read the nodes", e);
+    // A 401 signs the page out (api.js); anything else is the connection, which the bar shows.
+    if (e.status !== 401) console.warn("cannot read the nodes", e);
+    servicesStale ||= withServices;
   } finally {
     refreshing = false;
     if (again) {

@@ -141,7 +141,7 @@ export function nodeCard(node) {
       "div",
       { class: "node-foot" },
       h("a", { href: `#/tasks?worker=${encodeURIComponent(node.name)}`, text: `${node.tasks} task(s)` }),
-      h("span", { class: "muted small" }, "seen ", age(node.last_seen)),
+      node.status !== "Ready" && h("span", { class: "muted small" }, "last seen ", age(node.last_seen)),
       draining && node.drain_deadline && h("span", { class: "muted small" }, "deadline ", age(node.drain_deadline)),
       write &&
         h(
