@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use actix_web::http::header;
 use actix_web::{App, HttpServer, web};
 use log::info;
 
@@ -205,6 +206,16 @@ where
         App::new()
             .app_data(web::Data::new(access.clone()))
             .wrap(actix_web::middleware::from_fn(auth::require_token))
+            // The API's answers are data, never a page: a browser must not sniff them into
+            // one, run them, or frame them (the dashboard's own answers set their policy).
+            .wrap(
+                actix_web::middleware::DefaultHeaders::new()
+                    .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                    .add((
+                        header::CONTENT_SECURITY_POLICY,
+                        "default-src 'none'; frame-ancestors 'none'; sandbox",
+                    )),
+            )
             .configure(configure.clone())
             .default_service(web::to(crate::http::no_route))
     })

@@ -1,17 +1,34 @@
 // The manager's API as the page uses it: JSON in and out, the session cookie sent by the
-// browser, the session's CSRF token on every write, and the API's own error message on refusal.
+// browser, the session's key on every request, and the API's own error message on refusal.
+//
+// The key (`X-Cube-CSRF`) is given once, by the sign-in, and kept in this origin's storage:
+// the browser sends the cookie to any port of the manager's host (a container's web server on
+// the same host gets it too), but only a page of this origin can read the key, and the manager
+// honours the cookie only with it.
 
-let csrf = null;
+const KEY = "cube-session-key";
 let onUnauthorized = () => {};
 
-/** What writes carry in `X-Cube-CSRF` (null when the API has no tokens). */
-export function setCsrf(token) {
-  csrf = token;
+/** Keep (or, with null, forget) the session's key. */
+export function setSessionKey(key) {
+  if (key) localStorage.setItem(KEY, key);
+  else localStorage.removeItem(KEY);
+}
+
+/** The headers every request carries: `extra` and the session's key, if any. */
+export function sessionHeaders(extra = {}) {
+  const key = localStorage.getItem(KEY);
+  return key ? { ...extra, "X-Cube-CSRF": key } : extra;
 }
 
 /** Called when the manager answers 401: the session expired or the manager restarted. */
 export function whenUnauthorized(fn) {
   onUnauthorized = fn;
+}
+
+/** Say that the manager refused the session. */
+export function unauthorized() {
+  onUnauthorized();
 }
 
 /** A refused request, with the API's message (`{"error": "…"}`). */
@@ -24,9 +41,8 @@ export class ApiError extends Error {
 
 /** `method path` with `body` (an object, or JSON text as typed): `{data, headers, status}`. */
 export async function api(method, path, body) {
-  const headers = { Accept: "application/json" };
+  const headers = sessionHeaders({ Accept: "application/json" });
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  if (csrf && method !== "GET" && method !== "HEAD") headers["X-Cube-CSRF"] = csrf;
   let res;
   try {
     res = await fetch(path, {
@@ -70,8 +86,10 @@ export function nextLink(headers) {
 export async function followLogs(id, { tail = 500, signal, onText }) {
   const res = await fetch(`/tasks/${encodeURIComponent(id)}/logs?follow=true&tail=${tail}`, {
     credentials: "same-origin",
+    headers: sessionHeaders(),
     signal,
   });
+  if (res.status === 401) unauthorized();
   if (!res.ok) {
     const text = await res.text();
     let message = text;

@@ -1,7 +1,7 @@
 // The dashboard's entry: sign in if the manager asks for it, follow its events, and draw the
 // page the address names (#/, #/tasks, #/tasks/ID, #/services, #/services/NAME, #/nodes).
 
-import { api, get, setCsrf, whenUnauthorized } from "./api.js";
+import { api, get, setSessionKey, whenUnauthorized } from "./api.js";
 import { $, tickAges, toast } from "./dom.js";
 import { loginView } from "./forms.js";
 import { connect, disconnect, on, state } from "./store.js";
@@ -17,7 +17,13 @@ function route() {
   stopView = () => {};
   const [path, query] = location.hash.replace(/^#/, "").split("?");
   const params = new URLSearchParams(query ?? "");
-  const [section = "overview", arg] = path.split("/").filter(Boolean).map(decodeURIComponent);
+  let section;
+  let arg;
+  try {
+    [section = "overview", arg] = path.split("/").filter(Boolean).map(decodeURIComponent);
+  } catch {
+    section = null;
+  }
   for (const link of document.querySelectorAll("#nav a")) {
     if (link.dataset.section === section) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
@@ -36,13 +42,16 @@ function route() {
   stopView = draw() ?? (() => {});
   document.title = `${arg ?? section[0].toUpperCase() + section.slice(1)} · Cube`;
   window.scrollTo(0, 0);
+  // Keyboard and screen reader users land on the new page, not on a link that is gone.
+  if (!main.contains(document.activeElement)) main.focus({ preventScroll: true });
 }
 
 function start(session) {
   signingIn = false;
   state.auth = session.auth;
   state.role = session.role;
-  setCsrf(session.csrf ?? null);
+  // Only the sign-in's answer carries the key; a page that reloads keeps the one it stored.
+  if (session.csrf) setSessionKey(session.csrf);
   document.body.dataset.role = session.role;
   $("#role").hidden = session.role !== "read";
   $("#logout").hidden = !session.auth;
@@ -60,7 +69,7 @@ function signIn(message) {
   disconnect();
   stopView();
   stopView = () => {};
-  setCsrf(null);
+  setSessionKey(null);
   $("#nav").hidden = true;
   $("#live").hidden = true;
   $("#role").hidden = true;
@@ -87,6 +96,8 @@ function showConnection({ value, was }) {
 function applyTheme(theme) {
   if (theme === "dark" || theme === "light") document.documentElement.dataset.theme = theme;
   else delete document.documentElement.dataset.theme;
+  const dark = theme === "dark" || (!theme && matchMedia("(prefers-color-scheme: dark)").matches);
+  $("#theme").setAttribute("aria-pressed", String(dark));
 }
 
 function toggleTheme() {
@@ -111,6 +122,8 @@ async function boot() {
   });
   window.addEventListener("hashchange", route);
   on("connection", showConnection);
+  // Events were missed and are no longer held: draw the page afresh from the API.
+  on("reset", route);
   whenUnauthorized(() => signIn("Your session ended (it expired, or the manager restarted): sign in again."));
   // The ages on the page ("5 min ago") move with the clock; nothing is fetched.
   setInterval(() => tickAges(), 5000);

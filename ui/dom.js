@@ -62,7 +62,17 @@ export function parseBytes(text) {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$/i.exec(text ?? "");
   if (!m) return NaN;
   const power = { "": 0, k: 1, m: 2, g: 3, t: 4 }[m[2].toLowerCase()];
-  return Math.round(Number(m[1]) * 1024 ** power);
+  const n = Math.round(Number(m[1]) * 1024 ** power);
+  // Less than a byte is not a size (and 0 would mean no limit at all).
+  return n === 0 && Number(m[1]) > 0 ? NaN : n;
+}
+
+/** Bytes as the shortest exact size parseBytes reads back: 268435456 → "256M". */
+export function exactSize(n) {
+  for (const [unit, size] of [["T", 1024 ** 4], ["G", 1024 ** 3], ["M", 1024 ** 2], ["K", 1024]]) {
+    if (n >= size && n % size === 0) return `${n / size}${unit}`;
+  }
+  return String(n);
 }
 
 /** Cores: 0.5 → "0.5", 4 → "4". */
@@ -146,14 +156,16 @@ export function meter(label, used, total, format) {
   fill.style.width = `${(ratio * 100).toFixed(1)}%`;
   return h(
     "div",
-    {
-      class: `meter ${level}`,
-      role: "meter",
-      "aria-label": label,
-      "aria-valuemin": 0,
-      "aria-valuemax": total,
-      "aria-valuenow": used,
-    },
+    total > 0
+      ? {
+          class: `meter ${level}`,
+          role: "meter",
+          "aria-label": label,
+          "aria-valuemin": 0,
+          "aria-valuemax": total,
+          "aria-valuenow": Math.min(used, total),
+        }
+      : { class: "meter" },
     h(
       "div",
       { class: "row" },
@@ -173,7 +185,8 @@ export function empty(title, hint, action) {
 export function toast(message, kind = "ok") {
   const box = $("#toasts");
   if (!box) return;
-  const el = h("div", { class: `toast ${kind}`, role: kind === "error" ? "alert" : "status", text: message });
+  // The box is a live region: the message is announced once, by it.
+  const el = h("div", { class: `toast ${kind}`, text: message });
   box.append(el);
   while (box.children.length > 3) box.firstElementChild.remove();
   setTimeout(() => el.remove(), kind === "error" ? 8000 : 3500);

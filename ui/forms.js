@@ -2,7 +2,7 @@
 // stop or a drain. Each shows the API's own message when the change is refused.
 
 import { api } from "./api.js";
-import { $, bytes, fill, h, parseBytes, toast, words } from "./dom.js";
+import { $, exactSize, fill, h, parseBytes, toast, words } from "./dom.js";
 
 /** Show `content` (built by `build(close)`) in the page's one dialog; resolves when it closes. */
 function openDialog(build) {
@@ -15,6 +15,11 @@ function openDialog(build) {
     };
     dialog.addEventListener("close", () => resolve(result), { once: true });
     fill(dialog, build(close));
+    const title = dialog.querySelector("h2");
+    if (title) {
+      title.id = "dialog-title";
+      dialog.setAttribute("aria-labelledby", title.id);
+    }
     dialog.showModal();
     dialog.querySelector("[autofocus]")?.focus();
   });
@@ -153,6 +158,9 @@ const EXAMPLE = {
   restart_policy: "on-failure",
 };
 
+/** The fields the form shows; the JSON may hold more, which the form keeps as they are. */
+const FORM_FIELDS = ["name", "image", "cmd", "cpu", "memory", "exposed_ports", "env", "restart_policy", "health_check"];
+
 /** The task the form describes, or an Error naming the field that is wrong. */
 function taskFromForm(form) {
   const value = (name) => form.elements[name].value.trim();
@@ -193,7 +201,7 @@ function formFromTask(form, task) {
   set("image", task.image);
   set("cmd", (task.cmd ?? []).map((w) => (/[\s"'\\]/.test(w) || w === "" ? JSON.stringify(w) : w)).join(" "));
   set("cpu", task.cpu ? task.cpu : "");
-  set("memory", task.memory ? bytes(task.memory).replace(/ (\w)iB$/, "$1").replace(" B", "") : "");
+  set("memory", task.memory ? exactSize(task.memory) : "");
   set("ports", (task.exposed_ports ?? []).join(" "));
   set("env", (task.env ?? []).join("\n"));
   set("restart_policy", task.restart_policy ?? "on-failure");
@@ -247,6 +255,13 @@ export function runTaskDialog(defaults = {}) {
     const formTab = h("button", { type: "button", role: "tab", "aria-selected": "true", text: "Form" });
     const jsonTab = h("button", { type: "button", role: "tab", "aria-selected": "false", text: "JSON" });
     let mode = "form";
+    /** The JSON last switched from: its fields the form does not show are kept. */
+    let base = {};
+    const fromForm = () => {
+      const task = { ...base };
+      for (const key of FORM_FIELDS) delete task[key];
+      return Object.assign(task, taskFromForm(fields));
+    };
     const fields = { elements: {} };
     // The form's controls by name, for reading and writing them.
     for (const el of form.querySelectorAll("[name]")) fields.elements[el.name] = el;
@@ -256,16 +271,19 @@ export function runTaskDialog(defaults = {}) {
       error.hidden = true;
       if (next === mode) return;
       if (next === "json") {
-        let task;
         try {
-          task = taskFromForm(fields);
-        } catch {
-          task = { ...EXAMPLE, image: fields.elements.image.value.trim() };
+          json.value = JSON.stringify(fromForm(), null, 2);
+        } catch (e) {
+          error.textContent = `Fix the form first: ${e.message}`;
+          error.hidden = false;
+          return;
         }
-        json.value = JSON.stringify(task, null, 2);
       } else {
         try {
-          formFromTask(fields, JSON.parse(json.value));
+          const parsed = JSON.parse(json.value);
+          if (!parsed || typeof parsed !== "object" || Array.isArray(parsed)) throw new Error("the task must be a JSON object");
+          base = parsed.task && typeof parsed.task === "object" ? parsed.task : parsed;
+          formFromTask(fields, base);
         } catch (e) {
           jsonError.textContent = `Fix the JSON first: ${e.message}`;
           jsonError.hidden = false;
@@ -303,7 +321,7 @@ export function runTaskDialog(defaults = {}) {
             error.hidden = true;
             let body;
             try {
-              body = mode === "form" ? taskFromForm(fields) : json.value;
+              body = mode === "form" ? fromForm() : json.value;
               if (mode === "json") JSON.parse(body);
             } catch (err) {
               error.textContent = err.message;

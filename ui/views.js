@@ -7,6 +7,8 @@ import { confirmAction, drainDialog, runTaskDialog, scaleDialog, setAvailability
 import { canWrite, on, state } from "./store.js";
 
 const STATES = ["Pending", "Scheduled", "Running", "Completed", "Failed"];
+/** Most node cards the overview shows; the Nodes page shows every one. */
+const OVERVIEW_NODES = 12;
 
 const taskHref = (id) => `#/tasks/${id}`;
 const serviceHref = (name) => `#/services/${encodeURIComponent(name)}`;
@@ -64,7 +66,14 @@ export function overview(main) {
     subtitle.textContent = `${ready} of ${state.nodes.length} node(s) ready · ${total} task(s) · ${state.services.size} service(s)`;
   };
   const drawNodes = () => {
-    fill(nodes, state.nodes.length ? state.nodes.map(nodeCard) : h("div", { class: "panel" }, noNodes()));
+    // Those that need a look first (not Ready, not active), and a dozen at most here.
+    const attention = (n) => (n.status !== "Ready" ? 0 : n.availability !== "active" ? 1 : 2);
+    const shown = [...state.nodes].sort((a, b) => attention(a) - attention(b) || a.name.localeCompare(b.name)).slice(0, OVERVIEW_NODES);
+    fill(
+      nodes,
+      state.nodes.length ? shown.map(nodeCard) : h("div", { class: "panel" }, noNodes()),
+      state.nodes.length > OVERVIEW_NODES && h("a", { class: "panel stat", href: "#/nodes", text: `All ${state.nodes.length} nodes →` }),
+    );
     drawCounts();
   };
   const drawServices = () => {
@@ -206,37 +215,47 @@ function rollout(s) {
 // ---- tasks ----
 
 const PAGE = 50;
+/** Most rows the first page grows to as new tasks arrive. */
+const MAX_ROWS = 2 * PAGE;
 /** Cursors of the pages before this one, for "Previous". */
 let pagesBefore = [];
 
 export function tasks(main, params) {
-  const stateFilter = params.get("state");
-  const query = params.get("q") ?? "";
-  const worker = params.get("worker");
-  const service = params.get("service");
-  const after = params.get("after");
-  if (!after) pagesBefore = [];
+  const current = new URLSearchParams(params);
+  if (!current.get("after")) pagesBefore = [];
+  const stateFilter = current.get("state");
+  const worker = current.get("worker");
+  const service = current.get("service");
   const search = h("input", {
     class: "search",
     type: "search",
     id: "task-search",
     placeholder: "Search name, id or image",
-    value: query,
+    value: current.get("q") ?? "",
     "aria-label": "Search tasks",
   });
+  // Typing searches in place: the address follows without a new history entry, and the
+  // field keeps its focus.
   let typing = null;
   search.addEventListener("input", () => {
     clearTimeout(typing);
-    typing = setTimeout(() => go({ q: search.value.trim() || null, after: null }), 250);
+    typing = setTimeout(() => {
+      const q = search.value.trim();
+      if (q) current.set("q", q);
+      else current.delete("q");
+      current.delete("after");
+      pagesBefore = [];
+      history.replaceState(null, "", `#/tasks${current.size ? `?${current}` : ""}`);
+      load();
+    }, 250);
   });
   const go = (change) => {
-    const next = new URLSearchParams(params);
+    const next = new URLSearchParams(current);
     for (const [k, v] of Object.entries(change)) {
       if (v === null || v === undefined) next.delete(k);
       else next.set(k, v);
     }
-    const text = next.toString();
-    location.hash = `#/tasks${text ? `?${text}` : ""}`;
+    location.hash = `#/tasks${next.size ? `?${next}` : ""}`;
   };
   const filters = h(
     "div",
@@ -292,90 +311,126 @@ export function tasks(main, params) {
       pager,
     ),
   );
-  const url = new URLSearchParams();
-  if (stateFilter) url.set("state", stateFilter);
-  if (query) url.set("q", query);
-  if (worker) url.set("worker", worker);
-  if (service) url.set("service", service);
-  if (after) url.set("after", after);
-  url.set("order", "newest");
-  url.set("limit", String(PAGE));
-  const shown = new Map();
-  const matches = (t) =>
-    (!stateFilter || t.state === stateFilter) &&
-    (!worker || t.worker === worker) &&
-    (!service || t.service === service) &&
-    (!query || [t.name, t.id, t.image].some((f) => String(f ?? "").toLowerCase().includes(query.toLowerCase())));
-  api("GET", `/tasks?${url}`)
-    .then(({ data, headers }) => {
-      for (const t of data) {
-        const row = taskRow(t);
-        shown.set(t.id, row);
-        body.append(row);
-      }
-      if (!data.length) {
-        body.append(
-          h(
-            "tr",
-            { class: "none" },
-            h(
-              "td",
-              { colspan: 7 },
-              empty(
-                stateFilter || query || worker || service ? "No task matches" : "No tasks yet",
-                stateFilter || query ? "Try another state or search." : "Run one with the button above, or `cube run IMAGE`.",
-              ),
-            ),
-          ),
-        );
-      }
-      const next = nextLink(headers);
-      fill(
-        pager,
-        h("span", { text: `Page ${pagesBefore.length + 1} · ${data.length} task(s)` }),
-        h("span", { class: "spacer" }),
-        h("button", {
-          class: "btn small",
-          text: "Previous",
-          disabled: !after,
-          on: { click: () => go({ after: pagesBefore.pop() ?? null }) },
-        }),
-        h("button", {
-          class: "btn small",
-          text: "Next",
-          disabled: !next,
-          on: {
-            click: () => {
-              pagesBefore.push(after);
-              go({ after: data[data.length - 1].id });
-            },
-          },
-        }),
-      );
-    })
-    .catch((e) => fill(body, h("tr", {}, h("td", { colspan: 7, class: "error-text", text: e.message }))));
-  const offTask = on("task", (e) => {
-    const row = shown.get(e.id);
+
+  let rows = new Map();
+  /** Events that came while the page was being read, applied once it is (null: none read). */
+  let pending = null;
+  let generation = 0;
+  const matches = (t) => {
+    const q = (current.get("q") ?? "").toLowerCase();
+    return (
+      (!stateFilter || t.state === stateFilter) &&
+      (!worker || t.worker === worker) &&
+      (!service || t.service === service) &&
+      (!q || [t.name, t.id, t.image].some((f) => String(f ?? "").toLowerCase().includes(q)))
+    );
+  };
+  const show = (t, { first = false } = {}) => {
+    const fresh = taskRow(t);
+    const old = rows.get(t.id);
+    if (old) old.replaceWith(fresh);
+    else if (first) body.prepend(fresh);
+    else body.append(fresh);
+    rows.set(t.id, fresh);
+  };
+  const onTask = (e) => {
+    if (pending) {
+      pending.push(e);
+      return;
+    }
+    const row = rows.get(e.id);
     if (row && e.object?.state) {
-      const fresh = taskRow(e.object);
-      row.replaceWith(fresh);
-      shown.set(e.id, fresh);
+      show(e.object);
     } else if (row && e.action === "collected") {
       row.classList.add("muted");
-    } else if (!row && e.action === "created" && !after && matches(e.object)) {
+      row.querySelector("td")?.append(h("span", { class: "sub", text: "collected" }));
+    } else if (!row && e.action === "created" && !e.replayed && !current.get("after") && matches(e.object)) {
+      // Newest first: a new task belongs at the top of the first page.
       body.querySelector("tr.none")?.remove();
-      const fresh = taskRow(e.object);
-      shown.set(e.id, fresh);
-      body.prepend(fresh);
+      show(e.object, { first: true });
+      while (body.children.length > MAX_ROWS) {
+        rows.delete(body.lastElementChild.dataset.task);
+        body.lastElementChild.remove();
+      }
     }
-  });
+  };
+  const load = () => {
+    const mine = ++generation;
+    pending = [];
+    const url = new URLSearchParams(current);
+    url.set("order", "newest");
+    url.set("limit", String(PAGE));
+    api("GET", `/tasks?${url}`)
+      .then(({ data, headers }) => {
+        if (mine !== generation) return;
+        rows = new Map();
+        fill(body);
+        for (const t of data) show(t);
+        if (!data.length) {
+          const filtered = stateFilter || current.get("q") || worker || service;
+          body.append(
+            h(
+              "tr",
+              { class: "none" },
+              h(
+                "td",
+                { colspan: 7 },
+                empty(
+                  filtered ? "No task matches" : "No tasks yet",
+                  filtered ? "Try another state or search." : "Run one with the button above, or `cube run IMAGE`.",
+                ),
+              ),
+            ),
+          );
+        }
+        const after = current.get("after");
+        const next = nextLink(headers);
+        fill(
+          pager,
+          h("span", { text: `Page ${pagesBefore.length + 1} · ${data.length} task(s)` }),
+          h("span", { class: "spacer" }),
+          h("button", {
+            class: "btn small",
+            text: "Previous",
+            disabled: !after,
+            on: { click: () => go({ after: pagesBefore.pop() ?? null }) },
+          }),
+          h("button", {
+            class: "btn small",
+            text: "Next",
+            disabled: !next,
+            on: {
+              click: () => {
+                pagesBefore.push(after);
+                go({ after: data[data.length - 1].id });
+              },
+            },
+          }),
+        );
+        const queued = pending;
+        pending = null;
+        for (const e of queued) onTask(e);
+      })
+      .catch((e) => {
+        if (mine !== generation) return;
+        pending = null;
+        // A page that started after a task since collected: start again from the first.
+        const restart = e.status === 404 && current.get("after") && h("a", { href: "#/tasks", text: " Start from the first page." });
+        fill(body, h("tr", {}, h("td", { colspan: 7, class: "error-text" }, e.message, restart)));
+      });
+  };
+  load();
+  const offTask = on("task", onTask);
   const offCounts = on("counts", () => {
     for (const button of filters.children) {
       const s = button.dataset.filter;
       if (s !== "all") button.textContent = `${s} ${state.counts[s] ?? 0}`;
     }
   });
-  return stopListening(offTask, offCounts, () => clearTimeout(typing));
+  return stopListening(offTask, offCounts, () => {
+    clearTimeout(typing);
+    generation += 1;
+  });
 }
 
 function taskRow(t) {
@@ -409,7 +464,19 @@ function stopTask(t) {
 
 // ---- one task ----
 
+/** Most characters of output the page keeps; older lines give way. */
+const MAX_LOG_CHARS = 512 * 1024;
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
 export function task(main, id) {
+  if (!UUID.test(id)) {
+    fill(
+      main,
+      head("Task", { crumbs: h("a", { href: "#/tasks", text: "Tasks" }) }),
+      h("div", { class: "panel" }, empty(`${id} is not a task id`, "A task's id looks like 0b9e4a52-…; find the task in the list.")),
+    );
+    return () => {};
+  }
   const detail = h("div", { id: "task-detail" }, h("p", { class: "muted", text: "Loading…" }));
   const logs = h("pre", { class: "logs", id: "logs", tabindex: 0, "aria-label": "The task's output" });
   const logState = h("span", { class: "muted" });
@@ -430,11 +497,13 @@ export function task(main, id) {
       logs,
     ),
   );
-  let current = null;
   let controller = null;
   let streamedAttempt = null;
+  let stopped = false;
+  /** Events that came while the task was being read. */
+  let pending = [];
   const draw = (t) => {
-    current = t;
+    if (stopped) return;
     fill(detail, taskDetail(t));
     // A new attempt has a new container: follow its output instead.
     if (t.attempt !== streamedAttempt && (t.container_id || t.state === "Running")) startLogs(t);
@@ -451,6 +520,10 @@ export function task(main, id) {
       onText: (text) => {
         const atEnd = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
         logs.append(text);
+        if (logs.textContent.length > MAX_LOG_CHARS) {
+          const kept = logs.textContent.slice(-MAX_LOG_CHARS / 2);
+          logs.textContent = kept.slice(kept.indexOf("\n") + 1);
+        }
         if (follow.checked && atEnd) logs.scrollTop = logs.scrollHeight;
       },
     })
@@ -464,18 +537,30 @@ export function task(main, id) {
   follow.addEventListener("change", () => {
     if (follow.checked) logs.scrollTop = logs.scrollHeight;
   });
+  const onTask = (e) => {
+    if (e.id !== id || stopped) return;
+    if (pending) pending.push(e);
+    else if (e.object?.state) draw(e.object);
+    else if (e.action === "collected") fill(detail, h("div", { class: "panel" }, empty("This task was collected", "Finished tasks are removed after the retention period.")));
+  };
   get(`/tasks/${id}`)
     .then((t) => {
+      if (stopped) return;
       draw(t);
       if (!t.container_id && t.state !== "Running") logState.textContent = "no output yet: the task has not started";
+      const queued = pending;
+      pending = null;
+      for (const e of queued) onTask(e);
     })
-    .catch((e) => fill(detail, head("Task", { crumbs: h("a", { href: "#/tasks", text: "Tasks" }) }), h("div", { class: "panel" }, h("p", { class: "error-text", text: e.message }))));
-  const off = on("task", (e) => {
-    if (e.id !== id) return;
-    if (e.object?.state) draw(e.object);
-    else if (e.action === "collected") fill(detail, h("div", { class: "panel" }, empty("This task was collected", "Finished tasks are removed after the retention period.")));
+    .catch((e) => {
+      pending = null;
+      if (!stopped) fill(detail, head("Task", { crumbs: h("a", { href: "#/tasks", text: "Tasks" }) }), h("div", { class: "panel" }, h("p", { class: "error-text", text: e.message })));
+    });
+  const off = on("task", onTask);
+  return stopListening(off, () => {
+    stopped = true;
+    controller?.abort();
   });
-  return stopListening(off, () => controller?.abort());
 }
 
 function taskDetail(t) {
@@ -665,19 +750,30 @@ export function service(main, name) {
     else taskBody.prepend(fresh);
     rows.set(t.id, fresh);
   };
-  api("GET", `/tasks?service=${encodeURIComponent(name)}&limit=500`)
+  /** Events that came while the tasks were being read. */
+  let pending = [];
+  let stopped = false;
+  const onTask = (e) => {
+    if (stopped || e.object?.service !== name || !e.object.state) return;
+    if (pending) pending.push(e);
+    else showTask(e.object);
+  };
+  api("GET", `/tasks?service=${encodeURIComponent(name)}&order=newest&limit=${MAX_ROWS}`)
     .then(({ data }) => {
-      const live = data.filter((t) => ["Pending", "Scheduled", "Running"].includes(t.state));
-      const done = data.filter((t) => !live.includes(t));
-      for (const t of [...done, ...live]) showTask(t);
+      if (stopped) return;
+      // Oldest first, each on top: the newest ends first.
+      for (const t of [...data].reverse()) showTask(t);
+      const queued = pending;
+      pending = null;
+      for (const e of queued) onTask(e);
     })
-    .catch((e) => fill(taskBody, h("tr", {}, h("td", { colspan: 7, class: "error-text", text: e.message }))));
-  return stopListening(
-    on("service", draw),
-    on("task", (e) => {
-      if (e.object?.service === name && e.object.state) showTask(e.object);
-    }),
-  );
+    .catch((e) => {
+      pending = null;
+      fill(taskBody, h("tr", {}, h("td", { colspan: 7, class: "error-text", text: e.message })));
+    });
+  return stopListening(on("service", draw), on("task", onTask), () => {
+    stopped = true;
+  });
 }
 
 function rollback(s) {

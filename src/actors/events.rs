@@ -424,8 +424,6 @@ impl Ring {
         self.events.is_empty()
     }
 
-    /// What follows `since` that `filter` takes. `since = 0` means everything held: a client
-    /// that never saw an index misses nothing it could be told.
     /// The last `n` retained events that `filter` takes, oldest first.
     pub fn last(&self, n: usize, filter: &Filter) -> Vec<&Event> {
         let mut last: Vec<&Event> = self
@@ -440,6 +438,8 @@ impl Ring {
         last
     }
 
+    /// What follows `since` that `filter` takes. `since = 0` means everything held: a client
+    /// that never saw an index misses nothing it could be told.
     pub fn since(&self, since: u64, filter: &Filter) -> Replay<'_> {
         if since != 0 && (since < self.floor || since > self.latest()) {
             return Replay::Reset {

@@ -252,7 +252,7 @@ fn is_read(method: &Method) -> bool {
 }
 
 /// The role a request authenticates with: its bearer token's, or else (on the manager) its
-/// dashboard session's, whose writes must carry the session's CSRF token.
+/// dashboard session's, which counts only with the session's key in its header.
 fn role_of_request(req: &ServiceRequest, tokens: &Tokens) -> Result<Role, ApiError> {
     let unauthorized = |message: &str| ApiError::new(StatusCode::UNAUTHORIZED, message);
     let bearer = req
@@ -275,31 +275,14 @@ fn role_of_request(req: &ServiceRequest, tokens: &Tokens) -> Result<Role, ApiErr
             "no token: expected an Authorization: Bearer <token> header",
         ));
     };
-    let session = sessions
-        .get(cookie.value(), std::time::Instant::now())
-        .ok_or_else(|| {
-            unauthorized(
-                "the dashboard session has expired or is unknown (the manager may have restarted): sign in again",
-            )
-        })?;
-    if !is_read(req.method()) {
-        let presented = req
-            .headers()
-            .get(session::CSRF_HEADER)
-            .and_then(|v| v.to_str().ok());
-        if !presented.is_some_and(|p| session.csrf_matches(p)) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "{} {} with a dashboard session needs the session's CSRF token in the {} header (reload the page)",
-                    req.method(),
-                    req.path(),
-                    session::CSRF_HEADER
-                ),
-            ));
-        }
-    }
-    Ok(session.role)
+    session::authenticate(
+        sessions,
+        cookie.value(),
+        req.headers().get(session::CSRF_HEADER),
+        std::time::Instant::now(),
+    )
+    .map(|s| s.role)
+    .map_err(|why| unauthorized(&format!("{} {}: {why}", req.method(), req.path())))
 }
 
 #[cfg(test)]

@@ -7,10 +7,14 @@
 //! with the role of the token it was made from. The id is kept only as its SHA-256 digest, as
 //! tokens are.
 //!
-//! A cookie rides along on any request the browser makes to the manager, so a write made with
-//! one must also carry the session's CSRF token in [`CSRF_HEADER`]: a page of another origin
-//! can neither read that token nor set a custom header without the manager's consent (CORS),
-//! which it never gives. `SameSite=Strict` is a second, independent guard.
+//! A cookie rides along on any request the browser makes to the manager's host, whatever the
+//! port, so it is not enough by itself: every request made with one must also carry the
+//! session's key in [`CSRF_HEADER`] (see [`authenticate`]). The key is given once, in the
+//! sign-in's answer, and the page keeps it in its origin's storage. A page of another origin
+//! (another site, or a container's web server on another port of the same host, which does
+//! receive the cookie) can neither read the key nor set a custom header on a request to the
+//! manager without its consent (CORS), which it never gives. `SameSite=Strict` is a second,
+//! independent guard against cross-site requests.
 //!
 //! Sessions live in the manager's memory: a restart signs everyone out, and the page asks for
 //! the token again. At most [`MAX_SESSIONS`] exist; a new one beyond that pushes out the one
@@ -28,7 +32,7 @@ use super::auth::{Role, generate};
 /// The session cookie's name.
 pub const COOKIE: &str = "cube_session";
 /// The header a cookie-authenticated write carries its session's CSRF token in.
-pub const CSRF_HEADER: &str = "x-cube-csrf";
+pub const CSRF_HEADER: &str = "X-Cube-CSRF";
 /// How long a session lasts from the login that made it.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 /// Most sessions held at once.
@@ -121,6 +125,26 @@ impl Sessions {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The session a request stands for: the one its cookie (`id`) names, when `key` (the
+/// [`CSRF_HEADER`]'s value) is that session's. Otherwise, what is wrong.
+pub fn authenticate(
+    sessions: &Sessions,
+    id: &str,
+    key: Option<&actix_web::http::header::HeaderValue>,
+    now: Instant,
+) -> Result<Session, String> {
+    let session = sessions.get(id, now).ok_or_else(|| {
+        "the dashboard session has expired or is unknown (the manager may have restarted); sign in again".to_string()
+    })?;
+    let key = key.and_then(|v| v.to_str().ok());
+    if !key.is_some_and(|k| session.csrf_matches(k)) {
+        return Err(format!(
+            "a dashboard session counts only with its key in the {CSRF_HEADER} header, which the sign-in gave the page; sign in again"
+        ));
+    }
+    Ok(session)
 }
 
 fn digest(id: &str) -> [u8; 32] {

@@ -4,9 +4,9 @@
 //! |---|---|
 //! | `GET /` | the page (`ui/index.html`), naming its assets under `/ui/<version>/` |
 //! | `GET /ui/<version>/<file>` | an asset: immutable for a year under this build's version |
-//! | `GET /ui/session` | `{auth, role, csrf}`: whether tokens are on, and this browser's session |
-//! | `POST /ui/login` | `{token}` → a session cookie and `{auth, role, csrf}`; 401 for a bad token |
-//! | `POST /ui/logout` | ends the session and clears the cookie: 204 |
+//! | `GET /ui/session` | `{auth, role, csrf: null}`: whether tokens are on, and the role of this page's session (its cookie and key), if any |
+//! | `POST /ui/login` | `{token}` → a session cookie and `{auth, role, csrf}`, the session's key; 401 for a bad token |
+//! | `POST /ui/logout` | ends the session (given its key) and clears the cookie: 204 |
 //!
 //! The assets are plain HTML, CSS and ES modules from `ui/`, with no build step. Their version
 //! is a digest of their bytes, so a new build's page never runs an old build's scripts from a
@@ -100,7 +100,7 @@ struct Asset {
 impl Asset {
     fn new(name: &'static str, content_type: &'static str, plain: Vec<u8>) -> Asset {
         let digest = Sha256::digest(&plain);
-        let etag = format!("\"{}\"", hex(&digest[..12]));
+        let etag = hex(&digest[..12]);
         let gzipped = gzip(&plain);
         Asset {
             name,
@@ -177,11 +177,23 @@ fn hardened(mut builder: HttpResponseBuilder) -> HttpResponseBuilder {
 
 /// `asset` as the request accepts it: 304 when it holds this one, gzipped when it may be.
 fn serve(req: &HttpRequest, asset: &Asset, cache_control: &str) -> HttpResponse {
+    let gzip_ok = req
+        .headers()
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(accepts_gzip)
+        && asset.gzipped.len() < asset.plain.len();
+    // Each encoding is its own representation, with its own tag.
+    let etag = if gzip_ok {
+        format!("\"{}-gz\"", asset.etag)
+    } else {
+        format!("\"{}\"", asset.etag)
+    };
     let held = req
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|tag| tag.trim() == asset.etag));
+        .is_some_and(|v| matches_etag(v, &etag));
     let mut builder = hardened(HttpResponse::build(if held {
         StatusCode::NOT_MODIFIED
     } else {
@@ -189,24 +201,28 @@ fn serve(req: &HttpRequest, asset: &Asset, cache_control: &str) -> HttpResponse 
     }));
     builder
         .insert_header((header::CACHE_CONTROL, cache_control))
-        .insert_header((header::ETAG, asset.etag.as_str()))
+        .insert_header((header::ETAG, etag.as_str()))
         .insert_header((header::VARY, "Accept-Encoding"));
     if held {
         return builder.finish();
     }
     builder.content_type(asset.content_type);
-    let gzip_ok = req
-        .headers()
-        .get(header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(accepts_gzip);
-    if gzip_ok && asset.gzipped.len() < asset.plain.len() {
+    if gzip_ok {
         builder
             .insert_header((header::CONTENT_ENCODING, "gzip"))
             .body(asset.gzipped.clone())
     } else {
         builder.body(asset.plain.clone())
     }
+}
+
+/// Whether an `If-None-Match` value names `etag`: `*`, or the same tag, weak or strong (the
+/// weak comparison RFC 9110 asks of `If-None-Match`).
+fn matches_etag(value: &str, etag: &str) -> bool {
+    value.trim() == "*"
+        || value
+            .split(',')
+            .any(|tag| tag.trim().trim_start_matches("W/") == etag)
 }
 
 /// Whether an `Accept-Encoding` value takes gzip (and does not refuse it with `q=0`).
@@ -253,15 +269,17 @@ async fn asset(
     })
 }
 
-/// What the page learns about its standing: whether tokens are on, and its session's role and
-/// CSRF token (none without a session).
+/// What the page learns about its standing: whether tokens are on, its session's role, and
+/// (from the sign-in only) the session's key.
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 pub struct SessionView {
     /// Whether the API asks for tokens; without them everyone may do anything.
     pub auth: bool,
     /// `read` or `write`; null before signing in.
     pub role: Option<Role>,
-    /// What writes carry in the `X-Cube-CSRF` header.
+    /// The session's key, which every request made with its cookie carries in the
+    /// `X-Cube-CSRF` header. Given by the sign-in only: nothing hands it out again, so a stolen
+    /// cookie is not a session.
     pub csrf: Option<String>,
 }
 
@@ -278,13 +296,19 @@ async fn current_session(req: HttpRequest, sessions: web::Data<Sessions>) -> Htt
             csrf: None,
         }
     } else {
-        let session = req
-            .cookie(session::COOKIE)
-            .and_then(|c| sessions.get(c.value(), Instant::now()));
+        let session = req.cookie(session::COOKIE).and_then(|c| {
+            session::authenticate(
+                &sessions,
+                c.value(),
+                req.headers().get(session::CSRF_HEADER),
+                Instant::now(),
+            )
+            .ok()
+        });
         SessionView {
             auth: true,
-            role: session.as_ref().map(|s| s.role),
-            csrf: session.map(|s| s.csrf),
+            role: session.map(|s| s.role),
+            csrf: None,
         }
     };
     hardened(HttpResponse::Ok())
@@ -356,7 +380,16 @@ async fn login(
 }
 
 async fn logout(req: HttpRequest, sessions: web::Data<Sessions>) -> HttpResponse {
-    if let Some(cookie) = req.cookie(session::COOKIE) {
+    // The session ends only when the page that holds its key asks; anyone may drop the cookie.
+    if let Some(cookie) = req.cookie(session::COOKIE)
+        && session::authenticate(
+            &sessions,
+            cookie.value(),
+            req.headers().get(session::CSRF_HEADER),
+            Instant::now(),
+        )
+        .is_ok()
+    {
         sessions.close(cookie.value());
     }
     hardened(HttpResponse::NoContent())
@@ -386,6 +419,16 @@ fn session_cookie(id: String, secure: bool, clear: bool) -> Cookie<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn if_none_match_compares_weakly_and_takes_a_star() {
+        assert!(matches_etag("\"abc\"", "\"abc\""));
+        assert!(matches_etag("W/\"abc\"", "\"abc\""));
+        assert!(matches_etag("\"x\", W/\"abc\"", "\"abc\""));
+        assert!(matches_etag("*", "\"abc\""));
+        assert!(!matches_etag("\"abc-gz\"", "\"abc\""));
+        assert!(!matches_etag("", "\"abc\""));
+    }
 
     #[test]
     fn gzip_is_taken_unless_refused() {

@@ -635,10 +635,17 @@ impl Handler<GetTask> for Manager {
     }
 }
 
-/// Whether `task`'s name, id or image holds `text` (lower case), in any case.
+/// Whether `task`'s name, id or image holds `text` (lower case), in any case: compared in
+/// place, since a search that matches nothing looks at every task.
 fn mentions(task: &Task, text: &str) -> bool {
-    let holds = |field: &str| field.to_lowercase().contains(text);
-    holds(&task.name) || holds(&task.image) || task.id.to_string().contains(text)
+    let holds = |field: &str| {
+        field
+            .as_bytes()
+            .windows(text.len().max(1))
+            .any(|w| w.eq_ignore_ascii_case(text.as_bytes()))
+    };
+    let mut id = Uuid::encode_buffer();
+    holds(&task.name) || holds(&task.image) || holds(task.id.hyphenated().encode_lower(&mut id))
 }
 
 impl Handler<ListTasks> for Manager {
