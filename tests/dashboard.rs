@@ -777,8 +777,8 @@ fn a_read_token_gets_a_read_only_page_and_a_lost_connection_is_shown() {
     relay.restore();
     live(&page);
     page.wait_for(
-        "the banner gone",
-        "document.querySelector('#banner').hidden",
+        "the banner gone, and the page saying it is back",
+        "document.querySelector('#banner').hidden && document.querySelector('#toasts').textContent.includes('Reconnected')",
         SHOWN,
     );
     page.wait_for(

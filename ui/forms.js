@@ -251,9 +251,19 @@ export function runTaskDialog(defaults = {}) {
       field("Environment", h("textarea", { id: "run-env", name: "env", rows: 2, placeholder: "KEY=value, one a line" })),
     );
     const json = h("textarea", { id: "run-json", rows: 16, spellcheck: "false", "aria-label": "The task as JSON" });
-    const jsonPane = h("div", { hidden: true }, json, jsonError, h("div", { class: "hint", text: "The body of POST /tasks: any field the API takes." }));
-    const formTab = h("button", { type: "button", role: "tab", "aria-selected": "true", text: "Form" });
-    const jsonTab = h("button", { type: "button", role: "tab", "aria-selected": "false", text: "JSON" });
+    const jsonPane = h(
+      "div",
+      { id: "run-json-pane", role: "tabpanel", "aria-labelledby": "run-json-tab", hidden: true },
+      json,
+      jsonError,
+      h("div", { class: "hint", text: "The body of POST /tasks: any field the API takes." }),
+    );
+    form.setAttribute("role", "tabpanel");
+    form.setAttribute("aria-labelledby", "run-form-tab");
+    const tab = (id, panel, text, selected) =>
+      h("button", { type: "button", role: "tab", id, "aria-controls": panel, "aria-selected": String(selected), tabindex: selected ? 0 : -1, text });
+    const formTab = tab("run-form-tab", "run-form", "Form", true);
+    const jsonTab = tab("run-json-tab", "run-json-pane", "JSON", false);
     let mode = "form";
     /** The JSON last switched from: its fields the form does not show are kept. */
     let base = {};
@@ -293,11 +303,22 @@ export function runTaskDialog(defaults = {}) {
       mode = next;
       form.hidden = mode !== "form";
       jsonPane.hidden = mode !== "json";
-      formTab.setAttribute("aria-selected", String(mode === "form"));
-      jsonTab.setAttribute("aria-selected", String(mode === "json"));
+      for (const [t, m] of [[formTab, "form"], [jsonTab, "json"]]) {
+        t.setAttribute("aria-selected", String(mode === m));
+        t.tabIndex = mode === m ? 0 : -1;
+      }
     };
     formTab.addEventListener("click", () => show("form"));
     jsonTab.addEventListener("click", () => show("json"));
+    // The arrow keys move between the two tabs, as in any tab list.
+    for (const t of [formTab, jsonTab]) {
+      t.addEventListener("keydown", (e) => {
+        if (e.key !== "ArrowLeft" && e.key !== "ArrowRight") return;
+        const next = mode === "form" ? "json" : "form";
+        show(next);
+        (next === "form" ? formTab : jsonTab).focus();
+      });
+    }
     json.addEventListener("input", () => {
       try {
         JSON.parse(json.value);
