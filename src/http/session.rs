@@ -18,7 +18,8 @@
 //!
 //! Sessions live in the manager's memory: a restart signs everyone out, and the page asks for
 //! the token again. At most [`MAX_SESSIONS`] exist; a new one beyond that pushes out the one
-//! closest to expiring.
+//! closest to expiring among those of its role or a lesser one, so signing in again and again
+//! with a read token cannot sign out the holders of write tokens.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -70,8 +71,9 @@ impl Sessions {
         }
     }
 
-    /// A new session with `role` at `now`: its id (for the cookie) and the session.
-    pub fn open(&self, role: Role, now: Instant) -> (String, Session) {
+    /// A new session with `role` at `now`: its id (for the cookie) and the session; `None` when
+    /// every place is taken by sessions of a greater role.
+    pub fn open(&self, role: Role, now: Instant) -> Option<(String, Session)> {
         let id = generate();
         let session = Session {
             role,
@@ -80,16 +82,16 @@ impl Sessions {
         };
         let mut live = self.lock();
         live.retain(|_, s| s.expires > now);
-        if live.len() >= MAX_SESSIONS
-            && let Some(soonest) = live
+        if live.len() >= MAX_SESSIONS {
+            let soonest = live
                 .iter()
+                .filter(|(_, s)| s.role <= role)
                 .min_by_key(|(_, s)| s.expires)
-                .map(|(key, _)| *key)
-        {
+                .map(|(key, _)| *key)?;
             live.remove(&soonest);
         }
         live.insert(digest(&id), session.clone());
-        (id, session)
+        Some((id, session))
     }
 
     /// The live session whose id is `id`, if any.
@@ -159,7 +161,7 @@ mod tests {
     fn a_session_is_found_by_its_id_until_it_expires_or_closes() {
         let sessions = Sessions::new(false);
         let t0 = Instant::now();
-        let (id, opened) = sessions.open(Role::Read, t0);
+        let (id, opened) = sessions.open(Role::Read, t0).expect("room");
         assert_eq!(id.len(), 64);
         assert_eq!(sessions.get(&id, t0), Some(opened.clone()));
         assert_eq!(sessions.get("not-a-session", t0), None);
@@ -171,24 +173,49 @@ mod tests {
             sessions.is_empty(),
             "an expired session is dropped when seen"
         );
-        let (id, _) = sessions.open(Role::Write, t0);
+        let (id, _) = sessions.open(Role::Write, t0).expect("room");
         assert!(sessions.close(&id));
         assert!(!sessions.close(&id));
         assert_eq!(sessions.get(&id, t0), None);
     }
 
     #[test]
-    fn sessions_are_bounded_by_pushing_out_the_soonest_to_expire() {
+    fn sessions_are_bounded_by_pushing_out_the_soonest_to_expire_of_a_role_no_greater() {
         let sessions = Sessions::new(false);
         let t0 = Instant::now();
-        let (first, _) = sessions.open(Role::Read, t0);
-        for i in 1..MAX_SESSIONS {
-            sessions.open(Role::Read, t0 + Duration::from_millis(i as u64));
+        let at = |i: u64| t0 + Duration::from_millis(i);
+        let (writer, _) = sessions.open(Role::Write, at(0)).expect("room");
+        let (first_reader, _) = sessions.open(Role::Read, at(1)).expect("room");
+        for i in 2..MAX_SESSIONS as u64 {
+            sessions.open(Role::Read, at(i)).expect("room");
         }
         assert_eq!(sessions.len(), MAX_SESSIONS);
-        let (last, _) = sessions.open(Role::Write, t0 + Duration::from_secs(60));
+        // A read session pushes out the oldest read session, never the older write one.
+        let (reader, _) = sessions.open(Role::Read, at(20_000)).expect("room");
         assert_eq!(sessions.len(), MAX_SESSIONS);
-        assert_eq!(sessions.get(&first, t0), None, "the oldest went");
-        assert!(sessions.get(&last, t0).is_some());
+        assert_eq!(
+            sessions.get(&first_reader, t0),
+            None,
+            "the oldest reader went"
+        );
+        assert!(sessions.get(&writer, t0).is_some(), "the writer stays");
+        assert!(sessions.get(&reader, t0).is_some());
+        // A write session may push out any: here the writer, the soonest to expire.
+        let (second_writer, _) = sessions.open(Role::Write, at(30_000)).expect("room");
+        assert_eq!(sessions.get(&writer, t0), None);
+        assert!(sessions.get(&second_writer, t0).is_some());
+    }
+
+    #[test]
+    fn a_read_session_finds_no_room_among_write_sessions() {
+        let sessions = Sessions::new(false);
+        let t0 = Instant::now();
+        for i in 0..MAX_SESSIONS as u64 {
+            sessions
+                .open(Role::Write, t0 + Duration::from_millis(i))
+                .expect("room");
+        }
+        assert!(sessions.open(Role::Read, t0).is_none());
+        assert_eq!(sessions.len(), MAX_SESSIONS);
     }
 }

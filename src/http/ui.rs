@@ -38,8 +38,6 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 
 /// Largest body `POST /ui/login` reads.
 const MAX_LOGIN_BODY: usize = 4096;
-/// What a failed sign-in costs its caller, so that guessing tokens is slow.
-const FAILED_LOGIN_DELAY: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// The files of `ui/`: name, content type, bytes.
 const FILES: &[(&str, &str, &[u8])] = &[
@@ -353,14 +351,20 @@ async fn login(
             csrf: None,
         }));
     }
+    // Tokens are long and random (at least 16 characters; 64 hex digits from cube up): a guess
+    // here is no better than a guess in any request's Authorization header.
     let Some(role) = access.0.role_of(login.token.trim()) else {
-        actix_rt::time::sleep(FAILED_LOGIN_DELAY).await;
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "that token is not one of this manager's: expected a token from its --token-file or CUBE_TOKEN (cube up prints where it wrote one)",
         ));
     };
-    let (id, session) = sessions.open(role, Instant::now());
+    let (id, session) = sessions.open(role, Instant::now()).ok_or_else(|| {
+        ApiError::unavailable(format!(
+            "the manager holds {} dashboard sessions, all of a greater role than this token's; try again once some end (they last 12 hours), or use the token with the API directly",
+            session::MAX_SESSIONS
+        ))
+    })?;
     log::info!(
         "dashboard: a {} session began ({} live)",
         match role {
