@@ -583,6 +583,36 @@ fn the_dashboard_runs_a_cluster_in_a_real_browser() {
         SHOWN,
     );
 
+    // A keyboard user's place survives the page's redraws: with focus on a node's Pause button,
+    // a new task on that node changes its card, and focus stays on its Pause button.
+    let pause = format!("{card} [data-focus=pause]");
+    page.wait_for(
+        "the node's Pause button",
+        &format!("!!document.querySelector({})", js(&pause)),
+        SHOWN,
+    );
+    page.eval(&format!("document.querySelector({}).focus()", js(&pause)));
+    let before = page.text(&format!("{card} .node-foot a"));
+    let pinned = cluster.submit(json!({"name": "pinned", "image": "cube-sim/task", "cmd": ["sleep", "600"], "constraints": [format!("node=={drained}")]}));
+    cluster.wait_state(pinned["id"].as_str().expect("an id"), "Running");
+    page.wait_for(
+        "the card redrawn with one more task",
+        &format!(
+            "document.querySelector({})?.textContent !== {}",
+            js(&format!("{card} .node-foot a")),
+            js(&before)
+        ),
+        SHOWN,
+    );
+    assert_eq!(
+        page.eval(&format!(
+            "document.activeElement === document.querySelector({})",
+            js(&pause)
+        )),
+        json!(true),
+        "focus stayed on the node's Pause button"
+    );
+
     // A service: scale it from its page.
     page.eval("location.hash = '#/services/web'");
     page.wait_for(

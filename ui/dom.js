@@ -219,3 +219,37 @@ export function words(line) {
   if (word !== null) out.push(word);
   return out;
 }
+
+/** Make `container` hold `items` rendered, in order, keyed by `keyOf`. An item whose `sig`
+ *  (what its rendering shows) is unchanged keeps its element, and with it focus, scroll and
+ *  anything the user was doing there; a changed one is rendered anew, and focus inside the old
+ *  element moves to the new one's element with the same `data-focus`. So a redraw once a second
+ *  neither flickers nor takes a keyboard user's place away. */
+const signatures = new WeakMap();
+
+export function reconcile(container, items, keyOf, render, sig = (item) => JSON.stringify(item)) {
+  const old = new Map();
+  for (const el of container.children) if (el.dataset.key) old.set(el.dataset.key, el);
+  const active = document.activeElement;
+  const focused = active && container.contains(active) ? [...old.values()].find((el) => el.contains(active)) : null;
+  const next = items.map((item) => {
+    const key = String(keyOf(item));
+    const signature = sig(item);
+    const el = old.get(key);
+    if (el && signatures.get(el) === signature) return el;
+    const fresh = render(item);
+    fresh.dataset.key = key;
+    signatures.set(fresh, signature);
+    return fresh;
+  });
+  // Keep elements that stay where they are: moving a focused element would blur it.
+  const same = next.length === container.children.length && next.every((el, i) => container.children[i] === el);
+  if (!same) container.replaceChildren(...next);
+  if (focused && !focused.isConnected) {
+    const name = active.dataset.focus;
+    const counterpart = next.find((el) => el.dataset.key === focused.dataset.key);
+    (name && counterpart?.querySelector(`[data-focus="${name}"]`))?.focus();
+  } else if (focused && document.activeElement !== active) {
+    active.focus();
+  }
+}

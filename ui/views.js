@@ -2,7 +2,7 @@
 // returns a function that stops what it started (listeners, a log stream).
 
 import { api, followLogs, get, nextLink } from "./api.js";
-import { age, badge, bytes, cores, empty, fill, h, meter, shortId, span, toast } from "./dom.js";
+import { age, badge, bytes, cores, empty, fill, h, meter, reconcile, shortId, span, toast } from "./dom.js";
 import { confirmAction, drainDialog, runTaskDialog, scaleDialog, setAvailability } from "./forms.js";
 import { canWrite, on, state } from "./store.js";
 
@@ -60,7 +60,12 @@ export function overview(main) {
     ),
   );
   const drawCounts = () => {
-    fill(stats, STATES.map((s) => statCard(s, state.counts[s] ?? 0)));
+    reconcile(
+      stats,
+      STATES.map((s) => ({ s, n: state.counts[s] ?? 0 })),
+      (c) => c.s,
+      (c) => statCard(c.s, c.n),
+    );
     const total = STATES.reduce((n, s) => n + (state.counts[s] ?? 0), 0);
     const ready = state.nodes.filter((n) => n.status === "Ready").length;
     subtitle.textContent = `${ready} of ${state.nodes.length} node(s) ready · ${total} task(s) · ${state.services.size} service(s)`;
@@ -69,15 +74,11 @@ export function overview(main) {
     // Those that need a look first (not Ready, not active), and a dozen at most here.
     const attention = (n) => (n.status !== "Ready" ? 0 : n.availability !== "active" ? 1 : 2);
     const shown = [...state.nodes].sort((a, b) => attention(a) - attention(b) || a.name.localeCompare(b.name)).slice(0, OVERVIEW_NODES);
-    fill(
-      nodes,
-      state.nodes.length ? shown.map(nodeCard) : h("div", { class: "panel" }, noNodes()),
-      state.nodes.length > OVERVIEW_NODES && h("a", { class: "panel stat", href: "#/nodes", text: `All ${state.nodes.length} nodes →` }),
-    );
+    drawNodeCards(nodes, shown, state.nodes.length);
     drawCounts();
   };
   const drawServices = () => {
-    fill(services, servicesTable([...state.services.values()]));
+    drawServicesTable(services, [...state.services.values()]);
     drawCounts();
   };
   const drawFeed = () => {
@@ -122,6 +123,26 @@ function feedItem(e) {
   return h("li", {}, h("span", { class: "muted small", text: e.type }), what, age(e.time));
 }
 
+/** What a node's card shows, for telling whether it must be drawn again: a Ready node's last
+ *  heartbeat is not shown. */
+const nodeShown = (n) => JSON.stringify({ ...n, last_seen: n.status === "Ready" ? null : n.last_seen });
+
+/** Node cards in `grid`, kept in place when unchanged; a link to all when `total` is more. */
+function drawNodeCards(grid, nodes, total = nodes.length) {
+  if (!nodes.length) {
+    fill(grid, h("div", { class: "panel" }, noNodes()));
+    return;
+  }
+  const more = total > nodes.length ? [{ more: total }] : [];
+  reconcile(
+    grid,
+    [...nodes, ...more],
+    (n) => (n.more ? "(all)" : `node:${n.name}`),
+    (n) => (n.more ? h("a", { class: "panel stat", href: "#/nodes", text: `All ${n.more} nodes →` }) : nodeCard(n)),
+    (n) => (n.more ? String(n.more) : nodeShown(n)),
+  );
+}
+
 export function nodeCard(node) {
   const labels = Object.entries(node.labels ?? {});
   const write = canWrite();
@@ -158,30 +179,40 @@ export function nodeCard(node) {
           { class: "actions" },
           node.availability === "active"
             ? [
-                h("button", { class: "btn small", text: "Pause", title: "Place nothing new here", on: { click: () => setAvailability(node, "pause") } }),
-                h("button", { class: "btn small danger", text: "Drain", on: { click: () => drainDialog(node) } }),
+                h("button", { class: "btn small", text: "Pause", title: "Place nothing new here", "data-focus": "pause", on: { click: () => setAvailability(node, "pause") } }),
+                h("button", { class: "btn small danger", text: "Drain", "data-focus": "drain", on: { click: () => drainDialog(node) } }),
               ]
-            : h("button", { class: "btn small", text: "Activate", on: { click: () => setAvailability(node, "active") } }),
+            : h("button", { class: "btn small", text: "Activate", "data-focus": "activate", on: { click: () => setAvailability(node, "active") } }),
         ),
     ),
   );
 }
 
-function servicesTable(services) {
+/** The services table in `panel`, its rows kept in place when unchanged. */
+function drawServicesTable(panel, services) {
   if (!services.length) {
-    return empty("No services yet", "Run N copies of a task kept at that count: cube service create web --replicas 3 IMAGE");
+    fill(panel, empty("No services yet", "Run N copies of a task kept at that count: cube service create web --replicas 3 IMAGE"));
+    return;
+  }
+  let body = panel.querySelector("tbody");
+  if (!body) {
+    body = h("tbody");
+    fill(
+      panel,
+      h(
+        "div",
+        { class: "table-wrap" },
+        h(
+          "table",
+          {},
+          h("thead", {}, h("tr", {}, h("th", { text: "Service" }), h("th", { class: "num", text: "Running" }), h("th", { text: "Rollout" }), canWrite() && h("th", { class: "opt" }))),
+          body,
+        ),
+      ),
+    );
   }
   services.sort((a, b) => a.name.localeCompare(b.name));
-  return h(
-    "div",
-    { class: "table-wrap" },
-    h(
-      "table",
-      {},
-      h("thead", {}, h("tr", {}, h("th", { text: "Service" }), h("th", { class: "num", text: "Running" }), h("th", { text: "Rollout" }), canWrite() && h("th", { class: "opt" }))),
-      h("tbody", {}, services.map(serviceRow)),
-    ),
-  );
+  reconcile(body, services, (s) => s.name, serviceRow);
 }
 
 function serviceRow(s) {
@@ -191,7 +222,7 @@ function serviceRow(s) {
     h("td", {}, h("a", { href: serviceHref(s.name), text: s.name }), h("span", { class: "sub", text: `${s.mode} · v${s.version}${s.removing ? " · removing" : ""}` })),
     h("td", { class: "num", text: `${s.running} / ${s.desired}` }),
     h("td", {}, rollout(s)),
-    canWrite() && h("td", { class: "opt" }, s.mode === "replicated" && !s.removing && h("button", { class: "btn small", text: "Scale", on: { click: () => scaleDialog(s) } })),
+    canWrite() && h("td", { class: "opt" }, s.mode === "replicated" && !s.removing && h("button", { class: "btn small", text: "Scale", "data-focus": "scale", on: { click: () => scaleDialog(s) } })),
   );
 }
 
@@ -664,7 +695,7 @@ function attempts(t) {
 export function services(main) {
   const panel = h("section", { class: "panel flush" });
   fill(main, head("Services", { sub: "N copies of a task, kept at that count and replaced a few at a time when it changes." }), panel);
-  const draw = () => fill(panel, servicesTable([...state.services.values()]));
+  const draw = () => drawServicesTable(panel, [...state.services.values()]);
   draw();
   return on("service", draw);
 }
@@ -803,7 +834,7 @@ function removeService(s) {
 export function nodes(main) {
   const grid = h("div", { class: "grid cards", id: "node-cards" });
   fill(main, head("Nodes", { sub: "Workers, what they hold and what is placed on them." }), grid);
-  const draw = () => fill(grid, state.nodes.length ? state.nodes.map(nodeCard) : h("div", { class: "panel" }, noNodes()));
+  const draw = () => drawNodeCards(grid, state.nodes);
   draw();
   return on("nodes", draw);
 }
