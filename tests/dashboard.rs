@@ -334,6 +334,11 @@ fn the_dashboard_runs_a_cluster_in_a_real_browser() {
         SHOWN,
     );
     page.wait_for(
+        "the failed task among the recent failures, with its error",
+        "document.querySelector('#failing')?.textContent.includes('migrate') && document.querySelector('#failing').textContent.includes('exit')",
+        SHOWN,
+    );
+    page.wait_for(
         "three node cards with capacity bars",
         "document.querySelectorAll('[data-node] .meter').length === 9",
         SHOWN,

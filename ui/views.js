@@ -39,6 +39,7 @@ export function overview(main) {
   const nodes = h("div", { class: "grid cards", id: "node-cards" });
   const services = h("div", { id: "services-panel" });
   const feed = h("ol", { class: "feed", id: "feed" });
+  const failing = h("ol", { class: "feed", id: "failing" });
   const subtitle = h("span");
   fill(
     main,
@@ -55,6 +56,7 @@ export function overview(main) {
         "div",
         {},
         h("section", { class: "panel flush section" }, h("h2", { text: "Services" }), services),
+        h("section", { class: "panel section" }, h("h2", { text: "Recent failures" }), failing),
         h("section", { class: "panel" }, h("h2", { text: "Recent events" }), feed),
       ),
     ),
@@ -92,7 +94,58 @@ export function overview(main) {
   drawNodes();
   drawServices();
   drawFeed();
-  return stopListening(on("counts", drawCounts), on("nodes", drawNodes), on("service", drawServices), on("feed", drawFeed));
+  const stopFailures = recentFailures(failing);
+  return stopListening(on("counts", drawCounts), on("nodes", drawNodes), on("service", drawServices), on("feed", drawFeed), stopFailures);
+}
+
+/** Most tasks the overview's "Recent failures" lists. */
+const FAILURES = 5;
+
+/** The latest Failed tasks with their errors, read once and then kept by the events. */
+function recentFailures(list) {
+  let failed = null;
+  let pending = [];
+  const draw = () =>
+    fill(
+      list,
+      failed.length
+        ? failed.map((t) =>
+            h(
+              "li",
+              { "data-task": t.id },
+              h("a", { href: taskHref(t.id), text: t.name || shortId(t.id) }),
+              h("span", { class: "muted small ellipsis", title: t.error ?? "", text: t.error ?? "failed" }),
+              age(t.finish_time ?? t.created_at),
+            ),
+          )
+        : h("li", { class: "muted", text: "Nothing has failed lately." }),
+    );
+  const onTask = (e) => {
+    if (pending) {
+      pending.push(e);
+      return;
+    }
+    const t = e.object;
+    if (!t?.state) return;
+    const had = failed.some((f) => f.id === t.id);
+    if (t.state === "Failed") failed = [t, ...failed.filter((f) => f.id !== t.id)].slice(0, FAILURES);
+    else if (had) failed = failed.filter((f) => f.id !== t.id);
+    else return;
+    draw();
+  };
+  get(`/tasks?state=Failed&order=newest&limit=${FAILURES}`)
+    .then((tasks) => {
+      failed = tasks;
+      draw();
+      const queued = pending;
+      pending = null;
+      for (const e of queued) onTask(e);
+    })
+    .catch(() => {
+      pending = null;
+      failed = [];
+    });
+  return on("task", onTask);
 }
 
 async function runAndOpen() {
