@@ -187,20 +187,29 @@ fn a_full_worker_store_answers_507_and_the_manager_retries_the_start() {
 
     // A task placed there now is not failed: it stays Scheduled, its start retried, and the
     // manager's log says why. (The store sits at its limit: a commit on the worker may free a
-    // page or two, so a task placed at that moment may still get in; the next one does not.)
+    // page or two, so a task placed at that moment may still get in; so ten are placed at a
+    // time, and the first that stays out is the one watched.)
     let stuck = eventually("a task the full worker refuses to start", || {
-        let r = http.post(&format!("{base}/tasks"), task(None));
-        assert_eq!(r.status, 201, "{}", r.body);
-        let id = r.json()["id"].as_str().expect("an id").to_string();
+        let ids: Vec<String> = (0..10)
+            .map(|_| {
+                let r = http.post(&format!("{base}/tasks"), task(None));
+                assert_eq!(r.status, 201, "{}", r.body);
+                r.json()["id"].as_str().expect("an id").to_string()
+            })
+            .collect();
         std::thread::sleep(std::time::Duration::from_secs(2));
-        let t = http.get(&format!("{base}/tasks/{id}")).json();
-        if t["state"] == "Running" {
-            submitted.push(id);
-            return None;
+        let mut stuck = None;
+        for id in ids {
+            let t = http.get(&format!("{base}/tasks/{id}")).json();
+            if t["state"] == "Running" {
+                submitted.push(id);
+                continue;
+            }
+            assert_eq!(t["state"], "Scheduled", "{t}");
+            assert_eq!(t["error"], Value::Null, "{t}");
+            stuck.get_or_insert(id);
         }
-        assert_eq!(t["state"], "Scheduled", "{t}");
-        assert_eq!(t["error"], Value::Null, "{t}");
-        Some(id)
+        stuck
     });
     eventually("the manager's log to name the worker's full store", || {
         manager
