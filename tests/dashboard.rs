@@ -488,6 +488,39 @@ fn the_dashboard_runs_a_cluster_in_a_real_browser() {
         "a change took over 10 s to show: {latencies:?}"
     );
 
+    // Pages: 50 tasks a page, newest first; Next and Previous follow the manager's cursor.
+    for i in 0..25 {
+        cluster.submit(sleeper(&format!("filler-{i:02}")));
+    }
+    let total = cluster
+        .http
+        .get(&cluster.url("/tasks?limit=5000"))
+        .json()
+        .as_array()
+        .map_or(0, Vec::len);
+    assert!(total > 50, "{total} tasks");
+    page.eval("location.hash = '#/'; location.hash = '#/tasks'");
+    page.wait_for(
+        "a full first page, newest first",
+        "document.querySelectorAll('#task-rows tr[data-task]').length === 50 && document.querySelector('#task-rows tr[data-task]').textContent.includes('filler-24')",
+        SHOWN,
+    );
+    page.click(".pager .btn:last-child");
+    page.wait_for(
+        "the second page",
+        &format!(
+            "location.hash.includes('before=') && document.querySelectorAll('#task-rows tr[data-task]').length === {} && document.querySelector('.pager').textContent.includes('Page 2')",
+            total - 50
+        ),
+        SHOWN,
+    );
+    page.click(".pager .btn:first-of-type");
+    page.wait_for(
+        "the first page again",
+        "document.querySelectorAll('#task-rows tr[data-task]').length === 50 && document.querySelector('.pager').textContent.includes('Page 1')",
+        SHOWN,
+    );
+
     // Search and filters.
     page.click("#task-search");
     page.fill("#task-search", "from-the");

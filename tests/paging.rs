@@ -104,7 +104,12 @@ fn listings_go_newest_first_and_search_names_ids_and_images() {
     let dir = tempfile::tempdir().expect("temp dir");
     let name = unique("newest");
     let worker = worker_process_with(dir.path(), &name, 0, &["--runtime", "fake"]);
-    let manager = manager_process(dir.path(), "manager", &["--workers", &worker.addr]);
+    // Finished tasks are collected a second after they end: a page's cursor must outlive them.
+    let manager = manager_process(
+        dir.path(),
+        "manager",
+        &["--workers", &worker.addr, "--retention", "1s"],
+    );
     let http = Http::new();
     let base = manager.url();
     let submitted: Vec<Value> = (0..25)
@@ -136,19 +141,40 @@ fn listings_go_newest_first_and_search_names_ids_and_images() {
     assert_eq!(first.status, 200, "{}", first.body);
     let expected: Vec<String> = (15..25).rev().map(|i| format!("job-{i:02}")).collect();
     assert_eq!(names(&first.json()), expected);
-    let link = first.link.expect("a next page");
-    assert!(link.contains("order=newest"), "{link}");
+    let link = first.link.clone().expect("a next page");
+    assert!(
+        link.contains("order=newest") && link.contains("before="),
+        "{link}"
+    );
     let target = link.split(['<', '>']).nth(1).expect("a target").to_string();
+    // The task the first page ended with is stopped and collected before the next page is read:
+    // the cursor is its submission number, not its record, so the next page is still right.
+    let last = first.json()[9]["id"].as_str().expect("an id").to_string();
+    assert_eq!(http.delete(&format!("{base}/tasks/{last}")).status, 202);
+    eventually("the task collected", || {
+        let listed = http.get(&format!("{base}/tasks?limit=5000")).json();
+        (!ids(&listed).contains(&last)).then_some(())
+    });
     let second = http.get(&format!("{base}{target}"));
+    assert_eq!(second.status, 200, "{}", second.body);
     let expected: Vec<String> = (5..15).rev().map(|i| format!("job-{i:02}")).collect();
     assert_eq!(names(&second.json()), expected);
 
     // A search matches the name, the id or the image, in any case, with the other filters.
     let by_name = http.get(&format!("{base}/tasks?order=newest&q=JOB-1"));
-    let expected: Vec<String> = (10..20).rev().map(|i| format!("job-{i:02}")).collect();
+    // (job-15 was collected above.)
+    let expected: Vec<String> = (10..20)
+        .rev()
+        .filter(|i| *i != 15)
+        .map(|i| format!("job-{i:02}"))
+        .collect();
     assert_eq!(names(&by_name.json()), expected);
     let by_image = http.get(&format!("{base}/tasks?q=TASK:other"));
-    assert_eq!(ids(&by_image.json()).len(), 5);
+    assert_eq!(
+        ids(&by_image.json()).len(),
+        4,
+        "jobs 0, 5, 10 and 20 (15 was collected)"
+    );
     let id = submitted[7]["id"].as_str().expect("an id");
     let by_id = http.get(&format!("{base}/tasks?q={}", &id[..13]));
     assert_eq!(ids(&by_id.json()), vec![id.to_string()]);
@@ -163,9 +189,7 @@ fn listings_go_newest_first_and_search_names_ids_and_images() {
     assert!(bad.json()["error"].as_str().unwrap_or("").contains("order"));
     let long = http.get(&format!("{base}/tasks?q={}", "x".repeat(300)));
     assert_eq!(long.status, 400);
-    let gone = http.get(&format!(
-        "{base}/tasks?order=newest&after=00000000-0000-4000-8000-000000000000"
-    ));
+    let gone = http.get(&format!("{base}/tasks?order=newest&after={last}"));
     assert_eq!(gone.status, 404, "{}", gone.body);
     assert!(
         gone.json()["error"]
@@ -173,4 +197,17 @@ fn listings_go_newest_first_and_search_names_ids_and_images() {
             .unwrap_or("")
             .contains("from the start")
     );
+    for (query, says) in [
+        ("before=5".to_string(), "order=newest"),
+        (format!("order=newest&before=5&after={last}"), "both"),
+        ("order=newest&before=soon".to_string(), "before"),
+    ] {
+        let r = http.get(&format!("{base}/tasks?{query}"));
+        assert_eq!(r.status, 400, "{query}: {}", r.body);
+        assert!(
+            r.json()["error"].as_str().unwrap_or("").contains(says),
+            "{query}: {}",
+            r.body
+        );
+    }
 }

@@ -69,7 +69,8 @@ async fn placements(actors: &ManagerActors, n: usize) -> HashMap<String, usize> 
         .send(ListTasks::default())
         .await
         .expect("the manager answers")
-        .expect("a listing by id never fails");
+        .expect("a listing by id never fails")
+        .tasks;
     let mut per_node = HashMap::new();
     for t in tasks.iter().filter(|t| t.state == State::Running) {
         *per_node

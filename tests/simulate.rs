@@ -46,7 +46,8 @@ async fn every_simulated_task_runs_with_a_valid_placement_under_each_policy() {
             .send(ListTasks::default())
             .await
             .expect("the manager answers")
-            .expect("a listing by id never fails");
+            .expect("a listing by id never fails")
+            .tasks;
         assert_eq!(tasks.len(), 400);
         let mut per_worker: HashMap<String, usize> = HashMap::new();
         for t in &tasks {

@@ -303,10 +303,14 @@ const PAGE = 50;
 const MAX_ROWS = 2 * PAGE;
 /** Cursors of the pages before this one, for "Previous". */
 let pagesBefore = [];
+/** A page's cursor: the manager's, from the Link header of the page before it. */
+const CURSOR = ["after", "before"];
+const firstPage = (params) => CURSOR.every((k) => !params.get(k));
+const cursorOf = (params) => Object.fromEntries(CURSOR.map((k) => [k, params.get(k)]));
 
 export function tasks(main, params) {
   const current = new URLSearchParams(params);
-  if (!current.get("after")) pagesBefore = [];
+  if (firstPage(current)) pagesBefore = [];
   const stateFilter = current.get("state");
   const worker = current.get("worker");
   const service = current.get("service");
@@ -327,7 +331,7 @@ export function tasks(main, params) {
       const q = search.value.trim();
       if (q) current.set("q", q);
       else current.delete("q");
-      current.delete("after");
+      for (const k of CURSOR) current.delete(k);
       pagesBefore = [];
       history.replaceState(null, "", `#/tasks${current.size ? `?${current}` : ""}`);
       load();
@@ -351,7 +355,7 @@ export function tasks(main, params) {
         "aria-pressed": String((stateFilter ?? null) === s),
         "data-filter": s ?? "all",
         text: s ? `${s} ${state.counts[s] ?? 0}` : "All",
-        on: { click: () => go({ state: s, after: null }) },
+        on: { click: () => go({ state: s, after: null, before: null }) },
       }),
     ),
   );
@@ -428,7 +432,7 @@ export function tasks(main, params) {
     } else if (row && e.action === "collected") {
       row.classList.add("muted");
       row.querySelector("td")?.append(h("span", { class: "sub", text: "collected" }));
-    } else if (!row && e.action === "created" && !e.replayed && !current.get("after") && matches(e.object)) {
+    } else if (!row && e.action === "created" && !e.replayed && firstPage(current) && matches(e.object)) {
       // Newest first: a new task belongs at the top of the first page.
       body.querySelector("tr.none")?.remove();
       show(e.object, { first: true });
@@ -467,8 +471,8 @@ export function tasks(main, params) {
             ),
           );
         }
-        const after = current.get("after");
         const next = nextLink(headers);
+        const nextCursor = next && cursorOf(new URLSearchParams(next.split("?")[1] ?? ""));
         fill(
           pager,
           h("span", { text: `Page ${pagesBefore.length + 1} · ${data.length} task(s)` }),
@@ -476,8 +480,8 @@ export function tasks(main, params) {
           h("button", {
             class: "btn small",
             text: "Previous",
-            disabled: !after,
-            on: { click: () => go({ after: pagesBefore.pop() ?? null }) },
+            disabled: firstPage(current),
+            on: { click: () => go(pagesBefore.pop() ?? { after: null, before: null }) },
           }),
           h("button", {
             class: "btn small",
@@ -485,8 +489,8 @@ export function tasks(main, params) {
             disabled: !next,
             on: {
               click: () => {
-                pagesBefore.push(after);
-                go({ after: data[data.length - 1].id });
+                pagesBefore.push(cursorOf(current));
+                go(nextCursor);
               },
             },
           }),
@@ -499,7 +503,7 @@ export function tasks(main, params) {
         if (mine !== generation) return;
         pending = null;
         // A page that started after a task since collected: start again from the first.
-        const restart = e.status === 404 && current.get("after") && h("a", { href: "#/tasks", text: " Start from the first page." });
+        const restart = e.status === 404 && !firstPage(current) && h("a", { href: "#/tasks", text: " Start from the first page." });
         fill(body, h("tr", {}, h("td", { colspan: 7, class: "error-text" }, e.message, restart)));
       });
   };

@@ -168,13 +168,15 @@ struct ListQuery {
     order: Option<String>,
     limit: Option<String>,
     after: Option<String>,
+    before: Option<String>,
 }
 
 /// The filters of `GET /tasks`, checked: `state` one of the five states; `worker` any name
 /// (one no node has matches nothing); `limit` a positive integer, cut to [`MAX_LIST_LIMIT`]
 /// ([`DEFAULT_LIST_LIMIT`] without it); `order` `id` (the default) or `newest`; `q` up to
 /// [`MAX_SEARCH`] characters; `after` a task id (it need not exist, except newest first, where
-/// it must be a task the manager holds: 404 otherwise). The request to
+/// it must be a task the manager holds: 404 otherwise); `before` (newest first only, not with
+/// `after`) a submission number, the cursor newest-first pages' links carry. The request to
 /// the Manager asks for one more than the page, to know whether a next page follows.
 fn list_filters(query: ListQuery) -> Result<ListTasks, ApiError> {
     let state = match query.state.as_deref() {
@@ -233,8 +235,30 @@ fn list_filters(query: ListQuery) -> Result<ListTasks, ApiError> {
             )));
         }
     };
+    let before = query
+        .before
+        .map(|b| {
+            integer(
+                "before",
+                &b,
+                0..=u64::MAX,
+                " (a submission number, from a Link header)",
+            )
+        })
+        .transpose()?;
+    if before.is_some() && !newest {
+        return Err(ApiError::bad_request(
+            "before= pages a newest-first listing; expected order=newest with it, or after=ID to page by id",
+        ));
+    }
+    if before.is_some() && after.is_some() {
+        return Err(ApiError::bad_request(
+            "after and before both given; expected one: the Link header's next page carries the right one",
+        ));
+    }
     Ok(ListTasks {
         newest,
+        before,
         state,
         worker: query.worker,
         service: query.service,
@@ -245,8 +269,10 @@ fn list_filters(query: ListQuery) -> Result<ListTasks, ApiError> {
     })
 }
 
-/// `Link: </tasks?…&after=ID>; rel="next"` for the page after `last`, with the same filters.
-fn next_link(filters: &ListTasks, limit: usize, last: uuid::Uuid) -> String {
+/// `Link: </tasks?…&after=ID>; rel="next"` for the page after `last` (id order), or
+/// `…&before=N` below its submission number `last_submission` (newest first, which stays good
+/// when that task is collected), with the same filters.
+fn next_link(filters: &ListTasks, limit: usize, last: uuid::Uuid, last_submission: u64) -> String {
     let mut query = Vec::new();
     if filters.newest {
         query.push("order=newest".to_string());
@@ -264,7 +290,11 @@ fn next_link(filters: &ListTasks, limit: usize, last: uuid::Uuid) -> String {
         query.push(format!("q={}", percent_encode(search)));
     }
     query.push(format!("limit={limit}"));
-    query.push(format!("after={last}"));
+    if filters.newest {
+        query.push(format!("before={last_submission}"));
+    } else {
+        query.push(format!("after={last}"));
+    }
     format!("</tasks?{}>; rel=\"next\"", query.join("&"))
 }
 
@@ -297,20 +327,21 @@ async fn list_tasks(
         ..ListTasks::default()
     };
     let after = filters.after;
-    let mut tasks = api.manager.send(filters).await?.map_err(|e| match e {
+    let listing = api.manager.send(filters).await?.map_err(|e| match e {
         ManagerError::NotFound(_) => ApiError::not_found(format!(
             "after={}: no such task here (it was collected, or never was); a newest-first listing continues after a task the manager holds, so list from the start",
             after.unwrap_or_default()
         )),
         other => other.into(),
     })?;
+    let mut tasks = listing.tasks;
     let mut response = HttpResponse::Ok();
     if tasks.len() > limit {
         tasks.truncate(limit);
-        if let Some(last) = tasks.last() {
+        if let (Some(last), Some(submission)) = (tasks.last(), listing.submissions.get(limit - 1)) {
             response.insert_header((
                 actix_web::http::header::LINK,
-                next_link(&link_filters, limit, last.id),
+                next_link(&link_filters, limit, last.id, *submission),
             ));
         }
     }
@@ -758,6 +789,7 @@ mod tests {
             service: None,
             q: None,
             order: None,
+            before: None,
             limit: limit.map(str::to_string),
             after: after.map(str::to_string),
         })
@@ -831,7 +863,8 @@ mod tests {
                     ..ListTasks::default()
                 },
                 10,
-                uuid::Uuid::nil()
+                uuid::Uuid::nil(),
+                7
             ),
             "</tasks?state=Running&worker=w%201%2Fx&limit=10&after=00000000-0000-0000-0000-000000000000>; rel=\"next\""
         );

@@ -413,7 +413,9 @@ mod manager_api {
                 description = "Only tasks whose name, id or image holds this text, in any case (surrounding white space is ignored)."),
             ("limit" = Option<usize>, Query, minimum = 1,
                 description = "At most this many tasks: 500 without it, and a limit above 5000 is cut to 5000. When more follow, the Link header names the next page (rel=\"next\")."),
-            ("after" = Option<uuid::Uuid>, Query, description = "Only tasks whose id sorts after this one (it need not exist)."),
+            ("after" = Option<uuid::Uuid>, Query, description = "Only tasks whose id sorts after this one (it need not exist). Newest first: only tasks submitted before this one, which must be a task the manager holds (404 otherwise)."),
+            ("before" = Option<u64>, Query, minimum = 0,
+                description = "Newest first only, not with `after`: only tasks submitted before this submission number. The next page's Link carries it; it stays good when the task it came from is collected."),
         ),
         responses(
             (status = 200, description = "The tasks, ordered by id or newest first.", body = [Task],

@@ -200,10 +200,13 @@ pub struct GetTask(pub Uuid);
 /// Tasks ordered by id (or newest first), filtered, one page at a time; not found when a
 /// newest-first page starts after a task that is gone.
 #[derive(Message, Default)]
-#[rtype(result = "Result<Vec<Task>, ManagerError>")]
+#[rtype(result = "Result<Listing, ManagerError>")]
 pub struct ListTasks {
     /// Newest first (by submission) rather than by id.
     pub newest: bool,
+    /// Newest first: only tasks submitted before this submission number (a page's cursor,
+    /// which stays good when the task it came from is collected).
+    pub before: Option<u64>,
     pub state: Option<State>,
     pub worker: Option<String>,
     /// Only the tasks of this service.
@@ -214,6 +217,14 @@ pub struct ListTasks {
     pub after: Option<Uuid>,
     /// At most this many; all when `None`.
     pub limit: Option<usize>,
+}
+
+/// A page of tasks, with each one's submission number (what newest-first pages continue from).
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub tasks: Vec<Task>,
+    /// `submissions[i]` is `tasks[i]`'s.
+    pub submissions: Vec<u64>,
 }
 
 /// Counts of tasks per state (for progress displays and benchmarks).

@@ -16,9 +16,9 @@ use uuid::Uuid;
 use super::core::{self, Core, Effect, Writes};
 use super::{
     COLLECTED, CallsDone, ChangeNode, Connect, CountTasks, EVENTS, ForgetNode, GetNode, GetTask,
-    GetVitals, JoinNode, Joined, ListNodes, ListTasks, LogsOf, ManagerError, ManagerScrape, NODES,
-    NodeDown, NodeRecord, NodeReport, NodeUp, Report, SERVICES, ScrapeManager, Snapshot, StopTask,
-    Submit, Submitted, TASKS, Vitals, WorkerFacts,
+    GetVitals, JoinNode, Joined, ListNodes, ListTasks, Listing, LogsOf, ManagerError,
+    ManagerScrape, NODES, NodeDown, NodeRecord, NodeReport, NodeUp, Report, SERVICES,
+    ScrapeManager, Snapshot, StopTask, Submit, Submitted, TASKS, Vitals, WorkerFacts,
 };
 use crate::actors::CoreTimer;
 use crate::actors::client::{WorkerClient, WorkerLink, WorkerTarget};
@@ -649,34 +649,42 @@ fn mentions(task: &Task, text: &str) -> bool {
 }
 
 impl Handler<ListTasks> for Manager {
-    type Result = Result<Vec<Task>, ManagerError>;
+    type Result = Result<Listing, ManagerError>;
 
     fn handle(&mut self, msg: ListTasks, _: &mut Context<Self>) -> Self::Result {
-        let ids: Box<dyn Iterator<Item = &Uuid>> = if msg.newest {
-            match self.core.ids_newest_after(msg.after) {
-                Some(ids) => Box::new(ids),
-                None => return Err(ManagerError::NotFound(msg.after.unwrap_or_default())),
-            }
+        let ids: Box<dyn Iterator<Item = (u64, &Uuid)>> = if msg.newest {
+            // A page continues below a submission number, or below a task's.
+            let before = match (msg.before, msg.after) {
+                (Some(before), _) => Some(before),
+                (None, Some(after)) => Some(
+                    self.core
+                        .submission(after)
+                        .ok_or(ManagerError::NotFound(after))?,
+                ),
+                (None, None) => None,
+            };
+            Box::new(self.core.ids_newest_before(before))
         } else {
-            Box::new(self.core.ids_after(msg.after))
+            Box::new(self.core.ids_after(msg.after).map(|id| (0, id)))
         };
-        Ok(ids
-            .filter_map(|id| self.core.task(*id))
-            .filter(|t| msg.state.is_none_or(|s| t.state == s))
-            .filter(|t| {
+        let (submissions, tasks) = ids
+            .filter_map(|(key, id)| self.core.task(*id).map(|t| (key, t)))
+            .filter(|(_, t)| msg.state.is_none_or(|s| t.state == s))
+            .filter(|(_, t)| {
                 msg.service
                     .as_ref()
                     .is_none_or(|name| t.service.as_ref() == Some(name))
             })
-            .filter(|t| {
+            .filter(|(_, t)| {
                 msg.worker
                     .as_ref()
                     .is_none_or(|w| t.worker.as_ref() == Some(w))
             })
-            .filter(|t| msg.search.as_deref().is_none_or(|text| mentions(t, text)))
+            .filter(|(_, t)| msg.search.as_deref().is_none_or(|text| mentions(t, text)))
             .take(msg.limit.unwrap_or(usize::MAX))
-            .cloned()
-            .collect())
+            .map(|(key, t)| (key, t.clone()))
+            .unzip();
+        Ok(Listing { tasks, submissions })
     }
 }
 

@@ -856,14 +856,19 @@ impl Core {
         self.order.by_id.range((start, Bound::Unbounded))
     }
 
-    /// Task ids newest first (by submission), from just after `after` in that order; `None`
-    /// when `after` names no task this manager holds (it was collected, or never was).
-    pub fn ids_newest_after(&self, after: Option<Uuid>) -> Option<impl Iterator<Item = &Uuid>> {
-        let end = match after {
-            None => u64::MAX,
-            Some(id) => self.tasks.get(&id)?.key,
-        };
-        Some(self.order.by_key.range(..end).rev().map(|(_, id)| id))
+    /// Task ids newest first, with their submission numbers, from just below `before` (all of
+    /// them without it).
+    pub fn ids_newest_before(&self, before: Option<u64>) -> impl Iterator<Item = (u64, &Uuid)> {
+        self.order
+            .by_key
+            .range(..before.unwrap_or(u64::MAX))
+            .rev()
+            .map(|(key, id)| (*key, id))
+    }
+
+    /// A task's submission number (its store key): what newest-first listings page by.
+    pub fn submission(&self, id: Uuid) -> Option<u64> {
+        self.tasks.get(&id).map(|e| e.key)
     }
 
     pub fn len(&self) -> usize {
