@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::CubeProcess;
+use common::{CubeProcess, manager_process};
 use serde_json::{Value, json};
 
 const READ: &str = "read-token-0123456789abcdef";
@@ -16,19 +16,10 @@ const WRITE: &str = "write-token-0123456789abcdef";
 fn manager_with_tokens(dir: &Path) -> CubeProcess {
     let file = dir.join("tokens");
     std::fs::write(&file, format!("read {READ}\nwrite {WRITE}\n")).expect("write the token file");
-    let data = dir.join("manager");
-    CubeProcess::start(
-        &[
-            "manager",
-            "--port",
-            "0",
-            "--data-dir",
-            data.to_str().expect("utf-8"),
-            "--token-file",
-            file.to_str().expect("utf-8"),
-        ],
+    manager_process(
         dir,
         "manager",
+        &["--token-file", file.to_str().expect("utf-8")],
     )
 }
 
@@ -407,18 +398,7 @@ fn a_session_stands_for_its_token_and_writes_need_its_csrf_token() {
 #[test]
 fn without_tokens_the_page_is_a_writer_and_needs_no_sign_in() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("manager");
-    let manager = CubeProcess::start(
-        &[
-            "manager",
-            "--port",
-            "0",
-            "--data-dir",
-            data.to_str().expect("utf-8"),
-        ],
-        dir.path(),
-        "manager",
-    );
+    let manager = manager_process(dir.path(), "manager", &[]);
     let session = send("GET", &format!("{}/ui/session", manager.url()), &[], None);
     assert_eq!(
         session.json(),

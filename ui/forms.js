@@ -25,6 +25,24 @@ function openDialog(build) {
   });
 }
 
+/** A form's submit handler: runs `act` with `button` disabled; what it throws (a check of the
+ *  form, or the API's refusal) shows in `error`, and the form stays as it is. */
+function onSubmit(button, error, act) {
+  return async (e) => {
+    e.preventDefault();
+    error.hidden = true;
+    button.disabled = true;
+    try {
+      await act();
+    } catch (err) {
+      error.textContent = err.message;
+      error.hidden = false;
+    } finally {
+      button.disabled = false;
+    }
+  };
+}
+
 /** A form whose submit runs `act`; its error shows in the form and the dialog stays open. */
 function actionForm({ title, body, okLabel, danger, act, close }) {
   const error = h("p", { class: "error-text", role: "alert", hidden: true });
@@ -33,21 +51,7 @@ function actionForm({ title, body, okLabel, danger, act, close }) {
     "form",
     {
       method: "dialog",
-      on: {
-        submit: async (e) => {
-          e.preventDefault();
-          error.hidden = true;
-          ok.disabled = true;
-          try {
-            close(await act());
-          } catch (err) {
-            error.textContent = err.message;
-            error.hidden = false;
-          } finally {
-            ok.disabled = false;
-          }
-        },
-      },
+      on: { submit: onSubmit(ok, error, async () => close(await act())) },
     },
     h("h2", { text: title }),
     body,
@@ -337,30 +341,13 @@ export function runTaskDialog(defaults = {}) {
         method: "dialog",
         novalidate: true,
         on: {
-          submit: async (e) => {
-            e.preventDefault();
-            error.hidden = true;
-            let body;
-            try {
-              body = mode === "form" ? fromForm() : json.value;
-              if (mode === "json") JSON.parse(body);
-            } catch (err) {
-              error.textContent = err.message;
-              error.hidden = false;
-              return;
-            }
-            submit.disabled = true;
-            try {
-              const { data } = await api("POST", "/tasks", body);
-              toast(`${data.name || data.id} submitted`);
-              close(data);
-            } catch (err) {
-              error.textContent = err.message;
-              error.hidden = false;
-            } finally {
-              submit.disabled = false;
-            }
-          },
+          submit: onSubmit(submit, error, async () => {
+            const body = mode === "form" ? fromForm() : json.value;
+            if (mode === "json") JSON.parse(body);
+            const { data } = await api("POST", "/tasks", body);
+            toast(`${data.name || data.id} submitted`);
+            close(data);
+          }),
         },
       },
       h("h2", { text: "Run a task" }),
@@ -410,21 +397,11 @@ export function loginView(main, { onLogin, message }) {
         {
           id: "login",
           on: {
-            submit: async (e) => {
-              e.preventDefault();
-              error.hidden = true;
-              button.disabled = true;
-              try {
-                const { data } = await api("POST", "/ui/login", { token: token.value });
-                token.value = "";
-                onLogin(data);
-              } catch (err) {
-                error.textContent = err.message;
-                error.hidden = false;
-              } finally {
-                button.disabled = false;
-              }
-            },
+            submit: onSubmit(button, error, async () => {
+              const { data } = await api("POST", "/ui/login", { token: token.value });
+              token.value = "";
+              onLogin(data);
+            }),
           },
         },
         h("div", { class: "field" }, h("label", { for: "login-token", text: "Token" }), token),

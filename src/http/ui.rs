@@ -24,6 +24,7 @@ use std::time::Instant;
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -90,8 +91,9 @@ const INDEX: &str = include_str!("../../ui/index.html");
 struct Asset {
     name: &'static str,
     content_type: &'static str,
-    plain: Vec<u8>,
-    gzipped: Vec<u8>,
+    /// Shared, so an answer costs a reference count, not a copy.
+    plain: Bytes,
+    gzipped: Bytes,
     etag: String,
 }
 
@@ -103,8 +105,8 @@ impl Asset {
         Asset {
             name,
             content_type,
-            plain,
-            gzipped,
+            plain: Bytes::from(plain),
+            gzipped: Bytes::from(gzipped),
             etag,
         }
     }
